@@ -1,0 +1,98 @@
+"""Spike-driven self-attention (SDSA), Yao et al., NeurIPS 2023."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from spikezoo.layers.defaults import SDT_NEURON
+from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
+
+__all__ = ["SDSA", "erode"]
+
+
+def erode(x: Tensor) -> Tensor:
+    """3x3 max-pool (stride 1, pad 1) over the last two dimensions of any tensor.
+
+    This is the authors' DVS "erode" (``MaxPool3d((1, 3, 3))`` on a 5-D tensor): on
+    ``[T, B, C, H, W]`` it pools space; on ``[T, B, heads, N, d]`` it pools across
+    neighbouring token indices and neighbouring channels.
+    """
+    return F.max_pool2d(x.flatten(0, -3), 3, 1, 1).view(x.shape)
+
+
+class SDSA(nn.Module):
+    """Spike-driven self-attention: ``[T, B, dim, H, W]`` -> ``[T, B, dim, H, W]`` (residual).
+
+    With spikes ``s = LIF(x)``, ``q, k, v = LIF(BN(conv1x1(s)))``, split into heads of width
+    ``d = dim / num_heads`` over the ``N = H*W`` tokens::
+
+        kv  = LIF_0.5(sum_N(k * v))      # [T, B, heads, 1, d]: one spike vector per head
+        out = x + BN(conv1x1(q * kv))
+
+    Only Hadamard products and a column sum: time and memory are linear in N and d, and no
+    ``N x N`` tensor exists. ``kv_threshold`` is the firing threshold of the key-value neuron
+    (0.5 in the paper). ``dvs=True`` adds the authors' DVS max-pools (:func:`erode`) to k, v,
+    ``k * v`` and the output.
+
+    On a token sequence ``[T, B, N, C]``, lay the tokens out as a ``N x 1`` image::
+
+        x = rearrange(tokens, "t b n c -> t b c n 1")
+        tokens = rearrange(sdsa(x), "t b c n 1 -> t b n c")
+
+    Example:
+        >>> import torch
+        >>> attn = SDSA(dim=64, num_heads=8)
+        >>> attn(torch.randn(4, 2, 64, 8, 8)).shape
+        torch.Size([4, 2, 64, 8, 8])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        dvs: bool = False,
+        kv_threshold: float = 0.5,
+        neuron: NeuronFactory = SDT_NEURON,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.dvs = dvs
+        self.shortcut_lif = neuron()
+        self.q = ConvBN(dim, dim)
+        self.q_lif = neuron()
+        self.k = ConvBN(dim, dim)
+        self.k_lif = neuron()
+        self.v = ConvBN(dim, dim)
+        self.v_lif = neuron()
+        self.kv_lif = neuron(v_threshold=kv_threshold)
+        self.proj = ConvBN(dim, dim, bias=True)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tbchw(x, self.dim, "SDSA")
+        height = x.shape[-2]
+        s = self.shortcut_lif(x)
+        q = self.q_lif(self.q(s))
+        k = self.k_lif(self.k(s))
+        v = self.v_lif(self.v(s))
+        if self.dvs:
+            k, v = erode(k), erode(v)
+        q, k, v = (
+            rearrange(t, "t b (heads d) h w -> t b heads (h w) d", heads=self.num_heads)
+            for t in (q, k, v)
+        )
+        kv = k * v
+        if self.dvs:
+            kv = erode(kv)
+        kv = self.kv_lif(kv.sum(dim=-2, keepdim=True))
+        out = q * kv
+        if self.dvs:
+            out = erode(out)
+        out = rearrange(out, "t b heads (h w) d -> t b (heads d) h w", h=height)
+        return x + self.drop_path(self.proj(out))

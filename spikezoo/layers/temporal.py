@@ -1,0 +1,97 @@
+"""Time-major plumbing shared by every layer: per-step modules, conv+BN, stochastic depth.
+
+All tensors are time-major, ``[T, B, C, H, W]``. A per-frame module (convolution, BatchNorm,
+pooling) runs on every time step at once by folding T into the batch: BatchNorm statistics are
+therefore taken over ``T·B·H·W``, as in both papers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from timm.layers import drop_path
+from torch import Tensor, nn
+
+__all__ = ["ConvBN", "DropPath", "NeuronFactory", "PerStep", "check_tbchw", "per_step"]
+
+#: Builds a multi-step neuron layer; layers call it with keyword overrides such as
+#: ``v_threshold=0.5``. Any ``functools.partial`` of a spikezoo neuron class works.
+NeuronFactory = Callable[..., nn.Module]
+
+
+def per_step(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Apply a per-frame ``fn`` to ``x [T, B, ...]`` by folding T into the batch."""
+    return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+def check_tbchw(x: Tensor, channels: int, layer: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[T, B, channels, H, W]``."""
+    if x.dim() != 5:
+        raise ValueError(f"{layer} expects input [T, B, C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[2] != channels:
+        raise ValueError(
+            f"{layer} expects C={channels} channels, got {x.shape[2]} (shape {tuple(x.shape)})"
+        )
+
+
+class PerStep(nn.Module):
+    """Wrap a per-frame module (e.g. ``nn.MaxPool2d``) to run over ``[T, B, ...]``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return per_step(self.module, x)
+
+
+class ConvBN(nn.Module):
+    """Per-step ``Conv2d`` + ``BatchNorm2d``, optionally preceded by a spiking neuron.
+
+    ``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']``. With ``neuron`` given, the
+    input is a membrane potential that the neuron turns into spikes first (``self.lif``).
+    ``padding`` defaults to ``kernel_size // 2``.
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        bias: bool = False,
+        neuron: NeuronFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.lif = neuron() if neuron is not None else None
+        padding = kernel_size // 2 if padding is None else padding
+        self.conv = nn.Conv2d(
+            in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=bias
+        )
+        self.bn = nn.BatchNorm2d(out_chans)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.lif is not None:
+            x = self.lif(x)
+        return per_step(self._conv_bn, x)
+
+    def _conv_bn(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth for ``[T, B, ...]``: drops a sample's residual branch at every step."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        return drop_path(x.transpose(0, 1), self.drop_prob, self.training).transpose(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"

@@ -1,0 +1,256 @@
+"""What both model families share: time-major input, the spiking classification head, and
+timm's model API (intermediates, classifier reset, grad checkpointing, weight-decay lists)."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+
+import torch
+from einops import rearrange, reduce
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from spikezoo.layers import NeuronFactory, freeze_firing_rates
+from spikezoo.neurons import MultiStepLIF, MultiStepNeuron, MultiStepPLIF
+
+__all__ = ["TIME_REDUCTIONS", "SpikingVisionModel", "neuron_factory"]
+
+#: How ``forward_intermediates`` turns ``[T, B, C, H, W]`` into a batch-first map.
+TIME_REDUCTIONS = ("mean", "last", "none")
+
+_NEURONS = {"lif": MultiStepLIF, "plif": MultiStepPLIF}
+
+
+def neuron_factory(neuron: str | NeuronFactory, surrogate: str) -> NeuronFactory:
+    """``"lif"`` / ``"plif"`` with the family's surrogate, or a user's factory unchanged."""
+    if callable(neuron):
+        return neuron
+    if neuron not in _NEURONS:
+        raise ValueError(
+            f"unknown neuron {neuron!r}; expected one of {sorted(_NEURONS)} or a callable"
+        )
+    return partial(_NEURONS[neuron], surrogate=surrogate)
+
+
+class SpikingVisionModel(nn.Module):
+    """Base of the spikezoo classifiers.
+
+    A subclass defines ``forward_stem`` (``[T, B, C, H, W]`` input to the first feature map),
+    the feature units (an ``nn.Sequential`` named by ``feature_units``: SDT blocks or Resformer
+    stages, each listed in ``self.feature_info``), ``self.head_lif`` (a neuron or
+    ``nn.Identity``), ``self.head`` and ``num_features``.
+
+    Input is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times) or event frames
+    ``[B, T, C, H, W]``. Output is ``[B, num_classes]``, the mean of the per-step logits, or
+    the per-step logits ``[T, B, num_classes]`` when ``per_step_logits`` is set (TET losses).
+    """
+
+    feature_units: str
+    head_lif: nn.Module
+    head: nn.Module
+    feature_info: list[dict]
+
+    def __init__(
+        self,
+        in_chans: int,
+        num_classes: int,
+        time_steps: int,
+        global_pool: str,
+        per_step_logits: bool,
+        feature_time_reduction: str,
+    ) -> None:
+        super().__init__()
+        _check_choice("global_pool", global_pool, ("avg", ""))
+        _check_choice("feature_time_reduction", feature_time_reduction, TIME_REDUCTIONS)
+        if time_steps < 1:
+            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.time_steps = time_steps
+        self.global_pool = global_pool
+        self.per_step_logits = per_step_logits
+        self.feature_time_reduction = feature_time_reduction
+        self.grad_checkpointing = False
+
+    # --- input -------------------------------------------------------------------------------
+
+    def to_time_major(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` (repeated ``time_steps`` times) or ``[B, T, C, H, W]`` -> time-major."""
+        if x.dim() not in (4, 5):
+            raise ValueError(
+                f"{type(self).__name__} expects images [B, C, H, W] or event frames "
+                f"[B, T, C, H, W], got shape {tuple(x.shape)}"
+            )
+        if x.shape[-3] != self.in_chans:
+            raise ValueError(
+                f"{type(self).__name__} was built for in_chans={self.in_chans}, "
+                f"got {x.shape[-3]} channels (shape {tuple(x.shape)})"
+            )
+        self.check_image_size(x.shape[-2], x.shape[-1])
+        if x.dim() == 4:
+            return x.unsqueeze(0).repeat(self.time_steps, 1, 1, 1, 1)
+        return x.transpose(0, 1)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` for a size the network cannot divide evenly."""
+        multiple = self.size_multiple
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"{type(self).__name__} needs H and W to be multiples of {multiple}, "
+                f"got {height}x{width}"
+            )
+
+    @property
+    def size_multiple(self) -> int:
+        raise NotImplementedError
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def units(self) -> nn.Sequential:
+        """The feature units that ``forward_intermediates`` indexes."""
+        return getattr(self, self.feature_units)
+
+    # --- features ----------------------------------------------------------------------------
+
+    def _run_unit(self, unit: nn.Module, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            # The recomputation must not advance DSSA's firing-rate buffers a second time.
+            return checkpoint(
+                unit,
+                x,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), freeze_firing_rates(unit)),
+            )
+        return unit(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Input -> the last feature map ``[T, B, num_features, H', W']`` (membrane potentials)."""
+        x = self.forward_stem(self.to_time_major(x))
+        for unit in self.units:
+            x = self._run_unit(unit, x)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``[T, B, C, H, W]`` -> logits ``[B, K]`` (``[T, B, K]`` with ``per_step_logits``).
+
+        The map is averaged over space (``global_pool="avg"``) or kept as tokens
+        (``global_pool=""``: ``[B, H*W, K]``), fed to the head neuron (SDT) and to the linear
+        head at every step. ``pre_logits=True`` returns the head's input instead, averaged over
+        time unless ``per_step_logits`` is set.
+        """
+        if self.global_pool == "avg":
+            x = x.flatten(3).mean(3)
+        else:
+            x = rearrange(x, "t b c h w -> t b (h w) c")
+        x = self.head_lif(x)
+        if not pre_logits:
+            x = self.head(x)
+        return x if self.per_step_logits else x.mean(0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        time_reduction: str | None = None,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Run the network and collect the output maps of the chosen feature units.
+
+        Args:
+            indices: last ``n`` units if an int, all if ``None``, else the listed indices.
+            stop_early: stop after the last requested unit.
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return only the list of maps.
+            time_reduction: ``"mean"`` (firing-rate-like average over T, ``[B, C, H, W]``),
+                ``"last"`` (the last step, ``[B, C, H, W]``) or ``"none"`` (``[B, T, C, H, W]``);
+                defaults to the model's ``feature_time_reduction``.
+
+        Returns the intermediates, or ``(final features [T, B, C, H, W], intermediates)``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        reduction = time_reduction or self.feature_time_reduction
+        _check_choice("time_reduction", reduction, TIME_REDUCTIONS)
+        take_indices, max_index = feature_take_indices(len(self.units), indices)
+        units = self.units[: max_index + 1] if stop_early else self.units
+
+        intermediates = []
+        x = self.forward_stem(self.to_time_major(x))
+        for i, unit in enumerate(units):
+            x = self._run_unit(unit, x)
+            if i in take_indices:
+                intermediates.append(_reduce_time(x, reduction))
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the units after the last of ``indices`` (and the head); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.units), indices)
+        setattr(self, self.feature_units, self.units[: max_index + 1])
+        self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    # --- classifier --------------------------------------------------------------------------
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the linear head (``num_classes=0``: none) and optionally the pooling."""
+        if global_pool is not None:
+            _check_choice("global_pool", global_pool, ("avg", ""))
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = self._make_head(self.num_features, num_classes)
+
+    def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    # --- training helpers --------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each feature unit in backward (same outputs, same buffer updates)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The learnable neuron time constants (PLIF ``w``), by parameter name."""
+        return {
+            f"{name}.{param_name}" if name else param_name
+            for name, module in self.named_modules()
+            if isinstance(module, MultiStepNeuron)
+            for param_name, _ in module.named_parameters(recurse=False)
+        }
+
+    def spiking_neurons(self) -> list[tuple[str, MultiStepNeuron]]:
+        """Every neuron layer with its name: the places to hook for firing-rate analysis."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, MultiStepNeuron)]
+
+
+def _reduce_time(x: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return reduce(x, "t b c h w -> b c h w", "mean")
+    if reduction == "last":
+        return x[-1]
+    return rearrange(x, "t b c h w -> b t c h w")
+
+
+def _check_choice(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

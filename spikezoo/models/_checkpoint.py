@@ -1,0 +1,143 @@
+"""Turning foreign checkpoints into spikezoo state dicts, and saying clearly when they don't fit."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointMismatchError",
+    "RenameRule",
+    "check_state_dict",
+    "guess_architecture",
+    "register_family",
+    "rename_key",
+    "rename_keys",
+    "unwrap_state_dict",
+]
+
+#: ``(pattern, replacement)`` for :func:`re.sub` on a key; replacement ``None`` drops the key.
+RenameRule = tuple[str, str | Callable[[re.Match], str] | None]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tensors do not fit the model it is loaded into."""
+
+
+def unwrap_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
+    """The state dict inside a training checkpoint.
+
+    Accepts a bare state dict or the authors' layouts (``{"state_dict": ...}`` from the SDT
+    timm script, ``{"model": ...}`` from SpikingResformer) and strips the ``module.`` (DDP)
+    and ``_orig_mod.`` (``torch.compile``) prefixes.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(
+            "expected a state dict (a mapping of names to tensors), "
+            f"got {type(checkpoint).__name__}"
+        )
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in checkpoint.items()}
+
+
+def rename_key(key: str, rules: list[RenameRule]) -> str | None:
+    """Apply the first rule whose pattern matches ``key``; ``None`` if that rule drops it."""
+    for pattern, replacement in rules:
+        if re.search(pattern, key):
+            return None if replacement is None else re.sub(pattern, replacement, key)
+    return key
+
+
+def rename_keys(state_dict: Mapping[str, Tensor], rules: list[RenameRule]) -> dict[str, Tensor]:
+    """:func:`rename_key` over a state dict; unmatched keys pass through."""
+    renamed = {}
+    for key, value in state_dict.items():
+        new_key = rename_key(key, rules)
+        if new_key is not None:
+            renamed[new_key] = value
+    return renamed
+
+
+def check_state_dict(
+    state_dict: Mapping[str, Tensor],
+    model: nn.Module,
+    exempt: tuple[str, ...],
+    original: Mapping[str, Tensor],
+) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state_dict`` fits ``model`` exactly.
+
+    Keys starting with one of ``exempt`` (the classifier and the first conv, which timm adapts
+    to ``num_classes`` / ``in_chans`` after filtering) are not compared. ``original`` is the
+    checkpoint before renaming; the error names the registered model it fits best.
+    """
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(exempt)}
+    given = {k: v.shape for k, v in state_dict.items() if not k.startswith(exempt)}
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    mismatched = [
+        f"{k}: checkpoint {tuple(given[k])} vs model {tuple(expected[k])}"
+        for k in sorted(expected.keys() & given.keys())
+        if given[k] != expected[k]
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"the checkpoint does not fit {type(model).__name__}:"]
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    ):
+        if items:
+            shown = ", ".join(items[:8]) + (
+                f", ... ({len(items) - 8} more)" if len(items) > 8 else ""
+            )
+            lines.append(f"  {len(items)} {title}: {shown}")
+    likely = guess_architecture(original)
+    if likely:
+        lines.append(f"  it most likely belongs to {likely!r}")
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+#: timm module name of each model family -> its key mapping ``remap(state_dict, model)``.
+_FAMILIES: dict[str, Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]] = {}
+
+
+def register_family(
+    module_name: str, remap: Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
+) -> None:
+    """Let :func:`guess_architecture` try this family's models with its key mapping."""
+    _FAMILIES[module_name] = remap
+
+
+def guess_architecture(state_dict: Mapping[str, Tensor]) -> str | None:
+    """The registered spikezoo model whose tensors best match ``state_dict`` (None: no match)."""
+    import timm
+
+    best_score, best_name = 0.5, None
+    for module_name, remap in _FAMILIES.items():
+        for name in timm.list_models(module=module_name):
+            model = build_on_meta(partial(timm.create_model, name))
+            score = shape_overlap(remap(state_dict, model), model)
+            if score > best_score:
+                best_score, best_name = score, name
+    return best_name
+
+
+def shape_overlap(state_dict: Mapping[str, Tensor], model: nn.Module) -> float:
+    """Fraction of ``(key, shape)`` pairs shared by ``state_dict`` and ``model`` (Jaccard)."""
+    ours = {(k, tuple(v.shape)) for k, v in model.state_dict().items()}
+    theirs = {(k, tuple(v.shape)) for k, v in state_dict.items()}
+    return len(ours & theirs) / max(len(ours | theirs), 1)
+
+
+def build_on_meta(builder: Callable[[], nn.Module]) -> nn.Module:
+    """Build a model without allocating its weights."""
+    with torch.device("meta"):
+        return builder()

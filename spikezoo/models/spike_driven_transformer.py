@@ -1,0 +1,331 @@
+"""Spike-driven Transformer (SDT v1).
+
+Yao et al., "Spike-driven Transformer", NeurIPS 2023 (arXiv:2307.01694). The computation is the
+authors' (BICLab/Spike-Driven-Transformer) to the last spike: SPS patch embedding, blocks of
+spike-driven self-attention and a spiking MLP on membrane potentials, and a spiking head whose
+per-step logits are averaged over time. Weights converted from the authors' checkpoints
+reproduce their outputs exactly (see ``tests/models``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import Tensor, nn
+
+from spikezoo.layers import SDSA, SPS, NeuronFactory, SpikingMLP
+from spikezoo.models._base import SpikingVisionModel, neuron_factory
+from spikezoo.models._checkpoint import (
+    RenameRule,
+    check_state_dict,
+    register_family,
+    rename_keys,
+    unwrap_state_dict,
+)
+from spikezoo.models._pretrained import SpikingPretrainedCfg
+
+__all__ = ["Block", "SpikeDrivenTransformer", "checkpoint_filter_fn", "remap_state_dict"]
+
+
+class Block(nn.Module):
+    """One encoder block: ``x = MLP(SDSA(x))`` on ``[T, B, dim, H, W]`` membranes."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        dvs: bool,
+        neuron: NeuronFactory,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.attn = SDSA(dim, num_heads, dvs=dvs, neuron=neuron, drop_path=drop_path)
+        self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), neuron=neuron, drop_path=drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(self.attn(x))
+
+
+class SpikeDrivenTransformer(SpikingVisionModel):
+    """Spike-driven Transformer.
+
+    Args:
+        img_size: nominal input size; must be a multiple of the SPS reduction (any such size
+            works at run time: there is no position embedding).
+        in_chans: input channels (3 for images, 2 for DVS event frames).
+        num_classes: classes of the linear head (0: no head).
+        embed_dim: width D (a multiple of 8 and of ``num_heads``).
+        depth: number of encoder blocks L.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width as a multiple of D.
+        time_steps: T for static images (event input brings its own T).
+        pooling_stat: SPS max-pools, e.g. ``"1111"`` (ImageNet), ``"0011"`` (CIFAR).
+        dvs: the authors' DVS max-pools in attention (event datasets).
+        neuron: ``"lif"``, ``"plif"`` (sigmoid surrogate, alpha 4) or a neuron factory.
+        drop_path_rate: stochastic depth, increasing linearly over the blocks. The authors'
+            code never applied it, so the published models correspond to 0.
+        global_pool: ``"avg"`` or ``""`` (per-token logits).
+        per_step_logits: return ``[T, B, K]`` instead of the time average.
+        feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
+    """
+
+    feature_units = "blocks"
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        time_steps: int = 4,
+        pooling_stat: str | Sequence[bool] = "1111",
+        dvs: bool = False,
+        neuron: str | NeuronFactory = "lif",
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        per_step_logits: bool = False,
+        feature_time_reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
+        )
+        make_neuron = neuron_factory(neuron, surrogate="sigmoid")
+        self.num_features = self.head_hidden_size = embed_dim
+        self.patch_embed = SPS(in_chans, embed_dim, pooling_stat, make_neuron)
+        self.check_image_size(*_pair(img_size))
+        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.Sequential(
+            *(Block(embed_dim, num_heads, mlp_ratio, dvs, make_neuron, rate) for rate in drop_rates)
+        )
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=self.patch_embed.reduction, module=f"blocks.{i}")
+            for i in range(depth)
+        ]
+        self.head_lif = make_neuron()
+        self.head = self._make_head(embed_dim, num_classes)
+        self.apply(_init_conv)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.patch_embed.reduction
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.patch_embed(x)
+
+    def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
+        return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^head_lif", (99999,))]
+        )
+
+
+def _init_conv(module: nn.Module) -> None:
+    """The authors' init: convs truncated-normal(0.02), zero bias; the head keeps torch's."""
+    if isinstance(module, nn.Conv2d):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+# --- the authors' checkpoints --------------------------------------------------------------
+
+_AUTHORS_KEYS: list[RenameRule] = [
+    # built by the authors but never run in forward: dropped
+    (r"^block\.\d+\.attn\.(talking_heads|attn_lif)\.", None),
+    (r"^patch_embed\.rpe_lif\.", None),
+    (
+        r"^patch_embed\.proj_(conv|bn)(\d?)\.",
+        lambda m: f"patch_embed.proj.{int(m[2] or 0)}.{m[1]}.",
+    ),
+    (r"^patch_embed\.proj_lif3\.", "patch_embed.rpe.lif."),
+    (r"^patch_embed\.proj_lif(\d?)\.", lambda m: f"patch_embed.proj_lif.{int(m[1] or 0)}."),
+    (r"^patch_embed\.rpe_(conv|bn)\.", r"patch_embed.rpe.\1."),
+    (r"^block\.(\d+)\.attn\.([qkv])_(conv|bn)\.", r"blocks.\1.attn.\2.\3."),
+    (r"^block\.(\d+)\.attn\.talking_heads_lif\.", r"blocks.\1.attn.kv_lif."),
+    (r"^block\.(\d+)\.attn\.proj_(conv|bn)\.", r"blocks.\1.attn.proj.\2."),
+    (r"^block\.(\d+)\.mlp\.(fc[12])_(conv|bn|lif)\.", r"blocks.\1.mlp.\2.\3."),
+    (r"^block\.", "blocks."),
+]
+
+
+def remap_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Rename the authors' SDT keys to spikezoo's (any subset); no checks."""
+    return rename_keys(unwrap_state_dict(state_dict), _AUTHORS_KEYS)
+
+
+def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformer) -> dict[str, Tensor]:
+    """Map the authors' SDT state dict (or a training checkpoint holding one) to spikezoo's.
+
+    Handles the timm-script layout ``{"state_dict": {"module.<key>": ...}}``, drops the
+    parameters the authors' forward never uses (``talking_heads``, ``attn_lif``, ``rpe_lif``),
+    and passes spikezoo's own state dicts through. Raises
+    :class:`~spikezoo.models.CheckpointMismatchError` if the result does not fit ``model``.
+    """
+    original = unwrap_state_dict(state_dict)
+    mapped = remap_state_dict(original, model)
+    check_state_dict(mapped, model, exempt=("head.", "patch_embed.proj.0.conv."), original=original)
+    return mapped
+
+
+register_family(__name__.rsplit(".", 1)[-1], remap_state_dict)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    return build_model_with_cfg(
+        SpikeDrivenTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=(kwargs["depth"] - 1,)),
+        **kwargs,
+    )
+
+
+# --- configurations ------------------------------------------------------------------------
+
+_CIFAR10 = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+_CIFAR100 = dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
+_NOT_RELEASED = (
+    "The authors released ImageNet-1k weights only; these come from spikezoo's recipes.",
+)
+
+
+def _cfg(**kwargs) -> SpikingPretrainedCfg:
+    cfg = dict(
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(14, 14),
+        crop_pct=0.95,
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.proj.0.conv",
+        classifier="head",
+        # The authors' repository has no licence file.
+        license="unknown",
+        paper_name="Spike-driven Transformer",
+        paper_ids="arXiv:2307.01694",
+        origin_url="https://github.com/BICLab/Spike-Driven-Transformer",
+        time_steps=4,
+    )
+    cfg.update(kwargs)
+    return SpikingPretrainedCfg(**cfg)
+
+
+def _hub(name: str, **kwargs) -> SpikingPretrainedCfg:
+    return _cfg(hf_hub_id=f"spikezoo/{name}", **kwargs)
+
+
+_cifar = dict(input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, notes=_NOT_RELEASED)
+_dvs = dict(mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, notes=_NOT_RELEASED)
+
+default_cfgs = generate_default_cfgs(
+    {
+        "sdt_8_384.in1k": _hub("sdt_8_384.in1k", top1=72.28),
+        "sdt_6_512.in1k": _hub("sdt_6_512.in1k", top1=74.11),
+        "sdt_8_512.in1k": _hub("sdt_8_512.in1k", top1=74.57),
+        "sdt_10_512.in1k": _hub("sdt_10_512.in1k", top1=74.66),
+        "sdt_8_768.in1k": _hub("sdt_8_768.in1k", test_input_size=(3, 288, 288), top1=77.07),
+        "sdt_2_256_cifar.cifar10": _hub(
+            "sdt_2_256_cifar.cifar10", num_classes=10, **_cifar, **_CIFAR10
+        ),
+        "sdt_2_512_cifar.cifar10": _hub(
+            "sdt_2_512_cifar.cifar10", num_classes=10, top1=95.6, **_cifar, **_CIFAR10
+        ),
+        "sdt_2_512_cifar.cifar100": _hub(
+            "sdt_2_512_cifar.cifar100", num_classes=100, top1=78.4, **_cifar, **_CIFAR100
+        ),
+        "sdt_2_256_dvs128.dvs128_gesture": _hub(
+            "sdt_2_256_dvs128.dvs128_gesture",
+            num_classes=11,
+            input_size=(2, 128, 128),
+            pool_size=(16, 16),
+            time_steps=16,
+            top1=99.3,
+            **_dvs,
+        ),
+        "sdt_2_256_cifar10dvs.cifar10_dvs": _hub(
+            "sdt_2_256_cifar10dvs.cifar10_dvs",
+            num_classes=10,
+            input_size=(2, 64, 64),
+            pool_size=(16, 16),
+            time_steps=16,
+            top1=80.0,
+            **_dvs,
+        ),
+    }
+)
+
+
+@register_model
+def sdt_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 8-384, ImageNet-1k (16.8M parameters)."""
+    return _create("sdt_8_384", pretrained, **dict(dict(embed_dim=384, depth=8), **kwargs))
+
+
+@register_model
+def sdt_6_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 6-512, ImageNet-1k (23.4M parameters)."""
+    return _create("sdt_6_512", pretrained, **dict(dict(embed_dim=512, depth=6), **kwargs))
+
+
+@register_model
+def sdt_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 8-512, ImageNet-1k (29.7M parameters)."""
+    return _create("sdt_8_512", pretrained, **dict(dict(embed_dim=512, depth=8), **kwargs))
+
+
+@register_model
+def sdt_10_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 10-512, ImageNet-1k (36.0M parameters)."""
+    return _create("sdt_10_512", pretrained, **dict(dict(embed_dim=512, depth=10), **kwargs))
+
+
+@register_model
+def sdt_8_768(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 8-768, ImageNet-1k (66.3M parameters)."""
+    return _create("sdt_8_768", pretrained, **dict(dict(embed_dim=768, depth=8), **kwargs))
+
+
+_CIFAR_ARGS = dict(img_size=32, num_classes=10, depth=2, pooling_stat="0011")
+
+
+@register_model
+def sdt_2_256_cifar(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 2-256 for 32x32 CIFAR images."""
+    return _create("sdt_2_256_cifar", pretrained, **dict(_CIFAR_ARGS, embed_dim=256, **kwargs))
+
+
+@register_model
+def sdt_2_512_cifar(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 2-512 for 32x32 CIFAR images."""
+    return _create("sdt_2_512_cifar", pretrained, **dict(_CIFAR_ARGS, embed_dim=512, **kwargs))
+
+
+@register_model
+def sdt_2_256_dvs128(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 2-256 for DVS128 Gesture event frames ``[B, T, 2, 128, 128]`` (T=16)."""
+    args = dict(img_size=128, in_chans=2, num_classes=11, embed_dim=256, depth=2)
+    args.update(pooling_stat="0111", dvs=True, time_steps=16)
+    return _create("sdt_2_256_dvs128", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sdt_2_256_cifar10dvs(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT 2-256 for CIFAR10-DVS event frames ``[B, T, 2, 64, 64]`` (T=16)."""
+    args = dict(img_size=64, in_chans=2, num_classes=10, embed_dim=256, depth=2)
+    args.update(pooling_stat="0011", dvs=True, time_steps=16)
+    return _create("sdt_2_256_cifar10dvs", pretrained, **dict(args, **kwargs))

@@ -1,0 +1,27 @@
+"""Multi-step spiking neurons: stateless layers over time-major ``[T, ...]`` input."""
+
+from spikezoo.neurons.functional import (
+    BACKENDS,
+    multistep_if,
+    multistep_lif,
+    multistep_neuron,
+    multistep_plif,
+)
+from spikezoo.neurons.modules import MultiStepIF, MultiStepLIF, MultiStepNeuron, MultiStepPLIF
+from spikezoo.neurons.surrogate import Surrogate, get_surrogate, register_surrogate, surrogate_names
+
+__all__ = [
+    "BACKENDS",
+    "MultiStepIF",
+    "MultiStepLIF",
+    "MultiStepNeuron",
+    "MultiStepPLIF",
+    "Surrogate",
+    "get_surrogate",
+    "multistep_if",
+    "multistep_lif",
+    "multistep_neuron",
+    "multistep_plif",
+    "register_surrogate",
+    "surrogate_names",
+]

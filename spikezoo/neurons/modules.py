@@ -1,0 +1,161 @@
+"""Multi-step spiking neuron layers: ``[T, ...]`` membrane input in, ``[T, ...]`` spikes out.
+
+Each layer is stateless across calls (the membrane starts at rest at every forward pass), so
+models need no ``reset_net`` and work with ``torch.compile``, DDP and gradient checkpointing.
+For streaming, pass the previous chunk's final membrane as ``v_init`` and ask for
+``return_state=True``.
+
+Every spikezoo neuron is a :class:`MultiStepNeuron`, so analysis tools find them all with
+``[m for m in model.modules() if isinstance(m, MultiStepNeuron)]`` and hook their outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from spikezoo.neurons import functional as F
+from spikezoo.neurons.surrogate import get_surrogate
+
+__all__ = ["MultiStepIF", "MultiStepLIF", "MultiStepNeuron", "MultiStepPLIF"]
+
+
+class MultiStepNeuron(nn.Module):
+    """Base class of spikezoo's neurons; subclasses define the leak through :meth:`decay`.
+
+    Args:
+        v_threshold: firing threshold; a neuron fires when ``h >= v_threshold``.
+        v_reset: membrane after a spike (hard reset); ``None`` subtracts the threshold instead
+            (soft reset).
+        surrogate: name of the surrogate gradient (``"sigmoid"``, ``"atan"``, or registered).
+        alpha: surrogate sharpness; ``None`` takes the surrogate's default (4 or 2).
+        detach_reset: stop the gradient through the reset (the papers' choice).
+        backend: ``"auto"``, ``"torch"``, ``"inductor"`` or ``"cupy"``; see
+            :mod:`spikezoo.neurons.functional`.
+    """
+
+    decay_input: bool = True
+
+    def __init__(
+        self,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        surrogate: str = "sigmoid",
+        alpha: float | None = None,
+        detach_reset: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        get_surrogate(surrogate)
+        if backend not in F.BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {list(F.BACKENDS)}")
+        self.v_threshold = float(v_threshold)
+        self.v_reset = None if v_reset is None else float(v_reset)
+        self.surrogate = surrogate
+        self.alpha = alpha
+        self.detach_reset = detach_reset
+        self.backend = backend
+
+    def decay(self) -> Tensor | float | None:
+        """The per-step leak ``k`` (``1/tau`` or ``sigmoid(w)``); ``None`` for no leak."""
+        return None
+
+    def forward(
+        self, x: Tensor, v_init: Tensor | None = None, return_state: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``x [T, ...]`` -> spikes ``[T, ...]`` (and the final membrane ``[...]`` if asked)."""
+        return F.multistep_neuron(
+            x,
+            decay=self.decay(),
+            decay_input=self.decay_input,
+            v_threshold=self.v_threshold,
+            v_reset=self.v_reset,
+            surrogate=self.surrogate,
+            alpha=self.alpha,
+            detach_reset=self.detach_reset,
+            v_init=v_init,
+            return_state=return_state,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        alpha = get_surrogate(self.surrogate).default_alpha if self.alpha is None else self.alpha
+        return (
+            f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
+            f"surrogate={self.surrogate}(alpha={alpha}), detach_reset={self.detach_reset}, "
+            f"backend={self.backend}"
+        )
+
+
+class MultiStepIF(MultiStepNeuron):
+    """Integrate-and-fire without leak: ``h[t] = v[t-1] + x[t]`` (spikingjelly ``IFNode``)."""
+
+
+class MultiStepLIF(MultiStepNeuron):
+    """Leaky integrate-and-fire (spikingjelly ``LIFNode`` with ``step_mode="m"``).
+
+    ``h[t] = v[t-1] + (x[t] - (v[t-1] - v_reset)) / tau`` with ``decay_input=True``, else
+    ``h[t] = v[t-1] - (v[t-1] - v_reset) / tau + x[t]``.
+
+    Example:
+        >>> import torch
+        >>> lif = MultiStepLIF(tau=2.0, surrogate="atan")
+        >>> lif(torch.full((3, 1), 1.5)).flatten().tolist()  # h = 0.75, 1.125 -> fires, 0.75
+        [0.0, 1.0, 0.0]
+    """
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        decay_input: bool = True,
+        surrogate: str = "sigmoid",
+        alpha: float | None = None,
+        detach_reset: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        F.validate_tau("tau", tau)
+        super().__init__(v_threshold, v_reset, surrogate, alpha, detach_reset, backend)
+        self.tau = float(tau)
+        self.decay_input = decay_input
+
+    def decay(self) -> float:
+        return 1.0 / self.tau
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
+
+
+class MultiStepPLIF(MultiStepNeuron):
+    """Parametric LIF: the decay ``sigmoid(w)`` is learned (one scalar ``w`` per layer).
+
+    ``w`` starts at ``-ln(init_tau - 1)`` so that ``1 / sigmoid(w) = init_tau``
+    (spikingjelly ``ParametricLIFNode``; Fang et al., ICCV 2021). Optimisers usually exclude
+    ``w`` from weight decay; the models list it in ``no_weight_decay()``.
+    """
+
+    def __init__(
+        self,
+        init_tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        decay_input: bool = True,
+        surrogate: str = "sigmoid",
+        alpha: float | None = None,
+        detach_reset: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        F.validate_tau("init_tau", init_tau)
+        super().__init__(v_threshold, v_reset, surrogate, alpha, detach_reset, backend)
+        self.decay_input = decay_input
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+
+    def decay(self) -> Tensor:
+        return torch.sigmoid(self.w)
+
+    def extra_repr(self) -> str:
+        tau = 1.0 / torch.sigmoid(self.w.detach()).item()
+        return f"tau={tau:.4g} (learned), decay_input={self.decay_input}, " + super().extra_repr()
