@@ -90,12 +90,11 @@ class DSSA(nn.Module):
 
         if update:
             self._track_rate(self.firing_rate_x, s)
-        attn = y1.transpose(-1, -2) @ s * (1.0 / torch.sqrt(self.firing_rate_x * head_dim))
-        attn = self.attn_lif(attn)
+        attn = self.attn_lif(y1.transpose(-1, -2) @ s * _scale(self.firing_rate_x, head_dim))
         if update:
             self._track_rate(self.firing_rate_attn, attn)
             self._rates_initialised.fill_(True)
-        out = y2 @ attn * (1.0 / torch.sqrt(self.firing_rate_attn * num_patches))
+        out = y2 @ attn * _scale(self.firing_rate_attn, num_patches)
         out = rearrange(out, "t b heads d (h w) -> t b (heads d) h w", h=height)
         return x + self.drop_path(self.proj(out))
 
@@ -112,6 +111,14 @@ class DSSA(nn.Module):
             f"dim={self.dim}, num_heads={self.num_heads}, patch_size={self.patch_size}, "
             f"momentum={self.momentum}"
         )
+
+
+def _scale(rate: Tensor, fan_in: int) -> Tensor:
+    """``1 / sqrt(rate * fan_in)``, kept finite for a head that never fired (rate 0).
+
+    Where the rate is 0 the product it scales is 0 too; the authors' code returns NaN there.
+    """
+    return 1.0 / torch.sqrt(rate.clamp_min(torch.finfo(rate.dtype).tiny) * fan_in)
 
 
 @contextlib.contextmanager

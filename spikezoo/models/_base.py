@@ -4,6 +4,7 @@ timm's model API (intermediates, classifier reset, grad checkpointing, weight-de
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from functools import partial
 
 import torch
@@ -118,12 +119,11 @@ class SpikingVisionModel(nn.Module):
 
     def _run_unit(self, unit: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            # The recomputation must not advance DSSA's firing-rate buffers a second time.
             return checkpoint(
                 unit,
                 x,
                 use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(), freeze_firing_rates(unit)),
+                context_fn=lambda: (contextlib.nullcontext(), _no_state_updates(unit)),
             )
         return unit(x)
 
@@ -225,7 +225,8 @@ class SpikingVisionModel(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each feature unit in backward (same outputs, same buffer updates)."""
+        """Recompute each feature unit in backward: less memory, same outputs, gradients and
+        buffer updates (the recomputation leaves BN statistics and DSSA rates alone)."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -241,6 +242,25 @@ class SpikingVisionModel(nn.Module):
     def spiking_neurons(self) -> list[tuple[str, MultiStepNeuron]]:
         """Every neuron layer with its name: the places to hook for firing-rate analysis."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, MultiStepNeuron)]
+
+
+@contextlib.contextmanager
+def _no_state_updates(module: nn.Module) -> Iterator[None]:
+    """Recompute a checkpointed unit without advancing its BN statistics or DSSA rates again.
+
+    BatchNorm must run the same kernels as in the original pass (checkpointing checks what is
+    saved), so its running statistics are restored afterwards instead.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[b.clone() for b in m.buffers(recurse=False)] for m in norms]
+    try:
+        with freeze_firing_rates(module):
+            yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved, strict=True):
+                for buffer, value in zip(m.buffers(recurse=False), buffers, strict=True):
+                    buffer.copy_(value)
 
 
 def _reduce_time(x: Tensor, reduction: str) -> Tensor:

@@ -25,7 +25,25 @@ RenameRule = tuple[str, str | Callable[[re.Match], str] | None]
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint whose tensors do not fit the model it is loaded into."""
+    """A checkpoint whose tensors do not fit the model it is loaded into.
+
+    ``missing``, ``unexpected`` and ``mismatched`` (``key: checkpoint shape vs model shape``)
+    list every problem; ``likely_model`` names the registered model the file fits best.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[str],
+        likely_model: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.unexpected = unexpected
+        self.mismatched = mismatched
+        self.likely_model = likely_model
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
@@ -102,7 +120,7 @@ def check_state_dict(
     likely = guess_architecture(original)
     if likely:
         lines.append(f"  it most likely belongs to {likely!r}")
-    raise CheckpointMismatchError("\n".join(lines))
+    raise CheckpointMismatchError("\n".join(lines), missing, unexpected, mismatched, likely)
 
 
 #: timm module name of each model family -> its key mapping ``remap(state_dict, model)``.

@@ -306,13 +306,17 @@ _CIFAR_ARGS = dict(img_size=32, num_classes=10, depth=2, pooling_stat="0011")
 @register_model
 def sdt_2_256_cifar(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 2-256 for 32x32 CIFAR images."""
-    return _create("sdt_2_256_cifar", pretrained, **dict(_CIFAR_ARGS, embed_dim=256, **kwargs))
+    return _create(
+        "sdt_2_256_cifar", pretrained, **dict(dict(_CIFAR_ARGS, embed_dim=256), **kwargs)
+    )
 
 
 @register_model
 def sdt_2_512_cifar(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 2-512 for 32x32 CIFAR images."""
-    return _create("sdt_2_512_cifar", pretrained, **dict(_CIFAR_ARGS, embed_dim=512, **kwargs))
+    return _create(
+        "sdt_2_512_cifar", pretrained, **dict(dict(_CIFAR_ARGS, embed_dim=512), **kwargs)
+    )
 
 
 @register_model

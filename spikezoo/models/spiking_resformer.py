@@ -245,7 +245,7 @@ def _cfg(**kwargs) -> SpikingPretrainedCfg:
     cfg = dict(
         num_classes=1000,
         input_size=(3, 224, 224),
-        pool_size=(7, 7),
+        pool_size=(14, 14),
         crop_pct=0.95,
         interpolation="bicubic",
         mean=IMAGENET_DEFAULT_MEAN,

@@ -1,0 +1,119 @@
+"""Loading the authors' checkpoint files safely, converting keys, and explaining mismatches."""
+
+import pickle
+
+import pytest
+import timm
+import torch
+from reference import REFERENCE_DIR, load_case
+
+import spikezoo  # noqa: F401
+from spikezoo.models import CheckpointMismatchError, guess_architecture
+from spikezoo.models import spike_driven_transformer as sdt
+from spikezoo.models import spiking_resformer as resformer
+
+ORIGINAL_FILES = [
+    ("sdt_imagenet_tiny", "sdt_imagenet_tiny.pth.tar", sdt),
+    ("resformer_imagenet_tiny", "resformer_imagenet_tiny.pth", resformer),
+]
+
+
+@pytest.mark.parametrize(("case_name", "file_name", "family"), ORIGINAL_FILES)
+def test_original_checkpoint_loads_through_create_model(case_name, file_name, family):
+    case = load_case(case_name)
+    entry, args = case.model_args()
+    overlay = dict(file=str(REFERENCE_DIR / file_name), num_classes=args["num_classes"])
+    model = timm.create_model(entry, pretrained=True, pretrained_cfg_overlay=overlay, **args)
+
+    expected = family.checkpoint_filter_fn(case.state, model)
+    loaded = model.state_dict()
+    assert loaded.keys() == expected.keys()
+    for key, value in expected.items():
+        # the .pth files hold the same weights in float32
+        torch.testing.assert_close(
+            loaded[key], value.to(loaded[key].dtype), rtol=0, atol=0, msg=key
+        )
+
+
+def test_original_checkpoint_layout_is_refused_by_plain_weights_only_load():
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(REFERENCE_DIR / "sdt_imagenet_tiny.pth.tar", weights_only=True)
+
+
+class _Exploit:
+    """Unpickling this would run code; a safe loader must refuse it."""
+
+    ran = False
+
+    def __reduce__(self):
+        return (_mark_ran, ())
+
+
+def _mark_ran():
+    _Exploit.ran = True
+    return {}
+
+
+def test_a_checkpoint_that_runs_code_is_never_unpickled(tmp_path):
+    model = timm.create_model("sdt_2_256_cifar", embed_dim=64)
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": model.state_dict(), "args": _Exploit()}, path)
+    with pytest.raises(RuntimeError, match="weights_only"):
+        timm.create_model(
+            "sdt_2_256_cifar",
+            embed_dim=64,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(path)),
+        )
+    assert not _Exploit.ran
+
+
+def test_filter_unwraps_training_checkpoints_and_drops_unused_authors_tensors():
+    case = load_case("sdt_imagenet_tiny")
+    model = case.build()
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in case.state.items()}, "epoch": 3}
+    mapped = sdt.checkpoint_filter_fn(wrapped, model)
+    assert mapped.keys() == model.state_dict().keys()
+    assert not any("talking_heads." in k for k in mapped)
+
+
+def test_filter_passes_spikezoo_state_dicts_through():
+    model = timm.create_model("spikingresformer_cifar", embed_dims=(32, 96, 192))
+    state = model.state_dict()
+    mapped = resformer.checkpoint_filter_fn(state, model)
+    assert list(mapped) == list(state)
+    assert all(mapped[k] is state[k] for k in state)
+
+
+def test_checkpoint_of_another_architecture_names_the_problems_and_the_likely_model():
+    small = timm.create_model("sdt_2_256_cifar").state_dict()
+    target = timm.create_model("sdt_2_512_cifar")
+    with pytest.raises(CheckpointMismatchError) as info:
+        sdt.checkpoint_filter_fn(small, target)
+    error = info.value
+    assert "blocks.0.attn.q.conv.weight: checkpoint (256, 256, 1, 1) vs model (512, 512, 1, 1)" in (
+        error.mismatched
+    )
+    assert not error.missing and not error.unexpected
+    assert error.likely_model == "sdt_2_256_cifar"
+    message = str(error)
+    assert f"{len(error.mismatched)} shape mismatches: blocks.0.attn.k.bn.bias" in message
+    assert "most likely belongs to 'sdt_2_256_cifar'" in message
+
+
+def test_authors_checkpoint_loaded_into_the_wrong_family_lists_missing_and_unexpected_keys():
+    case = load_case("sdt_cifar_tiny")
+    model = load_case("resformer_cifar_tiny").build()
+    with pytest.raises(CheckpointMismatchError) as info:
+        resformer.checkpoint_filter_fn(case.state, model)
+    error = info.value
+    assert "stages.0.0.patch_proj.conv.weight" in error.missing
+    assert "block.0.attn.q_conv.weight" in error.unexpected
+    assert f"{len(error.missing)} missing keys: " in str(error)
+    assert f"{len(error.unexpected)} unexpected keys: block.0.attn.k_bn.bias" in str(error)
+
+
+def test_guess_architecture_recognises_authors_layouts():
+    full = timm.create_model("spikingresformer_dvsg").state_dict()
+    assert guess_architecture(full) == "spikingresformer_dvsg"
+    assert guess_architecture({"unrelated.weight": torch.zeros(3)}) is None

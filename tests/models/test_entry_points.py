@@ -1,0 +1,134 @@
+"""Conformance of every registered entry point with timm's model contract (cf. timm's tests)."""
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import spikezoo  # noqa: F401
+
+SDT = timm.list_models(module="spike_driven_transformer")
+RESFORMER = timm.list_models(module="spiking_resformer")
+ENTRY_POINTS = SDT + RESFORMER
+
+# The parameter counts of the authors' models (shared/reference/ARCHITECTURE.md).
+PARAMETERS = {
+    "sdt_8_384": 16_816_024,
+    "sdt_6_512": 23_373_352,
+    "sdt_8_512": 29_689_384,
+    "sdt_10_512": 36_005_416,
+    "sdt_8_768": 66_338_632,
+    "sdt_2_256_cifar": 2_566_954,
+    "sdt_2_512_cifar": 10_233_418,
+    "sdt_2_256_dvs128": 2_566_923,
+    "spikingresformer_ti": 11_180_992,
+    "spikingresformer_s": 17_813_824,
+    "spikingresformer_m": 35_601_472,
+    "spikingresformer_l": 60_375_680,
+    "spikingresformer_cifar": 10_793_152,
+    "spikingresformer_dvsg": 2_709_830,
+}
+
+
+def test_every_family_member_is_registered():
+    assert len(SDT) == 9 and len(RESFORMER) == 6
+    assert set(PARAMETERS) <= set(ENTRY_POINTS)
+
+
+@pytest.mark.parametrize(("name", "count"), PARAMETERS.items())
+def test_parameter_count_equals_the_authors_model(name, count):
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+def _small_input(model, batch=2):
+    size = 2 * model.size_multiple
+    return torch.randn(batch, model.in_chans, size, size)
+
+
+def _train_step(model, x):
+    out = model(x)
+    out.pow(2).mean().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, "every parameter gets a gradient"
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_forward_backward_and_grad_checkpointing(name):
+    model = timm.create_model(name, time_steps=2).train()
+    twin = copy.deepcopy(model)
+    x = _small_input(model, batch=1)
+
+    out, grads = _train_step(model, x)
+    assert out.shape == (1, model.num_classes)
+    assert torch.isfinite(out).all()
+    for param_name, grad in grads.items():
+        assert torch.isfinite(grad).all(), param_name
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+    twin.set_grad_checkpointing(True)
+    out_ckpt, grads_ckpt = _train_step(twin, x)
+    torch.testing.assert_close(out_ckpt, out)
+    for param_name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[param_name], grad, msg=param_name)
+    for key, value in model.state_dict().items():  # BN and DSSA buffers advanced exactly once
+        torch.testing.assert_close(twin.state_dict()[key], value, msg=key)
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_default_cfg(name):
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    cfg = model.pretrained_cfg
+    assert cfg["hf_hub_id"] == f"spikezoo/{name}.{cfg['tag']}"
+    assert cfg["num_classes"] == model.num_classes
+    assert cfg["time_steps"] == model.time_steps
+    assert cfg["input_size"][0] == model.in_chans
+    assert len(cfg["mean"]) == len(cfg["std"]) == model.in_chans
+    assert cfg["crop_pct"] > 0 and cfg["interpolation"] in ("bicubic", "bilinear")
+    assert cfg["license"] and cfg["paper_ids"].startswith("arXiv:") and cfg["origin_url"]
+    first_conv = model.get_submodule(cfg["first_conv"])
+    assert isinstance(first_conv, nn.Conv2d) and first_conv.in_channels == model.in_chans
+    assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
+    reduction = model.feature_info[-1]["reduction"]
+    assert tuple(cfg["pool_size"]) == tuple(s // reduction for s in cfg["input_size"][1:])
+    model.check_image_size(*cfg["input_size"][1:])
+    for tag in timm.list_pretrained(f"{name}.*"):
+        tagged = timm.models.get_pretrained_cfg(tag)
+        assert tagged.top1 is None or 50 < tagged.top1 < 100
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_reset_classifier_and_pre_logits(name):
+    model = timm.create_model(name, time_steps=1).eval()
+    x = _small_input(model, batch=1)
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre.shape == (1, model.num_features)
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.num_features)
+        model.reset_classifier(7, global_pool="")
+        tokens = (x.shape[-1] // model.feature_info[-1]["reduction"]) ** 2
+        assert model(x).shape == (1, tokens, 7)
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_features_only(name):
+    model = timm.create_model(name, features_only=True, time_steps=1, out_indices=(0, -1))
+    x = _small_input(model.model, batch=1)
+    features = model(x)
+    assert len(features) == 2
+    for feature, info in zip(features, model.feature_info.get_dicts(), strict=True):
+        size = x.shape[-1] // info["reduction"]
+        assert feature.shape == (1, info["num_chs"], size, size)
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_in_chans_1(name):
+    model = timm.create_model(name, in_chans=1, time_steps=1)
+    out = model(_small_input(model, batch=1))
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
