@@ -14,6 +14,8 @@ from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbch
 
 __all__ = ["DSSA", "Downsample", "freeze_firing_rates"]
 
+_RATE_BUFFERS = ("firing_rate_x", "firing_rate_attn")
+
 
 class DSSA(nn.Module):
     """Dual spike self-attention: ``[T, B, dim, H, W]`` -> same shape (residual).
@@ -97,6 +99,17 @@ class DSSA(nn.Module):
         out = y2 @ attn * _scale(self.firing_rate_attn, num_patches)
         out = rearrange(out, "t b heads d (h w) -> t b (heads d) h w", h=height)
         return x + self.drop_path(self.proj(out))
+
+    def _apply(self, fn, recurse=True):
+        # torch converts every 5-D tensor on ``model.to(memory_format=torch.channels_last)`` and
+        # fails on the [1, 1, heads, 1, 1] rate buffers: hand them over flat.
+        for name in _RATE_BUFFERS:
+            self._buffers[name] = self._buffers[name].view(-1)
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            for name in _RATE_BUFFERS:
+                self._buffers[name] = self._buffers[name].view(1, 1, -1, 1, 1)
 
     @torch.no_grad()
     def _track_rate(self, buffer: Tensor, spikes: Tensor) -> None:

@@ -48,8 +48,8 @@ class GWSFFN(nn.Module):
     ``[T, B, dim, H, W]`` -> same shape::
 
         u = BN(conv1x1(LIF(x)))                 # dim -> ratio*dim
-        z = BN(gconv3x3(LIF(u))) + u            # num_conv times; groups of group_size channels
-        out = x + BN(conv1x1(LIF(z)))           # back to dim
+        z = BN(gconv3x3(LIF(z)))                # num_conv times from z = u; groups of group_size
+        out = x + BN(conv1x1(LIF(z + u)))       # back to dim
     """
 
     def __init__(

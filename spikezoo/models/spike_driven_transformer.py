@@ -151,7 +151,7 @@ _AUTHORS_KEYS: list[RenameRule] = [
         lambda m: f"patch_embed.proj.{int(m[2] or 0)}.{m[1]}.",
     ),
     (r"^patch_embed\.proj_lif3\.", "patch_embed.rpe.lif."),
-    (r"^patch_embed\.proj_lif(\d?)\.", lambda m: f"patch_embed.proj_lif.{int(m[1] or 0)}."),
+    (r"^patch_embed\.proj_lif(\d?)\.(?!\d)", lambda m: f"patch_embed.proj_lif.{int(m[1] or 0)}."),
     (r"^patch_embed\.rpe_(conv|bn)\.", r"patch_embed.rpe.\1."),
     (r"^block\.(\d+)\.attn\.([qkv])_(conv|bn)\.", r"blocks.\1.attn.\2.\3."),
     (r"^block\.(\d+)\.attn\.talking_heads_lif\.", r"blocks.\1.attn.kv_lif."),
@@ -189,7 +189,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTran
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=(kwargs["depth"] - 1,)),
+        feature_cfg=dict(feature_cls="getter", out_indices=kwargs["depth"]),
         **kwargs,
     )
 
@@ -262,8 +262,7 @@ default_cfgs = generate_default_cfgs(
             num_classes=10,
             input_size=(2, 64, 64),
             pool_size=(16, 16),
-            time_steps=16,
-            top1=80.0,
+            time_steps=10,
             **_dvs,
         ),
     }
@@ -273,34 +272,40 @@ default_cfgs = generate_default_cfgs(
 @register_model
 def sdt_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 8-384, ImageNet-1k (16.8M parameters)."""
-    return _create("sdt_8_384", pretrained, **dict(dict(embed_dim=384, depth=8), **kwargs))
+    args = dict(embed_dim=384, depth=8)
+    return _create("sdt_8_384", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_6_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 6-512, ImageNet-1k (23.4M parameters)."""
-    return _create("sdt_6_512", pretrained, **dict(dict(embed_dim=512, depth=6), **kwargs))
+    args = dict(embed_dim=512, depth=6)
+    return _create("sdt_6_512", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 8-512, ImageNet-1k (29.7M parameters)."""
-    return _create("sdt_8_512", pretrained, **dict(dict(embed_dim=512, depth=8), **kwargs))
+    args = dict(embed_dim=512, depth=8)
+    return _create("sdt_8_512", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_10_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 10-512, ImageNet-1k (36.0M parameters)."""
-    return _create("sdt_10_512", pretrained, **dict(dict(embed_dim=512, depth=10), **kwargs))
+    args = dict(embed_dim=512, depth=10)
+    return _create("sdt_10_512", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_8_768(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 8-768, ImageNet-1k (66.3M parameters)."""
-    return _create("sdt_8_768", pretrained, **dict(dict(embed_dim=768, depth=8), **kwargs))
+    args = dict(embed_dim=768, depth=8)
+    return _create("sdt_8_768", pretrained, **dict(args, **kwargs))
 
 
-_CIFAR_ARGS = dict(img_size=32, num_classes=10, depth=2, pooling_stat="0011")
+# num_classes and in_chans come from the pretrained tag (e.g. ".cifar100" builds 100 classes).
+_CIFAR_ARGS = dict(img_size=32, depth=2, pooling_stat="0011")
 
 
 @register_model
@@ -322,14 +327,14 @@ def sdt_2_512_cifar(pretrained: bool = False, **kwargs) -> SpikeDrivenTransforme
 @register_model
 def sdt_2_256_dvs128(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 2-256 for DVS128 Gesture event frames ``[B, T, 2, 128, 128]`` (T=16)."""
-    args = dict(img_size=128, in_chans=2, num_classes=11, embed_dim=256, depth=2)
+    args = dict(img_size=128, embed_dim=256, depth=2)
     args.update(pooling_stat="0111", dvs=True, time_steps=16)
     return _create("sdt_2_256_dvs128", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_2_256_cifar10dvs(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
-    """SDT 2-256 for CIFAR10-DVS event frames ``[B, T, 2, 64, 64]`` (T=16)."""
-    args = dict(img_size=64, in_chans=2, num_classes=10, embed_dim=256, depth=2)
-    args.update(pooling_stat="0011", dvs=True, time_steps=16)
+    """SDT 2-256 for CIFAR10-DVS event frames ``[B, T, 2, 64, 64]`` (T=10)."""
+    args = dict(img_size=64, embed_dim=256, depth=2)
+    args.update(pooling_stat="0011", dvs=True, time_steps=10)
     return _create("sdt_2_256_cifar10dvs", pretrained, **dict(args, **kwargs))

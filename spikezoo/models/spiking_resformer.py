@@ -332,7 +332,7 @@ def spikingresformer_l(pretrained: bool = False, **kwargs) -> SpikingResformer:
 def spikingresformer_cifar(pretrained: bool = False, **kwargs) -> SpikingResformer:
     """SpikingResformer-Ti* for 32x32 CIFAR images (3x3 stem)."""
     args = dict(_IMAGENET_STAGES, embed_dims=(64, 192, 384), num_heads=(1, 3, 6))
-    args.update(img_size=32, num_classes=10, stem="conv3x3")
+    args.update(img_size=32, stem="conv3x3")  # num_classes comes from the tag
     return _create("spikingresformer_cifar", pretrained, **dict(args, **kwargs))
 
 
@@ -340,6 +340,6 @@ def spikingresformer_cifar(pretrained: bool = False, **kwargs) -> SpikingResform
 def spikingresformer_dvsg(pretrained: bool = False, **kwargs) -> SpikingResformer:
     """SpikingResformer-XTi for DVS128 Gesture frames ``[B, T, 3, 64, 64]`` (PLIF neurons)."""
     args = dict(_IMAGENET_STAGES, embed_dims=(32, 96, 192), num_heads=(1, 3, 6))
-    args.update(img_size=64, num_classes=11, stem="conv3x3", group_size=32, neuron="plif")
+    args.update(img_size=64, stem="conv3x3", group_size=32, neuron="plif")
     args.update(time_steps=16)
     return _create("spikingresformer_dvsg", pretrained, **dict(args, **kwargs))

@@ -77,12 +77,33 @@ def test_filter_unwraps_training_checkpoints_and_drops_unused_authors_tensors():
     assert not any("talking_heads." in k for k in mapped)
 
 
-def test_filter_passes_spikezoo_state_dicts_through():
-    model = timm.create_model("spikingresformer_cifar", embed_dims=(32, 96, 192))
+@pytest.mark.parametrize(
+    ("name", "args", "family"),
+    [
+        ("sdt_2_256_cifar", dict(embed_dim=64, neuron="plif"), sdt),
+        ("spikingresformer_cifar", dict(embed_dims=(32, 96, 192), neuron="plif"), resformer),
+    ],
+)
+def test_filter_passes_spikezoo_state_dicts_through(name, args, family):
+    model = timm.create_model(name, **args)
     state = model.state_dict()
-    mapped = resformer.checkpoint_filter_fn(state, model)
+    mapped = family.checkpoint_filter_fn(state, model)
     assert list(mapped) == list(state)
     assert all(mapped[k] is state[k] for k in state)
+
+
+@pytest.mark.parametrize(
+    ("tag", "classes", "in_chans"),
+    [
+        ("sdt_2_512_cifar.cifar100", 100, 3),
+        ("spikingresformer_cifar.cifar100", 100, 3),
+        ("sdt_2_256_dvs128.dvs128_gesture", 11, 2),
+    ],
+)
+def test_pretrained_tags_set_classes_and_channels(tag, classes, in_chans):
+    with torch.device("meta"):
+        model = timm.create_model(tag)
+    assert (model.num_classes, model.in_chans) == (classes, in_chans)
 
 
 def test_checkpoint_of_another_architecture_names_the_problems_and_the_likely_model():

@@ -1,0 +1,120 @@
+"""DSSA's firing-rate buffers follow the authors' EMA rules exactly."""
+
+import pytest
+import torch
+
+from spikezoo.layers import DSSA, freeze_firing_rates
+
+
+def make():
+    torch.manual_seed(1)
+    return DSSA(16, num_heads=2, patch_size=2).double()
+
+
+def batch(scale=3.0):
+    return torch.randn(2, 3, 16, 4, 4, dtype=torch.float64) * scale
+
+
+def batch_rates(layer, x):
+    """The per-head rates of the two spike tensors, computed outside the layer."""
+    seen = {}
+    layer.in_lif.register_forward_hook(lambda m, i, o: seen.__setitem__("x", o))
+    layer.attn_lif.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", o))
+    with torch.no_grad():
+        DSSA.forward(layer, x)
+    rate_x = seen["x"].reshape(2, 3, 2, 8, 16).mean((0, 1, 3, 4), keepdim=True)
+    return rate_x, seen["attn"].mean((0, 1, 3, 4), keepdim=True)
+
+
+def test_buffers_have_the_authors_shape_and_start_at_zero():
+    layer = make()
+    for name in ("firing_rate_x", "firing_rate_attn"):
+        buffer = getattr(layer, name)
+        assert buffer.shape == (1, 1, 2, 1, 1) and (buffer == 0).all()
+    assert set(layer.state_dict()) >= {"firing_rate_x", "firing_rate_attn"}
+    assert "_rates_initialised" not in layer.state_dict()
+
+
+def test_first_training_batch_initialises_then_momentum_applies():
+    layer = make().train()
+    x1, x2 = batch(), batch(2.0)
+    probe = make().train()
+    r1_x, _ = batch_rates(probe, x1)
+
+    layer(x1)
+    # first call: set to r, then one EMA step with the same r
+    torch.testing.assert_close(layer.firing_rate_x, r1_x * 0.999 + r1_x * (1 - 0.999))
+    after_first = layer.firing_rate_x.clone()
+
+    probe.load_state_dict(layer.state_dict())
+    probe.eval()  # measures the second batch's input rate without touching the buffers
+    layer(x2)
+    r2_x = batch_rates(probe, x2)[0]
+    torch.testing.assert_close(layer.firing_rate_x, after_first * 0.999 + r2_x * (1 - 0.999))
+
+
+def test_eval_mode_never_writes():
+    layer = make().train()
+    layer(batch())
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer.eval()
+    with torch.no_grad():
+        layer(batch(5.0))
+    for key, value in layer.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_loaded_rates_are_not_overwritten_by_the_first_batch():
+    trained = make().train()
+    trained(batch())
+    fresh = make().train()
+    fresh.load_state_dict(trained.state_dict())
+    before = fresh.firing_rate_attn.clone()
+    x = batch(2.0)
+    fresh(x)
+    # an EMA step from the loaded value, not a reset to the batch's rate
+    assert (fresh.firing_rate_attn - before).abs().max() < 1e-3
+    assert not torch.equal(fresh.firing_rate_attn, before)
+
+
+def test_state_dict_round_trip_reproduces_outputs():
+    layer = make().train()
+    layer(batch())
+    copy = make()
+    copy.load_state_dict(layer.state_dict())
+    x = batch()
+    layer.eval(), copy.eval()
+    torch.testing.assert_close(copy(x), layer(x), rtol=0, atol=0)
+
+
+def test_freeze_firing_rates_and_restores_the_flag():
+    layer = make().train()
+    with freeze_firing_rates(layer):
+        layer(batch())
+        assert layer.update_firing_rates is False
+    assert layer.update_firing_rates is True
+    assert (layer.firing_rate_x == 0).all()
+
+
+def test_other_resolutions_take_the_patch_count_from_the_input():
+    layer = make().eval()
+    layer.firing_rate_x.fill_(0.2)
+    layer.firing_rate_attn.fill_(0.2)
+    for size in (4, 8, 12):
+        assert layer(torch.randn(1, 1, 16, size, size, dtype=torch.float64)).shape[-1] == size
+
+
+def test_a_head_that_never_fired_gives_zeros_not_nan():
+    layer = make().train()
+    out = layer(torch.full((2, 1, 16, 4, 4), -5.0, dtype=torch.float64))  # no spike anywhere
+    assert (layer.firing_rate_x == 0).all()
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_module_to_memory_format_keeps_the_buffers(memory_format):
+    layer = make()
+    layer.firing_rate_x.fill_(0.3)
+    layer.to(memory_format=memory_format).float()
+    assert layer.firing_rate_x.shape == (1, 1, 2, 1, 1)
+    assert layer.firing_rate_x.dtype == torch.float32 and (layer.firing_rate_x == 0.3).all()

@@ -1,0 +1,201 @@
+"""Model-level behaviour on tiny configurations: inputs, outputs, precision, compile, errors."""
+
+import copy
+
+import pytest
+import timm
+import torch
+from timm.models import group_parameters
+from timm.optim import param_groups_weight_decay
+
+import spikezoo  # noqa: F401
+from spikezoo.layers import DSSA
+from spikezoo.neurons import MultiStepPLIF
+
+TINY = {
+    "sdt": ("sdt_8_384", dict(embed_dim=32, depth=2, num_heads=4, num_classes=5, time_steps=2)),
+    "resformer": (
+        "spikingresformer_ti",
+        dict(
+            embed_dims=(16, 32),
+            num_heads=(1, 2),
+            depths=(1, 1),
+            patch_sizes=(2, 1),
+            group_size=16,
+            num_classes=5,
+            time_steps=2,
+        ),
+    ),
+}
+
+
+def tiny(family, **overrides):
+    name, args = TINY[family]
+    return timm.create_model(name, **dict(args, **overrides))
+
+
+def image(model, batch=2, scale=2):
+    size = scale * model.size_multiple
+    return torch.randn(batch, model.in_chans, size, size)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_event_frames_bring_their_own_time_steps(family):
+    model = tiny(family).eval()
+    x = image(model)
+    frames = torch.stack([x, x * 0.5, x * 2.0], dim=1)  # [B, T=3, C, H, W]
+    model.per_step_logits = True
+    assert model(frames).shape == (3, 2, 5)
+    repeated = x.unsqueeze(1).expand(-1, model.time_steps, -1, -1, -1)
+    torch.testing.assert_close(model(repeated), model(x))
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_per_step_logits_average_to_the_output(family):
+    model = tiny(family, per_step_logits=True).eval()
+    x = image(model)
+    per_step = model(x)
+    assert per_step.shape == (model.time_steps, 2, 5)
+    model.per_step_logits = False
+    torch.testing.assert_close(per_step.mean(0), model(x))
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_token_logits_without_global_pool(family):
+    model = tiny(family, global_pool="").eval()
+    x = image(model)
+    tokens = (x.shape[-1] // model.feature_info[-1]["reduction"]) ** 2
+    assert model(x).shape == (2, tokens, 5)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_float64_channels_last_and_bf16_autocast(family):
+    model = tiny(family).eval()
+    x = image(model)
+    reference = model(x)
+    torch.testing.assert_close(model.double()(x.double()).float(), reference, rtol=1e-4, atol=1e-4)
+    model.float()
+    cl = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, reference, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert torch.isfinite(low).all() and low.shape == reference.shape
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_torch_compile_matches_eager(family):
+    # A fresh dynamo state: the families share SpikingVisionModel.forward, and a second model
+    # would otherwise be traced with dynamic shapes, which inductor 2.14 cannot compile here.
+    torch._dynamo.reset()
+    # float64 so that reordered arithmetic cannot flip a spike
+    model = tiny(family, depth=1) if family == "sdt" else tiny(family, depths=(1, 0))
+    model = model.double().train()
+    twin = copy.deepcopy(model)
+    x = image(model, batch=1).double()
+    eager = model(x)
+    eager.sum().backward()
+    compiled = torch.compile(twin)(x)
+    compiled.sum().backward()
+    torch.testing.assert_close(compiled, eager)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_resformer_runs_at_other_resolutions():
+    model = tiny("resformer").eval()
+    small, large = image(model, scale=2), image(model, scale=3)
+    assert model(small).shape == model(large).shape == (2, 5)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_forward_intermediates_time_reductions(family):
+    model = tiny(family).eval()
+    x = image(model)
+    final, maps = model.forward_intermediates(x, time_reduction="none")
+    assert final.shape[:2] == (model.time_steps, 2)
+    torch.testing.assert_close(maps[-1], final.transpose(0, 1))
+    means = model.forward_intermediates(x, intermediates_only=True)
+    torch.testing.assert_close(means[-1], final.mean(0))
+    last = model.forward_intermediates(
+        x, indices=[0], intermediates_only=True, time_reduction="last"
+    )
+    torch.testing.assert_close(last[0], maps[0][:, -1])
+    early = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+    torch.testing.assert_close(early[0], means[0])
+    with pytest.raises(ValueError, match="time_reduction must be one of"):
+        model.forward_intermediates(x, time_reduction="max")
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_prune_intermediate_layers(family):
+    model = tiny(family).eval()
+    x = image(model)
+    kept = model.prune_intermediate_layers([0])
+    assert kept == [0] and len(model.units) == 1 and model.num_classes == 0
+    tokens = (x.shape[-1] // model.feature_info[0]["reduction"]) ** 2
+    assert model(x).shape == (2, tokens, model.feature_info[0]["num_chs"])
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_plif_time_constants_are_listed_for_no_weight_decay(family):
+    model = tiny(family, neuron="plif")
+    names = model.no_weight_decay()
+    plif = [n for n, m in model.spiking_neurons() if isinstance(m, MultiStepPLIF)]
+    assert names == {f"{n}.w" for n in plif} and names
+    groups = param_groups_weight_decay(model, weight_decay=0.05, no_weight_decay_list=names)
+    decayed = {id(p) for p in groups[1]["params"]}
+    assert all(id(model.get_parameter(n)) not in decayed for n in names)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_group_matcher_covers_every_parameter(family):
+    model = tiny(family)
+    groups = group_parameters(model, model.group_matcher())
+    grouped = {name for names in groups.values() for name in names}
+    assert grouped == {n for n, _ in model.named_parameters()}
+    assert len(groups) > 2
+
+
+def test_neuron_count_and_hooks():
+    model = tiny("sdt")
+    neurons = model.spiking_neurons()
+    # SPS 3 + rpe 1; per block: SDSA 5 + MLP 2; head 1
+    assert len(neurons) == 4 + 2 * 7 + 1
+    rates = {}
+    for name, module in neurons:
+        module.register_forward_hook(lambda m, i, o, name=name: rates.__setitem__(name, o.mean()))
+    model(image(model))
+    assert set(rates) == {n for n, _ in neurons}
+    assert all(0 <= r <= 1 for r in rates.values())
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_bad_input_is_refused_with_the_numbers(family):
+    model = tiny(family)
+    multiple = model.size_multiple
+    with pytest.raises(ValueError, match=r"expects images \[B, C, H, W\]"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="in_chans=3, got 1 channels"):
+        model(torch.randn(2, 1, 2 * multiple, 2 * multiple))
+    with pytest.raises(ValueError, match=f"multiples of {multiple}, got {multiple + 2}x"):
+        model(torch.randn(2, 3, multiple + 2, multiple + 2))
+    with pytest.raises(ValueError, match=f"multiples of {multiple}"):
+        tiny(family, img_size=multiple + 2)
+    with pytest.raises(ValueError, match="unknown neuron 'alif'"):
+        tiny(family, neuron="alif")
+    with pytest.raises(ValueError, match="global_pool must be one of"):
+        tiny(family, global_pool="max")
+
+
+def test_resformer_stage_arguments_must_agree():
+    with pytest.raises(ValueError, match="one entry per stage, got 2, 3, 2 and 2"):
+        tiny("resformer", embed_dims=(16, 32, 64))
+    with pytest.raises(ValueError, match="stem must be one of"):
+        tiny("resformer", stem="patchify")
+
+
+def test_dssa_rates_are_not_touched_in_eval_or_when_frozen():
+    model = tiny("resformer").eval()
+    rates = [m for m in model.modules() if isinstance(m, DSSA)]
+    model(image(model))
+    assert all((m.firing_rate_x == 0).all() for m in rates)
