@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointMismatchError",
     "RenameRule",
     "check_state_dict",
+    "filter_checkpoint",
     "guess_architecture",
     "register_family",
     "rename_key",
@@ -81,6 +82,19 @@ def rename_keys(state_dict: Mapping[str, Tensor], rules: list[RenameRule]) -> di
         if new_key is not None:
             renamed[new_key] = value
     return renamed
+
+
+def filter_checkpoint(
+    checkpoint: Mapping,
+    model: nn.Module,
+    remap: Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]],
+    exempt: tuple[str, ...],
+) -> dict[str, Tensor]:
+    """Unwrap, rename with ``remap`` and check a checkpoint for ``model`` (a family's filter)."""
+    original = unwrap_state_dict(checkpoint)
+    mapped = remap(original, model)
+    check_state_dict(mapped, model, exempt=exempt, original=original)
+    return mapped
 
 
 def check_state_dict(

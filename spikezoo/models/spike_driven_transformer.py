@@ -12,20 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import SDSA, SPS, NeuronFactory, SpikingMLP
 from spikezoo.models._base import SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import (
     RenameRule,
-    check_state_dict,
+    filter_checkpoint,
     register_family,
     rename_keys,
     unwrap_state_dict,
 )
-from spikezoo.models._pretrained import SpikingPretrainedCfg
+from spikezoo.models._pretrained import spikezoo_default_cfgs
 
 __all__ = ["Block", "SpikeDrivenTransformer", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -99,7 +99,7 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         make_neuron = neuron_factory(neuron, surrogate="sigmoid")
         self.num_features = self.head_hidden_size = embed_dim
         self.patch_embed = SPS(in_chans, embed_dim, pooling_stat, make_neuron)
-        self.check_image_size(*_pair(img_size))
+        self.check_image_size(*to_2tuple(img_size))
         drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(
             *(Block(embed_dim, num_heads, mlp_ratio, dvs, make_neuron, rate) for rate in drop_rates)
@@ -136,10 +136,6 @@ def _init_conv(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
 # --- the authors' checkpoints --------------------------------------------------------------
 
 _AUTHORS_KEYS: list[RenameRule] = [
@@ -174,10 +170,9 @@ def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformer) -> 
     and passes spikezoo's own state dicts through. Raises
     :class:`~spikezoo.models.CheckpointMismatchError` if the result does not fit ``model``.
     """
-    original = unwrap_state_dict(state_dict)
-    mapped = remap_state_dict(original, model)
-    check_state_dict(mapped, model, exempt=("head.", "patch_embed.proj.0.conv."), original=original)
-    return mapped
+    return filter_checkpoint(
+        state_dict, model, remap_state_dict, exempt=("head.", "patch_embed.proj.0.conv.")
+    )
 
 
 register_family(__name__.rsplit(".", 1)[-1], remap_state_dict)
@@ -203,53 +198,40 @@ _NOT_RELEASED = (
 )
 
 
-def _cfg(**kwargs) -> SpikingPretrainedCfg:
-    cfg = dict(
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(14, 14),
-        crop_pct=0.95,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="patch_embed.proj.0.conv",
-        classifier="head",
-        # The authors' repository has no licence file.
-        license="unknown",
-        paper_name="Spike-driven Transformer",
-        paper_ids="arXiv:2307.01694",
-        origin_url="https://github.com/BICLab/Spike-Driven-Transformer",
-        time_steps=4,
-    )
-    cfg.update(kwargs)
-    return SpikingPretrainedCfg(**cfg)
-
-
-def _hub(name: str, **kwargs) -> SpikingPretrainedCfg:
-    return _cfg(hf_hub_id=f"spikezoo/{name}", **kwargs)
+_DEFAULTS = dict(
+    num_classes=1000,
+    input_size=(3, 224, 224),
+    pool_size=(14, 14),
+    crop_pct=0.95,
+    interpolation="bicubic",
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    first_conv="patch_embed.proj.0.conv",
+    classifier="head",
+    # The authors' repository has no licence file.
+    license="unknown",
+    paper_name="Spike-driven Transformer",
+    paper_ids="arXiv:2307.01694",
+    origin_url="https://github.com/BICLab/Spike-Driven-Transformer",
+    time_steps=4,
+)
 
 
 _cifar = dict(input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, notes=_NOT_RELEASED)
 _dvs = dict(mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, notes=_NOT_RELEASED)
 
-default_cfgs = generate_default_cfgs(
+default_cfgs = spikezoo_default_cfgs(
+    _DEFAULTS,
     {
-        "sdt_8_384.in1k": _hub("sdt_8_384.in1k", top1=72.28),
-        "sdt_6_512.in1k": _hub("sdt_6_512.in1k", top1=74.11),
-        "sdt_8_512.in1k": _hub("sdt_8_512.in1k", top1=74.57),
-        "sdt_10_512.in1k": _hub("sdt_10_512.in1k", top1=74.66),
-        "sdt_8_768.in1k": _hub("sdt_8_768.in1k", test_input_size=(3, 288, 288), top1=77.07),
-        "sdt_2_256_cifar.cifar10": _hub(
-            "sdt_2_256_cifar.cifar10", num_classes=10, **_cifar, **_CIFAR10
-        ),
-        "sdt_2_512_cifar.cifar10": _hub(
-            "sdt_2_512_cifar.cifar10", num_classes=10, top1=95.6, **_cifar, **_CIFAR10
-        ),
-        "sdt_2_512_cifar.cifar100": _hub(
-            "sdt_2_512_cifar.cifar100", num_classes=100, top1=78.4, **_cifar, **_CIFAR100
-        ),
-        "sdt_2_256_dvs128.dvs128_gesture": _hub(
-            "sdt_2_256_dvs128.dvs128_gesture",
+        "sdt_8_384.in1k": dict(top1=72.28),
+        "sdt_6_512.in1k": dict(top1=74.11),
+        "sdt_8_512.in1k": dict(top1=74.57),
+        "sdt_10_512.in1k": dict(top1=74.66),
+        "sdt_8_768.in1k": dict(test_input_size=(3, 288, 288), top1=77.07),
+        "sdt_2_256_cifar.cifar10": dict(num_classes=10, **_cifar, **_CIFAR10),
+        "sdt_2_512_cifar.cifar10": dict(num_classes=10, top1=95.6, **_cifar, **_CIFAR10),
+        "sdt_2_512_cifar.cifar100": dict(num_classes=100, top1=78.4, **_cifar, **_CIFAR100),
+        "sdt_2_256_dvs128.dvs128_gesture": dict(
             num_classes=11,
             input_size=(2, 128, 128),
             pool_size=(16, 16),
@@ -257,15 +239,14 @@ default_cfgs = generate_default_cfgs(
             top1=99.3,
             **_dvs,
         ),
-        "sdt_2_256_cifar10dvs.cifar10_dvs": _hub(
-            "sdt_2_256_cifar10dvs.cifar10_dvs",
+        "sdt_2_256_cifar10dvs.cifar10_dvs": dict(
             num_classes=10,
             input_size=(2, 64, 64),
             pool_size=(16, 16),
             time_steps=10,
             **_dvs,
         ),
-    }
+    },
 )
 
 

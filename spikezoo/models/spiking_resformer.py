@@ -15,20 +15,20 @@ import re
 from collections.abc import Mapping, Sequence
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, NeuronFactory, PerStep
 from spikezoo.models._base import SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import (
     RenameRule,
-    check_state_dict,
+    filter_checkpoint,
     register_family,
     rename_key,
     unwrap_state_dict,
 )
-from spikezoo.models._pretrained import SpikingPretrainedCfg
+from spikezoo.models._pretrained import spikezoo_default_cfgs
 
 __all__ = ["SpikingResformer", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -104,7 +104,7 @@ class SpikingResformer(SpikingVisionModel):
         self._size_multiple = math.lcm(
             *(r * p for r, p in zip(reductions, patch_sizes, strict=True))
         )
-        self.check_image_size(*_pair(img_size))
+        self.check_image_size(*to_2tuple(img_size))
 
         rates = iter(_linspace(drop_path_rate, sum(depths)))
         stages = []
@@ -155,10 +155,6 @@ def _init_weights(module: nn.Module) -> None:
 
 def _linspace(end: float, count: int) -> list[float]:
     return [end * i / max(count - 1, 1) for i in range(count)]
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 # --- the authors' checkpoints --------------------------------------------------------------
@@ -215,10 +211,7 @@ def checkpoint_filter_fn(state_dict: Mapping, model: SpikingResformer) -> dict[s
     spikezoo's own state dicts pass through. Raises
     :class:`~spikezoo.models.CheckpointMismatchError` if the result does not fit ``model``.
     """
-    original = unwrap_state_dict(state_dict)
-    mapped = remap_state_dict(original, model)
-    check_state_dict(mapped, model, exempt=("head.", "stem.conv."), original=original)
-    return mapped
+    return filter_checkpoint(state_dict, model, remap_state_dict, exempt=("head.", "stem.conv."))
 
 
 register_family(__name__.rsplit(".", 1)[-1], remap_state_dict)
@@ -241,51 +234,38 @@ _CIFAR10 = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
 _CIFAR100 = dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
 
 
-def _cfg(**kwargs) -> SpikingPretrainedCfg:
-    cfg = dict(
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(14, 14),
-        crop_pct=0.95,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="stem.conv",
-        classifier="head",
-        license="mit",
-        paper_name=(
-            "SpikingResformer: Bridging ResNet and Vision Transformer in Spiking Neural Networks"
-        ),
-        paper_ids="arXiv:2403.14302",
-        origin_url="https://github.com/xyshi2000/SpikingResformer",
-        time_steps=4,
-    )
-    cfg.update(kwargs)
-    return SpikingPretrainedCfg(**cfg)
-
-
-def _hub(name: str, **kwargs) -> SpikingPretrainedCfg:
-    return _cfg(hf_hub_id=f"spikezoo/{name}", **kwargs)
+_DEFAULTS = dict(
+    num_classes=1000,
+    input_size=(3, 224, 224),
+    pool_size=(14, 14),
+    crop_pct=0.95,
+    interpolation="bicubic",
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    first_conv="stem.conv",
+    classifier="head",
+    license="mit",
+    paper_name=(
+        "SpikingResformer: Bridging ResNet and Vision Transformer in Spiking Neural Networks"
+    ),
+    paper_ids="arXiv:2403.14302",
+    origin_url="https://github.com/xyshi2000/SpikingResformer",
+    time_steps=4,
+)
 
 
 _cifar = dict(input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0)
 
-default_cfgs = generate_default_cfgs(
+default_cfgs = spikezoo_default_cfgs(
+    _DEFAULTS,
     {
-        "spikingresformer_ti.in1k": _hub("spikingresformer_ti.in1k", top1=74.34),
-        "spikingresformer_s.in1k": _hub("spikingresformer_s.in1k"),
-        "spikingresformer_m.in1k": _hub("spikingresformer_m.in1k", top1=77.24),
-        "spikingresformer_l.in1k": _hub(
-            "spikingresformer_l.in1k", test_input_size=(3, 288, 288), top1=79.40
-        ),
-        "spikingresformer_cifar.cifar10": _hub(
-            "spikingresformer_cifar.cifar10", num_classes=10, **_cifar, **_CIFAR10
-        ),
-        "spikingresformer_cifar.cifar100": _hub(
-            "spikingresformer_cifar.cifar100", num_classes=100, **_cifar, **_CIFAR100
-        ),
-        "spikingresformer_dvsg.dvs128_gesture": _hub(
-            "spikingresformer_dvsg.dvs128_gesture",
+        "spikingresformer_ti.in1k": dict(top1=74.34),
+        "spikingresformer_s.in1k": dict(),
+        "spikingresformer_m.in1k": dict(top1=77.24),
+        "spikingresformer_l.in1k": dict(test_input_size=(3, 288, 288), top1=79.40),
+        "spikingresformer_cifar.cifar10": dict(num_classes=10, **_cifar, **_CIFAR10),
+        "spikingresformer_cifar.cifar100": dict(num_classes=100, **_cifar, **_CIFAR100),
+        "spikingresformer_dvsg.dvs128_gesture": dict(
             num_classes=11,
             input_size=(3, 64, 64),
             pool_size=(16, 16),
@@ -294,7 +274,7 @@ default_cfgs = generate_default_cfgs(
             std=(1.0, 1.0, 1.0),
             time_steps=16,
         ),
-    }
+    },
 )
 
 _IMAGENET_STAGES = dict(depths=(1, 2, 3), patch_sizes=(4, 2, 1))

@@ -229,10 +229,7 @@ class _MultiStepDynamics(torch.autograd.Function):
             v_init,
             k,
         )
-        if not ctx.needs_input_grad[2]:
-            grad_v_init = None
-        elif grad_v_init.shape != v_init.shape:
-            grad_v_init = grad_v_init.expand(v_init.shape).clone()
+        grad_v_init = grad_v_init if ctx.needs_input_grad[2] else None
         return grad_x, grad_k if ctx.grad_k_needed else None, grad_v_init, None, None
 
 

@@ -1,0 +1,42 @@
+"""CUDA agrees with the CPU. Runs where a GPU is present; CI machines have none.
+
+Everything these tests exercise also runs on the CPU in the rest of the suite; here only the
+device differs.
+"""
+
+import pytest
+import timm
+import torch
+
+import spikezoo  # noqa: F401
+from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("backend", ["torch", "inductor", "auto"])
+@pytest.mark.parametrize("neuron", [MultiStepLIF, MultiStepPLIF])
+def test_neuron_on_cuda_matches_cpu(backend, neuron):
+    x = torch.randn(4, 3, 1000, dtype=torch.float64) * 2
+    cpu, gpu = neuron(backend="torch").double(), neuron(backend=backend).double().cuda()
+    x_cpu, x_gpu = x.clone().requires_grad_(), x.cuda().requires_grad_()
+    s_cpu, s_gpu = cpu(x_cpu), gpu(x_gpu)
+    assert torch.equal(s_gpu.cpu(), s_cpu)
+    s_cpu.sum().backward()
+    s_gpu.sum().backward()
+    torch.testing.assert_close(x_gpu.grad.cpu(), x_cpu.grad)
+
+
+def test_cupy_backend_is_declared_only():
+    with pytest.raises((RuntimeError, NotImplementedError), match=r"(?i)cupy"):
+        MultiStepLIF(backend="cupy")(torch.randn(2, 3, device="cuda"))
+
+
+@pytest.mark.parametrize("name", ["sdt_2_256_cifar", "spikingresformer_cifar"])
+def test_model_on_cuda_matches_cpu(name):
+    model = timm.create_model(name, time_steps=2).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+        got = model.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
