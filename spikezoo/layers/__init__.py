@@ -1,4 +1,27 @@
-"""The papers' building blocks as drop-in ``nn.Module``s over ``[T, B, C, H, W]`` membranes."""
+"""The papers' building blocks as drop-in ``nn.Module``s over ``[T, B, C, H, W]`` membranes.
+
+Example: a custom spiking CNN with spike-driven and dual spike self-attention.
+
+    >>> import functools, torch
+    >>> from torch import nn
+    >>> from spikezoo.layers import DSSA, SDSA, ConvBN
+    >>> from spikezoo.neurons import MultiStepLIF
+    >>> class Net(nn.Module):
+    ...     def __init__(self, time_steps=2):
+    ...         super().__init__()
+    ...         neuron = functools.partial(MultiStepLIF, surrogate="atan")
+    ...         self.time_steps = time_steps
+    ...         self.stem = ConvBN(3, 32, 3)                       # no neuron: reads pixels
+    ...         self.sdsa = SDSA(32, num_heads=4, neuron=neuron)
+    ...         self.dssa = DSSA(32, num_heads=2, patch_size=2, neuron=neuron)
+    ...         self.head = nn.Linear(32, 10)
+    ...     def forward(self, images):                             # [B, 3, H, W]
+    ...         x = images.unsqueeze(0).repeat(self.time_steps, 1, 1, 1, 1)
+    ...         x = self.dssa(self.sdsa(self.stem(x)))             # [T, B, 32, H, W]
+    ...         return self.head(x.mean((-2, -1))).mean(0)         # [B, 10]
+    >>> Net()(torch.randn(4, 3, 16, 16)).shape
+    torch.Size([4, 10])
+"""
 
 from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.dssa import DSSA, Downsample, freeze_firing_rates

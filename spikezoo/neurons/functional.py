@@ -45,8 +45,8 @@ BACKENDS = ("auto", "torch", "inductor", "cupy")
 
 _logger = logging.getLogger(__name__)
 
-#: Device types on which ``torch.compile`` failed once; ``"auto"`` stops trying there.
-_INDUCTOR_FAILED: set[str] = set()
+#: (device type, config, T) for which ``torch.compile`` failed; ``"auto"`` runs them eagerly.
+_INDUCTOR_FAILED: set[tuple] = set()
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,8 @@ def _backward_sequence(
         grad_x.append(grad_h * k if cfg.decay_input else grad_h)
         grad_v = grad_h * (1.0 - k)
     if grad_k_needed and cfg.decay_input:
-        grad_k = grad_k / k
+        # k underflows to 0 only for an extreme PLIF w, where dh/dk * k is 0 too.
+        grad_k = torch.where(k > 0, grad_k / k, 0.0)
     grad_x.reverse()
     return torch.stack(grad_x), grad_v, grad_k
 
@@ -141,7 +142,8 @@ def _backward_sequence(
 @functools.cache
 def _compiled(cfg: NeuronConfig, grad_k_needed: bool) -> tuple:
     """The two loops compiled by ``torch.compile``, in a compile region of their own per config."""
-    options = dict(dynamic=True, fullgraph=True, isolate_recompiles=True)
+    # T is unrolled, so each sequence length is a graph of its own.
+    options = dict(dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=64)
     return torch.compile(_forward_sequence, **options), torch.compile(_backward_sequence, **options)
 
 
@@ -156,8 +158,6 @@ def _resolve_backend(backend: str, x: Tensor) -> str:
         _require_cupy(x)
     if torch.compiler.is_compiling():
         return "torch"  # an outer torch.compile traces and fuses the eager loops itself
-    if backend == "auto" and x.device.type in _INDUCTOR_FAILED:
-        return "torch"
     return backend
 
 
@@ -185,7 +185,8 @@ def _run_kernel(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the forward (``index=0``) or backward (``1``) loop on the resolved backend."""
     config_args = (cfg,) if index == 0 else (cfg, grad_k_needed)
-    if backend != "torch":
+    failure_key = (args[0].device.type, cfg, grad_k_needed, args[0].shape[0])
+    if backend == "inductor" or (backend == "auto" and failure_key not in _INDUCTOR_FAILED):
         # Detached aliases: a view's base would put its rank into dynamo's guards.
         detached = [a.detach() for a in args]
         try:
@@ -193,11 +194,10 @@ def _run_kernel(
         except Exception:
             if backend != "auto":
                 raise
-            device_type = args[0].device.type
             _logger.debug(
-                "torch.compile failed on %s; using eager loops", device_type, exc_info=True
+                "torch.compile failed for %s; using eager loops", failure_key, exc_info=True
             )
-            _INDUCTOR_FAILED.add(device_type)
+            _INDUCTOR_FAILED.add(failure_key)
     return _EAGER[index](*args, *config_args)
 
 
