@@ -70,9 +70,10 @@ class NeuronConfig:
 def _charge(x: Tensor, v: Tensor, k: Tensor, cfg: NeuronConfig) -> Tensor:
     if not cfg.leaky:
         return v + x
+    above_rest = v - cfg.charge_reset if cfg.charge_reset else v  # v - 0.0 is v, exactly
     if cfg.decay_input:
-        return v + (x - (v - cfg.charge_reset)) * k
-    return v - (v - cfg.charge_reset) * k + x
+        return v + (x - above_rest) * k
+    return v - above_rest * k + x
 
 
 def _reset(h: Tensor, fired: Tensor, cfg: NeuronConfig) -> Tensor:
