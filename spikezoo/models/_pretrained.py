@@ -4,9 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import PretrainedCfg, generate_default_cfgs
 
-__all__ = ["SpikingPretrainedCfg", "spikezoo_default_cfgs"]
+__all__ = ["CIFAR100_NORM", "IMAGENET_CFG", "SpikingPretrainedCfg", "spikezoo_default_cfgs"]
+
+#: ImageNet-1k evaluation as both authors' scripts do it (timm loader, bicubic, crop 0.95), T=4.
+IMAGENET_CFG = dict(
+    num_classes=1000,
+    input_size=(3, 224, 224),
+    pool_size=(14, 14),
+    crop_pct=0.95,
+    interpolation="bicubic",
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    classifier="head",
+    time_steps=4,
+)
+
+#: CIFAR-100 normalisation, the same in both authors' code.
+CIFAR100_NORM = dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
 
 
 @dataclass

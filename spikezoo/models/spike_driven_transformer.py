@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, register_model
 from torch import Tensor, nn
@@ -25,7 +24,7 @@ from spikezoo.models._checkpoint import (
     rename_keys,
     unwrap_state_dict,
 )
-from spikezoo.models._pretrained import spikezoo_default_cfgs
+from spikezoo.models._pretrained import CIFAR100_NORM, IMAGENET_CFG, spikezoo_default_cfgs
 
 __all__ = ["Block", "SpikeDrivenTransformer", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -192,28 +191,19 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTran
 # --- configurations ------------------------------------------------------------------------
 
 _CIFAR10 = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
-_CIFAR100 = dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
 _NOT_RELEASED = (
     "The authors released ImageNet-1k weights only; these come from spikezoo's recipes.",
 )
 
 
 _DEFAULTS = dict(
-    num_classes=1000,
-    input_size=(3, 224, 224),
-    pool_size=(14, 14),
-    crop_pct=0.95,
-    interpolation="bicubic",
-    mean=IMAGENET_DEFAULT_MEAN,
-    std=IMAGENET_DEFAULT_STD,
+    IMAGENET_CFG,
     first_conv="patch_embed.proj.0.conv",
-    classifier="head",
     # The authors' repository has no licence file.
     license="unknown",
     paper_name="Spike-driven Transformer",
     paper_ids="arXiv:2307.01694",
     origin_url="https://github.com/BICLab/Spike-Driven-Transformer",
-    time_steps=4,
 )
 
 
@@ -230,7 +220,7 @@ default_cfgs = spikezoo_default_cfgs(
         "sdt_8_768.in1k": dict(test_input_size=(3, 288, 288), top1=77.07),
         "sdt_2_256_cifar.cifar10": dict(num_classes=10, **_cifar, **_CIFAR10),
         "sdt_2_512_cifar.cifar10": dict(num_classes=10, top1=95.6, **_cifar, **_CIFAR10),
-        "sdt_2_512_cifar.cifar100": dict(num_classes=100, top1=78.4, **_cifar, **_CIFAR100),
+        "sdt_2_512_cifar.cifar100": dict(num_classes=100, top1=78.4, **_cifar, **CIFAR100_NORM),
         "sdt_2_256_dvs128.dvs128_gesture": dict(
             num_classes=11,
             input_size=(2, 128, 128),

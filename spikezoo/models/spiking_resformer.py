@@ -14,7 +14,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, register_model
 from torch import Tensor, nn
@@ -28,7 +27,7 @@ from spikezoo.models._checkpoint import (
     rename_key,
     unwrap_state_dict,
 )
-from spikezoo.models._pretrained import spikezoo_default_cfgs
+from spikezoo.models._pretrained import CIFAR100_NORM, IMAGENET_CFG, spikezoo_default_cfgs
 
 __all__ = ["SpikingResformer", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -231,26 +230,17 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikingResforme
 # --- configurations ------------------------------------------------------------------------
 
 _CIFAR10 = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
-_CIFAR100 = dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
 
 
 _DEFAULTS = dict(
-    num_classes=1000,
-    input_size=(3, 224, 224),
-    pool_size=(14, 14),
-    crop_pct=0.95,
-    interpolation="bicubic",
-    mean=IMAGENET_DEFAULT_MEAN,
-    std=IMAGENET_DEFAULT_STD,
+    IMAGENET_CFG,
     first_conv="stem.conv",
-    classifier="head",
     license="mit",
     paper_name=(
         "SpikingResformer: Bridging ResNet and Vision Transformer in Spiking Neural Networks"
     ),
     paper_ids="arXiv:2403.14302",
     origin_url="https://github.com/xyshi2000/SpikingResformer",
-    time_steps=4,
 )
 
 
@@ -264,7 +254,7 @@ default_cfgs = spikezoo_default_cfgs(
         "spikingresformer_m.in1k": dict(top1=77.24),
         "spikingresformer_l.in1k": dict(test_input_size=(3, 288, 288), top1=79.40),
         "spikingresformer_cifar.cifar10": dict(num_classes=10, **_cifar, **_CIFAR10),
-        "spikingresformer_cifar.cifar100": dict(num_classes=100, **_cifar, **_CIFAR100),
+        "spikingresformer_cifar.cifar100": dict(num_classes=100, **_cifar, **CIFAR100_NORM),
         "spikingresformer_dvsg.dvs128_gesture": dict(
             num_classes=11,
             input_size=(3, 64, 64),
