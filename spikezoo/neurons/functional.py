@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -83,17 +84,19 @@ def _reset(h: Tensor, fired: Tensor, cfg: NeuronConfig) -> Tensor:
 
 
 def _forward_sequence(
-    x: Tensor, v: Tensor, k: Tensor, cfg: NeuronConfig
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``x [T, N]`` -> spikes ``[T, N]`` (dtype of x), charged membranes ``[T, N]``, final ``v``."""
+    x: Tensor, v: Tensor, k: Tensor, cfg: NeuronConfig, keep_charged: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``x [T, N]`` -> spikes ``[T, N]`` (dtype of x), charged membranes ``[T, N]`` (for the
+    backward pass; ``None`` unless ``keep_charged``), final ``v``."""
     spikes, charged = [], []
     for t in range(x.shape[0]):
         h = _charge(x[t].to(v.dtype), v, k, cfg)
         fired = h >= cfg.v_threshold
         spikes.append(fired.to(x.dtype))
-        charged.append(h)
+        if keep_charged:
+            charged.append(h)
         v = _reset(h, fired, cfg)
-    return torch.stack(spikes), torch.stack(charged), v
+    return torch.stack(spikes), torch.stack(charged) if keep_charged else None, v
 
 
 def _backward_sequence(
@@ -141,14 +144,14 @@ def _backward_sequence(
 
 
 @functools.cache
-def _compiled(cfg: NeuronConfig, grad_k_needed: bool) -> tuple:
-    """The two loops compiled by ``torch.compile``, in a compile region of their own per config."""
-    # T is unrolled, so each sequence length is a graph of its own.
-    options = dict(dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=64)
-    return torch.compile(_forward_sequence, **options), torch.compile(_backward_sequence, **options)
+def _compiled(loop: Callable, cfg: NeuronConfig, flag: bool) -> Callable:
+    """``loop`` compiled by ``torch.compile``, one compile region per ``(loop, cfg, flag)``.
 
-
-_EAGER = (_forward_sequence, _backward_sequence)
+    T is unrolled, so each sequence length is a graph of its own.
+    """
+    return torch.compile(
+        loop, dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=64
+    )
 
 
 def _resolve_backend(backend: str, x: Tensor) -> str:
@@ -181,17 +184,16 @@ def _require_cupy(x: Tensor) -> None:
     )
 
 
-def _run_kernel(
-    index: int, backend: str, cfg: NeuronConfig, grad_k_needed: bool, *args: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the forward (``index=0``) or backward (``1``) loop on the resolved backend."""
-    config_args = (cfg,) if index == 0 else (cfg, grad_k_needed)
-    failure_key = (args[0].device.type, cfg, grad_k_needed, args[0].shape[0])
+def _run_loop(
+    loop: Callable, backend: str, cfg: NeuronConfig, flag: bool, *tensors: Tensor
+) -> tuple:
+    """Run the forward or backward loop (``flag``: keep_charged / grad_k_needed) on ``backend``."""
+    failure_key = (tensors[0].device.type, loop.__name__, cfg, flag, tensors[0].shape[0])
     if backend == "inductor" or (backend == "auto" and failure_key not in _INDUCTOR_FAILED):
         # Detached aliases: a view's base would put its rank into dynamo's guards.
-        detached = [a.detach() for a in args]
+        detached = [t.detach() for t in tensors]
         try:
-            return _compiled(cfg, grad_k_needed)[index](*detached, *config_args)
+            return _compiled(loop, cfg, flag)(*detached, cfg, flag)
         except Exception:
             if backend != "auto":
                 raise
@@ -199,7 +201,7 @@ def _run_kernel(
                 "torch.compile failed for %s; using eager loops", failure_key, exc_info=True
             )
             _INDUCTOR_FAILED.add(failure_key)
-    return _EAGER[index](*args, *config_args)
+    return loop(*tensors, cfg, flag)
 
 
 class _MultiStepDynamics(torch.autograd.Function):
@@ -208,7 +210,7 @@ class _MultiStepDynamics(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.cfg, ctx.backend = cfg, backend
         ctx.grad_k_needed = ctx.needs_input_grad[1]
-        spikes, charged, v_final = _run_kernel(0, backend, cfg, ctx.grad_k_needed, x, v_init, k)
+        spikes, charged, v_final = _run_loop(_forward_sequence, backend, cfg, True, x, v_init, k)
         ctx.save_for_backward(charged, v_init, k)
         return spikes, v_final
 
@@ -219,8 +221,8 @@ class _MultiStepDynamics(torch.autograd.Function):
             grad_spikes = torch.zeros_like(charged)
         if grad_v_final is None:
             grad_v_final = torch.zeros((), dtype=charged.dtype, device=charged.device)
-        grad_x, grad_v_init, grad_k = _run_kernel(
-            1,
+        grad_x, grad_v_init, grad_k = _run_loop(
+            _backward_sequence,
             ctx.backend,
             ctx.cfg,
             ctx.grad_k_needed,
@@ -318,7 +320,11 @@ def multistep_neuron(
         )
     else:
         v0 = _flatten(v_init.unsqueeze(0).to(compute_dtype), order)[0]
-    spikes, v_final = _MultiStepDynamics.apply(_flatten(x, order), k, v0, cfg, backend)
+    flat = _flatten(x, order)
+    if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or v0.requires_grad):
+        spikes, v_final = _MultiStepDynamics.apply(flat, k, v0, cfg, backend)
+    else:  # inference: nothing to keep for a backward pass
+        spikes, _, v_final = _run_loop(_forward_sequence, backend, cfg, False, flat, v0, k)
     spikes = _unflatten(spikes, x, order)
     if not return_state:
         return spikes

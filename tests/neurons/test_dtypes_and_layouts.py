@@ -264,3 +264,17 @@ def test_one_forward_saves_one_membrane_tensor_per_step(kind, dtype, with_v_init
     assert not any(s.data_ptr() == spikes.data_ptr() for s in large)  # spikes are not kept
     spikes.sum().backward()  # and what was saved suffices for the backward
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+def test_inference_path_matches_the_training_path(backend):
+    """Without autograd the loops keep no membranes for backward, and compute the same thing."""
+    x = torch.randn(3, 4, 5) * 2
+    with torch.no_grad():
+        spikes, v_final = multistep_lif(x, backend=backend, return_state=True)
+    trained, v_trained = multistep_lif(
+        x.clone().requires_grad_(), backend=backend, return_state=True
+    )
+    assert not spikes.requires_grad
+    assert torch.equal(spikes, trained.detach())
+    assert torch.equal(v_final, v_trained.detach())
