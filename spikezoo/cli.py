@@ -82,13 +82,14 @@ def _calibrate_batchnorm(model: torch.nn.Module, image: torch.Tensor) -> None:
     """
     batch = torch.cat([image, image.flip(-1), image.flip(-2), image.flip(-1, -2)])
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average: one pass sets the statistics
     with torch.no_grad():
         model.train()(batch)
-    for norm in norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
     model.eval()
 
 

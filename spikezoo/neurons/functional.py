@@ -154,10 +154,15 @@ def _compiled(loop: Callable, cfg: NeuronConfig, flag: bool) -> Callable:
     )
 
 
-def _resolve_backend(backend: str, x: Tensor) -> str:
-    """Pick the loops to run: "torch", "inductor", or "auto" (inductor, falling back to torch)."""
+def validate_backend(backend: str) -> None:
+    """Raise ``ValueError`` for a name not in :data:`BACKENDS`."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+
+
+def _resolve_backend(backend: str, x: Tensor) -> str:
+    """Pick the loops to run: "torch", "inductor", or "auto" (inductor, falling back to torch)."""
+    validate_backend(backend)
     if backend == "cupy":
         _require_cupy(x)
     if torch.compiler.is_compiling():

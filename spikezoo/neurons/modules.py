@@ -49,8 +49,7 @@ class MultiStepNeuron(nn.Module):
     ) -> None:
         super().__init__()
         get_surrogate(surrogate)
-        if backend not in F.BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {list(F.BACKENDS)}")
+        F.validate_backend(backend)
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
         self.surrogate = surrogate
