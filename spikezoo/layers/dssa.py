@@ -39,6 +39,24 @@ class DSSA(nn.Module):
     Set ``update_firing_rates = False`` (or use :func:`freeze_firing_rates`) to train without
     touching the buffers.
 
+    Two cases where the authors' code returns NaN have a defined value here:
+
+    * A head whose rate is 0 never fired: the product it scales is 0, so it contributes 0
+      and passes no gradient back (the authors' scale ``1/sqrt(0)`` is infinite).
+    * Buffers that were never estimated (all zeros, no training call since the module was
+      built): a call that does not write them (eval mode, or frozen rates) uses the batch's
+      own rate, the value its first training call would write (``r``).
+
+    Everywhere else the result is the authors' to the last bit.
+
+    Args:
+        dim: channels C of the input.
+        num_heads: attention heads h; must divide ``dim``.
+        patch_size: ``p``, the patch size of the ``y`` projection; must divide H and W.
+        momentum: EMA momentum of the rate buffers, in ``[0, 1]``.
+        neuron: factory for the spiking neurons.
+        drop_path: stochastic depth of the residual branch, in ``[0, 1)``.
+
     Example:
         >>> import torch
         >>> attn = DSSA(dim=64, num_heads=2, patch_size=4)
@@ -90,13 +108,12 @@ class DSSA(nn.Module):
         y1, y2 = y[:, :, :, :head_dim], y[:, :, :, head_dim:]
         s = rearrange(s, "t b (heads d) h w -> t b heads d (h w)", heads=self.num_heads)
 
+        rate_x = self._rate(self.firing_rate_x, s, update)
+        attn = self.attn_lif(y1.transpose(-1, -2) @ s * _scale(rate_x, head_dim))
+        rate_attn = self._rate(self.firing_rate_attn, attn, update)
         if update:
-            self._track_rate(self.firing_rate_x, s)
-        attn = self.attn_lif(y1.transpose(-1, -2) @ s * _scale(self.firing_rate_x, head_dim))
-        if update:
-            self._track_rate(self.firing_rate_attn, attn)
             self._rates_initialised.fill_(True)
-        out = y2 @ attn * _scale(self.firing_rate_attn, num_patches)
+        out = y2 @ attn * _scale(rate_attn, num_patches)
         out = rearrange(out, "t b heads d (h w) -> t b (heads d) h w", h=height)
         return x + self.drop_path(self.proj(out))
 
@@ -111,13 +128,22 @@ class DSSA(nn.Module):
             for name in _RATE_BUFFERS:
                 self._buffers[name] = self._buffers[name].view(1, 1, -1, 1, 1)
 
-    @torch.no_grad()
-    def _track_rate(self, buffer: Tensor, spikes: Tensor) -> None:
-        """EMA step of ``buffer`` towards the per-head rate of ``spikes [T, B, heads, *, *]``."""
-        batch_rate = spikes.mean((0, 1, 3, 4), keepdim=True)
+    def _rate(self, buffer: Tensor, spikes: Tensor, update: bool) -> Tensor:
+        """The rate that scales ``spikes [T, B, heads, *, *]``: ``[1, 1, heads, 1, 1]``.
+
+        ``estimate`` is what a training call writes: one EMA step from the buffer, or from the
+        batch rate itself on the first call of a module that was never estimated. A call that
+        does not write uses the buffer, or ``estimate`` where the buffer was never estimated.
+        """
+        batch_rate = spikes.detach().mean((0, 1, 3, 4), keepdim=True)
         unset = ~self._rates_initialised & (buffer == 0).all()
-        buffer.copy_(torch.where(unset, batch_rate, buffer))
-        buffer.mul_(self.momentum).add_(batch_rate * (1 - self.momentum))
+        estimate = torch.where(unset, batch_rate, buffer) * self.momentum + batch_rate * (
+            1 - self.momentum
+        )
+        if update:
+            buffer.copy_(estimate)
+            return buffer
+        return torch.where(unset, estimate, buffer)
 
     def extra_repr(self) -> str:
         return (
@@ -127,11 +153,12 @@ class DSSA(nn.Module):
 
 
 def _scale(rate: Tensor, fan_in: int) -> Tensor:
-    """``1 / sqrt(rate * fan_in)``, kept finite for a head that never fired (rate 0).
+    """``1 / sqrt(rate * fan_in)``, and 0 for a head whose rate is 0.
 
-    Where the rate is 0 the product it scales is 0 too; the authors' code returns NaN there.
+    A head with rate 0 is silent, so the product it scales is 0: it contributes 0 and passes
+    no gradient back. (The authors' scale is infinite there, and their output NaN.)
     """
-    return 1.0 / torch.sqrt(rate.clamp_min(torch.finfo(rate.dtype).tiny) * fan_in)
+    return torch.where(rate > 0, 1.0 / torch.sqrt(rate * fan_in), 0.0)
 
 
 @contextlib.contextmanager

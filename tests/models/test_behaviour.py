@@ -9,7 +9,7 @@ from timm.models import group_parameters
 from timm.optim import param_groups_weight_decay
 
 import spikezoo  # noqa: F401
-from spikezoo.layers import DSSA
+from spikezoo.layers import DSSA, freeze_firing_rates
 from spikezoo.neurons import MultiStepPLIF
 
 TINY = {
@@ -194,8 +194,17 @@ def test_resformer_stage_arguments_must_agree():
         tiny("resformer", stem="patchify")
 
 
-def test_dssa_rates_are_not_touched_in_eval_or_when_frozen():
-    model = tiny("resformer").eval()
-    rates = [m for m in model.modules() if isinstance(m, DSSA)]
-    model(image(model))
-    assert all((m.firing_rate_x == 0).all() for m in rates)
+@pytest.mark.parametrize("mode", ["eval", "frozen_training"])
+def test_never_estimated_dssa_rates_give_finite_gradients(mode):
+    # eval() before any training step, or training with frozen rates: each DSSA uses the
+    # batch's own rate and leaves its buffers alone (the authors' scale is infinite here)
+    model = timm.create_model("spikingresformer_cifar", num_classes=10, time_steps=1)
+    model.train(mode == "frozen_training")
+    with freeze_firing_rates(model):
+        out = model(torch.randn(2, 3, 32, 32))
+        out.square().sum().backward()
+    assert torch.isfinite(out).all()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    layers = [m for m in model.modules() if isinstance(m, DSSA)]
+    assert all((m.firing_rate_x == 0).all() and (m.firing_rate_attn == 0).all() for m in layers)
