@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import torch
 from einops import rearrange
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
+from spikezoo.layers._arguments import divides, fraction, positive_int
 from spikezoo.layers.defaults import RESFORMER_NEURON
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
@@ -74,16 +76,17 @@ class DSSA(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.patch_size = patch_size
-        self.momentum = momentum
+        self.dim = positive_int("dim", dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        divides("num_heads", self.num_heads, "dim", self.dim)
+        self.patch_size = positive_int("patch_size", patch_size)
+        self.momentum = fraction("momentum", momentum)
         self.update_firing_rates = True
         self.register_buffer("firing_rate_x", torch.zeros(1, 1, num_heads, 1, 1))
         self.register_buffer("firing_rate_attn", torch.zeros(1, 1, num_heads, 1, 1))
-        self.register_buffer("_rates_initialised", torch.tensor(False), persistent=False)
+        # whether a training call has written each rate buffer since the module was built
+        self.register_buffer("_initialised_x", torch.tensor(False), persistent=False)
+        self.register_buffer("_initialised_attn", torch.tensor(False), persistent=False)
         self.in_lif = neuron()
         self.patch_proj = ConvBN(dim, 2 * dim, patch_size, stride=patch_size, padding=0)
         self.attn_lif = neuron()
@@ -91,12 +94,8 @@ class DSSA(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tbchw(x, self.dim, "DSSA")
+        check_dssa_input(x, self.dim, self.patch_size)
         height, width = x.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"DSSA patch_size {self.patch_size} must divide H and W; got {height}x{width}"
-            )
         head_dim = self.dim // self.num_heads
         num_patches = (height // self.patch_size) * (width // self.patch_size)
         update = self.training and self.update_firing_rates
@@ -108,11 +107,11 @@ class DSSA(nn.Module):
         y1, y2 = y[:, :, :, :head_dim], y[:, :, :, head_dim:]
         s = rearrange(s, "t b (heads d) h w -> t b heads d (h w)", heads=self.num_heads)
 
-        rate_x = self._rate(self.firing_rate_x, s, update)
+        rate_x = firing_rate(self.firing_rate_x, self._initialised_x, s, self.momentum, update)
         attn = self.attn_lif(y1.transpose(-1, -2) @ s * _scale(rate_x, head_dim))
-        rate_attn = self._rate(self.firing_rate_attn, attn, update)
-        if update:
-            self._rates_initialised.fill_(True)
+        rate_attn = firing_rate(
+            self.firing_rate_attn, self._initialised_attn, attn, self.momentum, update
+        )
         out = y2 @ attn * _scale(rate_attn, num_patches)
         out = rearrange(out, "t b heads d (h w) -> t b (heads d) h w", h=height)
         return x + self.drop_path(self.proj(out))
@@ -128,28 +127,42 @@ class DSSA(nn.Module):
             for name in _RATE_BUFFERS:
                 self._buffers[name] = self._buffers[name].view(1, 1, -1, 1, 1)
 
-    def _rate(self, buffer: Tensor, spikes: Tensor, update: bool) -> Tensor:
-        """The rate that scales ``spikes [T, B, heads, *, *]``: ``[1, 1, heads, 1, 1]``.
-
-        ``estimate`` is what a training call writes: one EMA step from the buffer, or from the
-        batch rate itself on the first call of a module that was never estimated. A call that
-        does not write uses the buffer, or ``estimate`` where the buffer was never estimated.
-        """
-        batch_rate = spikes.detach().mean((0, 1, 3, 4), keepdim=True)
-        unset = ~self._rates_initialised & (buffer == 0).all()
-        estimate = torch.where(unset, batch_rate, buffer) * self.momentum + batch_rate * (
-            1 - self.momentum
-        )
-        if update:
-            buffer.copy_(estimate)
-            return buffer
-        return torch.where(unset, estimate, buffer)
-
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, patch_size={self.patch_size}, "
             f"momentum={self.momentum}"
         )
+
+
+# torch.fx would drop the in-place buffer writes as dead code: the call stays whole
+@register_notrace_function
+def firing_rate(
+    buffer: Tensor, initialised: Tensor, spikes: Tensor, momentum: float, update: bool
+) -> Tensor:
+    """The per-head rate ``[1, 1, heads, 1, 1]`` that scales ``spikes [T, B, heads, *, *]``.
+
+    ``estimate`` is what a training call writes: one EMA step from ``buffer``, or from the batch
+    rate itself when the buffer was never estimated (all zeros and ``initialised`` unset). With
+    ``update`` it is written to ``buffer`` (and ``initialised`` set) and returned; otherwise the
+    buffer is returned, or ``estimate`` where the buffer was never estimated.
+    """
+    batch_rate = spikes.detach().mean((0, 1, 3, 4), keepdim=True)
+    unset = ~initialised & (buffer == 0).all()
+    estimate = torch.where(unset, batch_rate, buffer) * momentum + batch_rate * (1 - momentum)
+    if not update:
+        return torch.where(unset, estimate, buffer)
+    buffer.copy_(estimate)
+    initialised.fill_(True)
+    return estimate
+
+
+@register_notrace_function  # torch.fx cannot branch on the shape of its proxies
+def check_dssa_input(x: Tensor, dim: int, patch_size: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[T, B, dim, H, W]`` with ``patch_size | H, W``."""
+    check_tbchw(x, dim, "DSSA")
+    height, width = x.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"DSSA patch_size {patch_size} must divide H and W; got {height}x{width}")
 
 
 def _scale(rate: Tensor, fan_in: int) -> Tensor:

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from spikezoo.layers._arguments import divides, positive_int
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
@@ -58,10 +59,9 @@ class SDSA(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.dim = dim
-        self.num_heads = num_heads
+        self.dim = positive_int("dim", dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        divides("num_heads", self.num_heads, "dim", self.dim)
         self.dvs = dvs
         self.shortcut_lif = neuron()
         self.q = ConvBN(dim, dim)

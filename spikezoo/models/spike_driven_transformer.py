@@ -16,6 +16,7 @@ from timm.models import build_model_with_cfg, register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import SDSA, SPS, NeuronFactory, SpikingMLP
+from spikezoo.layers._arguments import fraction, positive_int, positive_real
 from spikezoo.models._base import SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import (
     RenameRule,
@@ -95,6 +96,9 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         super().__init__(
             in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
         )
+        positive_int("depth", depth)
+        positive_real("mlp_ratio", mlp_ratio)
+        fraction("drop_path_rate", drop_path_rate, upper_closed=False)
         make_neuron = neuron_factory(neuron, surrogate="sigmoid")
         self.num_features = self.head_hidden_size = embed_dim
         self.patch_embed = SPS(in_chans, embed_dim, pooling_stat, make_neuron)

@@ -19,6 +19,7 @@ from timm.models import build_model_with_cfg, register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, NeuronFactory, PerStep
+from spikezoo.layers._arguments import fraction, positive_int
 from spikezoo.models._base import SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import (
     RenameRule,
@@ -88,6 +89,15 @@ class SpikingResformer(SpikingVisionModel):
             )
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {list(STEMS)}, got {stem!r}")
+        for name, values, minimum in (
+            ("depths", depths, 0),
+            ("embed_dims", embed_dims, 1),
+            ("num_heads", num_heads, 1),
+            ("patch_sizes", patch_sizes, 1),
+        ):
+            for i, value in enumerate(values):
+                positive_int(f"{name}[{i}]", value, minimum)
+        fraction("drop_path_rate", drop_path_rate, upper_closed=False)
         make_neuron = neuron_factory(neuron, surrogate="atan")
         self.num_features = self.head_hidden_size = embed_dims[-1]
 

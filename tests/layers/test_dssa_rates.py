@@ -32,7 +32,7 @@ def test_buffers_have_the_authors_shape_and_start_at_zero():
         buffer = getattr(layer, name)
         assert buffer.shape == (1, 1, 2, 1, 1) and (buffer == 0).all()
     assert set(layer.state_dict()) >= {"firing_rate_x", "firing_rate_attn"}
-    assert "_rates_initialised" not in layer.state_dict()
+    assert not {"_initialised_x", "_initialised_attn"} & set(layer.state_dict())
 
 
 def test_first_training_batch_initialises_then_momentum_applies():
