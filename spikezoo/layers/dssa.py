@@ -94,6 +94,7 @@ class DSSA(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> ``x + attention(x)``, same shape."""
         check_dssa_input(x, self.dim, self.patch_size)
         height, width = x.shape[-2:]
         head_dim = self.dim // self.num_heads
@@ -128,6 +129,7 @@ class DSSA(nn.Module):
                 self._buffers[name] = self._buffers[name].view(1, 1, -1, 1, 1)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, for ``print(module)``."""
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, patch_size={self.patch_size}, "
             f"momentum={self.momentum}"

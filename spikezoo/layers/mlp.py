@@ -35,6 +35,7 @@ class SpikingMLP(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> same shape (residual)."""
         check_tbchw(x, self.dim, "SpikingMLP")
         h = self.fc1(x)
         if self.inner_shortcut:
@@ -81,6 +82,7 @@ class GWSFFN(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> ``x + ffn(x)``, same shape."""
         check_tbchw(x, self.dim, "GWSFFN")
         u = self.up(x)
         z = u

@@ -75,6 +75,7 @@ class SDSA(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> ``x + attention(x)``, same shape."""
         check_tbchw(x, self.dim, "SDSA")
         height = x.shape[-2]
         s = self.shortcut_lif(x)

@@ -84,6 +84,7 @@ class SPS(nn.Module):
         self.rpe = ConvBN(embed_dim, embed_dim, 3, neuron=neuron)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[T, B, in_chans, H, W]`` -> ``[T, B, embed_dim, H/r, W/r]`` membrane potentials."""
         check_sps_input(x, self.in_chans, self.pooling)
         for proj, lif, pool in zip(self.proj[:-1], self.proj_lif, self.pool[:-1], strict=True):
             x = pool(lif(proj(x)))

@@ -52,6 +52,7 @@ class PerStep(nn.Module):
         self.module = module
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[T, B, ...]`` -> the wrapped module applied to every step, ``[T, B, ...]``."""
         return per_step(self.module, x)
 
 
@@ -97,6 +98,7 @@ class ConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(out_chans)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']``."""
         check_tbchw(x, self.in_chans, type(self).__name__)
         if self.lif is not None:
             x = self.lif(x)
@@ -118,9 +120,11 @@ class DropPath(nn.Module):
         self.drop_prob = fraction("drop_prob", drop_prob, upper_closed=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, ...]`` with whole samples' branches dropped (training) or unchanged."""
         if self.drop_prob == 0.0 or not self.training:
             return x
         return drop_path(x.transpose(0, 1), self.drop_prob, self.training).transpose(0, 1)
 
     def extra_repr(self) -> str:
+        """The drop probability, for ``print(module)``."""
         return f"drop_prob={self.drop_prob}"

@@ -97,6 +97,7 @@ class SpikingVisionModel(nn.Module):
         raise NotImplementedError
 
     def forward_stem(self, x: Tensor) -> Tensor:
+        """``[T, B, C, H, W]`` input -> the first feature map, the input of the feature units."""
         raise NotImplementedError
 
     @property
@@ -141,6 +142,7 @@ class SpikingVisionModel(nn.Module):
         return x if self.per_step_logits else x.mean(0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> ``[B, num_classes]``."""
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
@@ -225,6 +227,7 @@ class SpikingVisionModel(nn.Module):
     # --- classifier --------------------------------------------------------------------------
 
     def get_classifier(self) -> nn.Module:
+        """The linear head (``nn.Identity`` when ``num_classes`` is 0)."""
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:

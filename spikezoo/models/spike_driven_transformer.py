@@ -47,6 +47,7 @@ class Block(nn.Module):
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), neuron=neuron, drop_path=drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> same shape."""
         return self.mlp(self.attn(x))
 
 
@@ -117,15 +118,18 @@ class SpikeDrivenTransformer(SpikingVisionModel):
 
     @property
     def size_multiple(self) -> int:
+        """H and W must be multiples of this number."""
         return self.patch_embed.reduction
 
     def forward_stem(self, x: Tensor) -> Tensor:
+        """``[T, B, in_chans, H, W]`` -> the SPS's output map."""
         return self.patch_embed(x)
 
     def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
         return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
         return dict(
             stem=r"^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^head_lif", (99999,))]
         )

@@ -137,9 +137,11 @@ class SpikingResformer(SpikingVisionModel):
 
     @property
     def size_multiple(self) -> int:
+        """H and W must be multiples of this number."""
         return self._size_multiple
 
     def forward_stem(self, x: Tensor) -> Tensor:
+        """``[T, B, in_chans, H, W]`` -> the convolutional stem's output map."""
         return self.stem_pool(self.stem(x))
 
     def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
@@ -148,6 +150,7 @@ class SpikingResformer(SpikingVisionModel):
         )
 
     def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
         return dict(
             stem=r"^stem",
             blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
