@@ -6,7 +6,9 @@
 #   SPIKEZOO_MODELS="sdt_2_256_cifar spikingresformer_cifar" tools/run_timm_model_tests.sh -k fx
 #
 # timm's test file comes from the timm sdist on PyPI (pip download), into a temporary
-# directory; it is never copied into this repository. Extra arguments go to pytest.
+# directory; it is never copied into this repository. Extra arguments go to pytest. The tests
+# of pretrained tags download from the Hugging Face Hub; offline, set HF_HUB_OFFLINE=1 so that
+# they fail at once instead of retrying.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,7 +34,8 @@ def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        (keep if params.get("model_name") in SELECTED else drop).append(item)
+        name = str(params.get("model_name", "")).split(".")[0]  # "model.tag" for pretrained
+        (keep if name in SELECTED else drop).append(item)
     items[:] = keep
     config.hook.pytest_deselected(items=drop)
 PY
