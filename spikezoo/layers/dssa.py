@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import torch
 from einops import rearrange
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
+from spikezoo.layers._arguments import divides, fraction, positive_int
 from spikezoo.layers.defaults import RESFORMER_NEURON
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
@@ -39,6 +41,24 @@ class DSSA(nn.Module):
     Set ``update_firing_rates = False`` (or use :func:`freeze_firing_rates`) to train without
     touching the buffers.
 
+    Two cases where the authors' code returns NaN have a defined value here:
+
+    * A head whose rate is 0 never fired: the product it scales is 0, so it contributes 0
+      and passes no gradient back (the authors' scale ``1/sqrt(0)`` is infinite).
+    * Buffers that were never estimated (all zeros, no training call since the module was
+      built): a call that does not write them (eval mode, or frozen rates) uses the batch's
+      own rate, the value its first training call would write (``r``).
+
+    Everywhere else the result is the authors' to the last bit.
+
+    Args:
+        dim: channels C of the input.
+        num_heads: attention heads h; must divide ``dim``.
+        patch_size: ``p``, the patch size of the ``y`` projection; must divide H and W.
+        momentum: EMA momentum of the rate buffers, in ``[0, 1]``.
+        neuron: factory for the spiking neurons.
+        drop_path: stochastic depth of the residual branch, in ``[0, 1)``.
+
     Example:
         >>> import torch
         >>> attn = DSSA(dim=64, num_heads=2, patch_size=4)
@@ -56,16 +76,17 @@ class DSSA(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.patch_size = patch_size
-        self.momentum = momentum
+        self.dim = positive_int("dim", dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        divides("num_heads", self.num_heads, "dim", self.dim)
+        self.patch_size = positive_int("patch_size", patch_size)
+        self.momentum = fraction("momentum", momentum)
         self.update_firing_rates = True
         self.register_buffer("firing_rate_x", torch.zeros(1, 1, num_heads, 1, 1))
         self.register_buffer("firing_rate_attn", torch.zeros(1, 1, num_heads, 1, 1))
-        self.register_buffer("_rates_initialised", torch.tensor(False), persistent=False)
+        # whether a training call has written each rate buffer since the module was built
+        self.register_buffer("_initialised_x", torch.tensor(False), persistent=False)
+        self.register_buffer("_initialised_attn", torch.tensor(False), persistent=False)
         self.in_lif = neuron()
         self.patch_proj = ConvBN(dim, 2 * dim, patch_size, stride=patch_size, padding=0)
         self.attn_lif = neuron()
@@ -73,12 +94,9 @@ class DSSA(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tbchw(x, self.dim, "DSSA")
+        """``x [T, B, dim, H, W]`` -> ``x + attention(x)``, same shape."""
+        check_dssa_input(x, self.dim, self.patch_size)
         height, width = x.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"DSSA patch_size {self.patch_size} must divide H and W; got {height}x{width}"
-            )
         head_dim = self.dim // self.num_heads
         num_patches = (height // self.patch_size) * (width // self.patch_size)
         update = self.training and self.update_firing_rates
@@ -90,13 +108,12 @@ class DSSA(nn.Module):
         y1, y2 = y[:, :, :, :head_dim], y[:, :, :, head_dim:]
         s = rearrange(s, "t b (heads d) h w -> t b heads d (h w)", heads=self.num_heads)
 
-        if update:
-            self._track_rate(self.firing_rate_x, s)
-        attn = self.attn_lif(y1.transpose(-1, -2) @ s * _scale(self.firing_rate_x, head_dim))
-        if update:
-            self._track_rate(self.firing_rate_attn, attn)
-            self._rates_initialised.fill_(True)
-        out = y2 @ attn * _scale(self.firing_rate_attn, num_patches)
+        rate_x = firing_rate(self.firing_rate_x, self._initialised_x, s, self.momentum, update)
+        attn = self.attn_lif(y1.transpose(-1, -2) @ s * _scale(rate_x, head_dim))
+        rate_attn = firing_rate(
+            self.firing_rate_attn, self._initialised_attn, attn, self.momentum, update
+        )
+        out = y2 @ attn * _scale(rate_attn, num_patches)
         out = rearrange(out, "t b heads d (h w) -> t b (heads d) h w", h=height)
         return x + self.drop_path(self.proj(out))
 
@@ -111,27 +128,52 @@ class DSSA(nn.Module):
             for name in _RATE_BUFFERS:
                 self._buffers[name] = self._buffers[name].view(1, 1, -1, 1, 1)
 
-    @torch.no_grad()
-    def _track_rate(self, buffer: Tensor, spikes: Tensor) -> None:
-        """EMA step of ``buffer`` towards the per-head rate of ``spikes [T, B, heads, *, *]``."""
-        batch_rate = spikes.mean((0, 1, 3, 4), keepdim=True)
-        unset = ~self._rates_initialised & (buffer == 0).all()
-        buffer.copy_(torch.where(unset, batch_rate, buffer))
-        buffer.mul_(self.momentum).add_(batch_rate * (1 - self.momentum))
-
     def extra_repr(self) -> str:
+        """The constructor arguments, for ``print(module)``."""
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, patch_size={self.patch_size}, "
             f"momentum={self.momentum}"
         )
 
 
-def _scale(rate: Tensor, fan_in: int) -> Tensor:
-    """``1 / sqrt(rate * fan_in)``, kept finite for a head that never fired (rate 0).
+# torch.fx would drop the in-place buffer writes as dead code: the call stays whole
+@register_notrace_function
+def firing_rate(
+    buffer: Tensor, initialised: Tensor, spikes: Tensor, momentum: float, update: bool
+) -> Tensor:
+    """The per-head rate ``[1, 1, heads, 1, 1]`` that scales ``spikes [T, B, heads, *, *]``.
 
-    Where the rate is 0 the product it scales is 0 too; the authors' code returns NaN there.
+    ``estimate`` is what a training call writes: one EMA step from ``buffer``, or from the batch
+    rate itself when the buffer was never estimated (all zeros and ``initialised`` unset). With
+    ``update`` it is written to ``buffer`` (and ``initialised`` set) and returned; otherwise the
+    buffer is returned, or ``estimate`` where the buffer was never estimated.
     """
-    return 1.0 / torch.sqrt(rate.clamp_min(torch.finfo(rate.dtype).tiny) * fan_in)
+    batch_rate = spikes.detach().mean((0, 1, 3, 4), keepdim=True)
+    unset = ~initialised & (buffer == 0).all()
+    estimate = torch.where(unset, batch_rate, buffer) * momentum + batch_rate * (1 - momentum)
+    if not update:
+        return torch.where(unset, estimate, buffer)
+    buffer.copy_(estimate)
+    initialised.fill_(True)
+    return estimate
+
+
+@register_notrace_function  # torch.fx cannot branch on the shape of its proxies
+def check_dssa_input(x: Tensor, dim: int, patch_size: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[T, B, dim, H, W]`` with ``patch_size | H, W``."""
+    check_tbchw(x, dim, "DSSA")
+    height, width = x.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"DSSA patch_size {patch_size} must divide H and W; got {height}x{width}")
+
+
+def _scale(rate: Tensor, fan_in: int) -> Tensor:
+    """``1 / sqrt(rate * fan_in)``, and 0 for a head whose rate is 0.
+
+    A head with rate 0 is silent, so the product it scales is 0: it contributes 0 and passes
+    no gradient back. (The authors' scale is infinite there, and their output NaN.)
+    """
+    return torch.where(rate > 0, 1.0 / torch.sqrt(rate * fan_in), 0.0)
 
 
 @contextlib.contextmanager

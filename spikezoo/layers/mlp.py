@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from spikezoo.layers._arguments import positive_int
 from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
@@ -26,14 +27,15 @@ class SpikingMLP(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        hidden_dim = hidden_dim or 4 * dim
-        self.dim = dim
+        self.dim = positive_int("dim", dim)
+        hidden_dim = 4 * dim if hidden_dim is None else positive_int("hidden_dim", hidden_dim)
         self.inner_shortcut = hidden_dim == dim
         self.fc1 = ConvBN(dim, hidden_dim, bias=True, neuron=neuron)
         self.fc2 = ConvBN(hidden_dim, dim, bias=True, neuron=neuron)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> same shape (residual)."""
         check_tbchw(x, self.dim, "SpikingMLP")
         h = self.fc1(x)
         if self.inner_shortcut:
@@ -62,13 +64,15 @@ class GWSFFN(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        hidden = dim * ratio
+        self.dim = positive_int("dim", dim)
+        hidden = dim * positive_int("ratio", ratio)
+        group_size = positive_int("group_size", group_size)
+        positive_int("num_conv", num_conv, minimum=0)
         if hidden % group_size:
             raise ValueError(
                 f"group_size ({group_size}) must divide the hidden width dim*ratio = "
                 f"{dim}*{ratio} = {hidden}"
             )
-        self.dim = dim
         self.up = ConvBN(dim, hidden, neuron=neuron)
         self.convs = nn.ModuleList(
             ConvBN(hidden, hidden, 3, groups=hidden // group_size, neuron=neuron)
@@ -78,6 +82,7 @@ class GWSFFN(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> ``x + ffn(x)``, same shape."""
         check_tbchw(x, self.dim, "GWSFFN")
         u = self.up(x)
         z = u

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from spikezoo.layers._arguments import divides, positive_int
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
@@ -58,10 +59,9 @@ class SDSA(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.dim = dim
-        self.num_heads = num_heads
+        self.dim = positive_int("dim", dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        divides("num_heads", self.num_heads, "dim", self.dim)
         self.dvs = dvs
         self.shortcut_lif = neuron()
         self.q = ConvBN(dim, dim)
@@ -75,6 +75,7 @@ class SDSA(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> ``x + attention(x)``, same shape."""
         check_tbchw(x, self.dim, "SDSA")
         height = x.shape[-2]
         s = self.shortcut_lif(x)

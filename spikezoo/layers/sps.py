@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
+from spikezoo.layers._arguments import positive_int
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.temporal import ConvBN, NeuronFactory, PerStep, check_tbchw
 
@@ -13,15 +15,34 @@ __all__ = ["SPS", "parse_pooling"]
 
 
 def parse_pooling(pooling: str | Sequence[bool]) -> tuple[bool, ...]:
-    """Read the four max-pool flags: ``"0011"`` or ``(False, False, True, True)``."""
+    """Read the four max-pool flags: ``"0011"``, ``(False, False, True, True)`` or 0/1s."""
     if isinstance(pooling, str):
         if len(pooling) != 4 or set(pooling) - {"0", "1"}:
             raise ValueError(f"pooling_stat must be four '0'/'1' characters, got {pooling!r}")
         return tuple(c == "1" for c in pooling)
-    flags = tuple(bool(p) for p in pooling)
+    flags = tuple(pooling)
     if len(flags) != 4:
         raise ValueError(f"pooling_stat must have four flags, got {len(flags)}")
-    return flags
+    if any(p not in (0, 1) for p in flags):
+        raise ValueError(
+            f"pooling_stat flags must be booleans (or 0/1), got {pooling!r}; "
+            "as text, write one string such as '0011'"
+        )
+    return tuple(bool(p) for p in flags)
+
+
+@register_notrace_function  # torch.fx cannot branch on the shape of its proxies
+def check_sps_input(x: Tensor, in_chans: int, pooling: tuple[bool, ...]) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[T, B, in_chans, H, W]`` that ``pooling`` divides."""
+    check_tbchw(x, in_chans, "SPS")
+    height, width = x.shape[-2:]
+    reduction = 2 ** sum(pooling)
+    if height % reduction or width % reduction:
+        raise ValueError(
+            f"SPS with pooling {''.join('01'[p] for p in pooling)} halves the resolution "
+            f"{sum(pooling)} times, so H and W must be multiples of {reduction}; "
+            f"got {height}x{width}"
+        )
 
 
 class SPS(nn.Module):
@@ -49,9 +70,9 @@ class SPS(nn.Module):
         neuron: NeuronFactory = SDT_NEURON,
     ) -> None:
         super().__init__()
-        if embed_dim % 8:
+        self.in_chans = in_chans = positive_int("in_chans", in_chans)
+        if positive_int("embed_dim", embed_dim) % 8:
             raise ValueError(f"embed_dim must be a multiple of 8, got {embed_dim}")
-        self.in_chans = in_chans
         self.pooling = parse_pooling(pooling_stat)
         self.reduction = 2 ** sum(self.pooling)
         widths = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
@@ -63,14 +84,8 @@ class SPS(nn.Module):
         self.rpe = ConvBN(embed_dim, embed_dim, 3, neuron=neuron)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tbchw(x, self.in_chans, "SPS")
-        height, width = x.shape[-2:]
-        if height % self.reduction or width % self.reduction:
-            raise ValueError(
-                f"SPS with pooling {''.join('01'[p] for p in self.pooling)} halves the resolution "
-                f"{sum(self.pooling)} times, so H and W must be multiples of {self.reduction}; "
-                f"got {height}x{width}"
-            )
+        """``[T, B, in_chans, H, W]`` -> ``[T, B, embed_dim, H/r, W/r]`` membrane potentials."""
+        check_sps_input(x, self.in_chans, self.pooling)
         for proj, lif, pool in zip(self.proj[:-1], self.proj_lif, self.pool[:-1], strict=True):
             x = pool(lif(proj(x)))
         feat = self.pool[-1](self.proj[-1](x))

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from timm.layers import drop_path
+from einops import rearrange, reduce
+from timm.layers import drop_path, register_notrace_function
 from torch import Tensor, nn
 
+from spikezoo.layers._arguments import fraction, positive_int
+
 __all__ = ["ConvBN", "DropPath", "NeuronFactory", "PerStep", "check_tbchw", "per_step"]
+
+# einops reads a tensor's shape, which a torch.fx proxy has not: timm's FX tracer (features_only
+# with feature_cls="fx", create_feature_extractor) records these calls without tracing into them.
+register_notrace_function(rearrange)
+register_notrace_function(reduce)
 
 #: Builds a multi-step neuron layer; layers call it with keyword overrides such as
 #: ``v_threshold=0.5``. Any ``functools.partial`` of a spikezoo neuron class works.
@@ -24,10 +32,12 @@ def per_step(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
+@register_notrace_function  # torch.fx cannot branch on the shape of its proxies
 def check_tbchw(x: Tensor, channels: int, layer: str) -> None:
     """Raise ``ValueError`` unless ``x`` is ``[T, B, channels, H, W]``."""
     if x.dim() != 5:
-        raise ValueError(f"{layer} expects input [T, B, C, H, W], got shape {tuple(x.shape)}")
+        hint = " (a time axis T first is missing)" if x.dim() == 4 else ""
+        raise ValueError(f"{layer} expects input [T, B, C, H, W], got shape {tuple(x.shape)}{hint}")
     if x.shape[2] != channels:
         raise ValueError(
             f"{layer} expects C={channels} channels, got {x.shape[2]} (shape {tuple(x.shape)})"
@@ -42,6 +52,7 @@ class PerStep(nn.Module):
         self.module = module
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[T, B, ...]`` -> the wrapped module applied to every step, ``[T, B, ...]``."""
         return per_step(self.module, x)
 
 
@@ -50,7 +61,16 @@ class ConvBN(nn.Module):
 
     ``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']``. With ``neuron`` given, the
     input is a membrane potential that the neuron turns into spikes first (``self.lif``).
-    ``padding`` defaults to ``kernel_size // 2``.
+
+    Args:
+        in_chans: input channels.
+        out_chans: output channels.
+        kernel_size: square kernel size.
+        stride: convolution stride.
+        padding: zero padding; defaults to ``kernel_size // 2``.
+        groups: convolution groups; must divide both channel counts.
+        bias: give the convolution a bias.
+        neuron: factory of the neuron that fires before the convolution, or ``None``.
     """
 
     def __init__(
@@ -65,14 +85,21 @@ class ConvBN(nn.Module):
         neuron: NeuronFactory | None = None,
     ) -> None:
         super().__init__()
+        self.in_chans = positive_int("in_chans", in_chans)
+        positive_int("out_chans", out_chans)
+        positive_int("kernel_size", kernel_size)
+        positive_int("stride", stride)
+        padding = kernel_size // 2 if padding is None else positive_int("padding", padding, 0)
+        positive_int("groups", groups)
         self.lif = neuron() if neuron is not None else None
-        padding = kernel_size // 2 if padding is None else padding
         self.conv = nn.Conv2d(
             in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=bias
         )
         self.bn = nn.BatchNorm2d(out_chans)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']``."""
+        check_tbchw(x, self.in_chans, type(self).__name__)
         if self.lif is not None:
             x = self.lif(x)
         return per_step(self._conv_bn, x)
@@ -82,16 +109,22 @@ class ConvBN(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth for ``[T, B, ...]``: drops a sample's residual branch at every step."""
+    """Stochastic depth for ``[T, B, ...]``: drops a sample's residual branch at every step.
+
+    Args:
+        drop_prob: probability of dropping a sample's branch in training, in ``[0, 1)``.
+    """
 
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
-        self.drop_prob = drop_prob
+        self.drop_prob = fraction("drop_prob", drop_prob, upper_closed=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, ...]`` with whole samples' branches dropped (training) or unchanged."""
         if self.drop_prob == 0.0 or not self.training:
             return x
         return drop_path(x.transpose(0, 1), self.drop_prob, self.training).transpose(0, 1)
 
     def extra_repr(self) -> str:
+        """The drop probability, for ``print(module)``."""
         return f"drop_prob={self.drop_prob}"

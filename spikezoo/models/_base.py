@@ -4,16 +4,18 @@ timm's model API (intermediates, classifier reset, grad checkpointing, weight-de
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 import torch
 from einops import rearrange, reduce
+from timm.layers import register_notrace_function
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from spikezoo.layers import NeuronFactory, freeze_firing_rates
+from spikezoo.layers._arguments import positive_int
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron, MultiStepPLIF
 
 __all__ = ["TIME_REDUCTIONS", "SpikingVisionModel", "neuron_factory"]
@@ -65,11 +67,9 @@ class SpikingVisionModel(nn.Module):
         super().__init__()
         _check_choice("global_pool", global_pool, ("avg", ""))
         _check_choice("feature_time_reduction", feature_time_reduction, TIME_REDUCTIONS)
-        if time_steps < 1:
-            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.time_steps = time_steps
+        self.in_chans = positive_int("in_chans", in_chans)
+        self.num_classes = _check_num_classes(num_classes)
+        self.time_steps = positive_int("time_steps", time_steps)
         self.global_pool = global_pool
         self.per_step_logits = per_step_logits
         self.feature_time_reduction = feature_time_reduction
@@ -78,36 +78,26 @@ class SpikingVisionModel(nn.Module):
     # --- input -------------------------------------------------------------------------------
 
     def to_time_major(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W]`` (repeated ``time_steps`` times) or ``[B, T, C, H, W]`` -> time-major."""
-        if x.dim() not in (4, 5):
-            raise ValueError(
-                f"{type(self).__name__} expects images [B, C, H, W] or event frames "
-                f"[B, T, C, H, W], got shape {tuple(x.shape)}"
-            )
-        if x.shape[-3] != self.in_chans:
-            raise ValueError(
-                f"{type(self).__name__} was built for in_chans={self.in_chans}, "
-                f"got {x.shape[-3]} channels (shape {tuple(x.shape)})"
-            )
-        self.check_image_size(x.shape[-2], x.shape[-1])
-        if x.dim() == 4:
-            return x.unsqueeze(0).repeat(self.time_steps, 1, 1, 1, 1)
-        return x.transpose(0, 1)
+        """``[B, C, H, W]`` (repeated ``time_steps`` times) or ``[B, T, C, H, W]`` -> time-major.
+
+        Raises ``ValueError`` for another shape, channel count or size, and ``TypeError`` for
+        an integer image.
+        """
+        return time_major_input(
+            x, self.in_chans, self.time_steps, self.size_multiple, type(self).__name__
+        )
 
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` for a size the network cannot divide evenly."""
-        multiple = self.size_multiple
-        if height % multiple or width % multiple:
-            raise ValueError(
-                f"{type(self).__name__} needs H and W to be multiples of {multiple}, "
-                f"got {height}x{width}"
-            )
+        _check_image_size(height, width, self.size_multiple, type(self).__name__)
 
     @property
     def size_multiple(self) -> int:
+        """H and W must be multiples of this number."""
         raise NotImplementedError
 
     def forward_stem(self, x: Tensor) -> Tensor:
+        """``[T, B, C, H, W]`` input -> the first feature map, the input of the feature units."""
         raise NotImplementedError
 
     @property
@@ -152,6 +142,7 @@ class SpikingVisionModel(nn.Module):
         return x if self.per_step_logits else x.mean(0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> ``[B, num_classes]``."""
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
@@ -181,7 +172,7 @@ class SpikingVisionModel(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         reduction = time_reduction or self.feature_time_reduction
         _check_choice("time_reduction", reduction, TIME_REDUCTIONS)
-        take_indices, max_index = feature_take_indices(len(self.units), indices)
+        take_indices, max_index = self._take_indices(indices)
         units = self.units[: max_index + 1] if stop_early else self.units
 
         intermediates = []
@@ -198,20 +189,50 @@ class SpikingVisionModel(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the units after the last of ``indices`` (and the head); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.units), indices)
+        take_indices, max_index = self._take_indices(indices)
         setattr(self, self.feature_units, self.units[: max_index + 1])
         self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if prune_head or max_index < len(self.feature_info) - 1:
             self.reset_classifier(0, "")
         return take_indices
 
+    def _take_indices(self, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+        """timm's absolute feature indices, with a ``ValueError`` that says what is valid."""
+        count = len(self.units)
+        if isinstance(indices, bool) or not (
+            indices is None
+            or isinstance(indices, int)
+            or (isinstance(indices, Sequence) and all(isinstance(i, int) for i in indices))
+        ):
+            raise ValueError(f"indices must be an int or a sequence of ints, got {indices!r}")
+        if isinstance(indices, int) and not 0 < indices <= count:
+            raise ValueError(
+                f"indices (out_indices) as an int takes the last n of the {count} feature units, "
+                f"so 1 <= n <= {count}; got {indices}"
+            )
+        if isinstance(indices, Sequence):
+            if not indices:
+                raise ValueError(
+                    "indices (out_indices) must name at least one feature unit, got ()"
+                )
+            wrong = [i for i in indices if not -count <= i < count]
+            if wrong:
+                raise ValueError(
+                    f"indices (out_indices) {tuple(indices)} name no feature unit: {wrong}; "
+                    f"{type(self).__name__} has {count} ({list(range(count))} or "
+                    f"{list(range(-count, 0))} from the end)"
+                )
+        return feature_take_indices(count, indices)
+
     # --- classifier --------------------------------------------------------------------------
 
     def get_classifier(self) -> nn.Module:
+        """The linear head (``nn.Identity`` when ``num_classes`` is 0)."""
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the linear head (``num_classes=0``: none) and optionally the pooling."""
+        num_classes = _check_num_classes(num_classes)
         if global_pool is not None:
             _check_choice("global_pool", global_pool, ("avg", ""))
             self.global_pool = global_pool
@@ -261,6 +282,55 @@ def _no_state_updates(module: nn.Module) -> Iterator[None]:
             for m, buffers in zip(norms, saved, strict=True):
                 for buffer, value in zip(m.buffers(recurse=False), buffers, strict=True):
                     buffer.copy_(value)
+
+
+@register_notrace_function  # torch.fx cannot branch on the shape of its proxies
+def time_major_input(
+    x: Tensor, in_chans: int, time_steps: int, size_multiple: int, model: str
+) -> Tensor:
+    """Check a model's input and lay it out time-major: ``[T, B, C, H, W]``.
+
+    ``x`` is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times) or event frames
+    ``[B, T, C, H, W]``. ``model`` names the model in the error messages.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (4, 5):
+        raise ValueError(
+            f"{model} expects images [B, C, H, W] or event frames [B, T, C, H, W], "
+            f"got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{model} expects a floating-point image, got dtype {x.dtype}; convert it first, "
+            "e.g. x.float() / 255 for 8-bit pixels, then normalise as the model's "
+            "pretrained_cfg (mean, std) says"
+        )
+    if x.shape[-3] != in_chans:
+        raise ValueError(
+            f"{model} was built for in_chans={in_chans}, got {x.shape[-3]} channels "
+            f"(shape {tuple(x.shape)}, expected [B, {in_chans}, H, W] or [B, T, {in_chans}, H, W])"
+        )
+    _check_image_size(x.shape[-2], x.shape[-1], size_multiple, model)
+    if x.dim() == 4:
+        return x.unsqueeze(0).repeat(time_steps, 1, 1, 1, 1)
+    return x.transpose(0, 1)
+
+
+def _check_image_size(height: int, width: int, multiple: int, model: str) -> None:
+    if height < 1 or width < 1 or height % multiple or width % multiple:
+        raise ValueError(
+            f"{model} needs H and W to be multiples of {multiple}, got {height}x{width}"
+        )
+
+
+def _check_num_classes(num_classes: object) -> int:
+    """timm's convention: 0 builds no head; a negative count is an error."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(
+            f"num_classes must be an integer >= 0 (0: no classifier head), got {num_classes!r}"
+        )
+    return num_classes
 
 
 def _reduce_time(x: Tensor, reduction: str) -> Tensor:

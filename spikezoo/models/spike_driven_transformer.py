@@ -16,6 +16,7 @@ from timm.models import build_model_with_cfg, register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import SDSA, SPS, NeuronFactory, SpikingMLP
+from spikezoo.layers._arguments import fraction, positive_int, positive_real
 from spikezoo.models._base import SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import (
     RenameRule,
@@ -46,6 +47,7 @@ class Block(nn.Module):
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), neuron=neuron, drop_path=drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> same shape."""
         return self.mlp(self.attn(x))
 
 
@@ -95,6 +97,9 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         super().__init__(
             in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
         )
+        positive_int("depth", depth)
+        positive_real("mlp_ratio", mlp_ratio)
+        fraction("drop_path_rate", drop_path_rate, upper_closed=False)
         make_neuron = neuron_factory(neuron, surrogate="sigmoid")
         self.num_features = self.head_hidden_size = embed_dim
         self.patch_embed = SPS(in_chans, embed_dim, pooling_stat, make_neuron)
@@ -113,15 +118,18 @@ class SpikeDrivenTransformer(SpikingVisionModel):
 
     @property
     def size_multiple(self) -> int:
+        """H and W must be multiples of this number."""
         return self.patch_embed.reduction
 
     def forward_stem(self, x: Tensor) -> Tensor:
+        """``[T, B, in_chans, H, W]`` -> the SPS's output map."""
         return self.patch_embed(x)
 
     def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
         return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
         return dict(
             stem=r"^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^head_lif", (99999,))]
         )

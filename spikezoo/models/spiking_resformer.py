@@ -19,6 +19,7 @@ from timm.models import build_model_with_cfg, register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, NeuronFactory, PerStep
+from spikezoo.layers._arguments import fraction, positive_int
 from spikezoo.models._base import SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import (
     RenameRule,
@@ -88,6 +89,15 @@ class SpikingResformer(SpikingVisionModel):
             )
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {list(STEMS)}, got {stem!r}")
+        for name, values, minimum in (
+            ("depths", depths, 0),
+            ("embed_dims", embed_dims, 1),
+            ("num_heads", num_heads, 1),
+            ("patch_sizes", patch_sizes, 1),
+        ):
+            for i, value in enumerate(values):
+                positive_int(f"{name}[{i}]", value, minimum)
+        fraction("drop_path_rate", drop_path_rate, upper_closed=False)
         make_neuron = neuron_factory(neuron, surrogate="atan")
         self.num_features = self.head_hidden_size = embed_dims[-1]
 
@@ -127,9 +137,11 @@ class SpikingResformer(SpikingVisionModel):
 
     @property
     def size_multiple(self) -> int:
+        """H and W must be multiples of this number."""
         return self._size_multiple
 
     def forward_stem(self, x: Tensor) -> Tensor:
+        """``[T, B, in_chans, H, W]`` -> the convolutional stem's output map."""
         return self.stem_pool(self.stem(x))
 
     def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
@@ -138,6 +150,7 @@ class SpikingResformer(SpikingVisionModel):
         )
 
     def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
         return dict(
             stem=r"^stem",
             blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 from spikezoo.neurons import functional as F
@@ -22,6 +23,7 @@ from spikezoo.neurons.surrogate import get_surrogate
 __all__ = ["MultiStepIF", "MultiStepLIF", "MultiStepNeuron", "MultiStepPLIF"]
 
 
+@register_notrace_module  # torch.fx keeps neurons (and subclasses) whole: their loops branch
 class MultiStepNeuron(nn.Module):
     """Base class of spikezoo's neurons; subclasses define the leak through :meth:`decay`.
 

@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from spikezoo.layers import DSSA, GWSFFN, SDSA, SPS, Downsample, SpikingMLP
+from spikezoo.layers import DSSA, GWSFFN, SDSA, SPS, ConvBN, Downsample, DropPath, SpikingMLP
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
 
 # (layer factory, input shape, output shape)
@@ -80,6 +80,18 @@ def test_sdsa_key_value_neuron_fires_at_half():
         (lambda: SPS(3, 16, "1100"), (1, 2, 3, 6, 8), "H and W must be multiples of 4; got 6x8"),
         (lambda: GWSFFN(16, group_size=16), (1, 2, 3, 4, 4), "expects C=16 channels, got 3"),
         (lambda: SpikingMLP(16), (1, 2, 16, 4), r"expects input \[T, B, C, H, W\]"),
+        (
+            lambda: ConvBN(16, 32),
+            (2, 16, 4, 4),
+            r"ConvBN expects input \[T, B, C, H, W\], got shape \(2, 16, 4, 4\) "
+            r"\(a time axis T first is missing\)",
+        ),
+        (
+            lambda: Downsample(16, 32),
+            (2, 16, 4, 4),
+            r"Downsample expects input \[T, B, C, H, W\], got shape \(2, 16, 4, 4\)",
+        ),
+        (lambda: Downsample(16, 32), (1, 2, 8, 4, 4), "Downsample expects C=16 channels, got 8"),
     ],
 )
 def test_bad_input_names_the_numbers(make, shape, message):
@@ -96,6 +108,27 @@ def test_bad_input_names_the_numbers(make, shape, message):
         (lambda: SPS(3, 20), "embed_dim must be a multiple of 8, got 20"),
         (lambda: SPS(3, 16, "011"), "pooling_stat must be four '0'/'1' characters, got '011'"),
         (lambda: SPS(3, 16, [True, False]), "pooling_stat must have four flags, got 2"),
+        (
+            lambda: SPS(3, 16, ["0", "0", "1", "1"]),
+            r"pooling_stat flags must be booleans \(or 0/1\), got \['0', '0', '1', '1'\]; "
+            "as text, write one string such as '0011'",
+        ),
+        (lambda: SPS(0, 16), "in_chans must be an integer >= 1, got 0"),
+        (lambda: DSSA(16, momentum=1.5), r"momentum must be a number in \[0, 1\], got 1.5"),
+        (lambda: DSSA(16, momentum=-0.1), r"momentum must be a number in \[0, 1\], got -0.1"),
+        (lambda: DSSA(16, momentum=float("nan")), r"momentum must be .*, got nan"),
+        (lambda: DSSA(16, momentum="0.9"), r"momentum must be .*, got '0.9'"),
+        (lambda: DSSA(16, num_heads=0), "num_heads must be an integer >= 1, got 0"),
+        (lambda: DSSA(16, patch_size=0), "patch_size must be an integer >= 1, got 0"),
+        (lambda: DSSA(16, patch_size=2.0), "patch_size must be an integer >= 1, got 2.0"),
+        (lambda: SDSA(16, num_heads=0), "num_heads must be an integer >= 1, got 0"),
+        (lambda: GWSFFN(16, group_size=0), "group_size must be an integer >= 1, got 0"),
+        (lambda: GWSFFN(16, ratio=0), "ratio must be an integer >= 1, got 0"),
+        (lambda: SpikingMLP(16, hidden_dim=0), "hidden_dim must be an integer >= 1, got 0"),
+        (lambda: ConvBN(16, 0), "out_chans must be an integer >= 1, got 0"),
+        (lambda: ConvBN(16, 8, kernel_size=0), "kernel_size must be an integer >= 1, got 0"),
+        (lambda: ConvBN(16, 8, padding=-1), "padding must be an integer >= 0, got -1"),
+        (lambda: DropPath(1.0), r"drop_prob must be a number in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_configuration_names_the_numbers(make, message):

@@ -1,0 +1,119 @@
+"""timm's torch.fx feature extraction traces every family, forward and backward."""
+
+import copy
+
+import pytest
+import timm
+import torch
+from timm.models import get_notrace_functions, get_notrace_modules
+from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+from torchvision.models import feature_extraction
+
+import spikezoo  # noqa: F401
+from spikezoo.neurons import MultiStepNeuron
+
+# DSSA writes its rate buffers in training mode only, so the two graphs differ, as they should
+pytestmark = pytest.mark.filterwarnings("ignore:The nodes obtained by tracing the model in train")
+
+# One small model per family and input kind (float64: a traced graph runs the same kernels,
+# and no last-bit difference may flip a spike either way)
+FAMILIES = {
+    "sdt": ("sdt_8_384", dict(embed_dim=32, depth=2, num_heads=4, num_classes=5)),
+    "sdt_dvs": (
+        "sdt_2_256_dvs128",
+        dict(embed_dim=32, num_heads=4, num_classes=5, img_size=32, pooling_stat="0011"),
+    ),
+    "resformer": (
+        "spikingresformer_ti",
+        dict(
+            embed_dims=(16, 32),
+            num_heads=(1, 2),
+            depths=(1, 1),
+            patch_sizes=(2, 1),
+            group_size=16,
+            num_classes=5,
+        ),
+    ),
+}
+
+
+def build(family, **overrides):
+    name, args = FAMILIES[family]
+    return timm.create_model(name, **dict(args, time_steps=2, **overrides)).double()
+
+
+def image(model, batch=2):
+    size = 2 * model.size_multiple
+    return torch.randn(batch, model.in_chans, size, size, dtype=torch.float64) * 2
+
+
+def output_node(model, train):
+    """The node that feeds the graph's output, as timm's own FX tests choose it."""
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    return train_nodes[-1] if train else eval_nodes[-1]
+
+
+def test_neurons_and_shape_checks_are_registered():
+    assert MultiStepNeuron in get_notrace_modules()
+    names = {getattr(f, "__name__", f) for f in get_notrace_functions()}
+    assert {"check_tbchw", "check_dssa_input", "check_sps_input", "time_major_input"} <= names
+    assert {"rearrange", "reduce"} <= names
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_traced_forward_equals_eager(family):
+    model = build(family).eval()
+    x = image(model)
+    traced = create_feature_extractor(model, [output_node(model, train=False)])
+    with torch.no_grad():
+        (out,) = traced(x).values()
+        torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+    # the graph is a graph: no neuron was traced into, every neuron is one call
+    calls = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    assert {name for name, _ in model.spiking_neurons()} <= calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_traced_backward_equals_eager(family):
+    model = build(family).train()
+    eager = copy.deepcopy(model)
+    x = image(model)
+    # as timm's tests/test_models.py does: torchvision's extractor with timm's registrations
+    traced = feature_extraction.create_feature_extractor(
+        model,
+        train_return_nodes=[output_node(model, train=True)],
+        eval_return_nodes=[output_node(model, train=False)],
+        tracer_kwargs=dict(
+            leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()
+        ),
+    )
+    (out,) = traced(x).values()
+    expected = eager(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    eager_params = dict(eager.named_parameters())
+    for name, param in traced.named_parameters():
+        assert param.grad is not None, name
+        torch.testing.assert_close(param.grad, eager_params[name].grad, msg=name)
+    eager_state = eager.state_dict()
+    for key, value in traced.state_dict().items():  # BN statistics and DSSA rates advanced alike
+        torch.testing.assert_close(value, eager_state[key], msg=key)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_features_only_with_the_fx_feature_class(family):
+    name, args = FAMILIES[family]
+    args = dict(args, time_steps=2, features_only=True, feature_cls="fx", out_indices=(0, 1))
+    torch.manual_seed(0)
+    features = timm.create_model(name, **args).double().eval()
+    torch.manual_seed(0)
+    model = build(family).eval()
+    x = image(model)
+    with torch.no_grad():
+        maps = features(x)
+        # FX returns each unit's own output: time-major [T, B, C, H, W]
+        _, expected = model.forward_intermediates(x, indices=[0, 1], time_reduction="none")
+    assert len(maps) == 2
+    for traced_map, eager_map in zip(maps, expected, strict=True):
+        torch.testing.assert_close(traced_map, eager_map.transpose(0, 1), rtol=0, atol=0)
