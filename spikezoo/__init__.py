@@ -5,6 +5,6 @@
 
 __version__ = "0.1.0"
 
-from spikezoo import layers, models, neurons
+from spikezoo import hub, layers, models, neurons
 
-__all__ = ["__version__", "layers", "models", "neurons"]
+__all__ = ["__version__", "hub", "layers", "models", "neurons"]
