@@ -65,6 +65,22 @@ def spikezoo_default_cfgs(defaults: dict, tags: dict[str, dict]) -> dict:
     )
 
 
+#: Arguments of ``build_model_with_cfg`` that do not describe the network's weights.
+_NOT_ARCHITECTURE = (
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "cache_dir",
+    "features_only",
+    "out_indices",
+    "feature_cls",
+    "feature_cfg",
+    "num_classes",
+    "in_chans",
+    "device",
+    "dtype",
+)
+
+
 def build_spiking_model(
     model_cls: type[nn.Module],
     variant: str,
@@ -90,11 +106,11 @@ def build_spiking_model(
         cfg = resolve_pretrained_cfg(
             variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")
         )
-        state_dict = pretrained_state_dict(cfg)
-        if state_dict is not None:
-            # source="" makes timm take the state dict instead of fetching hf-hub itself
-            overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-            kwargs["pretrained_cfg_overlay"] = dict(overlay, state_dict=state_dict, source="")
+        architecture_args = {k: v for k, v in kwargs.items() if k not in _NOT_ARCHITECTURE}
+        state_dict = pretrained_state_dict(cfg, architecture_args)
+        # source="" makes timm take the state dict instead of fetching hf-hub itself
+        overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+        kwargs["pretrained_cfg_overlay"] = dict(overlay, state_dict=state_dict, source="")
     model = build_model_with_cfg(
         model_cls,
         variant,
