@@ -9,6 +9,7 @@ from spikezoo.hub.cache import cache_root, install, installed_dir
 from spikezoo.hub.checkpoint_file import CheckpointFileError, read_checkpoint
 from spikezoo.hub.convert import convert_checkpoint
 from spikezoo.hub.errors import DownloadError, PublishError, WeightsError, WeightsNotFoundError
+from spikezoo.hub.manifest import publish, read_manifest
 from spikezoo.hub.remote import push_folder
 from spikezoo.hub.sources import fetch_authors_weights, pretrained_state_dict
 
@@ -26,6 +27,8 @@ __all__ = [
     "install",
     "installed_dir",
     "pretrained_state_dict",
+    "publish",
     "push_folder",
     "read_checkpoint",
+    "read_manifest",
 ]

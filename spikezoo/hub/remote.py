@@ -24,7 +24,7 @@ from spikezoo.hub.checkpoint_file import CheckpointFileError, read_checkpoint
 from spikezoo.hub.download import TIMEOUT_S
 from spikezoo.hub.errors import DownloadError, PublishError
 
-__all__ = ["HUB_FILES", "fetch_hub_files", "load_hub_weights", "push_folder"]
+__all__ = ["HUB_FILES", "fetch_hub_files", "hub_token", "load_hub_weights", "push_folder"]
 
 #: The files of a model repository in timm's layout.
 HUB_FILES = ("config.json", "model.safetensors")
@@ -102,6 +102,16 @@ def _forget(cached: Path) -> None:
     blob.unlink(missing_ok=True)
 
 
+def hub_token(token: str | None, repo_id: str) -> str:
+    """``token``, else ``HF_TOKEN`` or the token of ``hf auth login``; a clear error if none."""
+    token = token or get_token()
+    if not token:
+        raise PublishError(
+            f"no Hugging Face token to push {repo_id}: run 'hf auth login' or set HF_TOKEN"
+        )
+    return token
+
+
 def push_folder(
     folder: str | Path, repo_id: str, token: str | None = None, private: bool = False
 ) -> str:
@@ -117,12 +127,7 @@ def push_folder(
             f"{folder} is not a converted model directory (no {', '.join(missing)}); "
             "make one with 'spikezoo convert'"
         )
-    token = token or get_token()
-    if not token:
-        raise PublishError(
-            f"no Hugging Face token to push {repo_id}: run 'hf auth login' or set HF_TOKEN"
-        )
-    api = HfApi(token=token)
+    api = HfApi(token=hub_token(token, repo_id))
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(
