@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from huggingface_hub import HfApi, get_token, hf_hub_download
+from huggingface_hub import HfApi, get_hf_file_metadata, get_token, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -40,6 +40,8 @@ def fetch_hub_files(repo_id: str, revision: str | None = None, cached_only: bool
     for filename in HUB_FILES:
         where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
         try:
+            if not cached_only:
+                _probe(repo_id, filename, revision, where)
             paths[filename] = Path(
                 hf_hub_download(
                     repo_id,
@@ -63,6 +65,20 @@ def fetch_hub_files(repo_id: str, revision: str | None = None, cached_only: bool
             status = error.response.status_code if error.response is not None else "?"
             raise DownloadError(f"the Hub answered HTTP {status} for {where}") from None
     return paths
+
+
+def _probe(repo_id: str, filename: str, revision: str | None, where: str) -> None:
+    """Ask the Hub once whether the file exists: a network error fails at once, where
+    ``hf_hub_download`` would retry it with back-off for about 20 s."""
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=TIMEOUT_S)
+    except HfHubHTTPError:
+        raise
+    except Exception as error:  # the transport's connection and timeout errors
+        raise DownloadError(
+            f"cannot reach the Hub for {where} ({type(error).__name__}); check the network, "
+            "or set HF_HUB_OFFLINE=1 to use cached weights only"
+        ) from None
 
 
 def load_hub_weights(

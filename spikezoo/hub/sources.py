@@ -46,7 +46,7 @@ def pretrained_state_dict(cfg: PretrainedCfg, model_args: dict | None = None) ->
         return read_checkpoint(cfg.file)
     repo_id, _, revision = (cfg.hf_hub_id or "").partition("@")
     if cfg.source == "hf-hub":
-        return load_hub_weights(repo_id, cfg.architecture, revision or None)
+        return load_hub_weights(repo_id, cfg.architecture, revision or None, is_offline_mode())
     return _tag_weights(cfg, repo_id, revision or None, model_args or {})
 
 

@@ -44,6 +44,7 @@ def test_authors_file_is_downloaded_converted_and_cached(weights_env, monkeypatc
     assert "state_dict" not in model.pretrained_cfg
     # the Hub was asked once per missing repository, then Drive with its confirmation page
     assert _file_requests(hub) == [("HEAD", f"/spikezoo/{tiny.tag}/resolve/main/config.json")]
+    # one HEAD: the 404 is final (no retries)
     assert [path.split("?")[0] for _, path in drive.requests] == ["/uc", "/download"]
     installed = Path(os.environ["SPIKEZOO_CACHE"]) / "weights" / tiny.tag
     provenance = json.loads((installed / "provenance.json").read_text())
@@ -159,7 +160,8 @@ def test_hub_unreachable(monkeypatch, tmp_path):
     with pytest.raises(WeightsNotFoundError) as info:
         timm.create_model(CIFAR["name"], pretrained=True, embed_dim=64, num_heads=4)
     message = _one_line(info.value)
-    assert "cannot reach the Hub for spikezoo/sdt_2_256_cifar.cifar10/config.json" in message
+    assert "cannot reach the Hub for spikezoo/sdt_2_256_cifar.cifar10/config.json (" in message
+    assert "set HF_HUB_OFFLINE=1 to use cached weights only" in message
     assert "the authors released no weights for this tag" in message
     assert "spikezoo convert FILE --model sdt_2_256_cifar.cifar10 --out DIR --install" in message
 
