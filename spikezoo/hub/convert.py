@@ -98,12 +98,24 @@ def write_config(model: nn.Module, path: Path, model_args: dict) -> None:
 
 
 def check_finite_forward(model: nn.Module, what: str) -> None:
-    """Run ``model`` once in eval mode on a small random image; raise if a logit is not finite."""
+    """Run ``model`` once in eval mode on a small random image; raise if a logit is not finite.
+
+    The neurons run their eager loops for this one pass (nothing to compile), then get their
+    backends back.
+    """
     size = 2 * model.size_multiple
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(1, model.in_chans, size, size, generator=generator)
+    neurons = [neuron for _, neuron in model.spiking_neurons()]
+    backends = [neuron.backend for neuron in neurons]
     model.eval()
-    with torch.no_grad():
-        logits = model(images)
+    try:
+        for neuron in neurons:
+            neuron.backend = "torch"
+        with torch.no_grad():
+            logits = model(images)
+    finally:
+        for neuron, backend in zip(neurons, backends, strict=True):
+            neuron.backend = backend
     if not torch.isfinite(logits).all():
         raise ValueError(f"{what}: the model's logits are not finite; the weights are damaged")
