@@ -20,8 +20,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import huggingface_hub.constants as hf_constants
 import pytest
+from hub_helpers import point_hub_at
 
 
 class _Server(ThreadingHTTPServer):
@@ -257,32 +257,6 @@ def fake_hub():
 def fake_drive():
     with FakeDrive() as drive:
         yield drive
-
-
-def point_hub_at(monkeypatch, endpoint: str, tmp_path, offline: bool = False) -> None:
-    """Settings for huggingface_hub, in the environment (for subprocesses) and in its
-    constants (read once at import)."""
-    cache = tmp_path / "hf"
-    values = dict(
-        HF_ENDPOINT=endpoint,
-        HF_HOME=str(cache),
-        HF_HUB_CACHE=str(cache / "hub"),
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_OFFLINE="1" if offline else "0",
-    )
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(
-        hf_constants,
-        "HUGGINGFACE_CO_URL_TEMPLATE",
-        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-    )
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache / "hub"))
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(cache / "token"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", offline)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
 
 
 @pytest.fixture

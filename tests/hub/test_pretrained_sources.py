@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from helpers import assert_same_state, cache_entries, logits, tiny_authors_file
+from hub_helpers import (
+    assert_same_state,
+    cache_entries,
+    logits,
+    point_hub_at,
+    tiny_authors_file,
+)
 
 from spikezoo.hub import (
     AUTHORS_FILES,
@@ -71,7 +77,7 @@ def test_second_run_with_hf_hub_offline_loads_from_the_cache(weights_env, monkey
     script = f"""
 import sys, torch
 sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]}
-from helpers import logits, tiny_authors_file
+from hub_helpers import logits, tiny_authors_file
 from spikezoo.hub import AUTHORS_FILES
 assert "{tiny.tag}" in AUTHORS_FILES
 out = logits(tiny_authors_file("sdt").create())
@@ -153,8 +159,6 @@ CIFAR = dict(name="sdt_2_256_cifar.cifar10", embed_dim=64, num_heads=4)
 
 
 def test_hub_unreachable(monkeypatch, tmp_path):
-    from conftest import point_hub_at
-
     point_hub_at(monkeypatch, "http://127.0.0.1:9", tmp_path)  # nothing listens on port 9
     monkeypatch.setenv("SPIKEZOO_CACHE", str(tmp_path / "spikezoo"))
     with pytest.raises(WeightsNotFoundError) as info:

@@ -5,7 +5,7 @@ import json
 import pytest
 import timm
 import torch
-from helpers import assert_same_state, logits, tiny_authors_file
+from hub_helpers import assert_same_state, logits, tiny_authors_file
 from safetensors.torch import save_file
 
 TINY_CIFAR = dict(embed_dim=64, num_heads=4)

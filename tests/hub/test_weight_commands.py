@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import assert_same_state, tiny_authors_file
+from hub_helpers import assert_same_state, tiny_authors_file
 
 from spikezoo.cli import main
 from spikezoo.hub import AUTHORS_FILES, read_manifest
