@@ -65,8 +65,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The state dict in a checkpoint file, read without running any code from it.
 
     Accepts safetensors files, ``torch.save`` files of a state dict, and training checkpoints
-    holding one (``{"state_dict": ...}``, ``{"model": ...}``; ``module.`` / ``_orig_mod.``
-    prefixes are stripped). Raises :class:`CheckpointFileError` naming the file and what is
+    holding one (``{"state_dict": ...}``, ``{"model": ...}``, the EMA weights
+    ``state_dict_ema`` / ``model_ema`` first when present, as timm's loader does; ``module.`` /
+    ``_orig_mod.`` prefixes are stripped). Raises :class:`CheckpointFileError` naming the file and what is
     wrong with it.
     """
     path = Path(path)
@@ -144,6 +145,10 @@ def _state_dict_of(path: Path, content: object) -> dict[str, Tensor]:
             f"holds a {type(content).__name__}, not a state dict (save model.state_dict(), "
             "a mapping of parameter names to tensors)",
         )
+    for ema in ("state_dict_ema", "model_ema"):  # timm's scripts: EMA weights first, as timm
+        if isinstance(content.get(ema), Mapping):
+            content = content[ema]
+            break
     state_dict = unwrap_state_dict(content)
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if not state_dict or not_tensors:

@@ -134,7 +134,9 @@ def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path):
     assert not _Exploit.ran
 
 
-@pytest.mark.parametrize("layout", ["state_dict", "model", "bare", "safetensors", "legacy"])
+@pytest.mark.parametrize(
+    "layout", ["state_dict", "model", "bare", "safetensors", "legacy", "state_dict_ema"]
+)
 def test_good_layouts_give_the_same_tensors(tmp_path, layout):
     state = timm.create_model("sdt_2_256_cifar", **TINY).state_dict()
     path = tmp_path / "weights"
@@ -144,6 +146,9 @@ def test_good_layouts_give_the_same_tensors(tmp_path, layout):
         torch.save(state, path, _use_new_zipfile_serialization=False)
     elif layout == "bare":
         torch.save(state, path)
+    elif layout == "state_dict_ema":
+        ignored = {k: torch.zeros_like(v) for k, v in state.items()}
+        torch.save({"state_dict": ignored, "state_dict_ema": state}, path)
     else:
         torch.save({layout: {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
     loaded = read_checkpoint(path)
