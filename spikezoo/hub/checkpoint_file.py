@@ -67,8 +67,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     Accepts safetensors files, ``torch.save`` files of a state dict, and training checkpoints
     holding one (``{"state_dict": ...}``, ``{"model": ...}``, the EMA weights
     ``state_dict_ema`` / ``model_ema`` first when present, as timm's loader does; ``module.`` /
-    ``_orig_mod.`` prefixes are stripped). Raises :class:`CheckpointFileError` naming the file and what is
-    wrong with it.
+    ``_orig_mod.`` prefixes are stripped). Raises :class:`CheckpointFileError` naming the file
+    and what is wrong with it.
     """
     path = Path(path)
     if not path.exists():
