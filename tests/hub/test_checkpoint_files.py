@@ -110,30 +110,6 @@ def test_create_model_with_a_bad_file_raises_the_same_error(tmp_path, case):
     _check_message(info.value, path, expected)
 
 
-class _Exploit:
-    """Unpickling this would run code."""
-
-    ran = False
-
-    def __reduce__(self):
-        return (_mark_ran, ())
-
-
-def _mark_ran():
-    _Exploit.ran = True
-    return {}
-
-
-def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path):
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "args": _Exploit()}, path)
-    with pytest.raises(CheckpointFileError) as info:
-        read_checkpoint(path)
-    _check_message(info.value, path, "holds a Python object (")
-    assert "_mark_ran" in str(info.value) and "does not run code" in str(info.value)
-    assert not _Exploit.ran
-
-
 @pytest.mark.parametrize(
     "layout", ["state_dict", "model", "bare", "safetensors", "legacy", "state_dict_ema"]
 )
