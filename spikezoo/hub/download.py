@@ -84,7 +84,7 @@ def _open(url: str):
         raise DownloadError(f"{url} answered HTTP {error.code} ({error.reason})") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise DownloadError(f"cannot reach {url} ({reason}); check the network") from None
+        raise DownloadError(f"cannot reach {urlsplit(url).netloc} ({reason})") from None
 
 
 def _is_html(response) -> bool:

@@ -75,10 +75,7 @@ def _probe(repo_id: str, filename: str, revision: str | None, where: str) -> Non
     except HfHubHTTPError:
         raise
     except Exception as error:  # the transport's connection and timeout errors
-        raise DownloadError(
-            f"cannot reach the Hub for {where} ({type(error).__name__}); check the network, "
-            "or set HF_HUB_OFFLINE=1 to use cached weights only"
-        ) from None
+        raise DownloadError(f"cannot reach the Hub for {where} ({type(error).__name__})") from None
 
 
 def load_hub_weights(

@@ -72,7 +72,8 @@ def _tag_weights(
         except DownloadError:
             pass
     if is_offline_mode():
-        raise WeightsNotFoundError(_not_found(name, repo_id, ["offline (HF_HUB_OFFLINE=1)"]))
+        offline = "not cached, and HF_HUB_OFFLINE=1 forbids downloads"
+        raise WeightsNotFoundError(_not_found(name, repo_id, [offline]))
     if repo_id:
         try:
             return load_hub_weights(repo_id, cfg.architecture, revision)
@@ -85,7 +86,7 @@ def _tag_weights(
             args = dict(model_args, num_classes=cfg.num_classes)
             return read_checkpoint(fetch_authors_weights(name, args) / "model.safetensors")
         except DownloadError as error:
-            tried.append(f"the authors' file: {error}")
+            tried.append(f"authors' file: {error}")
     raise WeightsNotFoundError(_not_found(name, repo_id, tried))
 
 
@@ -113,14 +114,9 @@ def fetch_authors_weights(name: str, model_args: dict | None = None) -> Path:
 
 def _not_found(name: str, repo_id: str, tried: list[str]) -> str:
     authors = AUTHORS_FILES.get(name)
-    where = (
-        f"the authors' file is at {authors.page}"
-        if authors
-        else "the authors released no weights for this tag"
-    )
-    published = f"Hub repository {repo_id}" if repo_id else "no Hub repository"
+    where = f"the authors' file is at {authors.page}" if authors else "no authors' weights"
     command = f"spikezoo convert FILE --model {name} --out DIR --install"
+    tried_text = "; ".join(tried) or f"not cached, and {repo_id or 'no Hub repository'} not asked"
     return (
-        f"no weights for {name} ({'; '.join(tried) or 'not in any cache'}); sources: {published}"
-        f", {where}; a file downloaded by hand is converted with '{command}'"
+        f"no weights for {name} ({tried_text}); {where}; convert a downloaded file with '{command}'"
     )
