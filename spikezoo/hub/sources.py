@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub.constants import is_offline_mode
+from huggingface_hub import constants as hf_constants
 from timm.models import PretrainedCfg
 from torch import Tensor
 
@@ -46,7 +46,9 @@ def pretrained_state_dict(cfg: PretrainedCfg, model_args: dict | None = None) ->
         return read_checkpoint(cfg.file)
     repo_id, _, revision = (cfg.hf_hub_id or "").partition("@")
     if cfg.source == "hf-hub":
-        return load_hub_weights(repo_id, cfg.architecture, revision or None, is_offline_mode())
+        return load_hub_weights(
+            repo_id, cfg.architecture, revision or None, hf_constants.HF_HUB_OFFLINE
+        )
     return _tag_weights(cfg, repo_id, revision or None, model_args or {})
 
 
@@ -71,7 +73,7 @@ def _tag_weights(
             return load_hub_weights(repo_id, cfg.architecture, revision, cached_only=True)
         except DownloadError:
             pass
-    if is_offline_mode():
+    if hf_constants.HF_HUB_OFFLINE:
         offline = "not cached, and HF_HUB_OFFLINE=1 forbids downloads"
         raise WeightsNotFoundError(_not_found(name, repo_id, [offline]))
     if repo_id:

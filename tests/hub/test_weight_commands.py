@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hub_helpers import assert_same_state, tiny_authors_file
+from safetensors.torch import load_file, save_file
 
 from spikezoo.cli import main
 from spikezoo.hub import AUTHORS_FILES, read_manifest
@@ -40,6 +41,18 @@ def test_convert_install_then_pretrained_needs_no_network(weights_env, tmp_path,
     ]
     assert_same_state(tiny.create(), tiny.expected_state())
     assert hub.requests == []  # the installed copy came first
+
+
+def test_convert_a_spikezoo_checkpoint(tmp_path, capsys):
+    tiny = tiny_authors_file("sdt")
+    spikezoo_file = tmp_path / "spikezoo.safetensors"
+    save_file(tiny.expected_state(), spikezoo_file)
+    out = tmp_path / "converted"
+    argv = _convert_args(tiny, out)
+    argv[1] = spikezoo_file
+    code, _, err = _run(capsys, *argv)
+    assert code == 0, err
+    assert load_file(out / "model.safetensors").keys() == tiny.expected_state().keys()
 
 
 @pytest.mark.parametrize(
@@ -121,12 +134,12 @@ def test_publish_converts_and_pushes_every_entry(weights_env, tmp_path, capsys, 
             ),
         ],
     )
-    code, printed, err = _run(capsys, "publish", manifest)
+    code, printed, err = _run(capsys, "publish", manifest, "--org", "elsewhere")
     assert code == 0, err
-    assert sorted(hub.repos) == [f"spikezoo-test/{sdt.tag}", f"spikezoo-test/{resformer.tag}"]
+    assert sorted(hub.repos) == [f"elsewhere/{sdt.tag}", f"elsewhere/{resformer.tag}"]
     assert printed.count("pushed ") == 2
     for tiny in (sdt, resformer):
-        name = f"hf-hub:spikezoo-test/{tiny.tag}"
+        name = f"hf-hub:elsewhere/{tiny.tag}"
         import timm
 
         assert_same_state(timm.create_model(name, pretrained=True), tiny.expected_state())
