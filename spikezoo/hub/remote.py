@@ -30,7 +30,9 @@ __all__ = ["HUB_FILES", "fetch_hub_files", "hub_token", "load_hub_weights", "pus
 HUB_FILES = ("config.json", "model.safetensors")
 
 
-def fetch_hub_files(repo_id: str, revision: str | None = None, cached_only: bool = False):
+def fetch_hub_files(
+    repo_id: str, revision: str | None = None, cached_only: bool = False
+) -> dict[str, Path]:
     """Local paths of :data:`HUB_FILES` of ``repo_id`` (from the cache with ``cached_only``).
 
     Raises :class:`DownloadError` when the repository or a file does not exist, the Hub cannot
