@@ -27,6 +27,9 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: dict[str, str] = {
     "list": "spikezoo.cli.listing",
     "demo": "spikezoo.cli.demo",
+    "convert": "spikezoo.cli.convert",
+    "push": "spikezoo.cli.push",
+    "publish": "spikezoo.cli.publish",
 }
 
 DEBUG_HINT = "run again with --debug for the traceback"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from timm.layers import to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, register_model
+from timm.models import register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import SDSA, SPS, NeuronFactory, SpikingMLP
@@ -25,7 +25,12 @@ from spikezoo.models._checkpoint import (
     rename_keys,
     unwrap_state_dict,
 )
-from spikezoo.models._pretrained import CIFAR100_NORM, IMAGENET_CFG, spikezoo_default_cfgs
+from spikezoo.models._pretrained import (
+    CIFAR100_NORM,
+    IMAGENET_CFG,
+    build_spiking_model,
+    spikezoo_default_cfgs,
+)
 
 __all__ = ["Block", "SpikeDrivenTransformer", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -186,7 +191,7 @@ register_family(__name__.rsplit(".", 1)[-1], remap_state_dict)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
-    return build_model_with_cfg(
+    return build_spiking_model(
         SpikeDrivenTransformer,
         variant,
         pretrained,
@@ -233,7 +238,6 @@ default_cfgs = spikezoo_default_cfgs(
             num_classes=11,
             input_size=(2, 128, 128),
             pool_size=(16, 16),
-            time_steps=16,
             top1=99.3,
             **_dvs,
         ),
@@ -241,7 +245,6 @@ default_cfgs = spikezoo_default_cfgs(
             num_classes=10,
             input_size=(2, 64, 64),
             pool_size=(16, 16),
-            time_steps=10,
             **_dvs,
         ),
     },

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from timm.layers import to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, register_model
+from timm.models import register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, NeuronFactory, PerStep
@@ -28,7 +28,12 @@ from spikezoo.models._checkpoint import (
     rename_key,
     unwrap_state_dict,
 )
-from spikezoo.models._pretrained import CIFAR100_NORM, IMAGENET_CFG, spikezoo_default_cfgs
+from spikezoo.models._pretrained import (
+    CIFAR100_NORM,
+    IMAGENET_CFG,
+    build_spiking_model,
+    spikezoo_default_cfgs,
+)
 
 __all__ = ["SpikingResformer", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -230,7 +235,7 @@ register_family(__name__.rsplit(".", 1)[-1], remap_state_dict)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikingResformer:
-    return build_model_with_cfg(
+    return build_spiking_model(
         SpikingResformer,
         variant,
         pretrained,
@@ -275,7 +280,6 @@ default_cfgs = spikezoo_default_cfgs(
             crop_pct=1.0,
             mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0),
-            time_steps=16,
         ),
     },
 )

@@ -86,7 +86,7 @@ def test_default_cfg(name):
     cfg = model.pretrained_cfg
     assert cfg["hf_hub_id"] == f"spikezoo/{name}.{cfg['tag']}"
     assert cfg["num_classes"] == model.num_classes
-    assert cfg["time_steps"] == model.time_steps
+    assert "time_steps" not in cfg  # a model argument only (model.time_steps)
     assert cfg["input_size"][0] == model.in_chans
     assert len(cfg["mean"]) == len(cfg["std"]) == model.in_chans
     assert cfg["crop_pct"] > 0 and cfg["interpolation"] in ("bicubic", "bilinear")

@@ -1,0 +1,27 @@
+"""The weight commands' errors (``convert``, ``push``, ``publish``) as one-line CommandErrors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from spikezoo.cli.errors import CommandError
+
+
+@contextmanager
+def reported_as_command_errors(hint: str) -> Iterator[None]:
+    """Turn spikezoo.hub's errors and checkpoint mismatches into :class:`CommandError`."""
+    from spikezoo.hub import WeightsError
+    from spikezoo.models import CheckpointMismatchError
+
+    try:
+        yield
+    except CheckpointMismatchError as error:
+        likely = f"; it fits {error.likely_model}" if error.likely_model else ""
+        counts = f"{len(error.missing)} missing, {len(error.unexpected)} unexpected, "
+        counts += f"{len(error.mismatched)} mismatched tensors"
+        raise CommandError(
+            f"the checkpoint does not fit the model ({counts}{likely})", hint
+        ) from None
+    except (WeightsError, ValueError) as error:
+        raise CommandError(" ".join(str(error).split()), hint) from None

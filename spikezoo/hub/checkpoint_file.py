@@ -1,0 +1,161 @@
+"""Reading a checkpoint file safely: tensors only, and one clear error for every bad file.
+
+A file is read as safetensors or through ``torch.load(weights_only=True)``. The only Python
+object allowed besides tensors and containers is ``argparse.Namespace``, which the authors'
+training scripts store under ``"args"`` (its fields are data; nothing is called). Anything else
+is refused with :class:`CheckpointFileError`; no message ever suggests unpickling the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from spikezoo.models._checkpoint import unwrap_state_dict
+
+__all__ = ["CheckpointFileError", "read_checkpoint", "sniff_format"]
+
+#: The formats :func:`sniff_format` recognises.
+FORMATS = ("safetensors", "torch-zip", "torch-legacy", "html", "text", "unknown")
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be read as tensors: missing, empty, truncated, not a
+    checkpoint, or holding Python objects that would have to be unpickled.
+
+    ``path`` is the file and ``reason`` says what is wrong with it; ``str(error)`` is one line
+    naming both.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"checkpoint file {str(path)!r} {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def sniff_format(head: bytes) -> str:
+    """The format of a file from its first bytes (at least 16): one of :data:`FORMATS`."""
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head.startswith(b"\x80") and len(head) > 1 and head[1] <= 5:
+        return "torch-legacy"
+    if len(head) >= 9 and head[8:9] == b"{":
+        header_length = int.from_bytes(head[:8], "little")
+        if 1 < header_length < 100_000_000:
+            return "safetensors"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown"
+    if not all(c.isprintable() or c.isspace() for c in text):
+        return "unknown"
+    return "html" if re.match(r"\s*<(!doctype html|html)", text, re.IGNORECASE) else "text"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in a checkpoint file, read without running any code from it.
+
+    Accepts safetensors files, ``torch.save`` files of a state dict, and training checkpoints
+    holding one (``{"state_dict": ...}``, ``{"model": ...}``, the EMA weights
+    ``state_dict_ema`` / ``model_ema`` first when present, as timm's loader does; ``module.`` /
+    ``_orig_mod.`` prefixes are stripped). Raises :class:`CheckpointFileError` naming the file
+    and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointFileError(path, "does not exist")
+    if path.is_dir():
+        raise CheckpointFileError(
+            path,
+            "is a directory, not a file (a converted model directory loads with "
+            f"timm.create_model('local-dir:{path}', pretrained=True))",
+        )
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointFileError(path, "is empty (0 bytes): the download or copy did not finish")
+    with path.open("rb") as file:
+        head = file.read(64)
+    kind = sniff_format(head)
+    if kind == "safetensors":
+        return _state_dict_of(path, _read_safetensors(path))
+    if kind.startswith("torch"):
+        return _state_dict_of(path, _read_torch(path))
+    if kind == "html":
+        raise CheckpointFileError(
+            path, "is an HTML page, not a checkpoint (a web page was saved instead of the file)"
+        )
+    if kind == "text":
+        start = head[:24].decode("utf-8", "replace").split("\n")[0]
+        raise CheckpointFileError(
+            path, f"is a text file (it starts with {start!r}), not a checkpoint"
+        )
+    raise CheckpointFileError(
+        path, f"is not a PyTorch or safetensors checkpoint (unrecognised content, {size} bytes)"
+    )
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, json.JSONDecodeError) as error:
+        raise CheckpointFileError(
+            path, f"is a truncated or corrupted safetensors file ({error})"
+        ) from None
+
+
+def _read_torch(path: Path) -> object:
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message advises weights_only=False: never pass that on.
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if refused:
+            raise CheckpointFileError(
+                path,
+                f"holds a Python object ({refused[1]}) besides tensors; spikezoo reads "
+                "tensors only and does not run code from checkpoint files",
+            ) from None
+        raise CheckpointFileError(path, "is corrupted (its pickled data cannot be read)") from None
+    except Exception:  # a damaged pickle stream fails in many ways (EOFError, IndexError, ...)
+        raise CheckpointFileError(
+            path, "is truncated or corrupted (not a complete PyTorch checkpoint)"
+        ) from None
+
+
+def _state_dict_of(path: Path, content: object) -> dict[str, Tensor]:
+    if isinstance(content, Tensor):
+        raise CheckpointFileError(
+            path,
+            "holds a single tensor, not a state dict (save model.state_dict(), a mapping of "
+            "parameter names to tensors)",
+        )
+    if not isinstance(content, Mapping):
+        raise CheckpointFileError(
+            path,
+            f"holds a {type(content).__name__}, not a state dict (save model.state_dict(), "
+            "a mapping of parameter names to tensors)",
+        )
+    for ema in ("state_dict_ema", "model_ema"):  # timm's scripts: EMA weights first, as timm
+        if isinstance(content.get(ema), Mapping):
+            content = content[ema]
+            break
+    state_dict = unwrap_state_dict(content)
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
+    if not state_dict or not_tensors:
+        keys = ", ".join(map(repr, list(state_dict)[:5])) or "none"
+        raise CheckpointFileError(
+            path,
+            "holds a dict that is not a state dict of tensors "
+            f"({len(not_tensors)} of its {len(state_dict)} entries are not tensors; keys: {keys})",
+        )
+    return state_dict

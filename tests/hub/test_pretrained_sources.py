@@ -1,0 +1,284 @@
+"""``pretrained=True``: the Hub, then the authors' Drive file, cache first; each failure one
+line naming the repository or file and what to do, and nothing left in the cache to trust."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hub_helpers import (
+    assert_same_state,
+    cache_entries,
+    logits,
+    point_hub_at,
+    tiny_authors_file,
+)
+
+from spikezoo.hub import (
+    AUTHORS_FILES,
+    AuthorsFile,
+    DownloadError,
+    WeightsNotFoundError,
+    convert_checkpoint,
+    push_folder,
+)
+from spikezoo.hub.convert import file_sha256
+
+FAMILIES = ["sdt", "resformer"]
+DRIVE_ID = "tiny-authors-file"
+
+
+def _serve_authors_file(monkeypatch, drive, tiny, sha256=None):
+    drive.files[DRIVE_ID] = tiny.file.read_bytes()
+    page = f"https://drive.google.com/file/d/{DRIVE_ID}/view"
+    monkeypatch.setitem(AUTHORS_FILES, tiny.tag, AuthorsFile(page, DRIVE_ID, sha256))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_authors_file_is_downloaded_converted_and_cached(weights_env, monkeypatch, family):
+    hub, drive = weights_env
+    tiny = tiny_authors_file(family)
+    _serve_authors_file(monkeypatch, drive, tiny, sha256=file_sha256(tiny.file))
+
+    model = tiny.create()
+
+    assert_same_state(model, tiny.expected_state())
+    assert "state_dict" not in model.pretrained_cfg
+    # the Hub was asked once per missing repository, then Drive with its confirmation page
+    assert _file_requests(hub) == [("HEAD", f"/spikezoo/{tiny.tag}/resolve/main/config.json")]
+    # one HEAD: the 404 is final (no retries)
+    assert [path.split("?")[0] for _, path in drive.requests] == ["/uc", "/download"]
+    installed = Path(os.environ["SPIKEZOO_CACHE"]) / "weights" / tiny.tag
+    provenance = json.loads((installed / "provenance.json").read_text())
+    assert provenance["source"] == f"{drive.url}/uc?export=download&id={DRIVE_ID}"
+    assert provenance["sha256"] == file_sha256(tiny.file)
+    assert provenance["converted"] and provenance["spikezoo_version"]
+    assert cache_entries(Path(os.environ["SPIKEZOO_CACHE"])) == [
+        "weights",
+        f"weights/{tiny.tag}",
+        *(f"weights/{tiny.tag}/{n}" for n in sorted(os.listdir(installed))),
+    ]
+
+    drive.files.clear()  # the second call needs no network
+    assert_same_state(tiny.create(), tiny.expected_state())
+    assert len(drive.requests) == 2
+
+
+def test_second_run_with_hf_hub_offline_loads_from_the_cache(weights_env, monkeypatch, tmp_path):
+    _, drive = weights_env
+    tiny = tiny_authors_file("sdt")
+    _serve_authors_file(monkeypatch, drive, tiny)
+    expected = logits(tiny.create())
+    torch.save(expected, tmp_path / "expected.pt")
+    script = f"""
+import sys, torch
+sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]}
+from hub_helpers import logits, tiny_authors_file
+from spikezoo.hub import AUTHORS_FILES
+assert "{tiny.tag}" in AUTHORS_FILES
+out = logits(tiny_authors_file("sdt").create())
+assert torch.equal(out, torch.load({str(tmp_path / "expected.pt")!r})), "different logits"
+print("loaded offline")
+"""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    env["SPIKEZOO_DRIVE_ENDPOINT"] = "http://127.0.0.1:9"
+    env["PYTHONPATH"] = str(Path(__file__).parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "loaded offline" in result.stdout
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_convert_push_and_load_round_trip(weights_env, tmp_path, family):
+    hub, _ = weights_env
+    tiny = tiny_authors_file(family)
+    out = tmp_path / "converted"
+    convert_checkpoint(tiny.file, tiny.tag, out, model_args=tiny.model_args())
+    config = json.loads((out / "config.json").read_text())
+    timm.models.PretrainedCfg(**config["pretrained_cfg"])  # plain timm accepts it
+    assert config["model_args"]["time_steps"] == tiny.args["time_steps"]
+    card = (out / "README.md").read_text()
+    assert "## Citation" in card and file_sha256(tiny.file) in card and "paper" in card
+
+    repo_id = f"spikezoo/{tiny.tag}"
+    url = push_folder(out, repo_id, token="hf_test")
+    first_commit = url.rsplit("/", 1)[-1]
+    assert set(hub.files(repo_id)) == {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "provenance.json",
+    }
+    assert hub.lfs  # the weights went over LFS
+
+    expected = tiny.expected_state()
+    from_local = timm.create_model(f"local-dir:{out}", pretrained=True)
+    from_repo = timm.create_model(f"hf-hub:{repo_id}", pretrained=True)
+    from_tag = tiny.create()
+    for model in (from_local, from_repo, from_tag):
+        assert_same_state(model, expected)
+        assert model.time_steps == tiny.args["time_steps"]
+    assert torch.equal(logits(from_tag), logits(from_local))
+    assert torch.equal(logits(from_repo), logits(from_local))
+
+    # a revision pins the weights: push different ones, load the first commit
+    changed = tmp_path / "changed"
+    convert_checkpoint(tiny.file, tiny.tag, changed, model_args=dict(tiny.model_args()))
+    state = timm.models.load_state_dict(str(changed / "model.safetensors"))
+    key = next(k for k in state if k.endswith("conv.weight"))
+    state[key] = state[key] + 1
+    from safetensors.torch import save_file
+
+    save_file(state, changed / "model.safetensors")
+    push_folder(changed, repo_id, token="hf_test")
+    pinned = tiny.create(pretrained_cfg_overlay=dict(hf_hub_id=f"{repo_id}@{first_commit}"))
+    assert_same_state(pinned, expected)
+
+
+def _file_requests(hub):
+    return [r for r in hub.requests if "/resolve/" in r[1]]
+
+
+def _one_line(error) -> str:
+    message = str(error)
+    assert "\n" not in message
+    return message
+
+
+def _spikezoo_cache() -> Path:
+    return Path(os.environ["SPIKEZOO_CACHE"])
+
+
+CIFAR = dict(name="sdt_2_256_cifar.cifar10", embed_dim=64, num_heads=4)
+
+
+def test_hub_unreachable(monkeypatch, tmp_path):
+    point_hub_at(monkeypatch, "http://127.0.0.1:9", tmp_path)  # nothing listens on port 9
+    monkeypatch.setenv("SPIKEZOO_CACHE", str(tmp_path / "spikezoo"))
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model(CIFAR["name"], pretrained=True, embed_dim=64, num_heads=4)
+    message = _one_line(info.value)
+    assert "cannot reach the Hub for spikezoo/sdt_2_256_cifar.cifar10/config.json (" in message
+    assert "no authors' weights" in message
+    assert "'spikezoo convert FILE --model sdt_2_256_cifar.cifar10 --out DIR --install'" in message
+
+
+def test_hub_404_means_not_published_and_is_asked_once(weights_env):
+    hub, _ = weights_env
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model(CIFAR["name"], pretrained=True, embed_dim=64, num_heads=4)
+    message = _one_line(info.value)
+    assert "Hub repository spikezoo/sdt_2_256_cifar.cifar10 does not exist (not published)" in (
+        message
+    )
+    assert len(_file_requests(hub)) == 1  # no retries
+    assert cache_entries(_spikezoo_cache()) == []
+
+
+def test_sdt_tag_error_says_where_the_authors_file_is(weights_env):
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model("sdt_8_768.in1k", pretrained=True, embed_dim=64, depth=1)
+    message = _one_line(info.value)
+    assert "https://drive.google.com/file/d/1R-MaeFV8d2Y0pIGBSjklOGWhaF8dLHf4/view" in message
+    assert "authors' file: " in message and "answered HTTP 404" in message
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        ("html", "returned an HTML page instead of the file"),
+        ("truncate", "is truncated: "),
+        ("corrupt", "is not a PyTorch or safetensors checkpoint"),
+        ("sha256", "differs from the expected 000000"),
+    ],
+)
+def test_bad_drive_download_fails_in_one_line_and_leaves_no_cache(
+    weights_env, monkeypatch, breakage, expected
+):
+    _, drive = weights_env
+    tiny = tiny_authors_file("sdt")
+    _serve_authors_file(monkeypatch, drive, tiny, sha256="0" * 64 if breakage == "sha256" else None)
+    if breakage == "corrupt":
+        drive.files[DRIVE_ID] = os.urandom(len(drive.files[DRIVE_ID]))
+    elif breakage != "sha256":
+        drive.mode = breakage
+    with pytest.raises(WeightsNotFoundError) as info:
+        tiny.create()
+    message = _one_line(info.value)
+    assert expected in message and f"id={DRIVE_ID}" in message
+    assert f"no weights for {tiny.tag}" in message
+    assert cache_entries(_spikezoo_cache()) == []  # no weights, no staging leftovers
+
+    drive.mode = "ok"  # a later call downloads again and succeeds
+    drive.files[DRIVE_ID] = tiny.file.read_bytes()
+    monkeypatch.setitem(AUTHORS_FILES, tiny.tag, AuthorsFile("page", DRIVE_ID))
+    assert_same_state(tiny.create(), tiny.expected_state())
+
+
+def test_config_for_another_architecture(weights_env, tmp_path):
+    hub, _ = weights_env
+    tiny = tiny_authors_file("sdt")
+    convert_checkpoint(tiny.file, tiny.tag, tmp_path / "out", model_args=tiny.model_args())
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    config["architecture"] = "spikingresformer_ti"
+    files = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    hub.commit(f"spikezoo/{tiny.tag}", dict(files, **{"config.json": json.dumps(config).encode()}))
+    with pytest.raises(WeightsNotFoundError) as info:
+        tiny.create()
+    message = _one_line(info.value)
+    assert (
+        f"spikezoo/{tiny.tag}/config.json is for architecture 'spikingresformer_ti', "
+        "not 'sdt_8_384'" in message
+    )
+
+
+def test_damaged_hub_file_is_removed_from_the_cache(weights_env, tmp_path):
+    hub, _ = weights_env
+    tiny = tiny_authors_file("sdt")
+    convert_checkpoint(tiny.file, tiny.tag, tmp_path / "out", model_args=tiny.model_args())
+    files = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    good = files["model.safetensors"]
+    repo_id = f"spikezoo/{tiny.tag}"
+    hub.commit(repo_id, dict(files, **{"model.safetensors": good[: len(good) // 2]}))
+    with pytest.raises(WeightsNotFoundError) as info:
+        tiny.create()
+    message = _one_line(info.value)
+    assert f"{repo_id}/model.safetensors is a truncated or corrupted safetensors file" in message
+    assert "removed from the cache" in message
+    hub_cache = Path(os.environ["HF_HUB_CACHE"])
+    assert not list(hub_cache.rglob("model.safetensors"))
+
+    hub.commit(repo_id, {"model.safetensors": good})
+    assert_same_state(tiny.create(), tiny.expected_state())
+
+
+def test_offline_without_cache_fails_at_once(weights_env, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    hub, _ = weights_env
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model(CIFAR["name"], pretrained=True, embed_dim=64, num_heads=4)
+    assert "not cached, and HF_HUB_OFFLINE=1 forbids downloads" in _one_line(info.value)
+    assert _file_requests(hub) == []
+
+
+def test_push_without_token_says_how_to_log_in(weights_env, tmp_path):
+    tiny = tiny_authors_file("sdt")
+    convert_checkpoint(tiny.file, tiny.tag, tmp_path / "out", model_args=tiny.model_args())
+    from spikezoo.hub import PublishError
+
+    with pytest.raises(PublishError, match="run 'hf auth login' or set HF_TOKEN"):
+        push_folder(tmp_path / "out", "spikezoo/x")
+    with pytest.raises(PublishError, match="is not a converted model directory"):
+        push_folder(tmp_path, "spikezoo/x", token="hf_test")
+
+
+def test_download_error_is_a_weights_error():
+    assert issubclass(DownloadError, RuntimeError)
