@@ -85,7 +85,7 @@ def _without_cuda_home_notice() -> Iterator[None]:
         logger.removeFilter(notice_filter)
 
 
-def _one_line(text: str, limit: int = 400) -> str:
+def _one_line(text: str, limit: int = 800) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
