@@ -32,8 +32,8 @@ class MultiStepNeuron(nn.Module):
         surrogate: name of the surrogate gradient (``"sigmoid"``, ``"atan"``, or registered).
         alpha: surrogate sharpness; ``None`` takes the surrogate's default (4 or 2).
         detach_reset: stop the gradient through the reset (the papers' choice).
-        backend: ``"auto"``, ``"torch"``, ``"inductor"`` or ``"cupy"``; see
-            :mod:`spikezoo.neurons.functional`.
+        backend: ``"auto"``, ``"torch"``, ``"inductor"`` or another registered backend; see
+            :mod:`spikezoo.neurons.backends`.
     """
 
     decay_input: bool = True

@@ -1,0 +1,69 @@
+"""Back-propagation through time as one custom autograd function.
+
+The forward loop keeps a single tensor per step, the charged membrane ``h[t]``; the backward
+loop walks the steps in reverse and recomputes what it needs from it, instead of keeping the
+autograd graph of the whole loop. Both loops run on a backend of
+:mod:`spikezoo.neurons.backends`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from spikezoo.neurons.backends import run_backward, run_forward
+from spikezoo.neurons.dynamics import NeuronConfig
+
+__all__ = ["MultiStepDynamics"]
+
+
+class MultiStepDynamics(torch.autograd.Function):
+    """``apply(x [T, N], k [], v_init [N] or [], cfg, candidates) -> (spikes [T, N], v_final [N])``.
+
+    ``candidates`` are the names of the backends to try in order (see
+    :func:`spikezoo.neurons.backends.resolve_backend`); the backward pass starts with the one
+    that ran the forward pass. Gradients flow into ``x``, ``k`` (PLIF's decay) and ``v_init``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        k: Tensor,
+        v_init: Tensor,
+        cfg: NeuronConfig,
+        candidates: tuple[str, ...],
+    ) -> tuple[Tensor, Tensor]:
+        """Run the forward loop, keeping the charged membranes for :meth:`backward`."""
+        ctx.set_materialize_grads(False)
+        backend, (spikes, charged, v_final) = run_forward(
+            candidates, x, v_init, k, cfg, keep_charged=True
+        )
+        ctx.cfg = cfg
+        ctx.candidates = candidates[candidates.index(backend) :]
+        ctx.save_for_backward(charged, v_init, k)
+        return spikes, v_final
+
+    @staticmethod
+    def backward(ctx: Any, grad_spikes: Tensor | None, grad_v_final: Tensor | None) -> tuple:
+        """Reverse-time loop: gradients for ``x``, ``k`` and ``v_init``."""
+        charged, v_init, k = ctx.saved_tensors
+        if grad_spikes is None:
+            grad_spikes = torch.zeros_like(charged)
+        if grad_v_final is None:
+            grad_v_final = torch.zeros((), dtype=charged.dtype, device=charged.device)
+        grad_k_needed = ctx.needs_input_grad[1]
+        _, (grad_x, grad_v_init, grad_k) = run_backward(
+            ctx.candidates,
+            grad_spikes,
+            grad_v_final.to(charged.dtype),
+            charged,
+            v_init,
+            k,
+            ctx.cfg,
+            grad_k_needed,
+        )
+        grad_v_init = grad_v_init if ctx.needs_input_grad[2] else None
+        return grad_x, grad_k if grad_k_needed else None, grad_v_init, None, None

@@ -1,0 +1,180 @@
+"""The registry of neuron backends: how the forward and backward time loops run.
+
+A backend is a :class:`Backend` record: its ``forward`` and ``backward`` take the arguments of
+:func:`spikezoo.neurons.dynamics.forward_sequence` and
+:func:`~spikezoo.neurons.dynamics.backward_sequence` and return the same results, and its
+``unavailable_reason(x)`` says why it cannot run on the input ``x`` (``None``: it can).
+
+``backend="auto"`` walks :data:`AUTO_PRIORITY` and takes the first backend available for the
+input. If that backend then fails (for example, ``torch.compile`` finds no C++ compiler), the
+failure is logged at debug level, remembered for that device, dtype and configuration, and the
+next one runs instead. A backend named explicitly is never replaced: its errors propagate.
+
+Adding a backend is one module defining ``forward``, ``backward`` and ``unavailable_reason``
+plus one :func:`register_backend` call at the end of this file (its position there is its
+place in :data:`AUTO_PRIORITY`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from spikezoo.neurons.backends import eager, inductor
+from spikezoo.neurons.dynamics import NeuronConfig
+
+__all__ = [
+    "AUTO_PRIORITY",
+    "BACKENDS",
+    "Backend",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+    "resolve_backend",
+    "run_backward",
+    "run_forward",
+    "validate_backend",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the neuron loops.
+
+    Attributes:
+        name: what ``backend=`` takes to select it.
+        forward: ``(x, v_init, k, cfg, keep_charged) -> (spikes, charged | None, v_final)``,
+            as :func:`spikezoo.neurons.dynamics.forward_sequence`.
+        backward: ``(grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed) ->
+            (grad_x, grad_v_init, grad_k)``, as
+            :func:`spikezoo.neurons.dynamics.backward_sequence`.
+        unavailable_reason: ``x -> None`` if the backend can run on the input ``x``, else a
+            message saying why not and what to do.
+    """
+
+    name: str
+    forward: Callable[..., tuple[Tensor, Tensor | None, Tensor]]
+    backward: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    unavailable_reason: Callable[[Tensor], str | None]
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+#: The order in which ``"auto"`` tries the registered backends.
+AUTO_PRIORITY: list[str] = []
+
+#: (backend, device type, dtype, config, loop) that failed under ``"auto"``; skipped since.
+_AUTO_FAILURES: set[tuple] = set()
+
+
+def register_backend(backend: Backend, auto: bool = True) -> None:
+    """Make ``backend=backend.name`` available to every neuron.
+
+    With ``auto``, ``"auto"`` considers it after the backends registered before it.
+    """
+    if backend.name in _REGISTRY or backend.name == "auto":
+        raise ValueError(f"backend {backend.name!r} is already registered")
+    _REGISTRY[backend.name] = backend
+    if auto:
+        AUTO_PRIORITY.append(backend.name)
+
+
+def backend_names() -> list[str]:
+    """Every name ``backend=`` accepts: ``"auto"`` and the registered backends."""
+    return ["auto", *_REGISTRY]
+
+
+def validate_backend(backend: str) -> None:
+    """Raise ``ValueError`` for a name :func:`backend_names` does not list."""
+    if not isinstance(backend, str) or (backend != "auto" and backend not in _REGISTRY):
+        raise ValueError(f"unknown backend {backend!r}; expected one of {backend_names()}")
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend called ``name`` (not ``"auto"``); ``ValueError`` if unknown."""
+    validate_backend(name)
+    if name == "auto":
+        raise ValueError("'auto' is not a backend of its own; use resolve_backend")
+    return _REGISTRY[name]
+
+
+def resolve_backend(backend: str, x: Tensor) -> tuple[str, ...]:
+    """The names of the backends to try, in order, for ``backend=`` on the input ``x``.
+
+    A named backend gives itself, or raises ``RuntimeError`` with its reason if it cannot run
+    on ``x``. ``"auto"`` gives the available backends of :data:`AUTO_PRIORITY`. Inside an outer
+    ``torch.compile`` every neuron runs the eager loops, which that compile traces and fuses.
+    """
+    validate_backend(backend)
+    if torch.compiler.is_compiling():
+        return ("torch",)
+    if backend != "auto":
+        chosen = _REGISTRY[backend]
+        reason = chosen.unavailable_reason(x)
+        if reason is not None:
+            raise RuntimeError(f"backend={backend!r} cannot run here: {reason}")
+        return (backend,)
+    return tuple(name for name in AUTO_PRIORITY if _REGISTRY[name].unavailable_reason(x) is None)
+
+
+def _first_success(
+    candidates: tuple[str, ...], loop: str, cfg: NeuronConfig, args: tuple
+) -> tuple[str, tuple]:
+    """Run ``loop`` ("forward" or "backward") on the first of ``candidates`` that succeeds.
+
+    Failures of all but the last candidate are remembered per (backend, device type, dtype,
+    config, loop) and not tried again; the last candidate's errors propagate.
+    """
+    tensor = args[0]
+    for name in candidates[:-1]:
+        key = (name, tensor.device.type, tensor.dtype, cfg, loop)
+        if key in _AUTO_FAILURES:
+            continue
+        try:
+            return name, getattr(_REGISTRY[name], loop)(*args)
+        except Exception:
+            _logger.debug("%r failed for %s; trying the next", name, key, exc_info=True)
+            _AUTO_FAILURES.add(key)
+    return candidates[-1], getattr(_REGISTRY[candidates[-1]], loop)(*args)
+
+
+def run_forward(
+    candidates: tuple[str, ...],
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    keep_charged: bool,
+) -> tuple[str, tuple[Tensor, Tensor | None, Tensor]]:
+    """The forward loop on the first of ``candidates`` that succeeds: its name, its result."""
+    return _first_success(candidates, "forward", cfg, (x, v_init, k, cfg, keep_charged))
+
+
+def run_backward(
+    candidates: tuple[str, ...],
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    charged: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+) -> tuple[str, tuple[Tensor, Tensor, Tensor]]:
+    """The backward loop on the first of ``candidates`` that succeeds: its name, its result."""
+    args = (grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed)
+    return _first_success(candidates, "backward", cfg, args)
+
+
+register_backend(
+    Backend("inductor", inductor.forward, inductor.backward, inductor.unavailable_reason)
+)
+register_backend(Backend("torch", eager.forward, eager.backward, eager.unavailable_reason))
+
+#: The names ``backend=`` accepts: ``"auto"`` and the built-in backends.
+BACKENDS: tuple[str, ...] = tuple(backend_names())
