@@ -26,17 +26,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from cuda_cases import (
+    CONFIG_NAMES,
+    CONFIGS,
+    DTYPES,
+    V_RESET,
+    V_THRESHOLD,
+    away_from_threshold,
+    decay,
+    make_config,
+    random_case,
+)
 
 from spikezoo.neurons.backends import cupy as cupy_backend
-from spikezoo.neurons.functional import NeuronConfig, _backward_sequence, _forward_sequence
+from spikezoo.neurons.dynamics import NeuronConfig, backward_sequence, forward_sequence
 
 SHIM = Path(__file__).with_name("cuda_host_shim.cpp")
 CACHE = Path(tempfile.gettempdir()) / "spikezoo-cuda-tests"
-V_THRESHOLD = 0.8
-MARGIN = 1e-3
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STORAGE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-SURROGATE_ALPHA = {"sigmoid": 3.0, "atan": 1.7}  # non-default; 1.7 is inexact in float32
 
 
 def _build(compiler: str, args: list[str], inputs: list[Path], suffix: str) -> Path:
@@ -63,7 +70,7 @@ def _build(compiler: str, args: list[str], inputs: list[Path], suffix: str) -> P
 
 def _all_kernel_names() -> list[str]:
     configs = itertools.product(
-        [True, False], [True, False], [None, -0.4], [True, False], ["sigmoid", "atan"]
+        [True, False], [True, False], [None, V_RESET], [True, False], ["sigmoid", "atan"]
     )
     names: set[str] = set()
     for leaky, decay_input, v_reset, detach_reset, surrogate in configs:
@@ -82,19 +89,49 @@ def test_every_configuration_has_its_own_kernels():
 
 @pytest.mark.parametrize("arch", ["sm_75", "sm_90"])
 def test_nvcc_compiles_every_kernel_without_warnings(arch, tmp_path):
+    """sm_75 is the oldest architecture CUDA 13 compiles for; sm_90 is Hopper."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc (the CUDA toolkit) is not installed")
     unit = tmp_path / "instantiate.cu"
     addresses = ",\n".join(f"  reinterpret_cast<void*>(&{name})" for name in _all_kernel_names())
     unit.write_text(f'#include "neurons.cu"\n\nvoid* kernels[] = {{\n{addresses}\n}};\n')
-    result = subprocess.run(
-        [nvcc, "-std=c++17", "-fmad=false", f"-arch={arch}", "--Werror", "all-warnings",
-         "-Xcompiler", "-Wall,-Wextra,-Werror", "-I", str(cupy_backend.SOURCE.parent),
-         "-c", str(unit), "-o", str(tmp_path / "instantiate.o")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0 and not result.stderr.strip(), result.stdout + result.stderr
+    args = ["-std=c++17", "-fmad=false", f"-arch={arch}", "--Werror", "all-warnings",
+            "-Xcompiler", "-Wall,-Wextra,-Werror", "-I", str(cupy_backend.SOURCE.parent),
+            "-c", str(unit)]  # fmt: skip
+    assert _build(nvcc, args, [unit, cupy_backend.SOURCE], ".o").stat().st_size > 0
+
+
+# One configuration per architecture: nvcc above builds them all.
+@pytest.mark.parametrize(
+    ("arch", "config"),
+    [(75, ("lif", False, V_RESET, True, "sigmoid")), (90, ("plif", True, None, False, "atan"))],
+)
+def test_nvrtc_compiles_the_kernels_the_backend_loads(arch, config):
+    """NVRTC, as CuPy calls it on a user's machine, with the backend's options and names."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy is not installed")
+    try:
+        nvrtc.getVersion()
+    except Exception as error:
+        pytest.skip(f"CuPy finds no NVRTC library: {error}")
+    names = list(cupy_backend.kernel_names(make_config(*config)).values())
+    program = nvrtc.createProgram(cupy_backend.SOURCE.read_text(), "neurons.cu", [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(program, name)
+        # CuPy adds the execution-space option and the architecture of the device.
+        options = [*cupy_backend.NVRTC_OPTIONS, "--device-as-default-execution-space"]
+        try:
+            nvrtc.compileProgram(program, [*options, f"-arch=sm_{arch}"])
+        except nvrtc.NVRTCError:
+            pytest.fail(nvrtc.getProgramLog(program))
+        assert nvrtc.getProgramLog(program).strip() == ""  # not even a warning
+        lowered = [nvrtc.getLoweredName(program, name) for name in names]
+        assert len(set(lowered)) == len(names)
+        assert all(name.startswith("_ZN8spikezoo") for name in lowered)
+        assert len(nvrtc.getCUBIN(program)) > 0
+    finally:
+        nvrtc.destroyProgram(program)
 
 
 # ---------------------------------------------------------------- host build against eager
@@ -162,52 +199,19 @@ def host_backward(lib, grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_need
     return grad_x, grad_v_init, grad_k
 
 
-def _away_from_threshold(x, v_init, k, cfg) -> torch.Tensor:
-    """Columns whose float64 charged membranes all stay ``MARGIN`` away from the threshold."""
-    _, charged, _ = _forward_sequence(x.double(), v_init.double(), k.double(), cfg, True)
-    return ((charged - cfg.v_threshold).abs() > MARGIN).all(0)
-
-
-CONFIGS = [
-    (kind, decay_input, v_reset, detach_reset, surrogate)
-    for kind in ("lif", "plif", "if")
-    for decay_input in ((True, False) if kind != "if" else (True,))
-    for v_reset in (None, -0.4)
-    for detach_reset in (True, False)
-    for surrogate in ("sigmoid", "atan")
-]
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize(("kind", "decay_input", "v_reset", "detach_reset", "surrogate"), CONFIGS)
+@pytest.mark.parametrize(CONFIG_NAMES, CONFIGS)
 def test_host_build_matches_eager_loops(
     host, kind, decay_input, v_reset, detach_reset, surrogate, dtype
 ):
-    cfg = NeuronConfig(
-        leaky=kind != "if",
-        decay_input=decay_input,
-        v_threshold=V_THRESHOLD,
-        v_reset=v_reset,
-        surrogate=surrogate,
-        alpha=SURROGATE_ALPHA[surrogate],
-        detach_reset=detach_reset,
-    )
-    gen = torch.Generator().manual_seed(len(CONFIGS) * DTYPES.index(dtype) + CONFIGS.index(
-        (kind, decay_input, v_reset, detach_reset, surrogate)))  # fmt: skip
-    steps, neurons = 6, 3000
-    x = (torch.randn(steps, neurons, generator=gen) * 1.5 + 0.4).to(dtype).float()
-    v_init = torch.randn(neurons, generator=gen) * 0.5
-    k = torch.sigmoid(torch.tensor(-0.6)) if kind == "plif" else torch.tensor(1 / 1.7)
-    k = k if cfg.leaky else torch.tensor(0.0)
-    keep = _away_from_threshold(x, v_init, k, cfg)
-    assert keep.float().mean() > 0.8
-    x, v_init = x[:, keep].to(dtype).contiguous(), v_init[keep].contiguous()
-    grad_spikes = torch.randn(x.shape, generator=gen).to(dtype)
-    grad_v = torch.randn(x.shape[1], generator=gen)
+    config = (kind, decay_input, v_reset, detach_reset, surrogate)
+    cfg, k = make_config(*config), decay(kind)
+    seed = len(CONFIGS) * DTYPES.index(dtype) + CONFIGS.index(config)
+    x, v_init, grad_spikes, grad_v = random_case(cfg, k, dtype, seed)
     grad_k_needed = kind == "plif"
 
     spikes, charged, v_final = host_forward(host, x, v_init, k, cfg)
-    ref_spikes, ref_charged, ref_v_final = _forward_sequence(x, v_init, k, cfg, True)
+    ref_spikes, ref_charged, ref_v_final = forward_sequence(x, v_init, k, cfg, True)
     assert spikes.dtype == ref_spikes.dtype == dtype
     assert torch.equal(spikes, ref_spikes)
     assert 0.05 < spikes.float().mean() < 0.95
@@ -215,7 +219,7 @@ def test_host_build_matches_eager_loops(
     torch.testing.assert_close(v_final, ref_v_final, rtol=1e-6, atol=1e-6)
 
     grads = host_backward(host, grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed)
-    ref_grads = _backward_sequence(grad_spikes, grad_v, ref_charged, v_init, k, cfg, grad_k_needed)
+    ref_grads = backward_sequence(grad_spikes, grad_v, ref_charged, v_init, k, cfg, grad_k_needed)
     for name, got, expected in zip(("x", "v_init"), grads, ref_grads, strict=False):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=f"dL/d{name}")
     if grad_k_needed:
@@ -229,14 +233,14 @@ def test_host_build_shared_initial_membrane_and_gradient(host, v_reset):
     cfg = NeuronConfig(True, True, V_THRESHOLD, v_reset, "sigmoid", 4.0, False)
     x = torch.randn(5, 2000) + 0.3
     v_init, k = torch.tensor(0.1), torch.tensor(0.4)
-    x = x[:, _away_from_threshold(x, v_init, k, cfg)].contiguous()
+    x = x[:, away_from_threshold(x, v_init, k, cfg)].contiguous()
     grad_spikes, grad_v = torch.randn(x.shape), torch.tensor(0.7)
     spikes, charged, v_final = host_forward(host, x, v_init, k, cfg)
-    ref_spikes, ref_charged, ref_v_final = _forward_sequence(x, v_init, k, cfg, True)
+    ref_spikes, ref_charged, ref_v_final = forward_sequence(x, v_init, k, cfg, True)
     assert torch.equal(spikes, ref_spikes)
     torch.testing.assert_close(v_final, ref_v_final, rtol=1e-6, atol=1e-6)
     grads = host_backward(host, grad_spikes, grad_v, charged, v_init, k, cfg, True)
-    ref_grads = _backward_sequence(grad_spikes, grad_v, ref_charged, v_init, k, cfg, True)
+    ref_grads = backward_sequence(grad_spikes, grad_v, ref_charged, v_init, k, cfg, True)
     for got, expected in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
