@@ -1,18 +1,34 @@
-"""Neuron configurations and inputs shared by the CUDA kernel tests (host build and GPU).
+"""Shared by the CUDA kernel tests: configurations, inputs, and the host build of the kernels.
 
 Every configuration the CUDA kernels implement: LIF, PLIF (decay gradient needed) and IF; both
 leaky forms; soft reset and a hard reset to a nonzero value; ``detach_reset`` on and off; both
 surrogates, with non-default ``alpha``. Random inputs are kept only for neurons whose float64
 trajectory stays ``MARGIN`` away from the threshold, so that no spike depends on the last bit
 of a float32 sum.
+
+:func:`load_host_library` compiles the per-neuron ``__host__ __device__`` functions of the CUDA
+source with g++ (through ``tests/neurons/cuda_host_shim.cpp``) for ctypes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
+from spikezoo.neurons.backends import cupy as cupy_backend
 from spikezoo.neurons.dynamics import NeuronConfig, forward_sequence
+
+SHIM = Path(__file__).parent / "neurons" / "cuda_host_shim.cpp"
+BUILD_CACHE = Path(tempfile.gettempdir()) / "spikezoo-cuda-tests"
+#: torch dtype -> the ``dtype`` code of the host shim.
+STORAGE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 V_THRESHOLD = 0.8
 V_RESET = -0.4
@@ -75,3 +91,40 @@ def away_from_threshold(x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig)
     threshold."""
     _, charged, _ = forward_sequence(x.double(), v_init.double(), k.double(), cfg, True)
     return ((charged - cfg.v_threshold).abs() > MARGIN).all(0)
+
+
+def build(compiler: str, args: list[str], inputs: list[Path], suffix: str) -> Path:
+    """Compile once per content of ``inputs`` and ``args`` (cached in a temporary directory).
+
+    Fails on any error or any diagnostic the compiler prints.
+    """
+    digest = hashlib.sha256(" ".join([compiler, *args]).encode())
+    for path in inputs:
+        digest.update(path.read_bytes())
+    product = BUILD_CACHE / f"{digest.hexdigest()[:24]}{suffix}"
+    if not product.exists():
+        BUILD_CACHE.mkdir(exist_ok=True)
+        partial = product.with_suffix(f".{os.getpid()}.part")
+        result = subprocess.run(
+            [compiler, *args, "-o", str(partial)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0 and not result.stderr.strip(), (
+            f"{compiler} failed or warned:\n{result.stdout}{result.stderr}"
+        )
+        partial.replace(product)
+    return product
+
+
+def load_host_library(gxx: str) -> ctypes.CDLL:
+    """The host build of the CUDA source's per-neuron functions (see ``cuda_host_shim.cpp``)."""
+    args = ["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-fPIC",
+            "-shared", "-I", str(cupy_backend.SOURCE.parent), str(SHIM)]  # fmt: skip
+    lib = ctypes.CDLL(str(build(gxx, args, [SHIM, cupy_backend.SOURCE], ".so")))
+    i, ll, f, d = ctypes.c_int, ctypes.c_longlong, ctypes.c_float, ctypes.c_double
+    p = ctypes.c_void_p
+    lib.spikezoo_forward.argtypes = [*[i] * 6, ll, ll, p, p, ll, f, f, f, p, p, p]
+    lib.spikezoo_backward.argtypes = [*[i] * 6, ll, ll, p, p, ll, p, p, ll, f, f, f, d, p, p, p]
+    lib.spikezoo_finish_grad_k.argtypes = [*[i] * 5, f, p]
+    lib.spikezoo_to_float.argtypes = [i, p, p, ll]
+    lib.spikezoo_from_float.argtypes = [i, p, p, ll]
+    return lib

@@ -77,29 +77,39 @@ int spikezoo_forward(int leaky, int decay_input, int soft_reset, int detach_rese
       });
 }
 
-// grad_k receives dL/dk when it is not null.
+// grad_k_sum (zeroed by the caller) receives the k-gradient sum when it is not null, as in
+// backward_kernel; spikezoo_finish_grad_k turns it into dL/dk.
 int spikezoo_backward(int leaky, int decay_input, int soft_reset, int detach_reset,
                       int surrogate, int dtype, long long steps, long long neurons,
                       const void* grad_spikes, const float* grad_v_final,
                       long long grad_v_final_stride, const float* charged, const float* v_init,
                       long long v_init_stride, float k, float v_threshold, float v_reset,
-                      double alpha, float* grad_x, float* grad_v_init, float* grad_k) {
+                      double alpha, float* grad_x, float* grad_v_init, float* grad_k_sum) {
   return with_neuron(
       leaky, decay_input, soft_reset, detach_reset, surrogate, k, v_threshold, v_reset, alpha,
       [&](const auto& neuron) {
         return with_storage(dtype, grad_spikes, [&](const auto* grad_spikes_typed) {
-          float grad_k_sum = 0.0f;
           for (long long i = 0; i < neurons; ++i) {
-            grad_k_sum += neuron.backward_sequence(
+            const float partial = neuron.backward_sequence(
                 i, steps, neurons, grad_spikes_typed, grad_v_final, grad_v_final_stride, charged,
-                v_init, v_init_stride, grad_k != nullptr, grad_x, grad_v_init);
-          }
-          if (grad_k != nullptr) {
-            *grad_k = neuron.finish_grad_k(grad_k_sum);
+                v_init, v_init_stride, grad_k_sum != nullptr, grad_x, grad_v_init);
+            if (grad_k_sum != nullptr) {
+              *grad_k_sum += partial;
+            }
           }
           return 0;
         });
       });
+}
+
+// In place, as finish_grad_k_kernel.
+int spikezoo_finish_grad_k(int leaky, int decay_input, int soft_reset, int detach_reset,
+                           int surrogate, float k, float* grad_k) {
+  return with_neuron(leaky, decay_input, soft_reset, detach_reset, surrogate, k, 0.0f, 0.0f, 0.0,
+                     [&](const auto& neuron) {
+                       *grad_k = neuron.finish_grad_k(*grad_k);
+                       return 0;
+                     });
 }
 
 // Element-wise conversions between float32 and the 16-bit storage types (dtype 1 or 2).

@@ -15,14 +15,8 @@ spike depends on the last bit of a float32 sum; values are compared with toleran
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import itertools
-import os
 import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,9 +24,11 @@ from cuda_cases import (
     CONFIG_NAMES,
     CONFIGS,
     DTYPES,
+    STORAGE_CODE,
     V_RESET,
     V_THRESHOLD,
     away_from_threshold,
+    build,
     decay,
     make_config,
     random_case,
@@ -40,30 +36,6 @@ from cuda_cases import (
 
 from spikezoo.neurons.backends import cupy as cupy_backend
 from spikezoo.neurons.dynamics import NeuronConfig, backward_sequence, forward_sequence
-
-SHIM = Path(__file__).with_name("cuda_host_shim.cpp")
-CACHE = Path(tempfile.gettempdir()) / "spikezoo-cuda-tests"
-STORAGE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-
-def _build(compiler: str, args: list[str], inputs: list[Path], suffix: str) -> Path:
-    """Compile once per content of ``inputs`` and ``args``; the product is cached in a tmp dir."""
-    digest = hashlib.sha256(" ".join([compiler, *args]).encode())
-    for path in inputs:
-        digest.update(path.read_bytes())
-    product = CACHE / f"{digest.hexdigest()[:24]}{suffix}"
-    if not product.exists():
-        CACHE.mkdir(exist_ok=True)
-        partial = product.with_suffix(f".{os.getpid()}.part")
-        result = subprocess.run(
-            [compiler, *args, "-o", str(partial)], capture_output=True, text=True, check=False
-        )
-        assert result.returncode == 0 and not result.stderr.strip(), (
-            f"{compiler} failed or warned:\n{result.stdout}{result.stderr}"
-        )
-        partial.replace(product)
-    return product
-
 
 # ---------------------------------------------------------------- the source compiles
 
@@ -99,7 +71,7 @@ def test_nvcc_compiles_every_kernel_without_warnings(arch, tmp_path):
     args = ["-std=c++17", "-fmad=false", f"-arch={arch}", "--Werror", "all-warnings",
             "-Xcompiler", "-Wall,-Wextra,-Werror", "-I", str(cupy_backend.SOURCE.parent),
             "-c", str(unit)]  # fmt: skip
-    assert _build(nvcc, args, [unit, cupy_backend.SOURCE], ".o").stat().st_size > 0
+    assert build(nvcc, args, [unit, cupy_backend.SOURCE], ".o").stat().st_size > 0
 
 
 # One configuration per architecture: nvcc above builds them all.
@@ -137,28 +109,6 @@ def test_nvrtc_compiles_the_kernels_the_backend_loads(arch, config):
 # ---------------------------------------------------------------- host build against eager
 
 
-@pytest.fixture(scope="module")
-def host() -> ctypes.CDLL:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ is not installed")
-    args = ["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-fPIC",
-            "-shared", "-I", str(cupy_backend.SOURCE.parent), str(SHIM)]  # fmt: skip
-    lib = ctypes.CDLL(str(_build(gxx, args, [SHIM, cupy_backend.SOURCE], ".so")))
-    i, ll, f, d, p = (
-        ctypes.c_int,
-        ctypes.c_longlong,
-        ctypes.c_float,
-        ctypes.c_double,
-        ctypes.c_void_p,
-    )
-    lib.spikezoo_forward.argtypes = [*[i] * 6, ll, ll, p, p, ll, f, f, f, p, p, p]
-    lib.spikezoo_backward.argtypes = [*[i] * 6, ll, ll, p, p, ll, p, p, ll, f, f, f, d, p, p, p]
-    lib.spikezoo_to_float.argtypes = [i, p, p, ll]
-    lib.spikezoo_from_float.argtypes = [i, p, p, ll]
-    return lib
-
-
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -189,13 +139,16 @@ def host_backward(lib, grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_need
     grad_x = torch.empty(charged.shape)
     grad_v_init = torch.empty(neurons)
     grad_k = torch.zeros(()) if grad_k_needed else None
+    flags = _flags(cfg)
     status = lib.spikezoo_backward(
-        *_flags(cfg), STORAGE_CODE[grad_spikes.dtype], steps, neurons, _ptr(grad_spikes),
+        *flags, STORAGE_CODE[grad_spikes.dtype], steps, neurons, _ptr(grad_spikes),
         _ptr(grad_v), int(grad_v.dim() > 0), _ptr(charged), _ptr(v_init), int(v_init.dim() > 0),
         float(k), cfg.v_threshold, cfg.v_reset or 0.0, cfg.alpha,
         _ptr(grad_x), _ptr(grad_v_init), _ptr(grad_k),
     )  # fmt: skip
     assert status == 0
+    if grad_k is not None:
+        assert lib.spikezoo_finish_grad_k(*flags, float(k), _ptr(grad_k)) == 0
     return grad_x, grad_v_init, grad_k
 
 
