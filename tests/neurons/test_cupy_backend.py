@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import timm
 import torch
 from cuda_cases import (
     CONFIG_NAMES,
@@ -35,6 +36,7 @@ from cuda_cases import (
     random_case,
 )
 
+import spikezoo  # noqa: F401  (registers the models)
 from spikezoo.neurons import MultiStepLIF, multistep_if, multistep_lif, multistep_plif
 from spikezoo.neurons import backends as registry
 from spikezoo.neurons.backends import cupy as cupy_backend
@@ -68,6 +70,7 @@ def fake_cupy(runtime_version: int = 13000, get_function=None) -> types.ModuleTy
             return get_function(name)
 
     cupy.RawModule = RawModule
+    cupy.ndarray = type("ndarray", (), {})  # einops looks for it once cupy is imported
     cupy.cuda = SimpleNamespace(
         runtime=SimpleNamespace(runtimeGetVersion=lambda: runtime_version),
         compiler=SimpleNamespace(CompileException=FakeCompileError),
@@ -381,6 +384,23 @@ def test_emulated_backend_compiles_once_per_configuration(emulated_cupy):
     assert len(emulated_cupy.modules) == 2
     assert all(module.options == cupy_backend.NVRTC_OPTIONS for module in emulated_cupy.modules)
     assert emulated_cupy.modules[0].code == cupy_backend.SOURCE.read_text()
+
+
+def test_emulated_backend_runs_a_model_forward_and_backward(emulated_cupy, monkeypatch):
+    model = timm.create_model("sdt_2_256_cifar", time_steps=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    results = {}
+    for backend in ("torch", "cupy"):
+        monkeypatch.setenv("SPIKEZOO_BACKEND", backend)  # every neuron of the model
+        model.zero_grad()
+        logits = model(x)
+        logits.square().mean().backward()
+        results[backend] = logits.detach(), [p.grad.clone() for p in model.parameters()]
+    assert sum(len(kernel.launches) for kernel in emulated_cupy.kernels.values()) > 20
+    (logits, grads), (expected_logits, expected_grads) = results["cupy"], results["torch"]
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-3, atol=1e-5)
 
 
 # ---------------------------------------------------------------- on a GPU
