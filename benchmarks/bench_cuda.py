@@ -15,10 +15,11 @@ Implementations:
 - ``spikezoo-torch``: the eager loops (not run by default);
 - ``spikingjelly-cuda`` / ``spikingjelly-triton``: spikingjelly 2.x
   ``neuron.LIFNode(step_mode="m")`` with ``SJ_LIF_CUDA_IMPLEMENTATION=cuda`` (its native CUDA
-  kernels) or ``=triton``. That
-  variable is read when spikingjelly is imported, so each spikingjelly backend runs in its own
-  process, together with the spikezoo implementations, and every ratio compares numbers of the
-  same process.
+  kernels, present only in a spikingjelly built from source with ``SJ_BUILD_NATIVE_CUDA=1``;
+  the PyPI wheel has none, and that process then reports the backend unavailable) or
+  ``=triton``. That variable is read when spikingjelly is imported, so each spikingjelly
+  backend runs in its own process, together with the spikezoo implementations, and every ratio
+  compares numbers of the same process.
 
 Time: CUDA events around each call; every round runs each implementation once, in a rotating
 order; the tables give the median over the rounds (and min-max) and the ratio of the medians
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1)
-    return 1 if any("error" in r for r in report["processes"].values()) else 0
+    return 0 if any("error" not in r for r in report["processes"].values()) else 1
 
 
 if __name__ == "__main__":
