@@ -245,3 +245,20 @@ def test_host_build_rounds_float32_like_torch(host, dtype, code):
     nan = expected.isnan()
     assert torch.equal(got.view(dtype).isnan(), nan)
     assert torch.equal(got[~nan], expected.view(torch.int16)[~nan])
+
+
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_host_build_nan_membrane_gives_nan_spikes(host, v_reset):
+    """A NaN input makes that neuron's membrane, spikes and gradients NaN from then on, and
+    leaves the other neurons alone."""
+    cfg = NeuronConfig(True, True, V_THRESHOLD, v_reset, "sigmoid", 4.0, True)
+    x, v_init, k = torch.full((4, 3), 1.0), torch.zeros(3), torch.tensor(0.5)
+    x[1, 0] = float("nan")
+    spikes, charged, v_final = host_forward(host, x, v_init, k, cfg)
+    assert spikes[:1, 0].isfinite().all() and spikes[1:, 0].isnan().all()
+    assert v_final[0].isnan() and charged[1:, 0].isnan().all()
+    expected = forward_sequence(x[:, 1:], v_init[1:], k, cfg, False)[0]
+    assert torch.equal(spikes[:, 1:], expected)
+    grads = host_backward(host, torch.ones(4, 3), torch.ones(3), charged, v_init, k, cfg, True)
+    assert grads[0][:, 0].isnan().any() and grads[0][:, 1:].isfinite().all()
+    assert grads[2].isnan()
