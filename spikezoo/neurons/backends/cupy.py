@@ -28,8 +28,10 @@ from torch import Tensor
 from spikezoo.neurons.dynamics import NeuronConfig
 
 __all__ = [
+    "INSTALL_HINT",
     "NVRTC_OPTIONS",
     "SOURCE",
+    "STORAGE_TYPES",
     "SURROGATES",
     "CudaCompileError",
     "backward",
@@ -38,6 +40,7 @@ __all__ = [
     "unavailable_reason",
 ]
 
+#: The CUDA source of the kernels, shipped with the package.
 SOURCE = Path(__file__).resolve().parent.parent / "cuda" / "neurons.cu"
 
 #: Options for NVRTC (CuPy adds the target architecture). ``-fmad=false``: no multiply-add is
@@ -54,6 +57,7 @@ STORAGE_TYPES = {
     torch.bfloat16: "spikezoo::bfloat16_bits",
 }
 
+#: What to install for this backend (part of its error messages).
 INSTALL_HINT = (
     "pip install 'spikezoo-vit[cuda12]' or 'spikezoo-vit[cuda13]', matching the CUDA major "
     "version of your PyTorch build"
