@@ -256,11 +256,14 @@ struct Neuron {
     float grad_v = grad_v_final[i * grad_v_final_stride];
     float grad_k_sum = 0.0f;
     float* grad_k_term = grad_k_needed ? &grad_k_sum : nullptr;
+    // Each charged membrane is read once: h[t-1] gives v[t-1] now and is h at the next step.
+    float h = charged[(steps - 1) * neurons + i];
     for (long long t = steps - 1; t >= 0; --t) {
       const long long index = t * neurons + i;
-      const float v_prev = t == 0 ? v_init[i * v_init_stride] : reset(charged[index - neurons]);
-      grad_x[index] =
-          backward_step(charged[index], v_prev, load(grad_spikes, index), grad_v, grad_k_term);
+      const float h_prev = t > 0 ? charged[index - neurons] : 0.0f;
+      const float v_prev = t > 0 ? reset(h_prev) : v_init[i * v_init_stride];
+      grad_x[index] = backward_step(h, v_prev, load(grad_spikes, index), grad_v, grad_k_term);
+      h = h_prev;
     }
     grad_v_init[i] = grad_v;
     return grad_k_sum;
