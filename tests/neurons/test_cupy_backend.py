@@ -58,7 +58,7 @@ def fake_cupy(runtime_version: int = 13000, get_function=None) -> types.ModuleTy
     """A ``cupy`` module with what the backend uses; ``get_function(name)`` makes kernels."""
     cupy = types.ModuleType("cupy")
     cupy.__version__ = "14.0.0"
-    cupy.modules = []
+    cupy.modules, cupy.devices = [], []
 
     class RawModule:
         def __init__(self, code, options, name_expressions):
@@ -67,13 +67,21 @@ def fake_cupy(runtime_version: int = 13000, get_function=None) -> types.ModuleTy
 
         def get_function(self, name):
             assert name in self.names
+            assert cupy.devices, "a kernel loaded outside its device's context"
             return get_function(name)
+
+    @contextmanager
+    def device(index):
+        cupy.devices.append(index)
+        yield
+        cupy.devices.pop()
 
     cupy.RawModule = RawModule
     cupy.ndarray = type("ndarray", (), {})  # einops looks for it once cupy is imported
     cupy.cuda = SimpleNamespace(
         runtime=SimpleNamespace(runtimeGetVersion=lambda: runtime_version),
         compiler=SimpleNamespace(CompileException=FakeCompileError),
+        Device=device,
     )
     return cupy
 
@@ -288,7 +296,6 @@ def emulated_cupy(host, use_cupy, monkeypatch):
         streams.append("left")
 
     torch_stream = object()
-    cupy.cuda.Device = lambda index: contextmanager(lambda: (yield))()
     cupy.cuda.Stream = SimpleNamespace(
         from_external=lambda s: stream_context(s) if s is torch_stream else pytest.fail("stream")
     )

@@ -145,16 +145,18 @@ def _module(flags: str) -> Any:
     )
 
 
-def _kernel(cfg: NeuronConfig, role: str, dtype: torch.dtype | None) -> Any:
-    """One compiled kernel (``cupy.RawKernel``) of the configuration ``cfg``."""
+def _check_surrogate(cfg: NeuronConfig) -> None:
     if cfg.surrogate not in SURROGATES:
         raise ValueError(
             f"backend 'cupy' has kernels for the surrogates {sorted(SURROGATES)}, not "
             f"{cfg.surrogate!r}; use backend='inductor' or 'torch' for a registered surrogate"
         )
+
+
+def _kernel(cupy: ModuleType, cfg: NeuronConfig, role: str, dtype: torch.dtype | None) -> Any:
+    """One kernel of the configuration ``cfg``, compiled for and loaded on the current device."""
     flags = _template_arguments(cfg)
     name = _kernel_names(flags)[role, dtype]
-    cupy = _cupy()
     try:
         return _module(flags).get_function(name)
     except cupy.cuda.compiler.CompileException as error:
@@ -174,12 +176,21 @@ def _stride(t: Tensor) -> np.int64:
     return np.int64(0 if t.dim() == 0 else 1)
 
 
-def _launch(kernel: Any, device: torch.device, blocks: int, threads: int, args: tuple) -> None:
-    """Run ``kernel`` on ``device`` in PyTorch's current stream there."""
+def _launch(
+    cfg: NeuronConfig,
+    role: str,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    blocks: int,
+    threads: int,
+    args: tuple,
+) -> None:
+    """Run a kernel of ``cfg`` on ``device``, in PyTorch's current stream there."""
     cupy = _cupy()
-    stream = cupy.cuda.Stream.from_external(torch.cuda.current_stream(device))
-    with cupy.cuda.Device(device.index), stream:
-        kernel((blocks,), (threads,), args)
+    with cupy.cuda.Device(device.index):
+        kernel = _kernel(cupy, cfg, role, dtype)
+        with cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
+            kernel((blocks,), (threads,), args)
 
 
 def _blocks(neurons: int) -> int:
@@ -199,7 +210,7 @@ def forward(
     ``x [T, N]`` float32, float16 or bfloat16 on a CUDA device; ``v_init`` (``[N]`` or ``[]``)
     and ``k`` (``[]``) float32. Spikes come in the dtype of ``x``, membranes in float32.
     """
-    kernel = _kernel(cfg, "forward", x.dtype)
+    _check_surrogate(cfg)
     x = x.contiguous()
     steps, neurons = x.shape
     v_init, k = _float32(v_init, x.device), _float32(k, x.device)
@@ -207,7 +218,7 @@ def forward(
     charged = torch.empty(x.shape, dtype=torch.float32, device=x.device) if keep_charged else None
     v_final = torch.empty(neurons, dtype=torch.float32, device=x.device)
     if neurons:
-        _launch(kernel, x.device, _blocks(neurons), _THREADS_PER_BLOCK, (
+        _launch(cfg, "forward", x.dtype, x.device, _blocks(neurons), _THREADS_PER_BLOCK, (
             _pointer(x), _pointer(v_init), _stride(v_init), _pointer(k),
             np.float32(cfg.v_threshold), np.float32(cfg.charge_reset),
             _pointer(spikes), _pointer(charged), _pointer(v_final),
@@ -230,8 +241,8 @@ def backward(
     ``dL/dk`` is summed on the device (a block reduction, then one atomic add per block) and
     finished by a one-thread kernel; nothing is copied to the host.
     """
+    _check_surrogate(cfg)
     device = charged.device
-    kernel = _kernel(cfg, "backward", grad_spikes.dtype)
     steps, neurons = charged.shape
     grad_spikes, charged = grad_spikes.contiguous(), charged.contiguous()
     grad_v, v_init, k = (_float32(t, device) for t in (grad_v, v_init, k))
@@ -240,7 +251,7 @@ def backward(
     grad_k = torch.zeros((), dtype=torch.float32, device=device)
     grad_k_needed = grad_k_needed and cfg.leaky
     if neurons:
-        _launch(kernel, device, _blocks(neurons), _THREADS_PER_BLOCK, (
+        _launch(cfg, "backward", grad_spikes.dtype, device, _blocks(neurons), _THREADS_PER_BLOCK, (
             _pointer(grad_spikes), _pointer(grad_v), _stride(grad_v), _pointer(charged),
             _pointer(v_init), _stride(v_init), _pointer(k),
             np.float32(cfg.v_threshold), np.float32(cfg.charge_reset), np.float64(cfg.alpha),
@@ -248,5 +259,5 @@ def backward(
             np.int64(steps), np.int64(neurons),
         ))  # fmt: skip
     if grad_k_needed:
-        _launch(_kernel(cfg, "grad_k", None), device, 1, 1, (_pointer(k), _pointer(grad_k)))
+        _launch(cfg, "grad_k", None, device, 1, 1, (_pointer(k), _pointer(grad_k)))
     return grad_x, grad_v_init, grad_k
