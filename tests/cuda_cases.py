@@ -128,3 +128,21 @@ def load_host_library(gxx: str) -> ctypes.CDLL:
     lib.spikezoo_to_float.argtypes = [i, p, p, ll]
     lib.spikezoo_from_float.argtypes = [i, p, p, ll]
     return lib
+
+
+def assert_model_cupy_matches_torch(model: torch.nn.Module, images: Tensor, monkeypatch) -> None:
+    """Logits and every parameter gradient of ``model`` on ``images`` agree between every
+    neuron of the model on ``"cupy"`` and on ``"torch"`` (chosen by ``SPIKEZOO_BACKEND``)."""
+    results = {}
+    for backend in ("torch", "cupy"):
+        monkeypatch.setenv("SPIKEZOO_BACKEND", backend)
+        model.zero_grad()
+        logits = model(images)
+        logits.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[backend] = logits.detach(), grads
+    (logits, grads), (expected_logits, expected_grads) = results["cupy"], results["torch"]
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == expected_grads.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-3, atol=1e-5, msg=name)

@@ -10,6 +10,7 @@ backend against ``"torch"`` (the neuron-level comparisons are in
 import pytest
 import timm
 import torch
+from cuda_cases import assert_model_cupy_matches_torch
 
 import spikezoo  # noqa: F401
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
@@ -49,19 +50,4 @@ def test_model_forward_backward_with_cupy_matches_torch(name, monkeypatch):
         "cupy", reason="the cupy backend needs CuPy: pip install 'spikezoo-vit[cuda13]'"
     )
     model = timm.create_model(name, time_steps=2).cuda().eval()
-    x = torch.randn(4, 3, 32, 32, device="cuda")
-    results = {}
-    for backend in ("torch", "cupy"):
-        monkeypatch.setenv("SPIKEZOO_BACKEND", backend)  # every neuron of the model
-        model.zero_grad()
-        logits = model(x)
-        logits.square().mean().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results[backend] = logits.detach(), grads
-    (logits, grads), (expected_logits, expected_grads) = results["cupy"], results["torch"]
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
-    assert grads.keys() == expected_grads.keys() and len(grads) > 10
-    for param_name, grad in grads.items():
-        torch.testing.assert_close(
-            grad, expected_grads[param_name], rtol=1e-3, atol=1e-5, msg=param_name
-        )
+    assert_model_cupy_matches_torch(model, torch.randn(4, 3, 32, 32, device="cuda"), monkeypatch)

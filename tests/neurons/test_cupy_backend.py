@@ -31,6 +31,7 @@ from cuda_cases import (
     STORAGE_CODE,
     SURROGATE_ALPHA,
     V_THRESHOLD,
+    assert_model_cupy_matches_torch,
     decay,
     make_config,
     random_case,
@@ -395,19 +396,8 @@ def test_emulated_backend_compiles_once_per_configuration(emulated_cupy):
 
 def test_emulated_backend_runs_a_model_forward_and_backward(emulated_cupy, monkeypatch):
     model = timm.create_model("sdt_2_256_cifar", time_steps=2).eval()
-    x = torch.randn(2, 3, 32, 32)
-    results = {}
-    for backend in ("torch", "cupy"):
-        monkeypatch.setenv("SPIKEZOO_BACKEND", backend)  # every neuron of the model
-        model.zero_grad()
-        logits = model(x)
-        logits.square().mean().backward()
-        results[backend] = logits.detach(), [p.grad.clone() for p in model.parameters()]
+    assert_model_cupy_matches_torch(model, torch.randn(2, 3, 32, 32), monkeypatch)
     assert sum(len(kernel.launches) for kernel in emulated_cupy.kernels.values()) > 20
-    (logits, grads), (expected_logits, expected_grads) = results["cupy"], results["torch"]
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
-    for grad, expected in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(grad, expected, rtol=1e-3, atol=1e-5)
 
 
 # ---------------------------------------------------------------- on a GPU
