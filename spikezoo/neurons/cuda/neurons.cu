@@ -16,8 +16,9 @@
 //   v[t] = s[t] ? v_reset : h[t]                        hard reset
 //   v[t] = h[t] - s[t] * v_threshold                    soft reset (v_rest = 0)
 //
-// Every operation is one IEEE float32 operation in the order of the eager loops; the Python
-// side compiles with -fmad=false so that no multiply-add is contracted. Half-precision tensors
+// Charging, firing and resetting are the eager loops' float32 operations in their order, and the
+// Python side compiles with -fmad=false so that no multiply-add is contracted: the membranes
+// round as in PyTorch. (The surrogates' exp and division may differ in the last bits.) Half-precision tensors
 // (float16, bfloat16) are converted to float32 on load and back on store, here, by bit
 // manipulation, so that no CUDA header is needed and the host build tests the conversions too.
 //
@@ -135,14 +136,24 @@ __host__ __device__ inline void store(bfloat16_bits* data, long long index, floa
 enum Surrogate { kSigmoid = 0, kAtan = 1 };
 
 // The dynamics of one configuration. `k` is the decay (unused without a leak), `v_reset` the
-// hard-reset value (unused under soft reset), `alpha` the surrogate's sharpness (a double, as in
-// the eager loops, where the constants derived from it are rounded to float32 once).
+// hard-reset value (unused under soft reset), `alpha` the surrogate's sharpness: a double, as in
+// the eager loops, where the constants derived from it are rounded to float32 once.
 template <bool Leaky, bool DecayInput, bool SoftReset, bool DetachReset, int SurrogateKind>
 struct Neuron {
   float k;
   float v_threshold;
   float v_reset;
-  double alpha;
+  float alpha;       // sigmoid: alpha
+  float atan_scale;  // atan: pi / 2 * alpha
+  float atan_peak;   // atan: alpha / 2
+
+  __host__ __device__ Neuron(float k_, float v_threshold_, float v_reset_, double alpha_)
+      : k(k_),
+        v_threshold(v_threshold_),
+        v_reset(v_reset_),
+        alpha(static_cast<float>(alpha_)),
+        atan_scale(static_cast<float>(3.14159265358979323846 / 2.0 * alpha_)),
+        atan_peak(static_cast<float>(alpha_ / 2.0)) {}
 
   // The potential the leak pulls towards: 0 under soft reset, as in spikingjelly.
   __host__ __device__ float v_rest() const { return SoftReset ? 0.0f : v_reset; }
@@ -177,12 +188,11 @@ struct Neuron {
   // dS/du at u = h - v_threshold.
   __host__ __device__ float surrogate_grad(float u) const {
     if (SurrogateKind == kSigmoid) {
-      const float alpha32 = static_cast<float>(alpha);
-      const float sig = 1.0f / (1.0f + expf(-(u * alpha32)));
-      return (1.0f - sig) * sig * alpha32;
+      const float sig = 1.0f / (1.0f + expf(-(u * alpha)));
+      return (1.0f - sig) * sig * alpha;
     }
-    const float scaled = static_cast<float>(3.14159265358979323846 / 2.0 * alpha) * u;
-    return static_cast<float>(alpha / 2.0) / (1.0f + scaled * scaled);
+    const float scaled = atan_scale * u;
+    return atan_peak / (1.0f + scaled * scaled);
   }
 
   // One reverse step at the charged membrane h (v_prev: the membrane before it). Takes dL/ds and
