@@ -5,7 +5,7 @@ For ``t = 0 .. T-1``, with the membrane ``v`` starting at ``v_init``::
     h[t] = v[t-1] + (x[t] - (v[t-1] - v_reset)) * k     leaky, decay_input=True
     h[t] = v[t-1] - (v[t-1] - v_reset) * k + x[t]       leaky, decay_input=False
     h[t] = v[t-1] + x[t]                                integrate-and-fire (no leak)
-    s[t] = 1 if h[t] >= v_threshold else 0
+    s[t] = 1 if h[t] >= v_threshold else 0              (NaN if h[t] is NaN)
     v[t] = v_reset if s[t] else h[t]                     hard reset
     v[t] = h[t] - s[t] * v_threshold                     soft reset (v_reset=None)
 
@@ -14,7 +14,8 @@ with ``k = 1 / tau`` (LIF) or ``k = sigmoid(w)`` (PLIF). Tensors are flattened t
 
 :func:`forward_sequence` and :func:`backward_sequence` are the reference every backend
 reproduces: a backend's ``forward`` and ``backward`` take the same arguments and return the
-same results.
+same results. A NaN membrane is not silenced: its spike is NaN (as ``relu(nan)`` is NaN), the
+membrane stays NaN, and so do the gradients that flow through it.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def forward_sequence(
     for t in range(x.shape[0]):
         h = charge(x[t].to(v.dtype), v, k, cfg)
         fired = h >= cfg.v_threshold
-        spikes.append(fired.to(x.dtype))
+        spikes.append(torch.where(h.isnan(), h, fired).to(x.dtype))  # a NaN membrane spikes NaN
         if keep_charged:
             charged.append(h)
         v = reset(h, fired, cfg)

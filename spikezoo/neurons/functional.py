@@ -23,6 +23,9 @@ spikes come back in the input dtype.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -37,7 +40,9 @@ __all__ = [
     "multistep_lif",
     "multistep_neuron",
     "multistep_plif",
+    "neuron_config",
     "validate_backend",
+    "validate_flag",
     "validate_tau",
 ]
 
@@ -79,6 +84,71 @@ def _check_input(x: Tensor) -> None:
         raise ValueError(f"expected at least one time step, got shape {tuple(x.shape)}")
 
 
+def _real(name: str, value: object) -> float:
+    """``value`` as a float, or ``TypeError`` naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.60}")
+    return float(value)
+
+
+def validate_flag(name: str, value: object) -> None:
+    """Raise ``TypeError`` naming the argument ``name`` unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r:.60}")
+
+
+def neuron_config(
+    *,
+    leaky: bool,
+    decay_input: bool,
+    v_threshold: float,
+    v_reset: float | None,
+    surrogate: str,
+    alpha: float | None,
+    detach_reset: bool,
+) -> NeuronConfig:
+    """Check the neuron's arguments and build its :class:`NeuronConfig`.
+
+    Raises ``ValueError`` (or ``TypeError`` for a wrong type) naming the argument for anything
+    that would run but give garbage: a non-finite threshold, reset or ``alpha``; ``alpha <= 0``
+    (zero or sign-flipped gradients); ``v_threshold <= v_reset`` under hard reset, or
+    ``v_threshold <= 0`` under soft reset (the neuron would fire on zero input); an unknown
+    surrogate; a flag that is not a bool. ``alpha=None`` takes the surrogate's default.
+    """
+    validate_flag("decay_input", decay_input)
+    validate_flag("detach_reset", detach_reset)
+    threshold = _real("v_threshold", v_threshold)
+    reset = None if v_reset is None else _real("v_reset", v_reset)
+    for name, value in (("v_threshold", threshold), ("v_reset", reset)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    if reset is not None and not threshold > reset:
+        raise ValueError(
+            f"v_threshold must be greater than v_reset, got v_threshold={threshold} and "
+            f"v_reset={reset}: the neuron would fire at rest, on zero input"
+        )
+    if reset is None and not threshold > 0.0:
+        raise ValueError(
+            f"v_threshold must be > 0 with soft reset (v_reset=None, rest at 0), got "
+            f"{threshold}: the neuron would fire at rest, on zero input"
+        )
+    surrogate_fn = get_surrogate(surrogate)
+    sharpness = surrogate_fn.default_alpha if alpha is None else _real("alpha", alpha)
+    if not (math.isfinite(sharpness) and sharpness > 0.0):
+        raise ValueError(
+            f"alpha (the surrogate's sharpness) must be finite and > 0, got {sharpness}"
+        )
+    return NeuronConfig(
+        leaky=leaky,
+        decay_input=decay_input,
+        v_threshold=threshold,
+        v_reset=reset,
+        surrogate=surrogate,
+        alpha=sharpness,
+        detach_reset=detach_reset,
+    )
+
+
 def multistep_neuron(
     x: Tensor,
     *,
@@ -99,26 +169,35 @@ def multistep_neuron(
     membrane ``v[T-1]`` shaped ``x.shape[1:]`` (float32 for half-precision inputs).
     """
     _check_input(x)
-    surrogate_fn = get_surrogate(surrogate)
-    cfg = NeuronConfig(
+    cfg = neuron_config(
         leaky=decay is not None,
         decay_input=decay_input,
-        v_threshold=float(v_threshold),
-        v_reset=None if v_reset is None else float(v_reset),
+        v_threshold=v_threshold,
+        v_reset=v_reset,
         surrogate=surrogate,
-        alpha=surrogate_fn.default_alpha if alpha is None else float(alpha),
+        alpha=alpha,
         detach_reset=detach_reset,
     )
+    validate_flag("return_state", return_state)
     candidates = resolve_backend(backend, x)
     compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     if isinstance(decay, Tensor):
         k = decay.reshape(()).to(compute_dtype)
     else:
+        if decay is not None and not 0.0 < _real("decay", decay) < 1.0:
+            raise ValueError(f"decay must be in (0, 1) (1/tau for tau > 1) or None, got {decay}")
         k = torch.tensor(0.0 if decay is None else decay, dtype=compute_dtype, device=x.device)
 
     order = _memory_order(x)
     if v_init is None:
         v0 = torch.full((), cfg.charge_reset, dtype=compute_dtype, device=x.device)
+    elif not isinstance(v_init, Tensor):
+        raise TypeError(
+            f"v_init must be a torch.Tensor of shape {tuple(x.shape[1:])} (one time step of x) "
+            f"or None, got {type(v_init).__name__} {v_init!r:.60}"
+        )
+    elif v_init.device != x.device:
+        raise ValueError(f"v_init must be on the device of x, {x.device}, got {v_init.device}")
     elif v_init.shape != x.shape[1:]:
         raise ValueError(
             f"v_init must have the shape of one time step, {tuple(x.shape[1:])}, "
@@ -139,9 +218,11 @@ def multistep_neuron(
 
 
 def validate_tau(name: str, tau: float) -> None:
-    """Raise ``ValueError`` unless ``tau > 1`` (a decay of ``1/tau`` per step must be below 1)."""
-    if not tau > 1.0:
-        raise ValueError(f"{name} must be > 1 (the membrane decays by 1/tau per step), got {tau}")
+    """Raise ``ValueError`` unless ``1 < tau < inf`` (the decay ``1/tau`` per step is in (0, 1))."""
+    if not 1.0 < _real(name, tau) < math.inf:
+        raise ValueError(
+            f"{name} must be > 1 and finite (the membrane decays by 1/tau per step), got {tau}"
+        )
 
 
 def multistep_lif(

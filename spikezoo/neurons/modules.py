@@ -34,6 +34,10 @@ class MultiStepNeuron(nn.Module):
         detach_reset: stop the gradient through the reset (the papers' choice).
         backend: ``"auto"``, ``"torch"``, ``"inductor"`` or another registered backend; see
             :mod:`spikezoo.neurons.backends`.
+
+    Arguments that would run but give garbage (``alpha <= 0``, ``v_threshold <= v_reset``, a
+    non-finite number, ...) raise ``ValueError`` naming the argument; see
+    :func:`spikezoo.neurons.functional.neuron_config`.
     """
 
     decay_input: bool = True
@@ -48,7 +52,15 @@ class MultiStepNeuron(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        get_surrogate(surrogate)
+        F.neuron_config(
+            leaky=True,
+            decay_input=True,
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            surrogate=surrogate,
+            alpha=alpha,
+            detach_reset=detach_reset,
+        )
         F.validate_backend(backend)
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
@@ -117,6 +129,7 @@ class MultiStepLIF(MultiStepNeuron):
         backend: str = "auto",
     ) -> None:
         F.validate_tau("tau", tau)
+        F.validate_flag("decay_input", decay_input)
         super().__init__(v_threshold, v_reset, surrogate, alpha, detach_reset, backend)
         self.tau = float(tau)
         self.decay_input = decay_input
@@ -148,6 +161,7 @@ class MultiStepPLIF(MultiStepNeuron):
         backend: str = "auto",
     ) -> None:
         F.validate_tau("init_tau", init_tau)
+        F.validate_flag("decay_input", decay_input)
         super().__init__(v_threshold, v_reset, surrogate, alpha, detach_reset, backend)
         self.decay_input = decay_input
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))

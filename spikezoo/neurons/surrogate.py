@@ -71,6 +71,8 @@ def register_surrogate(
     """
     if name in _REGISTRY:
         raise ValueError(f"surrogate {name!r} is already registered")
+    if not (math.isfinite(default_alpha) and default_alpha > 0):
+        raise ValueError(f"default_alpha must be finite and > 0, got {default_alpha}")
     surrogate = Surrogate(name, grad, float(default_alpha))
     _REGISTRY[name] = surrogate
     return surrogate

@@ -173,3 +173,124 @@ def test_re_registering_a_name_raises():
 def test_registry_fixture_leaves_no_trace():
     assert {"atan", "sigmoid"} <= set(surrogate_names())
     assert "triangle" not in surrogate_names()
+
+
+INF, NAN = math.inf, math.nan
+
+
+@ALL
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"alpha": 0.0}, r"alpha \(the surrogate's sharpness\) must be finite and > 0, got 0\.0"),
+        ({"alpha": -2.0}, r"alpha .*must be finite and > 0, got -2\.0"),
+        ({"alpha": NAN}, r"alpha .*must be finite and > 0, got nan"),
+        ({"alpha": INF}, r"alpha .*must be finite and > 0, got inf"),
+        ({"v_threshold": 0.0}, r"v_threshold must be greater than v_reset, got v_threshold=0\.0 "),
+        (
+            {"v_threshold": -1.0, "v_reset": -0.5},
+            r"v_threshold=-1\.0 and v_reset=-0\.5.*zero input",
+        ),
+        ({"v_threshold": 0.0, "v_reset": None}, r"v_threshold must be > 0 with soft reset"),
+        ({"v_threshold": NAN}, r"v_threshold must be finite, got nan"),
+        ({"v_threshold": INF}, r"v_threshold must be finite, got inf"),
+        ({"v_reset": -INF}, r"v_reset must be finite, got -inf"),
+    ],
+)
+def test_arguments_that_would_give_garbage_raise_value_error(kind, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        NEURONS[kind](**kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        FUNCTIONALS[kind](torch.ones(2, 3), **kwargs)
+
+
+@ALL
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"v_threshold": "1"}, r"v_threshold must be a real number, got str '1'"),
+        ({"v_reset": [0.0]}, r"v_reset must be a real number, got list \[0\.0\]"),
+        ({"alpha": True}, r"alpha must be a real number, got bool True"),
+        ({"detach_reset": "no"}, r"detach_reset must be True or False, got str 'no'"),
+    ],
+)
+def test_arguments_of_the_wrong_type_raise_type_error(kind, kwargs, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        NEURONS[kind](**kwargs)
+    with pytest.raises(TypeError, match=pattern):
+        FUNCTIONALS[kind](torch.ones(2, 3), **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["lif", "plif"])
+def test_decay_input_must_be_a_bool(kind):
+    with pytest.raises(TypeError, match=r"decay_input must be True or False, got int 0"):
+        NEURONS[kind](decay_input=0)
+    with pytest.raises(TypeError, match=r"decay_input must be True or False, got int 0"):
+        FUNCTIONALS[kind](torch.ones(2, 3), decay_input=0)
+
+
+def test_return_state_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"return_state must be True or False, got str 'yes'"):
+        MultiStepLIF(backend="torch")(torch.ones(2, 3), return_state="yes")
+
+
+@pytest.mark.parametrize("tau", [INF, NAN])
+def test_lif_tau_must_be_finite(tau):
+    pattern = rf"tau must be > 1 and finite \(the membrane decays by 1/tau per step\), got {tau}"
+    with pytest.raises(ValueError, match=pattern):
+        MultiStepLIF(tau=tau)
+    with pytest.raises(ValueError, match=pattern):
+        multistep_lif(torch.ones(2, 3), tau=tau, backend="torch")
+    with pytest.raises(ValueError, match=pattern.replace("tau must", "init_tau must")):
+        MultiStepPLIF(init_tau=tau)
+
+
+def test_tau_must_be_a_number():
+    with pytest.raises(TypeError, match=r"tau must be a real number, got str '2'"):
+        MultiStepLIF(tau="2")
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5, -0.5, NAN, INF])
+def test_multistep_neuron_decay_must_be_in_the_open_unit_interval(decay):
+    with pytest.raises(ValueError, match=rf"decay must be in \(0, 1\).*got {decay}"):
+        multistep_neuron(torch.ones(2, 3), decay=decay, backend="torch")
+
+
+@ALL
+@pytest.mark.parametrize(
+    "v_init,shown",
+    [(0.5, r"float 0\.5"), ([0.0, 0.0, 0.0], r"list \[0\.0, 0\.0, 0\.0\]"), ("v", "str 'v'")],
+)
+def test_v_init_that_is_not_a_tensor_raises_type_error(kind, v_init, shown):
+    pattern = (
+        rf"v_init must be a torch\.Tensor of shape \(3,\) \(one time step of x\) or None, "
+        rf"got {shown}"
+    )
+    with pytest.raises(TypeError, match=pattern):
+        NEURONS[kind]()(torch.ones(2, 3), v_init=v_init)
+    with pytest.raises(TypeError, match=pattern):
+        FUNCTIONALS[kind](torch.ones(2, 3), v_init=v_init)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_v_init_on_another_device_names_both_devices():
+    with pytest.raises(ValueError, match=r"v_init must be on the device of x, cpu, got cuda"):
+        MultiStepLIF(backend="torch")(torch.ones(2, 3), v_init=torch.zeros(3, device="cuda"))
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.parametrize("default_alpha", [0.0, -1.0, NAN, INF])
+def test_registering_a_surrogate_with_a_bad_default_alpha_raises(default_alpha):
+    with pytest.raises(
+        ValueError, match=rf"default_alpha must be finite and > 0, got {default_alpha}"
+    ):
+        register_surrogate("triangle", _triangle, default_alpha=default_alpha)
+    assert "triangle" not in surrogate_names()
+
+
+@ALL
+def test_attributes_changed_after_construction_are_checked_at_call_time(kind):
+    neuron = NEURONS[kind]()
+    neuron.alpha = -1.0
+    with pytest.raises(ValueError, match=r"alpha .*must be finite and > 0, got -1\.0"):
+        neuron(torch.ones(2, 3))

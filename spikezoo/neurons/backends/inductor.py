@@ -1,8 +1,15 @@
-"""Backend ``"inductor"``: the eager loops fused by ``torch.compile``.
+"""Backend ``"inductor"``: the eager loops fused by ``torch.compile``, chunk by chunk.
 
-Each loop compiles into one kernel (C++/OpenMP on the CPU, Triton on CUDA), once per
-configuration; PyTorch caches the result on disk. T is unrolled, so each sequence length is a
-graph of its own.
+``torch.compile`` unrolls a Python loop, so compiling a whole sequence would cost time in
+proportion to T and recompile for every new T. Instead the loops of
+:mod:`spikezoo.neurons.dynamics` are compiled for two chunk lengths only, :data:`CHUNK` steps
+and a single step, and a sequence runs as consecutive chunks: full chunks of :data:`CHUNK`
+steps, then single steps for the remainder (``T = 4`` is one chunk, ``T = 6`` is 4 + 1 + 1,
+``T = 1024`` is 256 chunks). Each chunk compiles into one kernel (C++/OpenMP on the CPU,
+Triton on CUDA), once per configuration, chunk length, dtype and device, with the number of
+neurons dynamic; PyTorch caches the kernels on disk. So a configuration compiles at most four
+graphs per loop, whatever the sequence lengths: two chunk lengths, each at most twice (dynamo
+may specialise a chunk that starts its tensor, at storage offset 0, apart from the others).
 """
 
 from __future__ import annotations
@@ -16,28 +23,67 @@ from torch import Tensor
 from spikezoo.neurons import dynamics
 from spikezoo.neurons.dynamics import NeuronConfig
 
-__all__ = ["backward", "forward", "unavailable_reason"]
+__all__ = ["CHUNK", "backward", "chunk_lengths", "forward", "unavailable_reason"]
+
+#: The time steps compiled as one graph (the models' usual T, so that T = 4 is one kernel).
+CHUNK = 4
+
+
+def chunk_lengths(steps: int) -> list[int]:
+    """Split ``steps`` into full :data:`CHUNK`-step chunks, then single steps.
+
+    >>> chunk_lengths(4), chunk_lengths(6), chunk_lengths(2)
+    ([4], [4, 1, 1], [1, 1])
+    """
+    return [CHUNK] * (steps // CHUNK) + [1] * (steps % CHUNK)
 
 
 @functools.cache
-def _compiled(loop: Callable, cfg: NeuronConfig, flag: bool) -> Callable:
-    """``loop`` compiled by ``torch.compile``, one compile region per ``(loop, cfg, flag)``."""
+def _compiled(loop: Callable, cfg: NeuronConfig, flag: bool, steps: int) -> Callable:
+    """``loop`` compiled for chunks of ``steps`` steps, one compile region per argument set.
+
+    ``flag`` is ``keep_charged`` or ``grad_k_needed``. Recompiles happen only for a new dtype
+    or device (and the single-neuron case, which dynamo specialises).
+    """
     return torch.compile(
-        loop, dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=64
+        loop, dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=32
     )
 
 
-def _run(loop: Callable, cfg: NeuronConfig, flag: bool, tensors: tuple[Tensor, ...]) -> tuple:
-    # Detached aliases: a view's base would put its rank into dynamo's guards.
-    detached = [t.detach() for t in tensors]
-    return _compiled(loop, cfg, flag)(*detached, cfg, flag)
+def _run_chunk(loop: Callable, cfg: NeuronConfig, flag: bool, *tensors: Tensor) -> tuple:
+    """Run ``loop(*tensors, cfg, flag)`` compiled for the chunk length ``len(tensors[0])``.
+
+    The tensors are passed detached: a view's base (a slice, or an earlier chunk's output)
+    would put its shape into dynamo's guards and recompile.
+    """
+    compiled = _compiled(loop, cfg, flag, tensors[0].shape[0])
+    return compiled(*(t.detach() for t in tensors), cfg, flag)
+
+
+def _cat(chunks: list[Tensor]) -> Tensor:
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+def _per_neuron(t: Tensor, neurons: int) -> Tensor:
+    """``t`` (``[]`` or ``[N]``) as a contiguous ``[N]`` tensor, so every chunk sees one layout."""
+    return t.expand(neurons).contiguous()
 
 
 def forward(
     x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig, keep_charged: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """:func:`spikezoo.neurons.dynamics.forward_sequence`, compiled."""
-    return _run(dynamics.forward_sequence, cfg, keep_charged, (x, v_init, k))
+    """:func:`spikezoo.neurons.dynamics.forward_sequence`, compiled chunk by chunk."""
+    v = _per_neuron(v_init, x.shape[1])
+    spikes, charged = [], []
+    start = 0
+    for steps in chunk_lengths(x.shape[0]):
+        spikes_chunk, charged_chunk, v = _run_chunk(
+            dynamics.forward_sequence, cfg, keep_charged, x[start : start + steps], v, k
+        )
+        spikes.append(spikes_chunk)
+        charged.append(charged_chunk)
+        start += steps
+    return _cat(spikes), _cat(charged) if keep_charged else None, v
 
 
 def backward(
@@ -49,9 +95,35 @@ def backward(
     cfg: NeuronConfig,
     grad_k_needed: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`spikezoo.neurons.dynamics.backward_sequence`, compiled."""
-    tensors = (grad_spikes, grad_v, charged, v_init, k)
-    return _run(dynamics.backward_sequence, cfg, grad_k_needed, tensors)
+    """:func:`spikezoo.neurons.dynamics.backward_sequence`, compiled chunk by chunk."""
+    neurons = charged.shape[1]
+    grad_v, v_init = _per_neuron(grad_v, neurons), _per_neuron(v_init, neurons)
+    grad_k = torch.zeros((), dtype=charged.dtype, device=charged.device)
+    grad_x = []
+    end = charged.shape[0]
+    for steps in reversed(chunk_lengths(end)):
+        start = end - steps
+        v_before = v_init
+        if grad_k_needed and start > 0:
+            h_before = charged[start - 1]
+            v_before = dynamics.reset(h_before, h_before >= cfg.v_threshold, cfg)
+        grad_x_chunk, grad_v, grad_k = _run_chunk(
+            dynamics.backward_steps,
+            cfg,
+            grad_k_needed,
+            grad_spikes[start:end],
+            grad_v,
+            grad_k,
+            charged[start:end],
+            v_before,
+            k,
+        )
+        grad_x.append(grad_x_chunk)
+        end = start
+    grad_x.reverse()
+    if grad_k_needed and cfg.leaky:
+        grad_k = dynamics.finish_grad_k(grad_k, k, cfg)
+    return _cat(grad_x), grad_v, grad_k
 
 
 def unavailable_reason(x: Tensor) -> str | None:

@@ -1,0 +1,148 @@
+"""The backend registry, ``"auto"``'s choice and fallback, and the chunked ``"inductor"`` loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from spikezoo.neurons import MultiStepLIF, backends, multistep_lif, multistep_plif
+from spikezoo.neurons.backends import Backend, eager, inductor
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Private copies of the registry, the "auto" order and the failure memory."""
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    monkeypatch.setattr(backends, "AUTO_PRIORITY", list(backends.AUTO_PRIORITY))
+    monkeypatch.setattr(backends, "_AUTO_FAILURES", set())
+
+
+def _broken(*args):
+    raise RuntimeError("this backend always fails")
+
+
+def _counting(calls: list[str], name: str, loop):
+    def run(*args):
+        calls.append(name)
+        return loop(*args)
+
+    return run
+
+
+def test_builtin_backends_and_auto_order():
+    assert backends.BACKENDS == ("auto", "inductor", "torch")
+    assert backends.backend_names() == ["auto", "inductor", "torch"]
+    assert backends.AUTO_PRIORITY == ["inductor", "torch"]
+    assert backends.resolve_backend("auto", torch.ones(2, 3)) == ("inductor", "torch")
+    assert backends.get_backend("torch").forward is eager.forward
+
+
+@pytest.mark.usefixtures("registry")
+def test_auto_falls_back_to_the_next_backend_and_remembers_the_failure():
+    calls = []
+    backends.register_backend(
+        Backend("flaky", _counting(calls, "flaky", _broken), _broken, lambda x: None)
+    )
+    backends.AUTO_PRIORITY[:] = ["flaky", "torch"]
+    x = torch.randn(3, 5) * 2
+    expected = multistep_lif(x, backend="torch")
+    assert torch.equal(multistep_lif(x, backend="auto"), expected)
+    assert torch.equal(multistep_lif(x, backend="auto"), expected)
+    assert calls == ["flaky"]  # tried once, then skipped for this device, dtype and config
+    assert ("flaky", "cpu", torch.float32) == next(iter(backends._AUTO_FAILURES))[:3]
+    with pytest.raises(RuntimeError, match="this backend always fails"):
+        multistep_lif(x, backend="flaky")  # named explicitly: never replaced
+
+
+@pytest.mark.usefixtures("registry")
+def test_auto_backward_runs_on_the_backend_that_ran_forward():
+    calls = []
+    torch_backend = backends.get_backend("torch")
+    backends.register_backend(
+        Backend(
+            "counted",
+            _counting(calls, "forward", torch_backend.forward),
+            _counting(calls, "backward", torch_backend.backward),
+            lambda x: None,
+        )
+    )
+    backends.AUTO_PRIORITY[:] = ["counted", "torch"]
+    x = (torch.randn(3, 5) * 2).requires_grad_()
+    multistep_plif(x, torch.zeros((), requires_grad=True)).sum().backward()
+    assert calls == ["forward", "backward"]
+
+
+@pytest.mark.usefixtures("registry")
+def test_auto_skips_an_unavailable_backend_and_naming_it_says_why():
+    backends.register_backend(
+        Backend("gpu-only", _broken, _broken, lambda x: "needs a GPU; use backend='auto'")
+    )
+    backends.AUTO_PRIORITY.insert(0, "gpu-only")
+    x = torch.ones(2, 3)
+    assert backends.resolve_backend("auto", x) == ("inductor", "torch")
+    with pytest.raises(RuntimeError, match=r"backend='gpu-only' cannot run here: needs a GPU"):
+        MultiStepLIF(backend="gpu-only")(x)
+
+
+@pytest.mark.usefixtures("registry")
+def test_registering_a_taken_name_raises():
+    for name in ("torch", "auto"):
+        with pytest.raises(ValueError, match=f"backend '{name}' is already registered"):
+            backends.register_backend(Backend(name, _broken, _broken, lambda x: None))
+    assert backends.get_backend("torch").forward is eager.forward
+
+
+@pytest.mark.usefixtures("registry")
+def test_a_backend_registered_without_auto_is_only_used_by_name():
+    calls = []
+    torch_backend = backends.get_backend("torch")
+    backends.register_backend(
+        Backend(
+            "manual", _counting(calls, "manual", torch_backend.forward), _broken, lambda x: None
+        ),
+        auto=False,
+    )
+    assert "manual" in backends.backend_names() and "manual" not in backends.AUTO_PRIORITY
+    with torch.no_grad():
+        multistep_lif(torch.ones(2, 3), backend="auto")
+        assert calls == []
+        multistep_lif(torch.ones(2, 3), backend="manual")
+    assert calls == ["manual"]
+
+
+@pytest.mark.parametrize(
+    "steps,lengths", [(1, [1]), (3, [1, 1, 1]), (4, [4]), (6, [4, 1, 1]), (12, [4, 4, 4])]
+)
+def test_chunk_lengths(steps, lengths):
+    assert inductor.CHUNK == 4
+    assert inductor.chunk_lengths(steps) == lengths
+
+
+def test_a_hundred_sequence_lengths_compile_a_bounded_number_of_graphs():
+    """T = 1..100 through ``"inductor"``, forward and backward: a handful of graphs in all.
+
+    The loops compile for chunks of 4 steps and of one step, forward and backward, whatever T,
+    each at most twice (dynamo may specialise a chunk at the start of its tensor, storage
+    offset 0). An unrolled loop would compile 100 graphs per loop, and dynamo stops at 64.
+    """
+    graphs_before = counters["stats"]["unique_graphs"]
+    for steps in range(1, 101):
+        x = torch.randn(steps, 3, dtype=torch.float64) * 1.5 + 0.7
+        grad_spikes = torch.randn(steps, 3, dtype=torch.float64)
+        results = {}
+        for backend in ("inductor", "torch"):
+            xb = x.clone().requires_grad_()
+            w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+            spikes, v_final = multistep_plif(xb, w, backend=backend, return_state=True)
+            ((spikes * grad_spikes).sum() + v_final.sum()).backward()
+            results[backend] = spikes.detach(), v_final.detach(), xb.grad, w.grad
+        assert torch.equal(results["inductor"][0], results["torch"][0]), f"T={steps}"
+        for name, actual, expected in zip(
+            ("v_final", "grad_x", "grad_w"),
+            results["inductor"][1:],
+            results["torch"][1:],
+            strict=True,
+        ):
+            torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12, msg=name)
+    assert counters["stats"]["unique_graphs"] - graphs_before <= 2 * 2 * 2
