@@ -247,18 +247,26 @@ def test_host_build_rounds_float32_like_torch(host, dtype, code):
     assert torch.equal(got[~nan], expected.view(torch.int16)[~nan])
 
 
-@pytest.mark.parametrize("v_reset", [0.0, None])
-def test_host_build_nan_membrane_gives_nan_spikes(host, v_reset):
+@pytest.mark.parametrize(CONFIG_NAMES, [c for c in CONFIGS if c[3] and c[4] == "sigmoid"])
+def test_host_build_nan_membrane_gives_nan_spikes_like_eager(
+    host, kind, decay_input, v_reset, detach_reset, surrogate
+):
     """A NaN input makes that neuron's membrane, spikes and gradients NaN from then on, and
-    leaves the other neurons alone."""
-    cfg = NeuronConfig(True, True, V_THRESHOLD, v_reset, "sigmoid", 4.0, True)
-    x, v_init, k = torch.full((4, 3), 1.0), torch.zeros(3), torch.tensor(0.5)
+    leaves the other neurons alone, as in the eager loops."""
+    cfg, k = make_config(kind, decay_input, v_reset, detach_reset, surrogate), decay(kind)
+    x, v_init = torch.full((4, 3), 1.0), torch.zeros(3)
     x[1, 0] = float("nan")
     spikes, charged, v_final = host_forward(host, x, v_init, k, cfg)
+    expected = forward_sequence(x, v_init, k, cfg, True)
     assert spikes[:1, 0].isfinite().all() and spikes[1:, 0].isnan().all()
-    assert v_final[0].isnan() and charged[1:, 0].isnan().all()
-    expected = forward_sequence(x[:, 1:], v_init[1:], k, cfg, False)[0]
-    assert torch.equal(spikes[:, 1:], expected)
-    grads = host_backward(host, torch.ones(4, 3), torch.ones(3), charged, v_init, k, cfg, True)
-    assert grads[0][:, 0].isnan().any() and grads[0][:, 1:].isfinite().all()
-    assert grads[2].isnan()
+    for got, ref in zip((spikes, charged, v_final), expected, strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0, equal_nan=True)
+    grad_k_needed = kind == "plif"
+    args = (torch.ones(4, 3), torch.ones(3), charged, v_init, k, cfg, grad_k_needed)
+    grads, ref_grads = host_backward(host, *args), backward_sequence(*args)
+    for got, ref in zip(grads[:2], ref_grads[:2], strict=True):
+        assert torch.equal(got.isnan(), ref.isnan()) and got[..., 1:].isfinite().all()
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert grads[0][:2, 0].isnan().all()
+    if grad_k_needed:
+        assert grads[2].isnan() and ref_grads[2].isnan()

@@ -365,6 +365,20 @@ def test_emulated_backend_matches_torch_backend(
     assert roles == {"forward", "backward"} | ({"finish_grad_k"} if kind == "plif" else set())
 
 
+@pytest.mark.parametrize("kind", ["lif", "plif", "if"])
+def test_emulated_backend_nan_input_like_torch_backend(emulated_cupy, kind):
+    """A NaN input spikes NaN from then on, with NaN gradients, as on the torch backend."""
+    x = torch.randn(5, 4) + 1.0
+    x[2, 1] = float("nan")
+    case = (x, torch.zeros(4), torch.ones(5, 4), torch.ones(4))
+    config = (kind, True, 0.0, True, "sigmoid")
+    got, expected = run_neuron("cupy", config, *case), run_neuron("torch", config, *case)
+    assert got[0][2:, 1].isnan().all()
+    for a, b in zip(got, expected, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
 def test_emulated_backend_reads_channels_last_and_scalar_state_in_place(emulated_cupy):
     """A channels-last map is read where it lies (no copy); a default ``v_init`` and an
     unused final membrane are passed as scalars (stride 0); inference keeps no membranes."""
