@@ -1,17 +1,24 @@
-"""CUDA agrees with the CPU. Runs where a GPU is present; CI machines have none.
+"""CUDA agrees with the CPU, and the CuPy kernels with the torch path. Runs where a GPU is
+present (marked ``cuda``); CI machines have none.
 
-Everything these tests exercise also runs on the CPU in the rest of the suite; here only the
-device differs.
+Everything the first tests exercise also runs on the CPU in the rest of the suite; there only
+the device differs. The last one runs whole models forward and backward with the ``"cupy"``
+backend against ``"torch"`` (the neuron-level comparisons are in
+``tests/neurons/test_cupy_backend.py``).
 """
 
 import pytest
 import timm
 import torch
+from cuda_cases import assert_model_cupy_matches_torch
 
 import spikezoo  # noqa: F401
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 @pytest.mark.parametrize("backend", ["torch", "inductor", "auto"])
@@ -35,3 +42,12 @@ def test_model_on_cuda_matches_cpu(name):
         expected = model(x)
         got = model.cuda()(x.cuda()).cpu()
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["sdt_2_256_cifar", "spikingresformer_cifar"])
+def test_model_forward_backward_with_cupy_matches_torch(name, monkeypatch):
+    pytest.importorskip(
+        "cupy", reason="the cupy backend needs CuPy: pip install 'spikezoo-vit[cuda13]'"
+    )
+    model = timm.create_model(name, time_steps=2).cuda().eval()
+    assert_model_cupy_matches_torch(model, torch.randn(4, 3, 32, 32, device="cuda"), monkeypatch)

@@ -31,9 +31,9 @@ def _counting(calls: list[str], name: str, loop):
 
 
 def test_builtin_backends_and_auto_order():
-    assert backends.BACKENDS == ("auto", "inductor", "torch")
-    assert backends.backend_names() == ["auto", "inductor", "torch"]
-    assert backends.AUTO_PRIORITY == ["inductor", "torch"]
+    assert backends.BACKENDS == ("auto", "cupy", "inductor", "torch")
+    assert backends.backend_names() == ["auto", "cupy", "inductor", "torch"]
+    assert backends.AUTO_PRIORITY == ["cupy", "inductor", "torch"]
     assert backends.resolve_backend("auto", torch.ones(2, 3)) == ("inductor", "torch")
     assert backends.get_backend("torch").forward is eager.forward
 

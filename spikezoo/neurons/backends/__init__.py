@@ -6,9 +6,14 @@ A backend is a :class:`Backend` record: its ``forward`` and ``backward`` take th
 ``unavailable_reason(x)`` says why it cannot run on the input ``x`` (``None``: it can).
 
 ``backend="auto"`` walks :data:`AUTO_PRIORITY` and takes the first backend available for the
-input. If that backend then fails (for example, ``torch.compile`` finds no C++ compiler), the
-failure is logged at debug level, remembered for that device, dtype and configuration, and the
-next one runs instead. A backend named explicitly is never replaced: its errors propagate.
+input: ``"cupy"`` for CUDA tensors where CuPy works, then ``"inductor"``, then ``"torch"``. If
+that backend then fails (for example, ``torch.compile`` finds no C++ compiler), the failure is
+logged at debug level, remembered for that device, dtype and configuration, and the next one
+runs instead. A backend named explicitly is never replaced: its errors propagate.
+
+The environment variable ``SPIKEZOO_BACKEND`` (see :data:`BACKEND_ENV`), when set, replaces
+``"auto"`` everywhere: neurons left at ``backend="auto"`` run the backend it names, exactly as
+if it had been named explicitly. A backend passed explicitly still wins.
 
 Adding a backend is one module defining ``forward``, ``backward`` and ``unavailable_reason``
 plus one :func:`register_backend` call at the end of this file (its position there is its
@@ -18,18 +23,20 @@ place in :data:`AUTO_PRIORITY`).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from spikezoo.neurons.backends import eager, inductor
+from spikezoo.neurons.backends import cupy, eager, inductor
 from spikezoo.neurons.dynamics import NeuronConfig
 
 __all__ = [
     "AUTO_PRIORITY",
     "BACKENDS",
+    "BACKEND_ENV",
     "Backend",
     "backend_names",
     "get_backend",
@@ -65,6 +72,9 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
+
+#: The environment variable that replaces ``backend="auto"``.
+BACKEND_ENV = "SPIKEZOO_BACKEND"
 
 #: The order in which ``"auto"`` tries the registered backends.
 AUTO_PRIORITY: list[str] = []
@@ -110,10 +120,13 @@ def resolve_backend(backend: str, x: Tensor) -> tuple[str, ...]:
     A named backend gives itself, or raises ``RuntimeError`` with its reason if it cannot run
     on ``x``. ``"auto"`` gives the available backends of :data:`AUTO_PRIORITY`. Inside an outer
     ``torch.compile`` every neuron runs the eager loops, which that compile traces and fuses.
+    ``"auto"`` stands for the value of ``SPIKEZOO_BACKEND`` where that is set.
     """
     validate_backend(backend)
     if torch.compiler.is_compiling():
         return ("torch",)
+    if backend == "auto":
+        backend = _environment_backend()
     if backend != "auto":
         chosen = _REGISTRY[backend]
         reason = chosen.unavailable_reason(x)
@@ -121,6 +134,17 @@ def resolve_backend(backend: str, x: Tensor) -> tuple[str, ...]:
             raise RuntimeError(f"backend={backend!r} cannot run here: {reason}")
         return (backend,)
     return tuple(name for name in AUTO_PRIORITY if _REGISTRY[name].unavailable_reason(x) is None)
+
+
+def _environment_backend() -> str:
+    """The value of ``SPIKEZOO_BACKEND`` (``"auto"`` where unset or empty), validated."""
+    name = os.environ.get(BACKEND_ENV, "").strip() or "auto"
+    if name != "auto" and name not in _REGISTRY:
+        raise ValueError(
+            f"environment variable {BACKEND_ENV}={name!r} names no backend; "
+            f"expected one of {backend_names()} (or unset it)"
+        )
+    return name
 
 
 def _first_success(
@@ -171,6 +195,7 @@ def run_backward(
     return _first_success(candidates, "backward", cfg, args)
 
 
+register_backend(Backend("cupy", cupy.forward, cupy.backward, cupy.unavailable_reason))
 register_backend(
     Backend("inductor", inductor.forward, inductor.backward, inductor.unavailable_reason)
 )

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA neuron kernels, in one go (about 5 minutes on an H100):
+# the tests marked `cuda`, then benchmarks/bench_cuda.py. Run from the repository root on a
+# machine with a CUDA GPU, PyTorch and CuPy. Everything lands in $OUT (default ./gpu-results):
+# nvidia-smi.txt, versions.txt, tests.log, bench_cuda.log, bench_cuda.json.
+# Wheels in ./.whl (e.g. timm, spikingjelly, loguru where the machine lacks them) are installed
+# first into /tmp/site, without network access.
+set -u -o pipefail
+out=${OUT:-$PWD/gpu-results}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+python3 - >"$out/versions.txt" 2>&1 <<'PY'
+import importlib
+
+import torch
+
+print("gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+for name in ("cupy", "timm", "triton", "spikingjelly"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as error:
+        print(name, "unavailable:", error)
+PY
+status=0
+timeout 180 python3 -m pytest -m cuda -p no:cacheprovider -q -rs \
+  tests/test_cuda.py tests/neurons/test_cupy_backend.py 2>&1 | tee "$out/tests.log" || status=1
+timeout 300 python3 benchmarks/bench_cuda.py --json "$out/bench_cuda.json" 2>&1 \
+  | tee "$out/bench_cuda.log" || status=1
+exit $status
