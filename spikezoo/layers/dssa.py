@@ -10,6 +10,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from spikezoo.layers.defaults import RESFORMER_NEURON
+from spikezoo.layers.spike_products import SpikingMatmul
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
 __all__ = ["DSSA", "Downsample", "freeze_firing_rates"]
@@ -68,7 +69,9 @@ class DSSA(nn.Module):
         self.register_buffer("_rates_initialised", torch.tensor(False), persistent=False)
         self.in_lif = neuron()
         self.patch_proj = ConvBN(dim, 2 * dim, patch_size, stride=patch_size, padding=0)
+        self.attn_matmul = SpikingMatmul()
         self.attn_lif = neuron()
+        self.out_matmul = SpikingMatmul()
         self.proj = ConvBN(dim, dim, neuron=neuron)
         self.drop_path = DropPath(drop_path)
 
@@ -92,11 +95,12 @@ class DSSA(nn.Module):
 
         if update:
             self._track_rate(self.firing_rate_x, s)
-        attn = self.attn_lif(y1.transpose(-1, -2) @ s * _scale(self.firing_rate_x, head_dim))
+        attn = self.attn_matmul(y1.transpose(-1, -2), s) * _scale(self.firing_rate_x, head_dim)
+        attn = self.attn_lif(attn)
         if update:
             self._track_rate(self.firing_rate_attn, attn)
             self._rates_initialised.fill_(True)
-        out = y2 @ attn * _scale(self.firing_rate_attn, num_patches)
+        out = self.out_matmul(y2, attn) * _scale(self.firing_rate_attn, num_patches)
         out = rearrange(out, "t b heads d (h w) -> t b (heads d) h w", h=height)
         return x + self.drop_path(self.proj(out))
 
