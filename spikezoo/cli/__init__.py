@@ -1,0 +1,123 @@
+"""The ``spikezoo`` command line.
+
+Each command is a module named in :data:`COMMANDS` that defines ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. A command module imports torch, timm and
+``spikezoo.models`` inside ``run`` only, so ``spikezoo --help`` and ``--version`` stay fast.
+A command reports a problem by raising :class:`~spikezoo.cli.errors.CommandError`: ``main``
+prints it as one line on stderr with its hint and returns a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
+
+import spikezoo
+from spikezoo.cli.errors import CommandError, UsageError
+
+__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
+
+#: Command name -> module that implements it.
+COMMANDS: dict[str, str] = {
+    "list": "spikezoo.cli.listing",
+    "demo": "spikezoo.cli.demo",
+}
+
+DEBUG_HINT = "run again with --debug for the traceback"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are :class:`UsageError`s (one line) instead of exits."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, hint=f"see '{self.prog} --help'", prog=self.prog)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``spikezoo`` parser with one subcommand per entry of :data:`COMMANDS`."""
+    parser = _Parser(prog="spikezoo", description=spikezoo.__doc__.splitlines()[0])
+    parser.add_argument(
+        "--version", action="version", version=f"spikezoo-vit {spikezoo.__version__}"
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_path in COMMANDS.items():
+        module = importlib.import_module(module_path)
+        command = commands.add_parser(
+            name, help=module.HELP, description=module.HELP, parents=[debug]
+        )
+        module.add_arguments(command)
+    return parser
+
+
+class _DropCudaHomeNotice(logging.Filter):
+    """Drops torch's ``No CUDA runtime is found, using CUDA_HOME=...`` on a machine without GPU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+@contextmanager
+def _without_cuda_home_notice() -> Iterator[None]:
+    """While a command runs, torch.utils.cpp_extension keeps its CUDA_HOME notice to itself."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    notice_filter = _DropCudaHomeNotice()
+    logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice_filter)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _report(prog: str, message: str, hint: str | None) -> None:
+    suffix = f" ({hint})" if hint else ""
+    print(f"{prog}: error: {_one_line(message)}{suffix}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``spikezoo`` command line on ``argv`` (default ``sys.argv[1:]``); the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        _report(error.prog, error.message, error.hint)
+        return error.exit_code
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    prog = f"spikezoo {args.command}"
+    module = importlib.import_module(COMMANDS[args.command])
+    try:
+        with _without_cuda_home_notice():
+            return module.run(args)
+    except CommandError as error:
+        if args.debug:
+            traceback.print_exc()
+        _report(prog, error.message, error.hint)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        _report(prog, f"{type(error).__name__}: {error}", DEBUG_HINT)
+        return 1

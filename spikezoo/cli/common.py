@@ -1,0 +1,72 @@
+"""Helpers shared by the commands: model names and argument types."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+
+from spikezoo.cli.errors import CommandError
+
+LIST_HINT = "'spikezoo list' shows the models"
+TAGS_HINT = "'spikezoo list --pretrained' shows the weight tags"
+
+
+def spikezoo_names(pretrained: bool = False) -> list[str]:
+    """The registered spikezoo models, or with ``pretrained`` their ``model.tag`` names."""
+    import timm
+
+    from spikezoo.models import MODEL_NAMES
+
+    if not pretrained:
+        return list(MODEL_NAMES)
+    return [name for name in timm.list_pretrained() if name.split(".")[0] in MODEL_NAMES]
+
+
+def close_names(name: str, candidates: list[str]) -> list[str]:
+    """Up to three of ``candidates`` that look like ``name`` (difflib), best first."""
+    return difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+
+
+def did_you_mean(name: str, candidates: list[str], pointer: str = LIST_HINT) -> str:
+    """A hint naming the candidates close to ``name``, then ``pointer`` (to ``spikezoo list``)."""
+    close = close_names(name, candidates)
+    return f"did you mean {', '.join(close)}? {pointer}" if close else pointer
+
+
+def resolve_model_name(name: str) -> str:
+    """``name`` if it is a registered spikezoo model or ``model.tag`` name, else a CommandError.
+
+    The error names close spikezoo names and points to ``spikezoo list``.
+    """
+    import timm
+
+    architecture, _, tag = name.partition(".")
+    models = spikezoo_names()
+    if architecture in models:
+        tags = [t for t in spikezoo_names(pretrained=True) if t.split(".")[0] == architecture]
+        if not tag or name in tags:
+            return name
+        raise CommandError(
+            f"{architecture} has no weights tagged {tag!r}",
+            hint=f"its tags: {', '.join(tags)}" if tags else TAGS_HINT,
+        )
+    if timm.is_model(architecture):
+        raise CommandError(
+            f"{name!r} is a timm model, not a spikezoo model", hint=did_you_mean(name, models)
+        )
+    if tag:
+        hint = did_you_mean(name, spikezoo_names(pretrained=True), TAGS_HINT)
+    else:
+        hint = did_you_mean(name, models)
+    raise CommandError(f"unknown model {name!r}", hint=hint)
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value

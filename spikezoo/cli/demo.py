@@ -1,0 +1,122 @@
+"""``spikezoo demo``: classify the built-in input and report every spiking layer's firing rate."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from spikezoo.cli.common import positive_int, resolve_model_name
+from spikezoo.cli.errors import CommandError
+
+if TYPE_CHECKING:
+    import torch
+
+HELP = "classify the built-in input and report each spiking layer's firing rate"
+DEFAULT_MODEL = "sdt_2_256_cifar"
+COMPILE_NOTE = (
+    "spikezoo demo: note: torch.compile compiles the neurons' kernels first; the first run on "
+    "a machine takes longest (about 30 s on 2 CPU cores), later runs reuse the cached kernels"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--pretrained`` and ``--time-steps``."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model or 'model.tag' name")
+    parser.add_argument("--pretrained", action="store_true", help="load the tag's weights")
+    parser.add_argument(
+        "--time-steps", type=positive_int, help="override the number of time steps T (>= 1)"
+    )
+
+
+def default_image(channels: int, height: int, width: int) -> torch.Tensor:
+    """The built-in input: a deterministic colour pattern ``[channels, H, W]`` in ``[0, 1]``."""
+    import torch
+
+    y = torch.linspace(-1, 1, height).view(-1, 1)
+    x = torch.linspace(-1, 1, width).view(1, -1)
+    ring = torch.cos(6 * math.pi * torch.sqrt(x**2 + y**2))
+    planes = [ring, torch.sin(3 * math.pi * x) * torch.cos(2 * math.pi * y), x * y]
+    return torch.stack([(planes[c % 3] + 1) / 2 for c in range(channels)])
+
+
+def create_model(name: str, pretrained: bool, time_steps: int | None) -> torch.nn.Module:
+    """``timm.create_model`` in eval mode; a failure to load weights becomes a CommandError."""
+    import timm
+
+    overrides = {} if time_steps is None else {"time_steps": time_steps}
+    try:
+        return timm.create_model(name, pretrained=pretrained, **overrides).eval()
+    except Exception as error:
+        if not pretrained:
+            raise
+        raise CommandError(
+            f"could not load the pretrained weights of {name}: {error}",
+            hint="check the network connection, or run without --pretrained",
+        ) from error
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model, run the built-in input once, print the top-5 classes and firing rates."""
+    name = resolve_model_name(args.model)
+    import torch
+    from timm.data import resolve_data_config
+
+    torch.manual_seed(0)
+    model = create_model(name, args.pretrained, args.time_steps)
+    config = resolve_data_config({}, model=model)
+    channels, height, width = config["input_size"]
+    mean = torch.tensor(config["mean"]).view(-1, 1, 1)
+    std = torch.tensor(config["std"]).view(-1, 1, 1)
+    image = ((default_image(channels, height, width) - mean) / std).unsqueeze(0)
+
+    if any(neuron.backend != "torch" for _, neuron in model.spiking_neurons()):
+        print(COMPILE_NOTE, file=sys.stderr, flush=True)
+    if not args.pretrained:
+        calibrate_batchnorm(model, image)
+
+    rates: dict[str, float] = {}
+    for layer_name, neuron in model.spiking_neurons():
+        neuron.register_forward_hook(
+            lambda _m, _i, out, n=layer_name: rates.__setitem__(n, out.float().mean().item())
+        )
+    start = time.perf_counter()
+    with torch.no_grad():
+        probs = model(image).softmax(-1)[0]
+    elapsed = time.perf_counter() - start
+
+    params = sum(p.numel() for p in model.parameters())
+    weights = "pretrained" if args.pretrained else "random weights, BN calibrated on the input"
+    print(f"{name}: {params / 1e6:.2f}M parameters, T={model.time_steps}, {weights}")
+    print(f"input: built-in pattern {tuple(image.shape)}; forward {elapsed * 1e3:.0f} ms")
+    print("top-5 classes:")
+    top = probs.topk(min(5, probs.numel()))
+    for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        print(f"  class {i:4d}  p={p:.4f}")
+    print(f"firing rate of the {len(rates)} spiking layers (mean over T, batch, neurons):")
+    for layer_name, rate in rates.items():
+        print(f"  {layer_name:40s} {rate:.4f}")
+    return 0
+
+
+def calibrate_batchnorm(model: torch.nn.Module, image: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of ``image`` and its mirror images.
+
+    Freshly initialised statistics (mean 0, variance 1) leave a random network silent; this
+    makes the untrained demo network spike the way a trained one would on its data.
+    """
+    import torch
+
+    batch = torch.cat([image, image.flip(-1), image.flip(-2), image.flip(-1, -2)])
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: one pass sets the statistics
+    with torch.no_grad():
+        model.train()(batch)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
