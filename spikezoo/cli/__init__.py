@@ -27,6 +27,7 @@ __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 COMMANDS: dict[str, str] = {
     "list": "spikezoo.cli.listing",
     "demo": "spikezoo.cli.demo",
+    "profile": "spikezoo.cli.profile",
 }
 
 DEBUG_HINT = "run again with --debug for the traceback"
