@@ -102,8 +102,8 @@ def events_from_image(
     if channels < 2:
         raise ValueError(f"event frames need at least 2 channels (ON, OFF), got {channels}")
     grey = image.convert("L").resize(size[::-1], Image.Resampling.BICUBIC)
-    log_intensity = torch.log(torch.tensor(list(grey.getdata()), dtype=torch.float32) / 255 + 0.05)
-    log_intensity = log_intensity.view(size)
+    pixels = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(size)
+    log_intensity = torch.log(pixels.float() / 255 + 0.05)
     shifts = [_SACCADE[t % len(_SACCADE)] for t in range(time_steps + 1)]
     views = torch.stack([log_intensity.roll(shift, dims=(0, 1)) for shift in shifts])
     change = views[1:] - views[:-1]

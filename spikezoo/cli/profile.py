@@ -37,7 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-size", type=positive_int, help="square input side (default: the model's)"
     )
     parser.add_argument(
+        "--backend",
+        help="neuron backend for every neuron: auto, torch, inductor (default: as built)",
+    )
+    parser.add_argument(
         "--energy", default="45nm-fp32", help="energy preset (E_MAC, E_AC), default 45nm-fp32"
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed forward passes (median), default 3"
     )
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
 
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(0)
     model = _create_model(name, args)
+    if args.backend is not None:
+        _set_backend(model, args.backend)
     try:
         if args.input_size is not None:
             model.check_image_size(args.input_size, args.input_size)
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         calibrate_batchnorm(model, sample)
     inputs = sample.expand(args.batch_size, *sample.shape[1:]).contiguous()
     try:
-        profile = profile_model(model, inputs, energy)
+        profile = profile_model(model, inputs, energy, args.repeats)
     except ValueError as error:
         raise CommandError(f"{name}: {error}") from None
 
@@ -85,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         sys.stdout.write(_csv(name, weights, source, profile))
     else:
-        print(_table(name, weights, source, profile))
+        print(_table(name, weights, source, profile, args.repeats))
     return 0
 
 
@@ -112,6 +121,18 @@ def _create_model(name: str, args: argparse.Namespace):
         ) from error
 
 
+def _set_backend(model, backend: str) -> None:
+    from spikezoo.analysis import spiking_neurons
+    from spikezoo.neurons.functional import validate_backend
+
+    try:
+        validate_backend(backend)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    for _, neuron in spiking_neurons(model):
+        neuron.backend = backend
+
+
 def _weights(args: argparse.Namespace) -> str:
     if args.checkpoint is not None:
         return f"checkpoint {args.checkpoint}"
@@ -125,7 +146,7 @@ def _si(value: float, unit: str = "") -> str:
     return f"{value:.3g} {unit}".rstrip()
 
 
-def _table(name: str, weights: str, source: str, profile: ModelProfile) -> str:
+def _table(name: str, weights: str, source: str, profile: ModelProfile, repeats: int) -> str:
     ops, energy = profile.ops, profile.ops.energy
     weights_line = RANDOM_WEIGHTS_NOTE if weights == "random" else weights
     lines = [
@@ -142,7 +163,7 @@ def _table(name: str, weights: str, source: str, profile: ModelProfile) -> str:
         f"dense       {_si(ops.dense_macs)} MACs as a non-spiking network over T steps "
         f"({energy.e_mac * ops.dense_macs * 1e-9:.4f} mJ)",
         f"throughput  {profile.throughput:.1f} images/s (batch {profile.input_shape[0]}, "
-        f"{profile.device}, median of 3)",
+        f"{profile.device}, median of {repeats})",
         f"mean firing rate {profile.rates.mean_rate:.4f}; per layer (mean over T, batch and "
         "neurons, then per time step):",
         profile.rates.per_layer().to_markdown(".4f"),
