@@ -21,7 +21,7 @@ from typing import NoReturn
 import spikezoo
 from spikezoo.cli.errors import CommandError, UsageError
 
-__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Command name -> module that implements it.
 COMMANDS: dict[str, str] = {

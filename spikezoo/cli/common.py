@@ -7,7 +7,19 @@ import difflib
 
 from spikezoo.cli.errors import CommandError
 
+__all__ = [
+    "LIST_HINT",
+    "TAGS_HINT",
+    "close_names",
+    "did_you_mean",
+    "positive_int",
+    "resolve_model_name",
+    "spikezoo_names",
+]
+
+#: The hint that points to the list of models.
 LIST_HINT = "'spikezoo list' shows the models"
+#: The hint that points to the list of ``model.tag`` names.
 TAGS_HINT = "'spikezoo list --pretrained' shows the weight tags"
 
 

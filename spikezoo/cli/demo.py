@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 HELP = "classify the built-in input and report each spiking layer's firing rate"
 DEFAULT_MODEL = "sdt_2_256_cifar"
 COMPILE_NOTE = (
-    "spikezoo demo: note: torch.compile compiles the neurons' kernels first; the first run on "
-    "a machine takes longest (about 30 s on 2 CPU cores), later runs reuse the cached kernels"
+    "spikezoo demo: note: torch.compile compiles the neurons' kernels on first use; the first "
+    "run on a machine takes longest (15-25 s on 2 CPU cores), later runs reuse the kernels"
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["CommandError", "UsageError"]
+
 
 class CommandError(Exception):
     """A problem the user can fix: ``main`` prints it as one line with its hint and exits 1.

@@ -42,6 +42,7 @@ from spikezoo.neurons.surrogate import get_surrogate
 
 __all__ = ["BACKENDS", "multistep_if", "multistep_lif", "multistep_neuron", "multistep_plif"]
 
+#: The names `backend=` accepts: "auto" picks the first usable of the others.
 BACKENDS = ("auto", "torch", "inductor", "cupy")
 
 _logger = logging.getLogger(__name__)

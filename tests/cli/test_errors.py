@@ -1,5 +1,7 @@
 """Every error of the ``spikezoo`` command: one line on stderr, a hint, a non-zero exit code."""
 
+import logging
+
 import huggingface_hub.constants
 import pytest
 
@@ -120,3 +122,31 @@ def test_debug_prints_the_traceback_of_a_command_error(capsys):
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and "CommandError" in err
     assert err.splitlines()[-1].startswith("spikezoo demo: error: 'resnet18' is a timm model")
+
+
+def test_torch_cuda_home_notice_is_dropped_while_a_command_runs(monkeypatch):
+    """torch logs the notice when torch.utils.cpp_extension is imported (by torch.compile)."""
+    import torch.utils.cpp_extension
+
+    logger = torch.utils.cpp_extension.logger
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+
+    def run(args):
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
+        logger.warning("another warning")
+        return 0
+
+    monkeypatch.setattr("spikezoo.cli.listing.run", run)
+    logger.addHandler(handler)
+    try:
+        assert main(["list"]) == 0
+        run(None)  # outside a command, torch's logging is left alone
+    finally:
+        logger.removeHandler(handler)
+    assert [record.getMessage() for record in records] == [
+        "another warning",
+        "No CUDA runtime is found, using CUDA_HOME='/usr/local/cuda'",
+        "another warning",
+    ]
