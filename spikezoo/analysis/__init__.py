@@ -6,6 +6,14 @@ throughput (the ``spikezoo profile`` command). See ``docs/analysis.md`` for the 
 """
 
 from spikezoo.analysis.energy import DEFAULT_ENERGY, ENERGY_PRESETS, EnergyModel, get_energy_model
+from spikezoo.analysis.inputs import (
+    SAMPLE_IMAGE,
+    events_from_image,
+    image_input,
+    is_event_model,
+    load_image,
+    sample_image_path,
+)
 from spikezoo.analysis.monitor import (
     HEAD_LAYOUTS,
     FiringRateMonitor,
@@ -22,6 +30,8 @@ from spikezoo.analysis.ops import (
     is_spike_tensor,
     register_op_rule,
 )
+from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
+from spikezoo.analysis.profile import ModelProfile, profile_model
 from spikezoo.analysis.report import Table
 
 __all__ = [
@@ -29,17 +39,28 @@ __all__ = [
     "ENERGY_PRESETS",
     "HEAD_LAYOUTS",
     "OP_RULES",
+    "SAMPLE_IMAGE",
     "EnergyModel",
     "FiringRateMonitor",
     "FiringRates",
     "LayerOps",
+    "ModelProfile",
     "NeuronRecord",
     "OpCount",
     "OpCounter",
     "OpReport",
     "Table",
+    "attention_maps",
+    "events_from_image",
     "get_energy_model",
+    "image_input",
+    "is_event_model",
     "is_spike_tensor",
+    "load_image",
+    "plot_attention",
+    "plot_firing_rates",
+    "profile_model",
     "register_op_rule",
+    "sample_image_path",
     "spiking_neurons",
 ]

@@ -142,8 +142,8 @@ class FiringRateMonitor:
         >>> with FiringRateMonitor(model) as monitor:
         ...     _ = model(torch.rand(1, 3, 32, 32))
         >>> rates = monitor.rates()
-        >>> rates.per_layer().columns[:5]
-        ['layer', 'neuron', 'rate', 't0', 't1']
+        >>> rates.per_layer().columns == ["layer", "neuron", "rate", "t0", "t1"]
+        True
         >>> 0 <= rates["blocks.0.attn.q_lif"].rate <= 1
         True
     """

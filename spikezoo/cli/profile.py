@@ -162,7 +162,7 @@ def _table(name: str, weights: str, source: str, profile: ModelProfile, repeats:
         f"            rate x T x FLOPs estimate (SDT papers): {ops.rate_energy_mj:.4f} mJ",
         f"dense       {_si(ops.dense_macs)} MACs as a non-spiking network over T steps "
         f"({energy.e_mac * ops.dense_macs * 1e-9:.4f} mJ)",
-        f"throughput  {profile.throughput:.1f} images/s (batch {profile.input_shape[0]}, "
+        f"throughput  {profile.throughput:.3g} images/s (batch {profile.input_shape[0]}, "
         f"{profile.device}, median of {repeats})",
         f"mean firing rate {profile.rates.mean_rate:.4f}; per layer (mean over T, batch and "
         "neurons, then per time step):",
