@@ -149,3 +149,28 @@ def test_event_models_get_a_simulated_saccade_of_the_image():
     assert image_input(model, image, input_size=32).shape == (1, 5, 2, 32, 32)
     with pytest.raises(ValueError, match="at least 2 channels"):
         events_from_image(image, 1, 1, (8, 8))
+
+
+def test_checkpoint_weights_are_the_ones_profiled(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from spikezoo.cli.demo import calibrate_batchnorm
+
+    model = timm.create_model("sdt_2_256_cifar", time_steps=1, num_classes=10).eval()
+    for neuron in model.modules():
+        if isinstance(neuron, spikezoo.neurons.MultiStepNeuron):
+            neuron.backend = "torch"
+    inputs = image_input(model, load_image(sample_image_path()))
+    calibrate_batchnorm(model, inputs)  # trained-like statistics, saved with the weights
+    path = tmp_path / "weights.safetensors"
+    save_file(model.state_dict(), str(path))
+    expected = profile_model(model, inputs, repeats=1)
+
+    code, out, err = profile(
+        capsys, "sdt_2_256_cifar", "--checkpoint", str(path), *FAST[2:], "--format", "json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["weights"] == f"checkpoint {path}"
+    assert (result["macs"], result["sops"]) == (expected.ops.macs, expected.ops.sops)
+    assert result["sops"] > 0
