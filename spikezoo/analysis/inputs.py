@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "SAMPLE_IMAGE",
@@ -31,7 +35,7 @@ def sample_image_path() -> Path:
     return Path(str(resources.files("spikezoo").joinpath("assets", SAMPLE_IMAGE)))
 
 
-def load_image(path: str | Path):
+def load_image(path: str | Path) -> Image.Image:
     """Open ``path`` as a ``PIL.Image`` (palette images as RGB); ``ValueError`` if unreadable."""
     from PIL import Image, UnidentifiedImageError
 
@@ -57,7 +61,7 @@ def is_event_model(model: nn.Module) -> bool:
 
 def image_input(
     model: nn.Module,
-    image,
+    image: Image.Image,
     input_size: int | None = None,
     time_steps: int | None = None,
 ) -> Tensor:
@@ -88,7 +92,11 @@ def image_input(
 
 
 def events_from_image(
-    image, time_steps: int, channels: int, size: tuple[int, int], threshold: float = 0.15
+    image: Image.Image,
+    time_steps: int,
+    channels: int,
+    size: tuple[int, int],
+    threshold: float = 0.15,
 ) -> Tensor:
     """Event frames ``[T, channels, H, W]`` of 0/1 values: a DVS camera saccading over ``image``.
 
@@ -101,6 +109,8 @@ def events_from_image(
 
     if channels < 2:
         raise ValueError(f"event frames need at least 2 channels (ON, OFF), got {channels}")
+    if time_steps < 1:
+        raise ValueError(f"time_steps must be >= 1, got {time_steps}")
     grey = image.convert("L").resize(size[::-1], Image.Resampling.BICUBIC)
     pixels = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(size)
     log_intensity = torch.log(pixels.float() / 255 + 0.05)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from einops import reduce
@@ -13,6 +14,9 @@ from spikezoo.analysis._batches import run_batches
 from spikezoo.analysis.report import Table
 from spikezoo.layers import DSSA, SDSA
 from spikezoo.neurons import MultiStepNeuron
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["HEAD_LAYOUTS", "FiringRateMonitor", "FiringRates", "NeuronRecord", "spiking_neurons"]
 
@@ -50,6 +54,7 @@ class NeuronRecord:
 
     @property
     def time_steps(self) -> int:
+        """T, the number of time steps recorded (0 before any call)."""
         return 0 if self.spikes is None else self.spikes.numel()
 
     @property
@@ -120,7 +125,7 @@ class FiringRates:
         """:meth:`per_layer` as CSV."""
         return self.per_layer().to_csv(path)
 
-    def to_pandas(self):
+    def to_pandas(self) -> pd.DataFrame:
         """:meth:`per_layer` as a ``pandas.DataFrame``."""
         return self.per_layer().to_pandas()
 

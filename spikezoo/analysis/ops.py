@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from spikezoo.analysis._batches import run_batches
 from spikezoo.analysis.energy import DEFAULT_ENERGY, EnergyModel, get_energy_model
 from spikezoo.analysis.report import Table
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "OP_RULES",
@@ -214,7 +218,7 @@ class LayerOps:
     Attributes:
         name: the module's qualified name in the model.
         op: the module's class name.
-        input: ``"spikes"``, ``"real"``, or ``"spikes+real"`` if calls differed.
+        input_kinds: ``{"spikes"}``, ``{"real"}`` or both, over the calls.
         calls: how many times the layer ran.
         macs, sops, dense_macs, rate_sops: sums of :class:`OpCount` over the calls.
         classifier: whether the layer belongs to the classifier head.
@@ -232,6 +236,7 @@ class LayerOps:
 
     @property
     def input(self) -> str:
+        """``"spikes"``, ``"real"``, or ``"spikes+real"`` if the calls differed."""
         return "+".join(sorted(self.input_kinds, reverse=True)) or "-"
 
     def add(self, count: OpCount) -> None:
@@ -349,7 +354,7 @@ class OpReport:
         """:meth:`per_layer` as CSV."""
         return self.per_layer().to_csv(path)
 
-    def to_pandas(self):
+    def to_pandas(self) -> pd.DataFrame:
         """:meth:`per_layer` as a ``pandas.DataFrame``."""
         return self.per_layer().to_pandas()
 

@@ -5,12 +5,18 @@ Install the plotting extra with ``pip install 'spikezoo-vit[analysis]'``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikezoo.analysis.monitor import FiringRates
 from spikezoo.layers import DSSA, SDSA
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
 
 __all__ = ["attention_maps", "plot_attention", "plot_firing_rates"]
 
@@ -25,7 +31,7 @@ def _pyplot():
     return plt
 
 
-def plot_firing_rates(rates: FiringRates, title: str | None = None):
+def plot_firing_rates(rates: FiringRates, title: str | None = None) -> Figure:
     """Firing rate per layer (bars) and per layer and time step (heat map); a ``Figure``."""
     plt = _pyplot()
     table = rates.per_layer()
@@ -94,7 +100,9 @@ def attention_maps(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
     return {name: rate.unflatten(-1, sizes[name]).cpu() for name, rate in maps.items()}
 
 
-def plot_attention(image, maps: Tensor, title: str | None = None, alpha: float = 0.55):
+def plot_attention(
+    image: Image.Image | Tensor, maps: Tensor, title: str | None = None, alpha: float = 0.55
+) -> Figure:
     """One panel per head: ``maps [heads, h, w]`` upsampled over ``image``; a ``Figure``.
 
     ``image`` is a ``PIL.Image`` or a ``[3, H, W]`` tensor in ``[0, 1]`` (the image the model

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Table"]
 
@@ -87,7 +90,7 @@ class Table:
                 file.write(text)
         return text
 
-    def to_pandas(self):
+    def to_pandas(self) -> pd.DataFrame:
         """A ``pandas.DataFrame`` of the table (needs pandas: ``pip install pandas``)."""
         try:
             import pandas as pd

@@ -149,6 +149,8 @@ def test_event_models_get_a_simulated_saccade_of_the_image():
     assert image_input(model, image, input_size=32).shape == (1, 5, 2, 32, 32)
     with pytest.raises(ValueError, match="at least 2 channels"):
         events_from_image(image, 1, 1, (8, 8))
+    with pytest.raises(ValueError, match="time_steps must be >= 1, got 0"):
+        events_from_image(image, 0, 2, (8, 8))
 
 
 def test_checkpoint_weights_are_the_ones_profiled(tmp_path, capsys):
