@@ -259,7 +259,7 @@ def test_spike_test_and_energy_presets():
 
 
 @pytest.mark.parametrize(
-    ("name", "size"), [("sdt_8_768", 64), ("spikingresformer_s", 64), ("sdt_2_256_cifar", 32)]
+    ("name", "size"), [("sdt_8_768", 32), ("spikingresformer_s", 32), ("sdt_2_256_cifar", 32)]
 )
 def test_dense_mac_totals_agree_with_flop_counter_mode(name, size):
     """At a reduced input size and T=1, to stay cheap: MACs scale with the resolution alike."""

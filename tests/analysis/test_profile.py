@@ -56,7 +56,8 @@ def test_profile_runs_on_every_registered_model(name, capsys):
 
 
 def test_table_output_of_the_default_image(capsys):
-    code, out, _ = profile(capsys, "sdt_2_256_cifar", "--time-steps", "2", "--batch-size", "2")
+    args = ["--time-steps", "2", "--batch-size", "2", "--backend", "torch", "--repeats", "1"]
+    code, out, _ = profile(capsys, "sdt_2_256_cifar", *args)
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("sdt_2_256_cifar: random weights")
@@ -65,6 +66,7 @@ def test_table_output_of_the_default_image(capsys):
     # only the first conv (3x3, 3 -> 32 channels) reads real values: T x 32x32 x 32 x 27
     assert lines[3] == "MACs        1.769 M  (real-valued inputs, full cost)"
     assert "pJ x MACs + 0.9 pJ x SOPs (45nm-fp32)" in lines[5]
+    assert "(batch 2, cpu, median of 1)" in lines[9]
     assert lines[-1].startswith("| head_lif ") and " t1 |" in out
 
 
