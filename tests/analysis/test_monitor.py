@@ -1,12 +1,14 @@
 """FiringRateMonitor: per layer, per step and per head, against the recorded spikes themselves."""
 
+import sys
+
 import pytest
 import torch
 from conftest import TIME_STEPS, TINY_MODELS, spiking
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spikezoo.analysis import FiringRateMonitor, Table, spiking_neurons
+from spikezoo.analysis import FiringRateMonitor, Table, plot_firing_rates, spiking_neurons
 from spikezoo.layers import DSSA, SDSA
 
 
@@ -133,3 +135,13 @@ def test_table_checks_its_rows():
     table = Table(["name", "value"], [["x", 1.5], ["y", None]])
     assert table.to_csv() == "name,value\r\nx,1.5\r\ny,\r\n"
     assert list(table) == [{"name": "x", "value": 1.5}, {"name": "y", "value": None}]
+
+
+def test_optional_packages_are_named_when_missing(monkeypatch, images):
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r"pip install 'spikezoo-vit\[analysis\]'"):
+        Table(["a"], [[1]]).to_pandas()
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    rates = FiringRateMonitor(spiking(TINY_MODELS["sdt"](), images)).run(images, progress=False)
+    with pytest.raises(ImportError, match=r"plots need matplotlib: pip install"):
+        plot_firing_rates(rates)

@@ -271,3 +271,10 @@ def test_dense_mac_totals_agree_with_flop_counter_mode(name, size):
         model(images)
     macs = flops.get_total_flops() / 2
     assert counter.report().dense_macs == pytest.approx(macs, rel=0.01)
+
+
+def test_spike_product_modules_hold_no_state():
+    for module in (SpikingMatmul(), SpikingHadamard(), SpikingSum(dim=-2)):
+        assert module.state_dict() == {} and not list(module.parameters())
+    keys = TINY_MODELS["sdt"]().state_dict().keys() | TINY_MODELS["resformer"]().state_dict().keys()
+    assert not [k for k in keys if any(p in k for p in ("matmul", "kv_product", "kv_sum", "mask"))]
