@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         help="neuron backend for every neuron: auto, torch, inductor (default: as built)",
     )
+    parser.add_argument("--device", help="where to run, e.g. cpu, cuda:0 (default: cuda if any)")
     parser.add_argument(
         "--energy", default="45nm-fp32", help="energy preset (E_MAC, E_AC), default 45nm-fp32"
     )
@@ -69,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandError(str(error), hint="give a PNG or JPEG file with --image") from None
 
+    device = _device(args.device)
     torch.manual_seed(0)
-    model = _create_model(name, args)
+    model = _create_model(name, args).to(device)
     if args.backend is not None:
         _set_backend(model, args.backend)
     try:
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         sample = image_input(model, image, args.input_size, args.time_steps)
     except ValueError as error:
         raise CommandError(f"{image_path}: {error}" if args.image else str(error)) from None
+    sample = sample.to(device)
     if not (args.pretrained or args.checkpoint):
         calibrate_batchnorm(model, sample)
     inputs = sample.expand(args.batch_size, *sample.shape[1:]).contiguous()
@@ -119,6 +122,20 @@ def _create_model(name: str, args: argparse.Namespace):
         raise CommandError(
             f"could not load {name} weights from {str(args.checkpoint)!r}: {error}"
         ) from error
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CommandError(f"unknown device {name!r}", hint="e.g. cpu, cuda, cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
 
 
 def _set_backend(model, backend: str) -> None:

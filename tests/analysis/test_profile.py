@@ -22,6 +22,7 @@ from spikezoo.analysis.profile import profile_model
 from spikezoo.cli import main
 
 FAST = ["--input-size", "32", "--time-steps", "1", "--backend", "torch", "--repeats", "1"]
+FAST += ["--device", "cpu"]
 
 
 def profile(capsys, *args):
@@ -123,6 +124,11 @@ def test_bad_input_is_one_line_naming_the_problem(tmp_path, capsys, monkeypatch)
     assert code == 1 and "multiples of 16, got 40x40" in one_error_line(err)
     code, _, err = profile(capsys, "sdt_2_256_cifar", "--energy", "7nm")
     assert code == 1 and "unknown energy preset '7nm'" in one_error_line(err)
+    code, _, err = profile(capsys, "sdt_2_256_cifar", "--device", "tpu:x")
+    assert code == 1 and "unknown device 'tpu:x'" in one_error_line(err)
+    if not torch.cuda.is_available():
+        code, _, err = profile(capsys, "sdt_2_256_cifar", "--device", "cuda")
+        assert code == 1 and "CUDA is not available" in one_error_line(err)
     code, _, err = profile(capsys, "sdt_2_256_cifar", "--backend", "gpu")
     assert code == 1 and "unknown backend 'gpu'" in one_error_line(err)
     code, _, err = profile(capsys, "sdt_2_256_cifar", "--checkpoint", str(tmp_path))
