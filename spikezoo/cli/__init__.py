@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "convert": "spikezoo.cli.convert",
     "push": "spikezoo.cli.push",
     "publish": "spikezoo.cli.publish",
+    "profile": "spikezoo.cli.profile",
 }
 
 DEBUG_HINT = "run again with --debug for the traceback"

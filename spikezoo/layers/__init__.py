@@ -27,6 +27,7 @@ from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.dssa import DSSA, Downsample, freeze_firing_rates
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
 from spikezoo.layers.sdsa import SDSA, erode
+from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
 from spikezoo.layers.sps import SPS, parse_pooling
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, PerStep, check_tbchw, per_step
 
@@ -42,7 +43,10 @@ __all__ = [
     "DropPath",
     "NeuronFactory",
     "PerStep",
+    "SpikingHadamard",
     "SpikingMLP",
+    "SpikingMatmul",
+    "SpikingSum",
     "check_tbchw",
     "erode",
     "freeze_firing_rates",

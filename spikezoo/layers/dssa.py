@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from spikezoo.layers._arguments import divides, fraction, positive_int
 from spikezoo.layers.defaults import RESFORMER_NEURON
+from spikezoo.layers.spike_products import SpikingMatmul
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
 __all__ = ["DSSA", "Downsample", "freeze_firing_rates"]
@@ -89,7 +90,9 @@ class DSSA(nn.Module):
         self.register_buffer("_initialised_attn", torch.tensor(False), persistent=False)
         self.in_lif = neuron()
         self.patch_proj = ConvBN(dim, 2 * dim, patch_size, stride=patch_size, padding=0)
+        self.attn_matmul = SpikingMatmul()
         self.attn_lif = neuron()
+        self.out_matmul = SpikingMatmul()
         self.proj = ConvBN(dim, dim, neuron=neuron)
         self.drop_path = DropPath(drop_path)
 
@@ -109,11 +112,11 @@ class DSSA(nn.Module):
         s = rearrange(s, "t b (heads d) h w -> t b heads d (h w)", heads=self.num_heads)
 
         rate_x = firing_rate(self.firing_rate_x, self._initialised_x, s, self.momentum, update)
-        attn = self.attn_lif(y1.transpose(-1, -2) @ s * _scale(rate_x, head_dim))
+        attn = self.attn_lif(self.attn_matmul(y1.transpose(-1, -2), s) * _scale(rate_x, head_dim))
         rate_attn = firing_rate(
             self.firing_rate_attn, self._initialised_attn, attn, self.momentum, update
         )
-        out = y2 @ attn * _scale(rate_attn, num_patches)
+        out = self.out_matmul(y2, attn) * _scale(rate_attn, num_patches)
         out = rearrange(out, "t b heads d (h w) -> t b (heads d) h w", h=height)
         return x + self.drop_path(self.proj(out))
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from spikezoo.layers._arguments import divides, positive_int
 from spikezoo.layers.defaults import SDT_NEURON
+from spikezoo.layers.spike_products import SpikingHadamard, SpikingSum
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
 __all__ = ["SDSA", "erode"]
@@ -70,7 +71,10 @@ class SDSA(nn.Module):
         self.k_lif = neuron()
         self.v = ConvBN(dim, dim)
         self.v_lif = neuron()
+        self.kv_product = SpikingHadamard()
+        self.kv_sum = SpikingSum(dim=-2)
         self.kv_lif = neuron(v_threshold=kv_threshold)
+        self.q_mask = SpikingHadamard()
         self.proj = ConvBN(dim, dim, bias=True)
         self.drop_path = DropPath(drop_path)
 
@@ -88,11 +92,11 @@ class SDSA(nn.Module):
             rearrange(t, "t b (heads d) h w -> t b heads (h w) d", heads=self.num_heads)
             for t in (q, k, v)
         )
-        kv = k * v
+        kv = self.kv_product(k, v)
         if self.dvs:
             kv = erode(kv)
-        kv = self.kv_lif(kv.sum(dim=-2, keepdim=True))
-        out = q * kv
+        kv = self.kv_lif(self.kv_sum(kv))
+        out = self.q_mask(q, kv)
         if self.dvs:
             out = erode(out)
         out = rearrange(out, "t b heads (h w) d -> t b (heads d) h w", h=height)

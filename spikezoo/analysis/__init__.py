@@ -1,0 +1,66 @@
+"""Spike analysis: firing rates, synaptic operations, energy, attention maps and profiles.
+
+``FiringRateMonitor`` records per-layer, per-step and per-head firing rates; ``OpCounter``
+counts SOPs and MACs and turns them into energy; ``profile_model`` does both and measures
+throughput (the ``spikezoo profile`` command). See ``docs/analysis.md`` for the accounting.
+"""
+
+from spikezoo.analysis.energy import DEFAULT_ENERGY, ENERGY_PRESETS, EnergyModel, get_energy_model
+from spikezoo.analysis.inputs import (
+    SAMPLE_IMAGE,
+    events_from_image,
+    image_input,
+    is_event_model,
+    load_image,
+    sample_image_path,
+)
+from spikezoo.analysis.monitor import (
+    HEAD_LAYOUTS,
+    FiringRateMonitor,
+    FiringRates,
+    NeuronRecord,
+    spiking_neurons,
+)
+from spikezoo.analysis.ops import (
+    OP_RULES,
+    LayerOps,
+    OpCount,
+    OpCounter,
+    OpReport,
+    is_spike_tensor,
+    register_op_rule,
+)
+from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
+from spikezoo.analysis.profile import ModelProfile, profile_model
+from spikezoo.analysis.report import Table
+
+__all__ = [
+    "DEFAULT_ENERGY",
+    "ENERGY_PRESETS",
+    "HEAD_LAYOUTS",
+    "OP_RULES",
+    "SAMPLE_IMAGE",
+    "EnergyModel",
+    "FiringRateMonitor",
+    "FiringRates",
+    "LayerOps",
+    "ModelProfile",
+    "NeuronRecord",
+    "OpCount",
+    "OpCounter",
+    "OpReport",
+    "Table",
+    "attention_maps",
+    "events_from_image",
+    "get_energy_model",
+    "image_input",
+    "is_event_model",
+    "is_spike_tensor",
+    "load_image",
+    "plot_attention",
+    "plot_firing_rates",
+    "profile_model",
+    "register_op_rule",
+    "sample_image_path",
+    "spiking_neurons",
+]
