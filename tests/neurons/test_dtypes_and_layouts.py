@@ -211,30 +211,51 @@ def _compare_compiled(net: nn.Module, x: torch.Tensor, compiled: nn.Module, rtol
         torch.testing.assert_close(grads_compiled[name], p.grad, rtol=rtol, atol=atol, msg=name)
 
 
+def _dyadic_(net: nn.Module, seed: int) -> nn.Module:
+    """Set every parameter to multiples of 1/8 in [-1, 1], in place.
+
+    With dyadic inputs too, every product and sum of the layers below is exact in float32 and
+    float64, in any summation order, with or without fused multiply-adds; so is the LIF update
+    with ``tau`` a power of two. The membranes, and with them the spikes (ties included), are
+    then the same on every machine and for every compiled kernel.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randint(-8, 9, p.shape, generator=gen) / 8)
+    return net
+
+
+def _dyadic_input(*shape: int, dtype=torch.float32) -> torch.Tensor:
+    """Multiples of 1/4 in [-3, 3]."""
+    gen = torch.Generator().manual_seed(11)
+    return (torch.randint(-12, 13, shape, generator=gen) / 4).to(dtype)
+
+
 def test_torch_compile_of_a_model_matches_eager():
     """The default (inductor) torch.compile of a model with a neuron on its default backend."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 6), MultiStepLIF())
-    x = torch.randn(3, 4, 5) * 3
+    net = _dyadic_(nn.Sequential(nn.Linear(5, 6), MultiStepLIF()), seed=0)
+    x = _dyadic_input(3, 4, 5)
     _compare_compiled(net, x, torch.compile(net, fullgraph=True), rtol=1e-5, atol=1e-6)
 
 
 def test_torch_compile_traces_every_neuron_kind_without_graph_breaks():
     """Dynamo + AOTAutograd (the compiler front end, no code generation: cheap) on all kinds,
     including PLIF's learned decay, soft reset and an attached reset."""
-    torch.manual_seed(0)
     net = nn.Sequential(
         nn.Linear(5, 6),
-        MultiStepLIF(tau=1.5, v_reset=None),
+        MultiStepLIF(tau=4.0, v_reset=None),
         nn.Linear(6, 6),
         MultiStepIF(v_reset=-0.2, surrogate="atan"),
         nn.Linear(6, 4),
         MultiStepPLIF(surrogate="atan", detach_reset=False),
     ).double()
+    _dyadic_(net, seed=1)
     with torch.no_grad():
+        net[5].w.zero_()  # PLIF decay sigmoid(0) = 1/2: exact
         net[2].bias += 0.5
         net[4].bias += 2.0
-    x = torch.randn(3, 4, 5, dtype=torch.float64) * 3
+    x = _dyadic_input(3, 4, 5, dtype=torch.float64)
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
     _compare_compiled(net, x, compiled, rtol=1e-12, atol=1e-14)
 
