@@ -231,13 +231,18 @@ class SpikingVisionModel(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the linear head (``num_classes=0``: none) and optionally the pooling."""
+        """Replace the linear head (``num_classes=0``: none) and optionally the pooling.
+
+        The new head takes the device, dtype and training mode of the model.
+        """
         num_classes = _check_num_classes(num_classes)
         if global_pool is not None:
             _check_choice("global_pool", global_pool, ("avg", ""))
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = self._make_head(self.num_features, num_classes)
+        like = next(self.parameters())
+        head = self._make_head(self.num_features, num_classes)
+        self.head = head.to(device=like.device, dtype=like.dtype).train(self.training)
 
     def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
         raise NotImplementedError

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from timm.layers import to_2tuple, trunc_normal_
 from timm.models import register_model
 from torch import Tensor, nn
@@ -77,6 +78,8 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         global_pool: ``"avg"`` or ``""`` (per-token logits).
         per_step_logits: return ``[T, B, K]`` instead of the time average.
         feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
+        device: device of the parameters and buffers (timm's factory argument).
+        dtype: floating-point dtype of the parameters and buffers (timm's factory argument).
     """
 
     feature_units = "blocks"
@@ -98,6 +101,8 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         global_pool: str = "avg",
         per_step_logits: bool = False,
         feature_time_reduction: str = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
@@ -120,6 +125,7 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         self.head_lif = make_neuron()
         self.head = self._make_head(embed_dim, num_classes)
         self.apply(_init_conv)
+        self.to(device=device, dtype=dtype)
 
     @property
     def size_multiple(self) -> int:

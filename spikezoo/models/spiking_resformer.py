@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+import torch
 from timm.layers import to_2tuple, trunc_normal_
 from timm.models import register_model
 from torch import Tensor, nn
@@ -61,6 +62,8 @@ class SpikingResformer(SpikingVisionModel):
         global_pool: ``"avg"`` or ``""`` (per-token logits).
         per_step_logits: return ``[T, B, K]`` instead of the time average.
         feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
+        device: device of the parameters and buffers (timm's factory argument).
+        dtype: floating-point dtype of the parameters and buffers (timm's factory argument).
     """
 
     feature_units = "stages"
@@ -82,6 +85,8 @@ class SpikingResformer(SpikingVisionModel):
         global_pool: str = "avg",
         per_step_logits: bool = False,
         feature_time_reduction: str = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
@@ -139,6 +144,7 @@ class SpikingResformer(SpikingVisionModel):
         self.head_lif = nn.Identity()
         self.head = self._make_head(self.num_features, num_classes)
         self.apply(_init_weights)
+        self.to(device=device, dtype=dtype)
 
     @property
     def size_multiple(self) -> int:

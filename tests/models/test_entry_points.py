@@ -132,3 +132,20 @@ def test_in_chans_1(name):
     model = timm.create_model(name, in_chans=1, time_steps=1)
     out = model(_small_input(model, batch=1))
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["sdt_2_256_cifar", "spikingresformer_cifar"])
+def test_factory_device_and_dtype_reach_every_tensor_and_new_heads(name):
+    model = timm.create_model(name, device="meta", dtype=torch.float64).eval()
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert all(t.device.type == "meta" for t in tensors.values())
+    assert all(t.dtype == torch.float64 for t in tensors.values() if t.is_floating_point())
+    model.reset_classifier(3)
+    head = model.get_classifier()
+    assert (head.weight.device.type, head.weight.dtype, head.training) == (
+        "meta",
+        torch.float64,
+        False,
+    )
+    with pytest.raises(TypeError, match="not_a_model_arg"):
+        timm.create_model(name, device="meta", not_a_model_arg=1)
