@@ -10,10 +10,10 @@ backend against ``"torch"`` (the neuron-level comparisons are in
 import pytest
 import timm
 import torch
-from cuda_cases import assert_model_cupy_matches_torch
 
 import spikezoo  # noqa: F401
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
+from tests.cuda_cases import assert_model_cupy_matches_torch
 
 pytestmark = [
     pytest.mark.cuda,

@@ -4,12 +4,12 @@ import sys
 
 import pytest
 import torch
-from conftest import TIME_STEPS, TINY_MODELS, spiking
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spikezoo.analysis import FiringRateMonitor, Table, plot_firing_rates, spiking_neurons
 from spikezoo.layers import DSSA, SDSA
+from tests.analysis.tiny_models import TIME_STEPS, TINY_MODELS, spiking
 
 
 def record_spikes(model):

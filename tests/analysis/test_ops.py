@@ -7,7 +7,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import TIME_STEPS, TINY_MODELS, eager, spiking
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -20,6 +19,7 @@ from spikezoo.analysis import (
 )
 from spikezoo.layers import SpikingHadamard, SpikingMatmul, SpikingSum
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron
+from tests.analysis.tiny_models import TIME_STEPS, TINY_MODELS, eager, spiking
 
 COUNTED = (nn.Conv2d, nn.Linear, SpikingMatmul, SpikingHadamard, SpikingSum)
 

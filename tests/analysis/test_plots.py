@@ -3,13 +3,13 @@
 import matplotlib
 import pytest
 import torch
-from conftest import TINY_MODELS, spiking
 from einops import rearrange
 from torch import nn
 
 from spikezoo.analysis import FiringRateMonitor
 from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
 from spikezoo.layers import DSSA, SDSA
+from tests.analysis.tiny_models import TINY_MODELS, spiking
 
 matplotlib.use("Agg")
 

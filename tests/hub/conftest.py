@@ -21,7 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from hub_helpers import point_hub_at
+
+from tests.hub.hub_helpers import point_hub_at
 
 
 class _Server(ThreadingHTTPServer):

@@ -9,9 +9,9 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import timm
 import torch
-from reference import REFERENCE_DIR, load_case
 
 from spikezoo.hub import read_checkpoint
+from tests.reference import REFERENCE_DIR, load_case
 
 
 @dataclass

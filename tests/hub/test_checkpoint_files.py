@@ -6,10 +6,10 @@ import os
 import pytest
 import timm
 import torch
-from reference import REFERENCE_DIR
 from safetensors.torch import save_file
 
 from spikezoo.hub import CheckpointFileError, read_checkpoint
+from tests.reference import REFERENCE_DIR
 
 TINY = dict(embed_dim=64, num_heads=4)
 

@@ -10,13 +10,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from hub_helpers import (
-    assert_same_state,
-    cache_entries,
-    logits,
-    point_hub_at,
-    tiny_authors_file,
-)
 
 from spikezoo.hub import (
     AUTHORS_FILES,
@@ -27,6 +20,13 @@ from spikezoo.hub import (
     push_folder,
 )
 from spikezoo.hub.convert import file_sha256
+from tests.hub.hub_helpers import (
+    assert_same_state,
+    cache_entries,
+    logits,
+    point_hub_at,
+    tiny_authors_file,
+)
 
 FAMILIES = ["sdt", "resformer"]
 DRIVE_ID = "tiny-authors-file"
@@ -75,9 +75,8 @@ def test_second_run_with_hf_hub_offline_loads_from_the_cache(weights_env, monkey
     expected = logits(tiny.create())
     torch.save(expected, tmp_path / "expected.pt")
     script = f"""
-import sys, torch
-sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]}
-from hub_helpers import logits, tiny_authors_file
+import torch
+from tests.hub.hub_helpers import logits, tiny_authors_file
 from spikezoo.hub import AUTHORS_FILES
 assert "{tiny.tag}" in AUTHORS_FILES
 out = logits(tiny_authors_file("sdt").create())

@@ -5,8 +5,9 @@ import json
 import pytest
 import timm
 import torch
-from hub_helpers import assert_same_state, logits, tiny_authors_file
 from safetensors.torch import save_file
+
+from tests.hub.hub_helpers import assert_same_state, logits, tiny_authors_file
 
 TINY_CIFAR = dict(embed_dim=64, num_heads=4)
 

@@ -5,12 +5,12 @@ import os
 from pathlib import Path
 
 import pytest
-from hub_helpers import assert_same_state, tiny_authors_file
 from safetensors.torch import load_file, save_file
 
 from spikezoo.cli import main
 from spikezoo.hub import AUTHORS_FILES, read_manifest
 from spikezoo.hub.convert import file_sha256
+from tests.hub.hub_helpers import assert_same_state, tiny_authors_file
 
 REPO_ROOT = Path(__file__).parents[2]
 

@@ -5,13 +5,13 @@ import pickle
 import pytest
 import timm
 import torch
-from reference import REFERENCE_DIR, load_case
 
 import spikezoo  # noqa: F401
 from spikezoo.hub import CheckpointFileError
 from spikezoo.models import CheckpointMismatchError, guess_architecture
 from spikezoo.models import spike_driven_transformer as sdt
 from spikezoo.models import spiking_resformer as resformer
+from tests.reference import REFERENCE_DIR, load_case
 
 ORIGINAL_FILES = [
     ("sdt_imagenet_tiny", "sdt_imagenet_tiny.pth.tar", sdt),

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from reference import CASES, load_case
 
 from spikezoo.models import spike_driven_transformer, spiking_resformer
+from tests.reference import CASES, load_case
 
 TOLERANCE = dict(rtol=1e-6, atol=1e-9)
 

@@ -1,7 +1,8 @@
 import shutil
 
 import pytest
-from cuda_cases import load_host_library
+
+from tests.cuda_cases import load_host_library
 
 
 @pytest.fixture(scope="session")

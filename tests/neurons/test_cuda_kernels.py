@@ -20,7 +20,10 @@ import shutil
 
 import pytest
 import torch
-from cuda_cases import (
+
+from spikezoo.neurons.backends import cupy as cupy_backend
+from spikezoo.neurons.dynamics import NeuronConfig, backward_sequence, forward_sequence
+from tests.cuda_cases import (
     CONFIG_NAMES,
     CONFIGS,
     DTYPES,
@@ -33,9 +36,6 @@ from cuda_cases import (
     make_config,
     random_case,
 )
-
-from spikezoo.neurons.backends import cupy as cupy_backend
-from spikezoo.neurons.dynamics import NeuronConfig, backward_sequence, forward_sequence
 
 # ---------------------------------------------------------------- the source compiles
 

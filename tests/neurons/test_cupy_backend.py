@@ -24,7 +24,13 @@ import numpy as np
 import pytest
 import timm
 import torch
-from cuda_cases import (
+
+import spikezoo  # noqa: F401  (registers the models)
+from spikezoo.neurons import MultiStepLIF, multistep_if, multistep_lif, multistep_plif
+from spikezoo.neurons import backends as registry
+from spikezoo.neurons.backends import cupy as cupy_backend
+from spikezoo.neurons.dynamics import NeuronConfig
+from tests.cuda_cases import (
     CONFIG_NAMES,
     CONFIGS,
     DTYPES,
@@ -36,12 +42,6 @@ from cuda_cases import (
     make_config,
     random_case,
 )
-
-import spikezoo  # noqa: F401  (registers the models)
-from spikezoo.neurons import MultiStepLIF, multistep_if, multistep_lif, multistep_plif
-from spikezoo.neurons import backends as registry
-from spikezoo.neurons.backends import cupy as cupy_backend
-from spikezoo.neurons.dynamics import NeuronConfig
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
