@@ -98,7 +98,8 @@ def forward_sequence(
     for t in range(x.shape[0]):
         h = charge(x[t].to(v.dtype), v, k, cfg)
         fired = h >= cfg.v_threshold
-        spikes.append(torch.where(h.isnan(), h, fired).to(x.dtype))  # a NaN membrane spikes NaN
+        # A NaN membrane spikes NaN (h != h only for NaN; unlike isnan, it vectorises in inductor).
+        spikes.append(torch.where(h != h, h, fired).to(x.dtype))
         if keep_charged:
             charged.append(h)
         v = reset(h, fired, cfg)
