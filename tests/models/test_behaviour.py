@@ -206,10 +206,13 @@ def test_never_estimated_dssa_rates_give_finite_gradients(mode):
     # batch's own rate and leaves its buffers alone (the authors' scale is infinite here)
     model = timm.create_model("spikingresformer_cifar", num_classes=10, time_steps=1)
     model.train(mode == "frozen_training")
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
     with freeze_firing_rates(model):
-        out = model(torch.randn(2, 3, 32, 32))
+        out = model(x)
         out.square().sum().backward()
     assert torch.isfinite(out).all()
+    # the authors' infinite scale sent input gradients to ~1e33 before they turned NaN
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() < 1e6
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
     layers = [m for m in model.modules() if isinstance(m, DSSA)]
