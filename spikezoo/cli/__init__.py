@@ -27,6 +27,8 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: dict[str, str] = {
     "list": "spikezoo.cli.listing",
     "demo": "spikezoo.cli.demo",
+    "train": "spikezoo.cli.train",
+    "validate": "spikezoo.cli.validate",
 }
 
 DEBUG_HINT = "run again with --debug for the traceback"
