@@ -8,6 +8,7 @@ naming the closest known key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -80,6 +81,7 @@ class DataConfig:
         workers: DataLoader worker processes.
         auto_augment: timm's RandAugment string, e.g. ``"rand-m9-n1-mstd0.4-inc1"``.
         hflip: horizontal flip probability of the training transform.
+        color_jitter: colour jitter strength (timm turns it off when ``auto_augment`` is set).
         scale: RandomResizedCrop area range of the training transform.
         ratio: RandomResizedCrop aspect-ratio range.
         interpolation: resize interpolation of the image transforms.
@@ -100,6 +102,7 @@ class DataConfig:
     workers: int = 0
     auto_augment: str | None = None
     hflip: float = 0.5
+    color_jitter: float = 0.4
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     interpolation: str = "bicubic"
@@ -162,6 +165,7 @@ class LossConfig:
         cutmix: CutMix alpha (0: off).
         mixup_prob: probability of applying Mixup or CutMix to a batch.
         mixup_switch_prob: probability of CutMix instead of Mixup when both are on.
+        mixup_off_epoch: turn Mixup/CutMix off from this epoch on (0: never).
         tet: Temporal Efficient Training (Deng et al., ICLR 2022): the loss of every time
             step's logits ``[T, B, K]`` instead of the time average's.
         tet_lambda: weight of TET's MSE term pulling the per-step logits towards ``tet_phi``.
@@ -173,6 +177,7 @@ class LossConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
+    mixup_off_epoch: int = 0
     tet: bool = False
     tet_lambda: float = 0.0
     tet_phi: float = 1.0
@@ -208,7 +213,7 @@ class RunConfig:
         deterministic: ask torch for deterministic algorithms.
         progress: show a progress bar per epoch (rank 0).
         tensorboard: write TensorBoard events when ``tensorboard`` is installed.
-        plot: plot the curves to ``curves.png`` at the end.
+        plot: plot the curves to ``curves.png`` at the end (when matplotlib is installed).
         eval_every: validate every this many epochs (and after the last).
     """
 
@@ -270,6 +275,9 @@ def _check_type(key: str, value: Any, annotation: str) -> Any:
         if "None" in annotation:
             return None
         raise RecipeError(f"recipe key '{key}' expects {annotation}, got null")
+    if annotation.startswith("float") and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
     expected = {"int": int, "float": (int, float), "bool": bool, "str": str}
     for name in ("bool", "int", "float", "str"):
         if annotation.startswith(name) and name in expected:

@@ -100,6 +100,7 @@ def _transforms(config: DataConfig, dataset: str) -> tuple:
         is_training=True,
         auto_augment=config.auto_augment,
         hflip=config.hflip,
+        color_jitter=config.color_jitter,
         scale=tuple(config.scale),
         ratio=tuple(config.ratio),
         **common,

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import difflib
 import hashlib
+import importlib.util
 import math
 import random
 from collections.abc import Callable
@@ -277,6 +278,8 @@ def _train(config: Config, context: DistributedContext) -> dict[str, float]:
     for epoch in range(start_epoch, stop):
         network.train()
         sampler.set_epoch(epoch)
+        if mixup is not None and config.loss.mixup_off_epoch:
+            mixup.mixup_enabled = epoch < config.loss.mixup_off_epoch
         loss_sum = torch.zeros(2, dtype=torch.float64)
         bar = tqdm(
             train_loader,
@@ -362,7 +365,7 @@ def _train(config: Config, context: DistributedContext) -> dict[str, float]:
                 print(f"epoch {epoch + 1}/{epochs}: {summary}", flush=True)
     if context.is_main:
         log.close()
-        if run.plot and log.rows:
+        if run.plot and log.rows and importlib.util.find_spec("matplotlib") is not None:
             plot_curves(log.path, output / "curves.png")
     return dict(metrics, best_top1=best_top1)
 

@@ -17,7 +17,7 @@ class RunLog:
         tensorboard: also write TensorBoard events to ``<output>/tb`` if ``tensorboard`` is
             installed.
         append: keep the rows of a run being resumed (rows after ``start_epoch`` are dropped).
-        start_epoch: the first epoch this process will log.
+        start_epoch: the number of epochs already done (rows are numbered from 1).
     """
 
     def __init__(
@@ -28,12 +28,12 @@ class RunLog:
         self.rows: list[dict[str, str]] = []
         if append and self.path.exists():
             with self.path.open(newline="") as file:
-                self.rows = [r for r in csv.DictReader(file) if int(r["epoch"]) < start_epoch]
+                self.rows = [r for r in csv.DictReader(file) if int(r["epoch"]) <= start_epoch]
         self.writer = None
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(output) / "tb"), purge_step=start_epoch)
+            self.writer = SummaryWriter(str(Path(output) / "tb"), purge_step=start_epoch + 1)
         self._rewrite()
 
     def _rewrite(self) -> None:
