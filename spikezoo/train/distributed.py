@@ -9,7 +9,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "all_gather_objects", "init_distributed", "reduce_sum"]
+__all__ = [
+    "DistributedContext",
+    "all_gather_objects",
+    "init_distributed",
+    "reduce_sum",
+    "synchronize_buffers",
+]
 
 
 @dataclass(frozen=True)
@@ -78,3 +84,19 @@ def all_gather_objects(value: Any, context: DistributedContext) -> list[Any]:
     gathered: list[Any] = [None] * context.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def synchronize_buffers(model: torch.nn.Module, context: DistributedContext) -> None:
+    """Make every rank's buffers equal: BatchNorm statistics averaged (timm's
+    ``distribute_bn``), the other buffers (e.g. DSSA firing rates) copied from rank 0.
+
+    DDP keeps the parameters in sync, but each rank updates its buffers from its own shard.
+    """
+    if not context.distributed:
+        return
+    from timm.utils import distribute_bn
+
+    distribute_bn(model, context.world_size, reduce=True)
+    for name, buffer in model.named_buffers():
+        if "running_mean" not in name and "running_var" not in name:
+            dist.broadcast(buffer, 0)

@@ -33,6 +33,7 @@ from spikezoo.train.distributed import (
     all_gather_objects,
     init_distributed,
     reduce_sum,
+    synchronize_buffers,
 )
 from spikezoo.train.logs import RunLog, plot_curves
 
@@ -320,6 +321,9 @@ def _train(config: Config, context: DistributedContext) -> dict[str, float]:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         if scheduler is not None:
             scheduler.step(epoch + 1)
+        synchronize_buffers(model, context)
+        if ema is not None:
+            synchronize_buffers(ema.module, context)
         total, count = reduce_sum(loss_sum, context).tolist()
         metrics = dict(train_loss=total / count, lr=optimizer.param_groups[0]["lr"])
         if (epoch + 1) % run.eval_every == 0 or epoch + 1 == epochs:
