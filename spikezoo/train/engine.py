@@ -84,7 +84,12 @@ def build_model(config: Config, datasets: Datasets) -> nn.Module:
     else:
         source = read_training_checkpoint(finetune.checkpoint)
         classes = finetune.num_classes or source.get("num_classes")
-        overlay = dict(file=str(finetune.checkpoint), num_classes=classes)
+        size = config.data.img_size
+        overlay = dict(
+            file=str(finetune.checkpoint),
+            num_classes=classes,
+            input_size=(kwargs["in_chans"], size, size),
+        )
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     if config.model.neuron_backend != "auto":
         for module in model.modules():
