@@ -71,7 +71,8 @@ class DataConfig:
 
     Attributes:
         dataset: ``"digits"`` (scikit-learn, offline), ``"cifar10"``, ``"cifar100"``,
-            ``"imagefolder"`` (``root/train`` and ``root/val``).
+            ``"imagefolder"`` (``root/train`` and ``root/val``), ``"dvs128_gesture"`` or
+            ``"cifar10_dvs"`` (event frames ``[T, 2, H, W]`` through spikingjelly).
         root: the dataset folder (not used by ``digits``).
         download: let torchvision download CIFAR into ``root``.
         img_size: input size (digits are upsampled from 8x8 to it).
@@ -109,6 +110,7 @@ class DataConfig:
     crop_pct: float = 1.0
     mean: list[float] | None = None
     std: list[float] | None = None
+    time_steps: int = 16
     classes: list[int] | None = None
     subset: int | None = None
 

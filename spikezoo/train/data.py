@@ -1,4 +1,5 @@
-"""Datasets and loaders: scikit-learn digits (offline), torchvision CIFAR and ImageFolder.
+"""Datasets and loaders: scikit-learn digits (offline), torchvision CIFAR and ImageFolder,
+and event data (DVS128 Gesture, CIFAR10-DVS) integrated to frames by spikingjelly.
 
 Every loader shards with :class:`~torch.utils.data.DistributedSampler` (one process is a
 world of one), so the sample order depends only on the seed and the epoch and a resumed run
@@ -17,17 +18,22 @@ from spikezoo.train.config import DataConfig
 from spikezoo.train.distributed import DistributedContext
 
 __all__ = [
+    "CIFAR10_DVS_TRAIN_FRACTION",
     "DATASETS",
     "DIGITS_TEST_SIZE",
     "DatasetError",
     "Datasets",
     "build_datasets",
     "build_loaders",
+    "cifar10_dvs_split",
     "load_digits_split",
 ]
 
 #: Names ``data.dataset`` accepts.
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "dvs128_gesture", "cifar10_dvs")
+
+#: Fraction of each CIFAR10-DVS class used for training (the first files by name).
+CIFAR10_DVS_TRAIN_FRACTION = 0.9
 
 #: Test samples of the fixed digits split (stratified, ``random_state=0``).
 DIGITS_TEST_SIZE = 360
@@ -108,6 +114,65 @@ def _transforms(config: DataConfig, dataset: str) -> tuple:
     return train, create_transform(is_training=False, **common)
 
 
+class _Frames:
+    """spikingjelly's frames ``[T, 2, 128, 128]`` (NumPy) as a float tensor resized to ``size``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, frames) -> torch.Tensor:
+        frames = torch.as_tensor(frames, dtype=torch.float32)
+        if frames.shape[-1] != self.size or frames.shape[-2] != self.size:
+            frames = torch.nn.functional.interpolate(frames, size=(self.size, self.size))
+        return frames
+
+
+def cifar10_dvs_split(targets: list[int], fraction: float = CIFAR10_DVS_TRAIN_FRACTION):
+    """CIFAR10-DVS has no official split: per class, the first ``fraction`` of the samples in
+    spikingjelly's order (files sorted by name) train, the rest test. ``(train, test)`` indices.
+    """
+    train, test = [], []
+    for label in sorted(set(targets)):
+        members = [i for i, t in enumerate(targets) if t == label]
+        cut = int(len(members) * fraction)
+        train += members[:cut]
+        test += members[cut:]
+    return train, test
+
+
+def _event_datasets(config: DataConfig, root: Path) -> Datasets:
+    """Frames ``[T, 2, H, W]`` (``T = data.time_steps``, split by event count) from
+    spikingjelly's on-disk ``events_np`` folder of ``.npz`` files (``t``, ``x``, ``y``, ``p``).
+    """
+    if not (root / "events_np").is_dir() and not (root / "download").is_dir():
+        raise DatasetError(
+            f"dataset path '{root / 'events_np'}' does not exist (expected spikingjelly's "
+            "events_np/ folder, or the original files in download/)"
+        )
+    frames = dict(
+        data_type="frame",
+        frames_number=config.time_steps,
+        split_by="number",
+        transform=_Frames(config.img_size),
+    )
+    if config.dataset == "dvs128_gesture":
+        from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
+
+        train = DVS128Gesture(str(root), train=True, **frames)
+        test = DVS128Gesture(str(root), train=False, **frames)
+        return _finish(train, test, config, len(train.classes), 2)
+    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+
+    everything = CIFAR10DVS(str(root), **frames)
+    train_idx, test_idx = cifar10_dvs_split(everything.targets)
+    identity = {c: c for c in range(len(everything.classes))}
+    train = _Selection(everything, train_idx, identity)
+    test = _Selection(everything, test_idx, identity)
+    train.targets = [everything.targets[i] for i in train_idx]
+    test.targets = [everything.targets[i] for i in test_idx]
+    return _finish(train, test, config, len(everything.classes), 2)
+
+
 def _require_folder(path: Path, what: str) -> None:
     if not path.is_dir():
         raise DatasetError(f"dataset path '{path}' does not exist (expected {what})")
@@ -128,6 +193,8 @@ def build_datasets(config: DataConfig) -> Datasets:
     if config.root is None:
         raise DatasetError(f"data.root is required for data.dataset={config.dataset!r}")
     root = Path(config.root).expanduser()
+    if config.dataset in ("dvs128_gesture", "cifar10_dvs"):
+        return _event_datasets(config, root)
     train_transform, eval_transform = _transforms(config, config.dataset)
     from torchvision import datasets
 
