@@ -123,7 +123,9 @@ class _Frames:
     def __call__(self, frames) -> torch.Tensor:
         frames = torch.as_tensor(frames, dtype=torch.float32)
         if frames.shape[-1] != self.size or frames.shape[-2] != self.size:
-            frames = torch.nn.functional.interpolate(frames, size=(self.size, self.size))
+            frames = torch.nn.functional.interpolate(
+                frames, size=(self.size, self.size), mode="bilinear", antialias=True
+            )
         return frames
 
 

@@ -79,6 +79,9 @@ def test_committed_recipes_cover_the_papers():
         "resformer_cifar10",
         "resformer_cifar100",
         "sdt_finetune",
+        "sdt_dvs128_gesture",
+        "sdt_cifar10_dvs",
+        "resformer_dvs128_gesture",
     } <= recipes
 
 
