@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 
 import pytest
@@ -170,3 +171,17 @@ def test_finetune_into_a_new_head(digits_run, tmp_path):
     metrics = train(config)
     assert metrics["eval_top1"] > 90  # three classes, one epoch on a trained backbone
     assert read_training_checkpoint(tmp_path / "last.pth")["num_classes"] == 3
+
+
+def test_amp_progress_and_tensorboard(tmp_path, capsys):
+    metrics = train(
+        tiny_recipe(
+            tmp_path, "run.epochs=1", "run.amp=true", "run.progress=true", "run.tensorboard=true"
+        )
+    )
+    assert metrics["train_loss"] == pytest.approx(metrics["train_loss"])  # finite, not NaN
+    captured = capsys.readouterr()
+    assert "epoch 1/1: train_loss" in captured.out
+    assert "epoch 1/1" in captured.err  # the progress bar
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
