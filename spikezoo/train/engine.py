@@ -82,8 +82,7 @@ def build_model(config: Config, datasets: Datasets) -> nn.Module:
     if finetune.checkpoint is None:
         model = timm.create_model(name, **kwargs)
     else:
-        source = read_training_checkpoint(finetune.checkpoint)
-        classes = finetune.num_classes or source.get("num_classes")
+        classes = finetune.num_classes or _head_classes(finetune.checkpoint)
         size = config.data.img_size
         overlay = dict(
             file=str(finetune.checkpoint),
@@ -96,6 +95,27 @@ def build_model(config: Config, datasets: Datasets) -> nn.Module:
             if hasattr(module, "backend") and isinstance(module.backend, str):
                 module.backend = config.model.neuron_backend
     return model
+
+
+def _head_classes(path: str | Path) -> int:
+    """Classes of a checkpoint's head: its ``num_classes`` entry or ``head.weight`` rows."""
+    from spikezoo.models._checkpoint import unwrap_state_dict
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"finetune.checkpoint '{path}' does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"checkpoint '{path}' is unreadable: {reason}") from error
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("num_classes"), int):
+        return checkpoint["num_classes"]
+    head = unwrap_state_dict(checkpoint).get("head.weight")
+    if head is None:
+        raise CheckpointError(
+            f"checkpoint '{path}' has no head.weight; set finetune.num_classes to its head size"
+        )
+    return head.shape[0]
 
 
 def tet_loss(

@@ -185,3 +185,17 @@ def test_amp_progress_and_tensorboard(tmp_path, capsys):
     assert "epoch 1/1" in captured.err  # the progress bar
     if importlib.util.find_spec("tensorboard") is not None:
         assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_finetune_from_a_bare_state_dict(digits_run, tmp_path):
+    source, _ = digits_run
+    bare = tmp_path / "bare.pth"
+    torch.save(read_training_checkpoint(source / "best.pth")["state_dict"], bare)
+    from spikezoo.train import load_recipe
+
+    config = load_recipe("digits", [f"finetune.checkpoint={bare}", "data.classes=[0, 1]"])
+    model = build_model(config, build_datasets(config.data))
+    assert model.head.weight.shape[0] == 2
+    missing = load_recipe("digits", [f"finetune.checkpoint={tmp_path / 'none.pth'}"])
+    with pytest.raises(CheckpointError, match=r"none\.pth' does not exist"):
+        build_model(missing, build_datasets(missing.data))
