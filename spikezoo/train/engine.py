@@ -208,6 +208,8 @@ def _train(config: Config, context: DistributedContext) -> dict[str, float]:
     from tqdm import tqdm
 
     run = config.run
+    if config.model.sync_bn and context.device.type != "cuda":
+        raise RecipeError("model.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel)")
     output = Path(run.output)
     resume_path = _resume_path(config)
     # Read (and reject) the checkpoint before anything is built or written.
