@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from spikezoo.train.config import RecipeError
+
 __all__ = [
     "DistributedContext",
     "all_gather_objects",
@@ -56,10 +58,10 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"run.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise RecipeError(f"run.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("run.device is 'cuda' but torch sees no CUDA device")
+            raise RecipeError("run.device is 'cuda' but torch sees no CUDA device")
         torch.cuda.set_device(local_rank)
         torch_device = torch.device("cuda", local_rank)
     else:

@@ -10,6 +10,7 @@ import importlib.util
 import math
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,9 +200,33 @@ def train(config: Config) -> dict[str, float]:
             torch.distributed.destroy_process_group()
 
 
-def _train(config: Config, context: DistributedContext) -> dict[str, float]:
+def _loss(config: Config, num_classes: int) -> tuple[Any, Callable[[Tensor, Tensor], Tensor]]:
+    """timm's ``Mixup`` (or ``None``) and the training loss of ``(outputs, targets)``."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    loss = config.loss
+    mixup = None
+    if loss.mixup > 0 or loss.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=loss.mixup,
+            cutmix_alpha=loss.cutmix,
+            prob=loss.mixup_prob,
+            switch_prob=loss.mixup_switch_prob,
+            label_smoothing=loss.smoothing,
+            num_classes=num_classes,
+        )
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif loss.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(loss.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    if loss.tet:
+        return mixup, partial(tet_loss, criterion, lam=loss.tet_lambda, phi=loss.tet_phi)
+    return mixup, criterion
+
+
+def _train(config: Config, context: DistributedContext) -> dict[str, float]:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
@@ -271,28 +296,7 @@ def _train(config: Config, context: DistributedContext) -> dict[str, float]:
         device_ids = [context.local_rank] if context.device.type == "cuda" else None
         network = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    mixup = None
-    if config.loss.mixup > 0 or config.loss.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=config.loss.mixup,
-            cutmix_alpha=config.loss.cutmix,
-            prob=config.loss.mixup_prob,
-            switch_prob=config.loss.mixup_switch_prob,
-            label_smoothing=config.loss.smoothing,
-            num_classes=datasets.num_classes,
-        )
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif config.loss.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(config.loss.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
-
-    def loss_of(outputs: Tensor, targets: Tensor) -> Tensor:
-        if config.loss.tet:
-            return tet_loss(
-                criterion, outputs, targets, config.loss.tet_lambda, config.loss.tet_phi
-            )
-        return criterion(outputs, targets)
+    mixup, loss_of = _loss(config, datasets.num_classes)
 
     log = None
     if context.is_main:

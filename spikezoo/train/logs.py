@@ -40,8 +40,10 @@ class RunLog:
         if not self.rows:
             self.path.write_text("")
             return
+        # Epochs without evaluation (run.eval_every > 1) leave those columns empty.
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
         with self.path.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(self.rows[0]))
+            writer = csv.DictWriter(file, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(self.rows)
 

@@ -124,3 +124,9 @@ def test_imagefolder_needs_train_and_val(capsys, tmp_path):
     config = load_recipe(None, ["data.dataset=imagefolder", f"data.root={tmp_path}"])
     with pytest.raises(DatasetError, match=r"'.*val' does not exist"):
         build_datasets(config.data)
+
+
+def test_cli_unknown_device_is_one_line(capsys, tmp_path):
+    assert main(["train", "run.device=tpu", f"run.output={tmp_path}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "spikezoo train: error: run.device must be 'auto', 'cpu' or 'cuda', got 'tpu'"

@@ -199,3 +199,13 @@ def test_finetune_from_a_bare_state_dict(digits_run, tmp_path):
     missing = load_recipe("digits", [f"finetune.checkpoint={tmp_path / 'none.pth'}"])
     with pytest.raises(CheckpointError, match=r"none\.pth' does not exist"):
         build_model(missing, build_datasets(missing.data))
+
+
+def test_eval_every_leaves_gaps_in_the_log_and_the_plot_copes(tmp_path):
+    train(tiny_recipe(tmp_path, "run.epochs=3", "run.eval_every=2", "run.plot=true"))
+    import csv
+
+    with (tmp_path / "log.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["eval_top1"] != "" for row in rows] == [False, True, True]  # and the last
+    assert (tmp_path / "curves.png").stat().st_size > 0
