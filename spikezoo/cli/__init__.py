@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "push": "spikezoo.cli.push",
     "publish": "spikezoo.cli.publish",
     "profile": "spikezoo.cli.profile",
+    "train": "spikezoo.cli.train",
+    "validate": "spikezoo.cli.validate",
 }
 
 DEBUG_HINT = "run again with --debug for the traceback"
