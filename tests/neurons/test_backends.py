@@ -123,8 +123,8 @@ def test_a_hundred_sequence_lengths_compile_a_bounded_number_of_graphs():
     """T = 1..100 through ``"inductor"``, forward and backward: a handful of graphs in all.
 
     The loops compile for chunks of 4 steps and of one step, forward and backward, whatever T,
-    each at most twice (dynamo may specialise a chunk at the start of its tensor, storage
-    offset 0). An unrolled loop would compile 100 graphs per loop, and dynamo stops at 64.
+    each in at most three variants (see ``spikezoo.neurons.backends.inductor``). An unrolled
+    loop would compile 100 graphs per loop, and dynamo stops at 64.
     """
     graphs_before = counters["stats"]["unique_graphs"]
     for steps in range(1, 101):
@@ -145,4 +145,4 @@ def test_a_hundred_sequence_lengths_compile_a_bounded_number_of_graphs():
             strict=True,
         ):
             torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12, msg=name)
-    assert counters["stats"]["unique_graphs"] - graphs_before <= 2 * 2 * 2
+    assert counters["stats"]["unique_graphs"] - graphs_before <= 2 * 2 * 3

@@ -7,9 +7,11 @@ and a single step, and a sequence runs as consecutive chunks: full chunks of :da
 steps, then single steps for the remainder (``T = 4`` is one chunk, ``T = 6`` is 4 + 1 + 1,
 ``T = 1024`` is 256 chunks). Each chunk compiles into one kernel (C++/OpenMP on the CPU,
 Triton on CUDA), once per configuration, chunk length, dtype and device, with the number of
-neurons dynamic; PyTorch caches the kernels on disk. So a configuration compiles at most four
-graphs per loop, whatever the sequence lengths: two chunk lengths, each at most twice (dynamo
-may specialise a chunk that starts its tensor, at storage offset 0, apart from the others).
+neurons dynamic; PyTorch caches the kernels on disk. So a configuration compiles at most six
+graphs per loop, whatever the sequence lengths: two chunk lengths, each in at most three
+variants (a sequence of one chunk, which takes the initial membrane without a copy; the
+first chunk of a longer sequence, at storage offset 0, which dynamo may specialise; the
+other chunks).
 """
 
 from __future__ import annotations
@@ -64,19 +66,22 @@ def _cat(chunks: list[Tensor]) -> Tensor:
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
-def _per_neuron(t: Tensor, neurons: int) -> Tensor:
-    """``t`` (``[]`` or ``[N]``) as a contiguous ``[N]`` tensor, so every chunk sees one layout."""
-    return t.expand(neurons).contiguous()
+def _per_neuron(t: Tensor, neurons: int, lengths: list[int]) -> Tensor:
+    """``t`` (``[]`` or ``[N]``) as a contiguous ``[N]`` tensor when the sequence has several
+    chunks, so that every chunk sees one layout and shares a graph; a single chunk takes ``t``
+    as it is (no copy)."""
+    return t if len(lengths) == 1 else t.expand(neurons).contiguous()
 
 
 def forward(
     x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig, keep_charged: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`spikezoo.neurons.dynamics.forward_sequence`, compiled chunk by chunk."""
-    v = _per_neuron(v_init, x.shape[1])
+    lengths = chunk_lengths(x.shape[0])
+    v = _per_neuron(v_init, x.shape[1], lengths)
     spikes, charged = [], []
     start = 0
-    for steps in chunk_lengths(x.shape[0]):
+    for steps in lengths:
         spikes_chunk, charged_chunk, v = _run_chunk(
             dynamics.forward_sequence, cfg, keep_charged, x[start : start + steps], v, k
         )
@@ -96,12 +101,12 @@ def backward(
     grad_k_needed: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`spikezoo.neurons.dynamics.backward_sequence`, compiled chunk by chunk."""
-    neurons = charged.shape[1]
-    grad_v, v_init = _per_neuron(grad_v, neurons), _per_neuron(v_init, neurons)
+    neurons, lengths = charged.shape[1], chunk_lengths(charged.shape[0])
+    grad_v, v_init = _per_neuron(grad_v, neurons, lengths), _per_neuron(v_init, neurons, lengths)
     grad_k = torch.zeros((), dtype=charged.dtype, device=charged.device)
     grad_x = []
     end = charged.shape[0]
-    for steps in reversed(chunk_lengths(end)):
+    for steps in reversed(lengths):
         start = end - steps
         v_before = v_init
         if grad_k_needed and start > 0:
