@@ -32,7 +32,7 @@ from spikezoo.analysis.ops import (
 )
 from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
 from spikezoo.analysis.profile import ModelProfile, profile_model
-from spikezoo.analysis.report import Table
+from spikezoo.analysis.report import PerLayerReport, Table
 
 __all__ = [
     "DEFAULT_ENERGY",
@@ -49,6 +49,7 @@ __all__ = [
     "OpCount",
     "OpCounter",
     "OpReport",
+    "PerLayerReport",
     "Table",
     "attention_maps",
     "events_from_image",

@@ -11,12 +11,12 @@ from einops import reduce
 from torch import Tensor, nn
 
 from spikezoo.analysis._batches import run_batches
-from spikezoo.analysis.report import Table
+from spikezoo.analysis.report import PerLayerReport, Table
 from spikezoo.layers import DSSA, SDSA
 from spikezoo.neurons import MultiStepNeuron
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 __all__ = ["HEAD_LAYOUTS", "FiringRateMonitor", "FiringRates", "NeuronRecord", "spiking_neurons"]
 
@@ -73,8 +73,10 @@ class NeuronRecord:
         return self.head_spikes / (self.neurons / self.head_spikes.shape[1])
 
 
-class FiringRates:
+class FiringRates(PerLayerReport):
     """Recorded firing rates; tables per layer (with one column per step) and per head."""
+
+    float_format = ".4f"
 
     def __init__(self, records: list[NeuronRecord], samples: int) -> None:
         self.records = records
@@ -116,18 +118,6 @@ class FiringRates:
             for t, step in enumerate(rates.tolist()):
                 rows.extend([r.name, head, t, rate] for head, rate in enumerate(step))
         return Table(["layer", "head", "step", "rate"], rows)
-
-    def to_markdown(self, float_format: str = ".4f") -> str:
-        """:meth:`per_layer` as Markdown."""
-        return self.per_layer().to_markdown(float_format)
-
-    def to_csv(self, path: str | None = None) -> str:
-        """:meth:`per_layer` as CSV."""
-        return self.per_layer().to_csv(path)
-
-    def to_pandas(self) -> pd.DataFrame:
-        """:meth:`per_layer` as a ``pandas.DataFrame``."""
-        return self.per_layer().to_pandas()
 
 
 class FiringRateMonitor:

@@ -30,11 +30,11 @@ from torch import Tensor, nn
 
 from spikezoo.analysis._batches import run_batches
 from spikezoo.analysis.energy import DEFAULT_ENERGY, EnergyModel, get_energy_model
-from spikezoo.analysis.report import Table
+from spikezoo.analysis.report import PerLayerReport, Table
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 __all__ = [
     "OP_RULES",
@@ -249,7 +249,7 @@ class LayerOps:
         self.input_kinds.add("spikes" if count.spikes else "real")
 
 
-class OpReport:
+class OpReport(PerLayerReport):
     """Per-layer and total operations and energy; everything per sample (input image).
 
     ``layers`` holds the raw sums over ``samples`` samples; the properties and tables divide
@@ -345,18 +345,6 @@ class OpReport:
             ["e_ac_pj", self.energy.e_ac],
         ]
         return Table(["metric", "value"], rows)
-
-    def to_markdown(self, float_format: str = ".4g") -> str:
-        """:meth:`per_layer` as Markdown."""
-        return self.per_layer().to_markdown(float_format)
-
-    def to_csv(self, path: str | None = None) -> str:
-        """:meth:`per_layer` as CSV."""
-        return self.per_layer().to_csv(path)
-
-    def to_pandas(self) -> pd.DataFrame:
-        """:meth:`per_layer` as a ``pandas.DataFrame``."""
-        return self.per_layer().to_pandas()
 
 
 class OpCounter:

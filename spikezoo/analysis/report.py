@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Table"]
+__all__ = ["PerLayerReport", "Table"]
 
 
 class Table:
@@ -107,3 +108,29 @@ def _format(value: Any, float_format: str) -> str:
     if isinstance(value, float):
         return format(value, float_format)
     return str(value)
+
+
+class PerLayerReport(ABC):
+    """Base of the analysis results: Markdown, CSV and pandas views of :meth:`per_layer`.
+
+    A subclass defines ``per_layer() -> Table`` and may set ``float_format``.
+    """
+
+    #: how :meth:`to_markdown` writes floats unless told otherwise.
+    float_format = ".4g"
+
+    @abstractmethod
+    def per_layer(self) -> Table:
+        """One row per layer."""
+
+    def to_markdown(self, float_format: str | None = None) -> str:
+        """:meth:`per_layer` as Markdown."""
+        return self.per_layer().to_markdown(float_format or self.float_format)
+
+    def to_csv(self, path: str | None = None) -> str:
+        """:meth:`per_layer` as CSV."""
+        return self.per_layer().to_csv(path)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """:meth:`per_layer` as a ``pandas.DataFrame``."""
+        return self.per_layer().to_pandas()

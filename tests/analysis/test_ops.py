@@ -133,16 +133,19 @@ def fan_out_total(module, input_shape, output_shape):
     return math.prod(output_shape if isinstance(module, SpikingHadamard) else input_shape)
 
 
-def force_neurons(model, threshold):
-    for module in model.modules():
-        if isinstance(module, MultiStepNeuron):
-            module.v_threshold = threshold
+def force_neurons(model, spike):
+    """Every neuron of ``model`` emits ``spike`` (0 or 1) everywhere; returns the hook handles."""
+    return [
+        module.register_forward_hook(lambda _m, _i, out: torch.full_like(out, spike))
+        for module in model.modules()
+        if isinstance(module, MultiStepNeuron)
+    ]
 
 
 @pytest.mark.parametrize("family", sorted(TINY_MODELS))
 def test_always_firing_gives_fan_out_times_inputs_and_silence_gives_zero(family, images):
     model = spiking(TINY_MODELS[family](), images)
-    force_neurons(model, float("-inf"))
+    forced = force_neurons(model, 1.0)
     records, handles = record_inputs(model)
     with OpCounter(model) as counter, torch.no_grad():
         model(images)
@@ -159,7 +162,9 @@ def test_always_firing_gives_fan_out_times_inputs_and_silence_gives_zero(family,
         assert layer.sops == expected, layer.name
         assert expected % TIME_STEPS == 0
 
-    force_neurons(model, float("inf"))
+    for handle in forced:
+        handle.remove()
+    force_neurons(model, 0.0)
     with OpCounter(model) as silent, torch.no_grad():
         model(images)
     report = silent.report()
