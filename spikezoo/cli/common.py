@@ -1,17 +1,24 @@
-"""Helpers shared by the commands: model names and argument types."""
+"""Helpers shared by the commands: model names, argument types and the first-run note."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import sys
+from typing import TYPE_CHECKING
 
 from spikezoo.cli.errors import CommandError
 
+if TYPE_CHECKING:
+    from spikezoo.models import SpikingVisionModel
+
 __all__ = [
+    "COMPILE_NOTE",
     "LIST_HINT",
     "TAGS_HINT",
     "close_names",
     "did_you_mean",
+    "note_compilation",
     "positive_int",
     "resolve_model_name",
     "spikezoo_names",
@@ -21,6 +28,17 @@ __all__ = [
 LIST_HINT = "'spikezoo list' shows the models"
 #: The hint that points to the list of ``model.tag`` names.
 TAGS_HINT = "'spikezoo list --pretrained' shows the weight tags"
+#: What a command says on stderr before its neurons' kernels may compile.
+COMPILE_NOTE = (
+    "note: torch.compile compiles the neurons' kernels on first use; the first "
+    "run on a machine takes longest (15-25 s on 2 CPU cores), later runs reuse the kernels"
+)
+
+
+def note_compilation(command: str, model: SpikingVisionModel) -> None:
+    """Print :data:`COMPILE_NOTE` on stderr unless every neuron of ``model`` runs eagerly."""
+    if any(neuron.backend != "torch" for _, neuron in model.spiking_neurons()):
+        print(f"spikezoo {command}: {COMPILE_NOTE}", file=sys.stderr, flush=True)
 
 
 def spikezoo_names(pretrained: bool = False) -> list[str]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from typing import TYPE_CHECKING
 
-from spikezoo.cli.common import positive_int, resolve_model_name
+from spikezoo.cli.common import note_compilation, positive_int, resolve_model_name
 from spikezoo.cli.errors import CommandError
 
 if TYPE_CHECKING:
@@ -16,10 +15,6 @@ if TYPE_CHECKING:
 
 HELP = "classify the built-in input and report each spiking layer's firing rate"
 DEFAULT_MODEL = "sdt_2_256_cifar"
-COMPILE_NOTE = (
-    "spikezoo demo: note: torch.compile compiles the neurons' kernels on first use; the first "
-    "run on a machine takes longest (15-25 s on 2 CPU cores), later runs reuse the kernels"
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     std = torch.tensor(config["std"]).view(-1, 1, 1)
     image = ((default_image(channels, height, width) - mean) / std).unsqueeze(0)
 
-    if any(neuron.backend != "torch" for _, neuron in model.spiking_neurons()):
-        print(COMPILE_NOTE, file=sys.stderr, flush=True)
+    note_compilation("demo", model)
     if not args.pretrained:
         calibrate_batchnorm(model, image)
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spikezoo.cli.common import positive_int, resolve_model_name
+from spikezoo.cli.common import note_compilation, positive_int, resolve_model_name
 from spikezoo.cli.errors import CommandError
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     model = _create_model(name, args).to(device)
     if args.backend is not None:
         _set_backend(model, args.backend)
+    note_compilation("profile", model)
     try:
         if args.input_size is not None:
             model.check_image_size(args.input_size, args.input_size)

@@ -1,11 +1,13 @@
 """The ``spikezoo`` command: what each command prints, in-process."""
 
 import pytest
+import timm
 import torch
 
 import spikezoo
 from spikezoo.cli import main
-from spikezoo.cli.demo import COMPILE_NOTE, default_image
+from spikezoo.cli.common import COMPILE_NOTE, note_compilation
+from spikezoo.cli.demo import default_image
 
 
 def test_version(capsys):
@@ -41,10 +43,22 @@ def test_demo_runs_on_the_built_in_input(capsys):
     lines = captured.out.splitlines()
     rates = [float(line.split()[-1]) for line in lines if line.startswith("  blocks.")]
     assert len(rates) == 14 and any(r > 0 for r in rates) and all(0 <= r <= 1 for r in rates)
-    assert COMPILE_NOTE in captured.err.splitlines()  # said before the compilation starts
+    assert (
+        f"spikezoo demo: {COMPILE_NOTE}" in captured.err.splitlines()
+    )  # said before the compilation starts
 
 
 def test_default_image_is_deterministic_and_in_range():
     image = default_image(2, 16, 24)
     assert image.shape == (2, 16, 24) and image.min() >= 0 and image.max() <= 1
     assert torch.equal(image, default_image(2, 16, 24))
+
+
+def test_the_compile_note_is_said_unless_every_neuron_runs_eagerly(capsys):
+    model = timm.create_model("sdt_2_256_cifar")
+    note_compilation("profile", model)
+    assert capsys.readouterr().err == f"spikezoo profile: {COMPILE_NOTE}\n"
+    for _, neuron in model.spiking_neurons():
+        neuron.backend = "torch"
+    note_compilation("profile", model)
+    assert capsys.readouterr().err == ""
