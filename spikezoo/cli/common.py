@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from spikezoo.cli.errors import CommandError
 
 if TYPE_CHECKING:
-    from spikezoo.models import SpikingVisionModel
+    from torch import nn
 
 __all__ = [
     "COMPILE_NOTE",
@@ -35,9 +35,12 @@ COMPILE_NOTE = (
 )
 
 
-def note_compilation(command: str, model: SpikingVisionModel) -> None:
+def note_compilation(command: str, model: nn.Module) -> None:
     """Print :data:`COMPILE_NOTE` on stderr unless every neuron of ``model`` runs eagerly."""
-    if any(neuron.backend != "torch" for _, neuron in model.spiking_neurons()):
+    from spikezoo.neurons import MultiStepNeuron
+
+    neurons = [m for m in model.modules() if isinstance(m, MultiStepNeuron)]
+    if any(neuron.backend != "torch" for neuron in neurons):
         print(f"spikezoo {command}: {COMPILE_NOTE}", file=sys.stderr, flush=True)
 
 

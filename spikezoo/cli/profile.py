@@ -75,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
     model = _create_model(name, args).to(device)
     if args.backend is not None:
         _set_backend(model, args.backend)
-    note_compilation("profile", model)
     try:
         if args.input_size is not None:
             model.check_image_size(args.input_size, args.input_size)
@@ -83,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandError(f"{image_path}: {error}" if args.image else str(error)) from None
     sample = sample.to(device)
+    note_compilation("profile", model)
     if not (args.pretrained or args.checkpoint):
         calibrate_batchnorm(model, sample)
     inputs = sample.expand(args.batch_size, *sample.shape[1:]).contiguous()
