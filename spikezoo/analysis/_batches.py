@@ -1,11 +1,60 @@
-"""Feeding one batch or a whole data loader through a model, with a progress bar."""
+"""Feeding one batch or a whole data loader through a model, with a progress bar, and the
+hooks the analysis context managers keep on the model meanwhile."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+_Session = TypeVar("_Session", bound="HookSession")
+
+
+class HookSession(ABC):
+    """Base of the analysis context managers: hooks on ``model`` while open, samples counted.
+
+    A subclass sets ``model`` and ``samples`` and defines :meth:`_register_hooks`; entering
+    registers those hooks plus one that counts the samples reaching ``model``, leaving removes
+    them all.
+    """
+
+    model: nn.Module
+    samples: int
+    _handles: tuple[RemovableHandle, ...] = ()
+
+    @abstractmethod
+    def _register_hooks(self) -> list[RemovableHandle]:
+        """Register the subclass's hooks on ``model``; return their handles."""
+
+    def __enter__(self: _Session) -> _Session:
+        self._handles = (
+            *self._register_hooks(),
+            self.model.register_forward_pre_hook(self._count_samples),
+        )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = ()
+
+    def _count_samples(self, module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], Tensor) and args[0].dim() > 0:
+            self.samples += args[0].shape[0]
+
+    def _run(
+        self, data: Tensor | Iterable, progress: bool, max_batches: int | None, description: str
+    ) -> None:
+        """:func:`run_batches` with the hooks attached (already, or for this run only)."""
+        if self._handles:
+            run_batches(self.model, data, progress, max_batches, description)
+        else:
+            with self:
+                run_batches(self.model, data, progress, max_batches, description)
 
 
 def run_batches(

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 from einops import reduce
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from spikezoo.analysis._batches import run_batches
+from spikezoo.analysis._batches import HookSession
 from spikezoo.analysis.report import PerLayerReport, Table
 from spikezoo.layers import DSSA, SDSA
 from spikezoo.neurons import MultiStepNeuron
@@ -120,7 +121,7 @@ class FiringRates(PerLayerReport):
         return Table(["layer", "head", "step", "rate"], rows)
 
 
-class FiringRateMonitor:
+class FiringRateMonitor(HookSession):
     """Context manager recording the spikes of every spikezoo neuron layer of ``model``.
 
     Works for any model that contains :class:`~spikezoo.neurons.MultiStepNeuron` layers; inside
@@ -160,20 +161,13 @@ class FiringRateMonitor:
         self._neurons = neurons
         self._heads = _head_layouts(model)
         self._records: dict[str, NeuronRecord] = {}
-        self._handles: list = []
         self.samples = 0
         self.reset()
 
-    def __enter__(self) -> FiringRateMonitor:
-        for name, neuron in self._neurons.items():
-            self._handles.append(neuron.register_forward_hook(self._hook(name)))
-        self._handles.append(self.model.register_forward_pre_hook(self._count_samples))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _register_hooks(self) -> list[RemovableHandle]:
+        return [
+            neuron.register_forward_hook(self._hook(name)) for name, neuron in self._neurons.items()
+        ]
 
     def reset(self) -> None:
         """Forget every spike recorded so far."""
@@ -182,10 +176,6 @@ class FiringRateMonitor:
             for name, neuron in self._neurons.items()
         }
         self.samples = 0
-
-    def _count_samples(self, module: nn.Module, args: tuple) -> None:
-        if args and isinstance(args[0], Tensor) and args[0].dim() > 0:
-            self.samples += args[0].shape[0]
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
@@ -232,11 +222,7 @@ class FiringRateMonitor:
         Items of a loader may be tensors or ``(inputs, targets)`` tuples. The hooks are attached
         for the run if the monitor is not already open.
         """
-        if self._handles:
-            run_batches(self.model, data, progress, max_batches, "recording spikes")
-        else:
-            with self:
-                run_batches(self.model, data, progress, max_batches, "recording spikes")
+        self._run(data, progress, max_batches, "recording spikes")
         return self.rates()
 
 

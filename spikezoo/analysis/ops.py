@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from spikezoo.analysis._batches import run_batches
+from spikezoo.analysis._batches import HookSession
 from spikezoo.analysis.energy import DEFAULT_ENERGY, EnergyModel, get_energy_model
 from spikezoo.analysis.report import PerLayerReport, Table
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
@@ -347,7 +348,7 @@ class OpReport(PerLayerReport):
         return Table(["metric", "value"], rows)
 
 
-class OpCounter:
+class OpCounter(HookSession):
     """Context manager that counts the MACs, SOPs and energy of every forward pass inside it.
 
     Args:
@@ -388,19 +389,13 @@ class OpCounter:
                 self._layers[name] = LayerOps(
                     name, type(module).__name__, classifier=id(module) in head_modules
                 )
-        self._handles: list = []
         self.samples = 0
 
-    def __enter__(self) -> OpCounter:
-        for name, module, rule in self._targets:
-            self._handles.append(module.register_forward_hook(self._hook(name, rule)))
-        self._handles.append(self.model.register_forward_pre_hook(self._count_samples))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _register_hooks(self) -> list[RemovableHandle]:
+        return [
+            module.register_forward_hook(self._hook(name, rule))
+            for name, module, rule in self._targets
+        ]
 
     def _hook(self, name: str, rule: OpRule):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -408,10 +403,6 @@ class OpCounter:
                 self._layers[name].add(rule(module, inputs, output))
 
         return hook
-
-    def _count_samples(self, module: nn.Module, args: tuple) -> None:
-        if args and isinstance(args[0], Tensor) and args[0].dim() > 0:
-            self.samples += args[0].shape[0]
 
     def reset(self) -> None:
         """Forget everything counted so far."""
@@ -428,11 +419,7 @@ class OpCounter:
 
         The hooks are attached for the run if the counter is not already open.
         """
-        if self._handles:
-            run_batches(self.model, data, progress, max_batches, "counting operations")
-        else:
-            with self:
-                run_batches(self.model, data, progress, max_batches, "counting operations")
+        self._run(data, progress, max_batches, "counting operations")
         return self.report()
 
     def report(self) -> OpReport:
