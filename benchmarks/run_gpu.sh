@@ -4,16 +4,17 @@
 # machine with a CUDA GPU, PyTorch and CuPy. Everything lands in $OUT (default ./gpu-results):
 # nvidia-smi.txt, versions.txt, tests.log, bench_cuda.log, bench_cuda.json.
 # Wheels in ./.whl (e.g. timm, spikingjelly, loguru where the machine lacks them) are installed
-# first into /tmp/site, without network access.
+# first into /tmp/site, without network access. TESTS_TIMEOUT and BENCH_TIMEOUT (seconds, default
+# 180 and 300) bound the two steps.
 set -u -o pipefail
 out=${OUT:-$PWD/gpu-results}
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:$PWD/benchmarks/torch_compat${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 python3 - >"$out/versions.txt" 2>&1 <<'PY'
 import importlib
@@ -29,8 +30,8 @@ for name in ("cupy", "timm", "triton", "spikingjelly"):
         print(name, "unavailable:", error)
 PY
 status=0
-timeout 180 python3 -m pytest -m cuda -p no:cacheprovider -q -rs \
+timeout "${TESTS_TIMEOUT:-180}" python3 -m pytest -m cuda -p no:cacheprovider -q -rs \
   tests/test_cuda.py tests/neurons/test_cupy_backend.py 2>&1 | tee "$out/tests.log" || status=1
-timeout 300 python3 benchmarks/bench_cuda.py --json "$out/bench_cuda.json" 2>&1 \
+timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/bench_cuda.py --json "$out/bench_cuda.json" 2>&1 \
   | tee "$out/bench_cuda.log" || status=1
 exit $status
