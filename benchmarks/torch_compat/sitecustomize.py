@@ -17,4 +17,4 @@ def _compat_compile(*args, **kwargs):
 
 if "isolate_recompiles" not in _known:
     torch.compile = _compat_compile
-    print(f"torch {torch.__version__}: torch.compile keywords it lacks are dropped", file=sys.stderr)
+    print(f"torch {torch.__version__}: dropping torch.compile keywords it lacks", file=sys.stderr)
