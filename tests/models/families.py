@@ -21,7 +21,7 @@ FAMILY_NAMES = [timm_module_name(path) for path in FAMILIES]
 
 @dataclass(frozen=True)
 class TinyFamily:
-    """A small network of one family: two feature units, 5 classes, T=2."""
+    """A small network of one family: two feature units or more, 5 classes, T=2."""
 
     entry_point: str
     args: dict

@@ -260,30 +260,39 @@ def test_an_integer_image_is_refused_with_the_conversion(family):
         model(pixels)
 
 
+def bad_feature_indices(count):
+    """Wrong ``indices`` for a model of ``count`` feature units, with the error they get."""
+    listed = rf"\[{', '.join(map(str, range(count)))}\]"
+    from_end = rf"\[{', '.join(map(str, range(-count, 0)))}\]"
+    return {
+        "before_the_first": (
+            (-count - 2,),
+            rf"indices \(out_indices\) \({-count - 2},\) name no feature unit: \[{-count - 2}\]; "
+            rf"\w+ has {count} \({listed} or {from_end} from the end\)",
+        ),
+        "past_the_last": (
+            (0, count),
+            rf"indices \(out_indices\) \(0, {count}\) name no feature unit: \[{count}\]",
+        ),
+        "empty": ((), r"indices \(out_indices\) must name at least one feature unit, got \(\)"),
+        "too_many": (
+            count + 1,
+            rf"indices \(out_indices\) as an int takes the last n of the {count} feature units, "
+            rf"so 1 <= n <= {count}; got {count + 1}",
+        ),
+        "none": (0, rf"so 1 <= n <= {count}; got 0"),
+        "a_string": ("0", "indices must be an int or a sequence of ints, got '0'"),
+    }
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-@pytest.mark.parametrize(
-    ("indices", "message"),
-    [
-        (
-            (-4,),
-            r"indices \(out_indices\) \(-4,\) name no feature unit: \[-4\]; "
-            r"\w+ has 2 \(\[0, 1\] or \[-2, -1\] from the end\)",
-        ),
-        ((0, 2), r"indices \(out_indices\) \(0, 2\) name no feature unit: \[2\]"),
-        ((), r"indices \(out_indices\) must name at least one feature unit, got \(\)"),
-        (
-            3,
-            r"indices \(out_indices\) as an int takes the last n of the 2 feature units, "
-            r"so 1 <= n <= 2; got 3",
-        ),
-        (0, "so 1 <= n <= 2; got 0"),
-        ("0", "indices must be an int or a sequence of ints, got '0'"),
-    ],
-)
-def test_feature_indices_out_of_range_say_what_is_valid(family, indices, message):
+@pytest.mark.parametrize("case", list(bad_feature_indices(2)))
+def test_feature_indices_out_of_range_say_what_is_valid(family, case):
     model = tiny(family)
+    count = len(model.units)
+    indices, message = bad_feature_indices(count)[case]
     with pytest.raises(ValueError, match=message):
         model.forward_intermediates(image(model), indices=indices)
     with pytest.raises(ValueError, match=message):
         tiny(family, features_only=True, out_indices=indices)
-    assert len(model.units) == 2  # nothing was pruned
+    assert len(model.units) == count  # nothing was pruned
