@@ -3,21 +3,15 @@
 import pytest
 import torch
 
-from spikezoo.models import spike_driven_transformer, spiking_resformer
+from spikezoo.models._registry import family_of
 from tests.reference import CASES, load_case
 
 TOLERANCE = dict(rtol=1e-6, atol=1e-9)
 
 
-def _family(model):
-    if model.__class__.__name__ == "SpikeDrivenTransformer":
-        return spike_driven_transformer
-    return spiking_resformer
-
-
 def _loaded(case):
     model = case.build()
-    model.load_state_dict(_family(model).checkpoint_filter_fn(case.state, model))
+    model.load_state_dict(family_of(model).checkpoint_filter_fn(case.state, model))
     return model
 
 
@@ -38,7 +32,7 @@ def test_train_logits_and_every_gradient(name):
     torch.testing.assert_close(logits, case.tensors["logits_train"], **TOLERANCE)
 
     (logits * case.tensors["probe"]).sum().backward()
-    expected = _family(model).remap_state_dict(case.grads, model)
+    expected = family_of(model).remap_state_dict(case.grads, model)
     params = dict(model.named_parameters())
     assert expected.keys() == params.keys(), "every parameter, and only those, takes part"
     for key, grad in expected.items():
