@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from timm.layers import get_notrace_functions, get_notrace_modules
+from timm.layers import get_notrace_functions, get_notrace_modules, register_notrace_module
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
@@ -68,6 +68,7 @@ class FoldReport:
         return "\n".join(lines)
 
 
+@register_notrace_module  # torch.fx cannot branch on its input's shape: it stays one call
 class FoldedBatchNorm(nn.Module):
     """What remains of a BatchNorm folded into the preceding layer: an identity for inference.
 

@@ -240,3 +240,6 @@ def test_inplace_changes_the_model_itself():
     assert optimize(model, compile=False, inplace=True) is model
     assert isinstance(model.stem.bn, FoldedBatchNorm) and not model.training
     assert not any(p.requires_grad for p in model.parameters())
+    # an optimised model can be traced, and optimised again: nothing is left to fold
+    again = optimize(model, compile=False).deploy_report.folds
+    assert not again.folded and not again.skipped
