@@ -20,6 +20,7 @@ training mode (folded statistics cannot be updated).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from timm.layers import get_notrace_functions, get_notrace_modules, register_not
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["FoldReport", "FoldedBatchNorm", "FoldedPair", "fold_batchnorm", "foldable_pairs"]
 
@@ -132,10 +135,18 @@ def foldable_pairs(model: nn.Module) -> FoldReport:
     """Find the BatchNorms of ``model`` that can be folded, without changing anything.
 
     ``model`` is traced in its current mode; trace it in eval mode, the mode the fold is for.
-    Raises whatever ``torch.fx`` raises for a model it cannot trace.
+    Where ``torch.fx`` cannot trace the model, nothing is foldable: the report gives the
+    tracer's error as the reason for every BatchNorm (and it is logged as a warning).
     """
-    graph = trace(model)
     modules = dict(model.named_modules())
+    try:
+        graph = trace(model)
+    except Exception as error:  # torch.fx raises many types for code it cannot follow
+        reason = f"torch.fx cannot trace the model ({type(error).__name__}: {error})"
+        _logger.warning("no BatchNorm folded: %s", reason)
+        return FoldReport(
+            skipped={n: reason for n, m in modules.items() if isinstance(m, _BatchNorm)}
+        )
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     read_directly = {
         n.target.rpartition(".")[0] for n in graph.nodes if n.op == "get_attr"

@@ -225,6 +225,30 @@ def test_only_provable_pairs_are_folded():
     torch.testing.assert_close(folded(x), expected, rtol=1e-12, atol=1e-12)
 
 
+class Branching(nn.Module):
+    """A forward that branches on a tensor's value, which torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return x if x.sum() > 0 else -x
+
+
+def test_untraceable_model_keeps_its_norms(caplog):
+    model = randomise_norms(Branching()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    optimised = optimize(model, compile=False)
+    assert not optimised.deploy_report.folds.folded
+    assert "torch.fx cannot trace the model" in optimised.deploy_report.folds.skipped["bn"]
+    assert "no BatchNorm folded" in caplog.text
+    assert isinstance(optimised.bn, nn.BatchNorm2d)
+    torch.testing.assert_close(optimised(x), model(x))
+
+
 def test_arguments_are_checked():
     model = tiny("sdt")
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
