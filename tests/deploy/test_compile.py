@@ -9,7 +9,8 @@ import torch
 
 from spikezoo.deploy import optimize
 from tests.deploy.test_optimize import randomise_norms, record_spikes, threshold_margin
-from tests.models.test_behaviour import TINY, image, tiny
+from tests.models.families import FAMILY_NAMES, tiny, tiny_family
+from tests.models.test_behaviour import image
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,7 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_one_graph_without_breaks(family):
     optimised = optimize(tiny(family).double(), compile=False)
     explanation = torch._dynamo.explain(optimised)(image(optimised).double())
@@ -29,7 +30,8 @@ def test_one_graph_without_breaks(family):
 
 
 def test_compiled_model_gives_the_plain_outputs():
-    plain = randomise_norms(tiny("sdt", depth=1)).double().eval()
+    family = "spike_driven_transformer"
+    plain = randomise_norms(tiny(family, **tiny_family(family).shallow)).double().eval()
     compiled = optimize(plain)
     assert compiled.deploy_report.compiled and isinstance(compiled, torch._dynamo.OptimizedModule)
     x = image(plain, batch=1).double()

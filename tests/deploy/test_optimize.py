@@ -16,15 +16,16 @@ from torch import nn
 
 import spikezoo  # noqa: F401
 from spikezoo.deploy import FoldedBatchNorm, fold_batchnorm, foldable_pairs, optimize
-from spikezoo.models import spike_driven_transformer, spiking_resformer
+from spikezoo.models._registry import family_of
 from spikezoo.neurons import MultiStepNeuron
 from spikezoo.neurons.dynamics import forward_sequence
 from spikezoo.neurons.functional import neuron_config
-from tests.models.test_behaviour import TINY, image, tiny
+from tests.models.families import FAMILY_NAMES, tiny
+from tests.models.test_behaviour import image
 from tests.reference import CASES, load_case
 
 #: The BatchNorms each family keeps (every other one is folded).
-KEPT = {"sdt": 0, "resformer": 0}
+KEPT = {"spike_driven_transformer": 0, "spiking_resformer": 0}
 
 
 def randomise_norms(model: nn.Module) -> nn.Module:
@@ -91,8 +92,9 @@ def assert_same_spikes(plain, optimised, x, margin, **tolerance):
     torch.testing.assert_close(optimised_logits, logits, **tolerance)
 
 
-@pytest.mark.parametrize("family", KEPT)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_every_conv_batchnorm_pair_is_folded(family):
+    assert family in KEPT, f"add the BatchNorms {family} keeps to KEPT"
     model = tiny(family)
     norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     report = optimize(model, compile=False).deploy_report.folds
@@ -104,7 +106,7 @@ def test_every_conv_batchnorm_pair_is_folded(family):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_same_spikes_and_logits_in_float64(family, channels_last):
     plain = randomise_norms(tiny(family)).double().eval()
     optimised = optimize(plain, compile=False, channels_last=channels_last)
@@ -112,7 +114,7 @@ def test_same_spikes_and_logits_in_float64(family, channels_last):
     assert_same_spikes(plain, optimised, x, margin=1e-9, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_float32_logits_within_1e_5(family):
     plain = randomise_norms(tiny(family)).eval()
     optimised = optimize(plain, compile=False, channels_last=False)
@@ -122,8 +124,7 @@ def test_float32_logits_within_1e_5(family):
 
 def _loaded(case):
     model = case.build()
-    family = spike_driven_transformer if case.name.startswith("sdt") else spiking_resformer
-    model.load_state_dict(family.checkpoint_filter_fn(case.state, model))
+    model.load_state_dict(family_of(model).checkpoint_filter_fn(case.state, model))
     return model
 
 
@@ -138,7 +139,7 @@ def test_reference_vectors(name):
 
 
 def test_training_mode_is_refused():
-    optimised = optimize(tiny("sdt"), compile=False)
+    optimised = optimize(tiny("spike_driven_transformer"), compile=False)
     x = image(optimised)
     optimised.train()
     with pytest.raises(RuntimeError, match=r"folded into 'patch_embed\.proj\.0\.conv'.*eval"):
@@ -250,7 +251,7 @@ def test_untraceable_model_keeps_its_norms(caplog):
 
 
 def test_arguments_are_checked():
-    model = tiny("sdt")
+    model = tiny("spike_driven_transformer")
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
         optimize("sdt_8_384")
     with pytest.raises(TypeError, match="compile must be True or False, got str"):
@@ -260,7 +261,7 @@ def test_arguments_are_checked():
 
 
 def test_inplace_changes_the_model_itself():
-    model = tiny("resformer")
+    model = tiny("spiking_resformer")
     assert optimize(model, compile=False, inplace=True) is model
     assert isinstance(model.stem.bn, FoldedBatchNorm) and not model.training
     assert not any(p.requires_grad for p in model.parameters())
