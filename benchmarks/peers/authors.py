@@ -32,7 +32,9 @@ import torch
 from torch import Tensor, nn
 
 #: Folder that ``setup_peers.sh`` filled (``SPIKEZOO_PEERS_DIR`` overrides it).
-PEERS_DIR = Path(os.environ.get("SPIKEZOO_PEERS_DIR", Path(__file__).resolve().parents[1] / ".peers"))
+PEERS_DIR = Path(
+    os.environ.get("SPIKEZOO_PEERS_DIR", Path(__file__).resolve().parents[1] / ".peers")
+)
 
 
 def peers_missing() -> str | None:
@@ -149,14 +151,28 @@ AUTHORS_CONFIGS: dict[str, tuple[str, str, dict]] = {
     "sdt_8_384": (
         "sdt",
         "sdt",
-        dict(_SDT, img_size_h=224, img_size_w=224, embed_dims=384, depths=8, num_classes=1000,
-             pooling_stat="1111"),
+        dict(
+            _SDT,
+            img_size_h=224,
+            img_size_w=224,
+            embed_dims=384,
+            depths=8,
+            num_classes=1000,
+            pooling_stat="1111",
+        ),
     ),
     "sdt_2_512_cifar": (
         "sdt",
         "sdt",
-        dict(_SDT, img_size_h=32, img_size_w=32, embed_dims=512, depths=2, num_classes=10,
-             pooling_stat="0011"),
+        dict(
+            _SDT,
+            img_size_h=32,
+            img_size_w=32,
+            embed_dims=512,
+            depths=2,
+            num_classes=10,
+            pooling_stat="0011",
+        ),
     ),
     "spikingresformer_ti": (
         "spikingresformer",

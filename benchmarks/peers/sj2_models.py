@@ -191,7 +191,9 @@ class DSSA(nn.Module):
         """``[T, B, dim, H, W]`` -> same shape."""
         height = x.shape[-2]
         s = self.in_lif(x)
-        y = rearrange(self.patch_proj(s), "t b (heads d) h w -> t b heads d (h w)", heads=self.heads)
+        y = rearrange(
+            self.patch_proj(s), "t b (heads d) h w -> t b heads d (h w)", heads=self.heads
+        )
         y1, y2 = y.chunk(2, dim=3)
         s = rearrange(s, "t b (heads d) h w -> t b heads d (h w)", heads=self.heads)
         head_dim, patches = s.shape[3], y.shape[-1]
@@ -245,10 +247,14 @@ class SJ2SpikingResformer(nn.Module):
     ) -> None:  # fmt: skip
         super().__init__()
         self.time_steps = time_steps
-        self.stem = ConvBN(in_chans, dims[0], 7 if imagenet_stem else 3, stride=2 if imagenet_stem else 1)
+        self.stem = ConvBN(
+            in_chans, dims[0], 7 if imagenet_stem else 3, stride=2 if imagenet_stem else 1
+        )
         self.stem_pool = _max_pool() if imagenet_stem else nn.Identity()
         stages = []
-        for i, (depth, dim, head, patch) in enumerate(zip(depths, dims, heads, patches)):
+        for i, (depth, dim, head, patch) in enumerate(
+            zip(depths, dims, heads, patches, strict=True)
+        ):
             units = [Downsample(dims[i - 1], dim)] if i else []
             for _ in range(depth):
                 units += [DSSA(dim, head, patch), GWSFFN(dim, group_size)]
@@ -271,7 +277,9 @@ def build_sj2_model(model: nn.Module) -> nn.Module:
     """
     if isinstance(model, SpikeDrivenTransformer):
         attn = model.blocks[0].attn
-        pooling = "".join("0" if isinstance(p, nn.Identity) else "1" for p in model.patch_embed.pool)
+        pooling = "".join(
+            "0" if isinstance(p, nn.Identity) else "1" for p in model.patch_embed.pool
+        )
         peer = SJ2SpikeDrivenTransformer(
             in_chans=model.patch_embed.proj[0].conv.in_channels,
             num_classes=model.head.out_features,
@@ -298,8 +306,10 @@ def build_sj2_model(model: nn.Module) -> nn.Module:
         )
     else:
         raise TypeError(
-            f"model must be a spikezoo SpikeDrivenTransformer or SpikingResformer, got {type(model).__name__}"
+            "model must be a spikezoo SpikeDrivenTransformer or SpikingResformer, "
+            f"got {type(model).__name__}"
         )
+    reference = next(model.parameters())
+    peer.to(device=reference.device, dtype=reference.dtype)
     peer.load_state_dict(model.state_dict())
-    return peer.to(next(model.parameters()).device)
-
+    return peer
