@@ -107,15 +107,15 @@ class ModelSpec:
 MODELS = {
     spec.name: spec
     for spec in (
-        ModelSpec("sdt_8_384", 224, {"cpu": 2, "quick": 1, "cuda": 32}, spike_driven_transformer),
+        ModelSpec("sdt_8_384", 224, {"cpu": 1, "quick": 1, "cuda": 32}, spike_driven_transformer),
         ModelSpec(
-            "sdt_2_512_cifar", 32, {"cpu": 16, "quick": 2, "cuda": 128}, spike_driven_transformer
+            "sdt_2_512_cifar", 32, {"cpu": 8, "quick": 1, "cuda": 128}, spike_driven_transformer
         ),
         ModelSpec(
-            "spikingresformer_ti", 224, {"cpu": 2, "quick": 1, "cuda": 32}, spiking_resformer
+            "spikingresformer_ti", 224, {"cpu": 1, "quick": 1, "cuda": 32}, spiking_resformer
         ),
         ModelSpec(
-            "spikingresformer_cifar", 32, {"cpu": 8, "quick": 2, "cuda": 128}, spiking_resformer
+            "spikingresformer_cifar", 32, {"cpu": 4, "quick": 1, "cuda": 128}, spiking_resformer
         ),
     )
 }
@@ -598,10 +598,13 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, device: torch.device)
             skipped[runner.name] = "outputs differ from spikezoo's (see agreement); not timed"
             runners.remove(runner)
     variants = []
-    for dtype in args.dtypes:
-        if dtype == "bf16" and spec.name not in args.bf16_models:
-            skipped["bf16"] = "bf16 autocast not run for this model (--bf16-models)"
-            continue
+    dtypes = [d for d in args.dtypes if d == "fp32" or spec.name in args.bf16_models]
+    if dtypes != args.dtypes:
+        skipped["bf16"] = (
+            "bf16 autocast not run for this model (--bf16-models; by default only on CUDA and on "
+            "CPUs with native bf16, since emulated bf16 runs many times slower than float32)"
+        )
+    for dtype in dtypes:
         for mode in args.modes:
             if mode == "compile" and spec.name not in args.compile_models:
                 skipped[f"compile ({dtype})"] = (
@@ -624,7 +627,7 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, device: torch.device)
                 variants.append(dict(task=task, dtype=dtype, mode=mode, results=results))
     profile = {}
     if args.roofline:
-        for dtype in args.dtypes:
+        for dtype in dtypes:
             zoo = copy.deepcopy(ctx["spikezoo"])
             profile[dtype] = layer_profile(zoo, x, dtype, device, args.limits, args.top_layers)
     return dict(
@@ -891,6 +894,15 @@ def _roofline_plot(plt, model: dict, limits: dict, directory: Path) -> Path:
 # ------------------------------------------------------------------------------ command line
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); else oneDNN emulates
+    it, many times slower than float32, and bf16 rows would dominate a CPU run."""
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -901,17 +913,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--impls", default=",".join(RUNNERS), help="comma-separated, from %(default)s"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
+    parser.add_argument(
+        "--dtypes", default="fp32,bf16", help="fp32 and/or bf16 autocast (default: %(default)s)"
+    )
     parser.add_argument(
         "--modes", default=None, help="eager and/or compile (default: both; --quick: eager)"
     )
     parser.add_argument(
         "--compile-models", default=None,
-        help="models that get torch.compile rows (default: the CIFAR models on a CPU, all on CUDA)",
+        help="models that get torch.compile rows (default: sdt_2_512_cifar on a CPU, all on CUDA)",
     )  # fmt: skip
     parser.add_argument(
         "--bf16-models", default=None,
-        help="models that get bf16 rows (default: the CIFAR models on a CPU, all on CUDA)",
+        help="models that get bf16 rows (default: all on CUDA and on CPUs with native bf16, "
+        "else none)",
     )  # fmt: skip
     parser.add_argument(
         "--compile-impls", default="spikezoo,spikingjelly2",
@@ -919,7 +934,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--batch", type=int, default=None, help="one batch size for every model")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="measured rounds (default 5; quick 2)"
+        "--repeats", type=int, default=None, help="measured rounds (default 3, CUDA 10; quick 1)"
     )
     parser.add_argument(
         "--warmup", type=int, default=None, help="warm-up rounds, >= 1 (default 2; quick 1)"
@@ -969,15 +984,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modes = args.modes or ("eager" if args.quick else "eager,compile")
     args.modes = names("--modes", modes, ("eager", "compile"))
     args.compile_impls = names("--compile-impls", args.compile_impls, RUNNERS)
-    all_or_cifar = ",".join(MODELS) if on_cuda else cifar
-    for option in ("compile_models", "bf16_models"):
+    defaults = dict(
+        compile_models=",".join(MODELS) if on_cuda else "sdt_2_512_cifar",
+        bf16_models=",".join(MODELS) if on_cuda or native_bf16_cpu() else "",
+    )
+    for option, default in defaults.items():
         chosen = getattr(args, option)
-        chosen = all_or_cifar if chosen is None else chosen
+        chosen = default if chosen is None else chosen
         setattr(args, option, names("--" + option.replace("_", "-"), chosen, MODELS))
     if "spikezoo" not in args.impls:
         parser.error("--impls must include spikezoo (every ratio is against it)")
     if args.repeats is None:
-        args.repeats = 2 if args.quick else 5
+        args.repeats = 1 if args.quick else 10 if on_cuda else 3
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
     if args.warmup < 1 or args.repeats < 1:
@@ -1027,8 +1045,11 @@ def main(argv: list[str] | None = None) -> dict:
     text = markdown(report)
     print(text, flush=True)
     if args.plots:
-        report["plots"] = [str(p) for p in plot(report, args.plots)]
+        report["plots"] = [str(p.resolve()) for p in plot(report, args.plots)]
     if args.markdown:
+        if args.plots:  # the figures, linked relative to the markdown file
+            links = [os.path.relpath(p, args.markdown.resolve().parent) for p in report["plots"]]
+            text += "\n" + "\n\n".join(f"![{Path(link).stem}]({link})" for link in links) + "\n"
         write_markdown(args.markdown, text)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -125,13 +125,15 @@ def test_command_writes_json_markdown_and_plots(bench, tmp_path, monkeypatch):
     assert "old table" not in text
     assert "### tiny_sdt (32x32, batch 1)" in text
     assert "| spikingjelly2 | fp32 | eager | train |" in text
+    assert "![tiny_sdt_roofline](p/tiny_sdt_roofline.png)" in text
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "tiny_sdt.png",
         "tiny_sdt_roofline.png",
     ]
 
     again = tmp_path / "again.md"
-    bench.main(["--from-json", str(tmp_path / "r.json"), "--markdown", str(again)])
+    report_json, plots = str(tmp_path / "r.json"), str(tmp_path / "p")
+    bench.main(["--from-json", report_json, "--markdown", str(again), "--plots", plots])
     block = text[text.index(bench.MARK_BEGIN) : text.index(bench.MARK_END) + len(bench.MARK_END)]
     assert again.read_text() == block + "\n"  # the same tables, rendered from the saved report
 
