@@ -140,6 +140,7 @@ class Runner:
 
 
 def make_authors(spec: ModelSpec, ctx: dict) -> Runner:
+    """The authors' model built in ``build_weights`` (their code, spikingjelly 0.0.0.0.14)."""
     if not spec.authors:
         raise Unavailable("no authors' configuration for this model")
     missing = peers_missing()
@@ -150,10 +151,12 @@ def make_authors(spec: ModelSpec, ctx: dict) -> Runner:
 
 
 def make_spikezoo(spec: ModelSpec, ctx: dict) -> Runner:
+    """spikezoo's timm model, the reference of every ratio."""
     return Runner("spikezoo", ctx["spikezoo"], note="timm.create_model, default neuron backend")
 
 
 def make_deploy(spec: ModelSpec, ctx: dict) -> Runner:
+    """A copy of spikezoo's model after ``spikezoo.deploy.optimize`` (inference only)."""
     try:
         deploy = importlib.import_module("spikezoo.deploy")
     except ImportError as error:
@@ -173,6 +176,7 @@ def make_deploy(spec: ModelSpec, ctx: dict) -> Runner:
 
 
 def make_sj2(spec: ModelSpec, ctx: dict) -> Runner:
+    """The network rebuilt from spikingjelly 2.x layers with spikezoo's weights."""
     try:
         from peers.sj2_models import build_sj2_model
     except ImportError as error:
@@ -238,6 +242,7 @@ def build_weights(
 
 
 def build_runners(spec: ModelSpec, names: list[str], ctx: dict) -> tuple[list[Runner], dict]:
+    """The runners of ``names`` that can run here, and the reason for each that cannot."""
     runners, skipped = [], {}
     for name in names:
         try:
@@ -270,6 +275,12 @@ def count_spikes(model: nn.Module, call: Callable[[], Tensor]) -> tuple[Tensor, 
     return out, (total[0] if hooks else None)
 
 
+def error_text(error: Exception) -> str:
+    """The exception's type and the first line of its message (for the report)."""
+    first_line = (str(error).splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line[:200]}"
+
+
 def check_agreement(runners: list[Runner], x: Tensor, atol: float) -> dict:
     """float32 eval logits and spike counts of every runner against spikezoo's (the first).
 
@@ -284,7 +295,7 @@ def check_agreement(runners: list[Runner], x: Tensor, atol: float) -> dict:
             except Exception as error:  # e.g. a peer's CUDA kernel that does not build here
                 results[runner.name] = dict(
                     max_abs_logit_diff=None, spikes=None, same_spikes=None, agree=False,
-                    error=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}",
+                    error=error_text(error),
                 )  # fmt: skip
                 continue
             diff = float((out.float() - ref_out.float()).abs().max())
@@ -302,11 +313,13 @@ def check_agreement(runners: list[Runner], x: Tensor, atol: float) -> dict:
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (nothing on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def autocast(device: torch.device, dtype: str):
+    """bf16 autocast for ``"bf16"``, nothing for ``"fp32"``."""
     if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -362,6 +375,7 @@ def peak_memory(call: Callable[[], None], device: torch.device) -> int:
 
 
 def summary(times: list[float]) -> dict:
+    """Median, min, max and every time of one runner's measured rounds."""
     return dict(
         median_s=statistics.median(times), min_s=min(times), max_s=max(times), times_s=times
     )
@@ -386,7 +400,7 @@ def time_variant(
             first[runner.name] = time.perf_counter() - start
             calls[runner.name] = call
         except Exception as error:  # a failed compile or kernel: reported, the others go on
-            errors[runner.name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            errors[runner.name] = error_text(error)
             print(
                 f"    {runner.name} {task} {dtype} {mode} failed: {errors[runner.name]}", flush=True
             )
@@ -580,6 +594,7 @@ def layer_profile(
 
 
 def bench_model(spec: ModelSpec, args: argparse.Namespace, device: torch.device) -> dict:
+    """Build, check and time every implementation of one model; its part of the report."""
     batch = args.batch or spec.batch["quick" if args.quick else device.type]
     print(f"== {spec.name} at {spec.img_size}x{spec.img_size}, batch {batch}", flush=True)
     ctx = build_weights(spec, device, batch, args.seed, "authors" in args.impls)
@@ -655,6 +670,7 @@ def add_ratios(report: dict) -> None:
 
 
 def environment(device: torch.device, threads: int) -> dict:
+    """Date, device, threads, load and package versions of this run."""
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("timm", "spikezoo", "spikingjelly", "cupy"):
         try:
@@ -672,6 +688,7 @@ def environment(device: torch.device, threads: int) -> dict:
 
 
 def cpu_name() -> str:
+    """The CPU's model name and logical CPU count."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -909,6 +926,7 @@ def native_bf16_cpu() -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with the defaults that depend on the device and ``--quick`` filled in."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--models", default=None,

@@ -143,3 +143,34 @@ def test_bad_options_name_what_is_allowed(bench):
         bench.parse_args(["--models", "resnet50"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--impls", "authors"])
+
+
+class _Shifted(torch.nn.Module):
+    """A peer that computes the reference plus ``shift``, or raises."""
+
+    def __init__(self, reference: torch.nn.Module, shift: float | None) -> None:
+        super().__init__()
+        self.reference, self.shift = reference, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shift is None:
+            raise RuntimeError("kernel failed\nsecond line")
+        return self.reference(x) + self.shift
+
+
+def test_agreement_flags_a_differing_or_failing_peer(bench):
+    zoo = eager(TINY_MODELS["sdt"]())
+    images = torch.randn(1, 3, 32, 32)
+    bench.calibrate(zoo, images)
+    runners = [bench.Runner("spikezoo", zoo)] + [
+        bench.Runner(name, _Shifted(zoo, shift))
+        for name, shift in (("same", 0.0), ("off", 1e-3), ("broken", None))
+    ]
+    verdicts = bench.check_agreement(runners, images, atol=1e-4)
+    assert verdicts["same"]["agree"] and verdicts["same"]["same_spikes"]
+    assert not verdicts["off"]["agree"]
+    assert verdicts["off"]["max_abs_logit_diff"] == pytest.approx(1e-3, rel=1e-3)
+    assert verdicts["broken"] == dict(
+        max_abs_logit_diff=None, spikes=None, same_spikes=None, agree=False,
+        error="RuntimeError: kernel failed",
+    )  # fmt: skip
