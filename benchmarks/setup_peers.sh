@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark-only environment for the authors' peers of benchmarks/bench_models.py.
 #
-# Puts, under $PEERS_DIR (default benchmarks/.peers, ignored by git; never part of the package):
+# Puts, under $SPIKEZOO_PEERS_DIR (default benchmarks/.peers, which git ignores; never part of
+# the package; benchmarks/peers/authors.py reads the same variable):
 #   src/sdt/              BICLab/Spike-Driven-Transformer at SDT_COMMIT
 #   src/spikingresformer/ xyshi2000/SpikingResformer at RESFORMER_COMMIT
 #   sj014/spikingjelly/   spikingjelly 0.0.0.0.14 (the version both codes were written for),
@@ -23,7 +24,7 @@ RESFORMER_COMMIT=3f751275dedfda8b0a4ed0bf50e85e02a4335f3e
 SJ014=spikingjelly==0.0.0.0.14
 
 here=$(cd "$(dirname "$0")" && pwd)
-peers=${PEERS_DIR:-$here/.peers}
+peers=${SPIKEZOO_PEERS_DIR:-$here/.peers}
 python=${PYTHON:-python3}
 mkdir -p "$peers/src"
 
