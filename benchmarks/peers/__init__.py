@@ -1,0 +1,1 @@
+"""Peers of benchmarks/bench_models.py: the authors' code and spikingjelly 2.x networks."""
