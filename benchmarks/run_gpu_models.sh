@@ -22,14 +22,14 @@ done
 if ((${#wheels[@]})); then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "${wheels[@]}" || exit 1
-  export PYTHONPATH=/tmp/site
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [[ ! -f benchmarks/.peers/sj014/spikingjelly/__init__.py ]]; then
   sj014=(.whl/spikingjelly-0.0.0.0.14-*.whl)
   SJ014_WHEEL=${sj014[0]:-} PYTHON=python3 bash benchmarks/setup_peers.sh ||
     echo "the authors' peers are not set up: their rows will be skipped"
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:$PWD/benchmarks/torch_compat${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_models.py --device cuda --threads 8 \
   --compile-models sdt_2_512_cifar,spikingresformer_cifar --compile-impls spikezoo \
