@@ -52,6 +52,8 @@ class SpikingVisionModel(nn.Module):
     """
 
     feature_units: str
+    #: Keep the spikes saved for backward as bits (see :meth:`set_spike_compaction`).
+    spike_compaction: bool = True
     head_lif: nn.Module
     head: nn.Module
     feature_info: list[dict]
@@ -75,7 +77,6 @@ class SpikingVisionModel(nn.Module):
         self.per_step_logits = per_step_logits
         self.feature_time_reduction = feature_time_reduction
         self.grad_checkpointing = False
-        self.spike_compaction = True
 
     # --- input -------------------------------------------------------------------------------
 
@@ -276,10 +277,7 @@ class SpikingVisionModel(nn.Module):
     def _compaction(self) -> contextlib.AbstractContextManager:
         """Spike compaction where it applies: gradients enabled, eager (not compiling)."""
         active = (
-            self.spike_compaction
-            and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_scripting()
+            self.spike_compaction and torch.is_grad_enabled() and not torch.compiler.is_compiling()
         )
         return compact_saved_spikes() if active else contextlib.nullcontext()
 

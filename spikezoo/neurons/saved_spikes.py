@@ -106,11 +106,13 @@ def pack_spikes(x: Tensor) -> PackedSpikes | None:
     # every nonzero bit pattern is that of 1.0: the rest are +0.0
     if torch.count_nonzero(bits) != torch.count_nonzero(ones):
         return None
-    ones = torch.nn.functional.pad(ones, (0, -ones.numel() % 8))
+    if ones.numel() % 8:
+        ones = torch.nn.functional.pad(ones, (0, -ones.numel() % 8))
     # Eight bools (bytes 0 or 1) read as one little-endian int64 have their spikes at bits
     # 0, 8, ..., 56; three shifts gather them into the low byte.
-    gathered = ones.view(torch.int64)
-    gathered = gathered | (gathered >> 7)
+    spread = ones.view(torch.int64)
+    gathered = spread >> 7
+    gathered |= spread
     gathered |= gathered >> 14
     gathered |= gathered >> 28
     packed = gathered.to(torch.uint8)
