@@ -122,3 +122,31 @@ def test_gradients_are_bitwise_on_cuda(family, backend, monkeypatch):
     plain = copy.deepcopy(model)
     plain.set_spike_compaction(False)
     assert_bitwise(training_step(model, images, labels), training_step(plain, images, labels))
+
+
+def test_per_block_rows_add_up_to_the_total():
+    model, images, _ = tiny("sdt", torch.float32)
+    report = measure_saved_tensors(model, images, compact=True)
+    for table in (report.per_block(1), report.per_block(2), report.per_layer()):
+        *rows, total = table.to_dicts()
+        assert total["module"] == "total" and total["tensors"] == len(report.tensors)
+        for column in ("saved MiB", "spikes MiB", "kept MiB"):
+            assert sum(row[column] for row in rows) == pytest.approx(total[column])
+    assert report.per_block(1).column("module")[:-1] == [
+        "patch_embed",
+        "blocks",
+        "head_lif",
+        "head",
+    ]
+
+
+def test_measure_saved_tensors_refuses_bad_arguments():
+    model, images, _ = tiny("sdt", torch.float32)
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
+        measure_saved_tensors("sdt", images)
+    with pytest.raises(TypeError, match=r"inputs\[0\] must be a torch\.Tensor, got list"):
+        measure_saved_tensors(model, [1.0])
+    with pytest.raises(TypeError, match="compact must be True or False, got str"):
+        measure_saved_tensors(model, images, compact="yes")
+    with pytest.raises(ValueError, match="depth must be an integer >= 1, got 0"):
+        measure_saved_tensors(model, images).per_block(0)
