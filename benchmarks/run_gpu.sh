@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks of the CUDA neuron kernels, in one go (about 5 minutes on an H100):
-# the tests marked `cuda`, then benchmarks/bench_cuda.py. Run from the repository root on a
-# machine with a CUDA GPU, PyTorch and CuPy. Everything lands in $OUT (default ./gpu-results):
-# nvidia-smi.txt, versions.txt, tests.log, bench_cuda.log, bench_cuda.json.
+# the tests marked `cuda`, then benchmarks/bench_cuda.py and bench_memory.py --device cuda. Run
+# from the repository root on a machine with a CUDA GPU, PyTorch and CuPy. Everything lands in
+# $OUT (default ./gpu-results):
+# nvidia-smi.txt, versions.txt, tests.log, bench_cuda.log, bench_cuda.json, bench_memory.log,
+# bench_memory.json.
 # Wheels in ./.whl (e.g. timm, spikingjelly, loguru where the machine lacks them) are installed
 # first into /tmp/site, without network access. TESTS_TIMEOUT and BENCH_TIMEOUT (seconds, default
-# 180 and 300) bound the two steps.
+# 180 and 300) bound the tests and each benchmark.
 set -u -o pipefail
 out=${OUT:-$PWD/gpu-results}
 mkdir -p "$out"
@@ -31,7 +33,10 @@ for name in ("cupy", "timm", "triton", "spikingjelly"):
 PY
 status=0
 timeout "${TESTS_TIMEOUT:-180}" python3 -m pytest -m cuda -p no:cacheprovider -q -rs \
-  tests/test_cuda.py tests/neurons/test_cupy_backend.py 2>&1 | tee "$out/tests.log" || status=1
+  tests/test_cuda.py tests/neurons/test_cupy_backend.py tests/models/test_spike_compaction.py \
+  2>&1 | tee "$out/tests.log" || status=1
 timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/bench_cuda.py --json "$out/bench_cuda.json" 2>&1 \
   | tee "$out/bench_cuda.log" || status=1
+timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/bench_memory.py --device cuda --repeats 1 \
+  --json "$out/bench_memory.json" 2>&1 | tee "$out/bench_memory.log" || status=1
 exit $status

@@ -33,6 +33,7 @@ from spikezoo.analysis.ops import (
 from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
 from spikezoo.analysis.profile import ModelProfile, profile_model
 from spikezoo.analysis.report import PerLayerReport, Table
+from spikezoo.analysis.saved_tensors import SavedTensor, SavedTensorReport, measure_saved_tensors
 
 __all__ = [
     "DEFAULT_ENERGY",
@@ -50,6 +51,8 @@ __all__ = [
     "OpCounter",
     "OpReport",
     "PerLayerReport",
+    "SavedTensor",
+    "SavedTensorReport",
     "Table",
     "attention_maps",
     "events_from_image",
@@ -58,6 +61,7 @@ __all__ = [
     "is_event_model",
     "is_spike_tensor",
     "load_image",
+    "measure_saved_tensors",
     "plot_attention",
     "plot_firing_rates",
     "profile_model",

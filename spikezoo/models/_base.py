@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from spikezoo.layers import NeuronFactory, freeze_firing_rates
 from spikezoo.layers._arguments import fraction, positive_int
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron, MultiStepPLIF
+from spikezoo.neurons.saved_spikes import compact_saved_spikes
 
 __all__ = [
     "TIME_REDUCTIONS",
@@ -85,6 +86,8 @@ class SpikingVisionModel(nn.Module):
     feature_units: str
     #: whether the linear classifier has a bias
     head_bias: bool = True
+    #: Keep the spikes saved for backward as bits (see :meth:`set_spike_compaction`).
+    spike_compaction: bool = True
     head_lif: nn.Module
     head: nn.Module
     feature_info: list[dict]
@@ -153,9 +156,10 @@ class SpikingVisionModel(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Input -> the last feature map ``[T, B, num_features, H', W']`` (membrane potentials)."""
-        x = self.forward_stem(self.to_time_major(x))
-        for unit in self.units:
-            x = self._run_unit(unit, x)
+        with self._compaction():
+            x = self.forward_stem(self.to_time_major(x))
+            for unit in self.units:
+                x = self._run_unit(unit, x)
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -170,9 +174,10 @@ class SpikingVisionModel(nn.Module):
             x = x.flatten(3).mean(3)
         else:
             x = rearrange(x, "t b c h w -> t b (h w) c")
-        x = self.head_lif(x)
-        if not pre_logits:
-            x = self.head(x)
+        with self._compaction():
+            x = self.head_lif(x)
+            if not pre_logits:
+                x = self.head(x)
         return x if self.per_step_logits else x.mean(0)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -210,11 +215,12 @@ class SpikingVisionModel(nn.Module):
         units = self.units[: max_index + 1] if stop_early else self.units
 
         intermediates = []
-        x = self.forward_stem(self.to_time_major(x))
-        for i, unit in enumerate(units):
-            x = self._run_unit(unit, x)
-            if i in take_indices:
-                intermediates.append(_reduce_time(x, reduction))
+        with self._compaction():
+            x = self.forward_stem(self.to_time_major(x))
+            for i, unit in enumerate(units):
+                x = self._run_unit(unit, x)
+                if i in take_indices:
+                    intermediates.append(_reduce_time(x, reduction))
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -290,6 +296,26 @@ class SpikingVisionModel(nn.Module):
         """Recompute each feature unit in backward: less memory, same outputs, gradients and
         buffer updates (the recomputation leaves BN statistics and DSSA rates alone)."""
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_spike_compaction(self, enable: bool = True) -> None:
+        """Keep the spikes saved for backward as bits (on by default): less memory, the same
+        outputs and gradients bit for bit. See :func:`spikezoo.neurons.compact_saved_spikes`.
+
+        Raises ``TypeError`` if ``enable`` is not a bool.
+        """
+        if not isinstance(enable, bool):
+            raise TypeError(
+                f"enable must be True or False, got {type(enable).__name__} {enable!r:.60}"
+            )
+        self.spike_compaction = enable
+
+    def _compaction(self) -> contextlib.AbstractContextManager:
+        """Spike compaction where it applies: gradients enabled, eager (not compiling)."""
+        active = (
+            self.spike_compaction and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        )
+        return compact_saved_spikes() if active else contextlib.nullcontext()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -8,6 +8,7 @@ from spikezoo.neurons.functional import (
     multistep_plif,
 )
 from spikezoo.neurons.modules import MultiStepIF, MultiStepLIF, MultiStepNeuron, MultiStepPLIF
+from spikezoo.neurons.saved_spikes import PackedSpikes, compact_saved_spikes, pack_spikes
 from spikezoo.neurons.surrogate import Surrogate, get_surrogate, register_surrogate, surrogate_names
 
 __all__ = [
@@ -16,12 +17,15 @@ __all__ = [
     "MultiStepLIF",
     "MultiStepNeuron",
     "MultiStepPLIF",
+    "PackedSpikes",
     "Surrogate",
+    "compact_saved_spikes",
     "get_surrogate",
     "multistep_if",
     "multistep_lif",
     "multistep_neuron",
     "multistep_plif",
+    "pack_spikes",
     "register_surrogate",
     "surrogate_names",
 ]

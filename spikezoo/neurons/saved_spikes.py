@@ -1,0 +1,201 @@
+"""Spikes saved for backward, kept as bits.
+
+A convolution, linear layer or product whose input is spikes saves that input for its
+backward pass, in the input's float dtype: 32 bits (float32) for a value that is 0 or 1.
+Inside :func:`compact_saved_spikes`, every saved tensor whose values are all exactly ``0.0``
+or ``1.0`` is stored instead as one bit per value (``uint8``, 8 spikes a byte) and expanded
+back, bit for bit, when backward asks for it: the float tensor is freed as soon as the forward
+pass lets go of it, and the gradients are exactly those computed without compaction.
+
+What is compacted: float tensors (float16, bfloat16, float32, float64) laid out densely in
+memory (any dimension order: channels-last works), that some operation produced
+(``grad_fn`` set: parameters and inputs, alive anyway, are left alone), and whose bit
+patterns are all those of ``+0.0`` or ``1.0`` (so ``-0.0`` and NaN are kept as they are).
+Everything else is saved unchanged. The same tensor saved by several operations (SDSA's
+spikes feed three convolutions) is packed once.
+
+spikezoo's models run their training forward pass inside this context unless told not to
+(``model.set_spike_compaction(False)``); any other network can use it directly::
+
+    with compact_saved_spikes():
+        loss = criterion(net(x), y)
+    loss.backward()
+
+Differences from plain autograd: a compacted spike tensor is a snapshot, so modifying it in
+place after the forward pass goes unnoticed instead of raising autograd's "modified by an
+inplace operation" error (tensors saved unchanged still raise it). Inside
+``torch.compile``'d code, in ``torch.utils.checkpoint`` regions (which save their own way) and
+under ``torch.func`` transforms (which refuse saved-tensor hooks) nothing is compacted.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
+
+__all__ = ["PackedSpikes", "compact_saved_spikes", "pack_spikes"]
+
+#: The integer dtype each float dtype is compared in, bit pattern by bit pattern.
+_BITS_DTYPES = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+#: Values read before the whole tensor is checked: most non-spike tensors fail here.
+_PROBE = 64
+
+
+@dataclass(frozen=True, eq=False)
+class PackedSpikes:
+    """A spike tensor stored as bits: :meth:`unpack` gives it back bit for bit.
+
+    Attributes:
+        bits: ``uint8 [ceil(numel / 8)]``, bit ``i`` of byte ``j`` is element ``8 j + i`` of
+            the tensor in memory order.
+        shape: the tensor's shape.
+        order: its dimensions from the outermost to the innermost in memory.
+        dtype: its dtype.
+    """
+
+    bits: Tensor
+    shape: torch.Size
+    order: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: one per 8 spikes."""
+        return self.bits.nbytes
+
+    def unpack(self) -> Tensor:
+        """The spikes as a tensor of :attr:`dtype`, shape and dimension order of the original."""
+        table = _byte_values(self.dtype, self.bits.device)
+        flat = table.index_select(0, self.bits.int()).view(-1)[: self.shape.numel()]
+        in_memory_order = flat.view([self.shape[d] for d in self.order])
+        return in_memory_order.permute(_inverse(self.order))
+
+
+def pack_spikes(x: Tensor) -> PackedSpikes | None:
+    """``x`` as :class:`PackedSpikes` if it holds only ``+0.0`` and ``1.0``, else ``None``.
+
+    ``x`` must be a floating-point tensor laid out densely (any dimension order); anything
+    else gives ``None`` too, and so does every tensor on a big-endian machine.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    bits_dtype = _BITS_DTYPES.get(x.dtype)
+    if bits_dtype is None or x.numel() == 0 or sys.byteorder != "little":
+        return None
+    order = tuple(sorted(range(x.dim()), key=lambda d: -x.stride(d)))
+    in_memory_order = x.permute(order)
+    if not in_memory_order.is_contiguous():
+        return None
+    bits = in_memory_order.reshape(-1).view(bits_dtype)
+    one = torch.ones((), dtype=x.dtype).view(bits_dtype).item()
+    probe = bits[:_PROBE]
+    if not ((probe == 0) | (probe == one)).all():
+        return None
+    ones = bits == one
+    # every nonzero bit pattern is that of 1.0: the rest are +0.0
+    if torch.count_nonzero(bits) != torch.count_nonzero(ones):
+        return None
+    if ones.numel() % 8:
+        ones = torch.nn.functional.pad(ones, (0, -ones.numel() % 8))
+    # Eight bools (bytes 0 or 1) read as one little-endian int64 have their spikes at bits
+    # 0, 8, ..., 56; three shifts gather them into the low byte.
+    spread = ones.view(torch.int64)
+    gathered = spread >> 7
+    gathered |= spread
+    gathered |= gathered >> 14
+    gathered |= gathered >> 28
+    packed = gathered.to(torch.uint8)
+    return PackedSpikes(packed, x.shape, order, x.dtype)
+
+
+@functools.cache
+def _byte_values(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[256, 8]``: row ``b`` holds the bits of the byte ``b``, lowest first, as ``dtype``."""
+    shifts = torch.arange(8, device=device)
+    return ((torch.arange(256, device=device).unsqueeze(-1) >> shifts) & 1).to(dtype)
+
+
+def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(range(len(order)), key=lambda d: order[d]))
+
+
+@dataclass(frozen=True)
+class _Unchanged:
+    """A tensor saved as it is, with its version at save time (autograd's in-place check)."""
+
+    tensor: Tensor
+    version: int
+
+
+class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
+    """Within the block, tensors saved for backward that hold only spikes are kept as bits.
+
+    A context manager (``with compact_saved_spikes(): ...``); see the module docstring for
+    what is compacted. ``enabled=False`` makes it do nothing, so callers can pass a switch.
+
+    Raises ``TypeError`` if ``enabled`` is not a bool.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        if not isinstance(enabled, bool):
+            raise TypeError(
+                f"enabled must be True or False, got {type(enabled).__name__} {enabled!r:.60}"
+            )
+        self.enabled = enabled
+        # (storage, offset, shape, strides, dtype, version) -> its packing, for tensors saved
+        # twice. The weak reference keeps the storage's address from being reused while cached.
+        self._packed: dict[tuple, PackedSpikes | None] = {}
+        super().__init__(self.pack, self.unpack)
+
+    def __enter__(self) -> compact_saved_spikes:
+        # torch.func transforms refuse saved-tensor hooks: there, tensors are saved as they are
+        self._active = self.enabled and torch._C._autograd._saved_tensors_hooks_is_enabled()
+        if self._active:
+            super().__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._active:
+            super().__exit__(*exc_info)
+        self._packed.clear()
+
+    def pack(self, x: Tensor) -> PackedSpikes | _Unchanged:
+        """The pack hook: ``x`` as bits if it holds only spikes, else ``x`` as it is."""
+        if x.grad_fn is None or x.dtype not in _BITS_DTYPES:
+            return _Unchanged(x, x._version)
+        key = (
+            StorageWeakRef(x.untyped_storage()),
+            x.storage_offset(),
+            x.shape,
+            x.stride(),
+            x.dtype,
+            x._version,
+        )
+        if key not in self._packed:
+            self._packed[key] = pack_spikes(x)
+        cached = self._packed[key]
+        return _Unchanged(x, x._version) if cached is None else cached
+
+    @staticmethod
+    def unpack(saved: PackedSpikes | _Unchanged) -> Tensor:
+        """The unpack hook: the tensor :meth:`pack` was given, bit for bit."""
+        if isinstance(saved, PackedSpikes):
+            return saved.unpack()
+        if saved.tensor._version != saved.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: a tensor of shape {tuple(saved.tensor.shape)} is at version "
+                f"{saved.tensor._version}; expected version {saved.version} instead"
+            )
+        return saved.tensor

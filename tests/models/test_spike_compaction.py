@@ -1,0 +1,152 @@
+"""Spike compaction in the models: the same outputs and gradients bit for bit, fewer bytes."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikezoo.analysis import measure_saved_tensors
+from tests.analysis.tiny_models import TINY_MODELS, eager
+
+
+def tiny(family, dtype):
+    model = eager(TINY_MODELS[family]()).to(dtype).train()
+    images = torch.randn(2, 3, 32, 32, dtype=dtype)
+    return model, images, torch.tensor([1, 7])
+
+
+def training_step(model, images, labels):
+    fired = []
+    hooks = [
+        neuron.register_forward_hook(lambda m, args, out: fired.append(bool(out.any())))
+        for _, neuron in model.spiking_neurons()
+    ]
+    loss = F.cross_entropy(model(images), labels)
+    for hook in hooks:
+        hook.remove()
+    assert sum(fired) >= len(fired) // 2  # most layers spike: the bits carry ones
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    return loss.detach(), grads, [b.clone() for b in model.buffers()]
+
+
+def assert_bitwise(a, b):
+    loss_a, grads_a, buffers_a = a
+    loss_b, grads_b, buffers_b = b
+    assert torch.equal(loss_a, loss_b)
+    for name, grad in grads_a.items():
+        assert torch.equal(grad, grads_b[name]), name
+    for x, y in zip(buffers_a, buffers_b, strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("family", TINY_MODELS)
+def test_gradients_are_bitwise_those_without_compaction(family, dtype):
+    model, images, labels = tiny(family, dtype)
+    plain = copy.deepcopy(model)
+    plain.set_spike_compaction(False)
+    assert model.spike_compaction  # on by default
+    assert_bitwise(training_step(model, images, labels), training_step(plain, images, labels))
+
+
+@pytest.mark.parametrize("family", TINY_MODELS)
+def test_grad_checkpointing_with_compaction_gives_the_same_gradients(family):
+    model, images, labels = tiny(family, torch.float64)
+    plain = copy.deepcopy(model)
+    plain.set_spike_compaction(False)
+    model.set_grad_checkpointing(True)
+    assert_bitwise(training_step(model, images, labels), training_step(plain, images, labels))
+
+
+@pytest.mark.parametrize("family", TINY_MODELS)
+def test_forward_intermediates_and_features_compact_too(family):
+    model, images, _ = tiny(family, torch.float32)
+    seen = []
+
+    def record(t):
+        seen.append(t)
+        return t
+
+    for switch in (True, False):
+        model.set_spike_compaction(switch)
+        seen.clear()
+        with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
+            model.forward_intermediates(images, intermediates_only=True)
+            model(images)
+        # the model's own hooks, when on, take every tensor the network saves
+        assert (len(seen) == 0) == switch
+
+
+@pytest.mark.parametrize("family", TINY_MODELS)
+def test_saved_bytes_drop_to_a_bit_per_spike(family):
+    model, images, _ = tiny(family, torch.float32)
+    buffers = [b.clone() for b in model.buffers()]
+    plain = measure_saved_tensors(model, images)
+    compacted = measure_saved_tensors(model, images, compact=True)
+    assert [b for b in model.buffers()] and all(
+        torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True)
+    )
+    assert model.spike_compaction  # the measurement switched it back on
+    assert plain.kept_nbytes == plain.nbytes == compacted.nbytes
+    assert [t.shape for t in plain.tensors] == [t.shape for t in compacted.tensors]
+    spike_tensors = [t for t in compacted.tensors if t.spikes and len(t.shape) > 0]
+    assert sum(t.nbytes for t in spike_tensors) > 0.25 * compacted.nbytes
+    for t in compacted.tensors:
+        elements = t.nbytes // 4
+        expected = -(-elements // 8) if t in spike_tensors else t.nbytes
+        assert t.kept_nbytes == expected, t
+    assert compacted.kept_nbytes < 0.75 * plain.nbytes
+
+
+def test_set_spike_compaction_takes_a_bool():
+    model, _, _ = tiny("sdt", torch.float32)
+    with pytest.raises(TypeError, match="enable must be True or False, got int 1"):
+        model.set_spike_compaction(1)
+    assert model.spike_compaction
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["torch", "cupy", "inductor"])
+@pytest.mark.parametrize("family", TINY_MODELS)
+def test_gradients_are_bitwise_on_cuda(family, backend, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    model, images, labels = tiny(family, torch.float32)
+    for module in model.modules():
+        if hasattr(module, "backend"):
+            module.backend = backend
+    model, images, labels = model.cuda(), images.cuda(), labels.cuda()
+    plain = copy.deepcopy(model)
+    plain.set_spike_compaction(False)
+    assert_bitwise(training_step(model, images, labels), training_step(plain, images, labels))
+
+
+def test_per_block_rows_add_up_to_the_total():
+    model, images, _ = tiny("sdt", torch.float32)
+    report = measure_saved_tensors(model, images, compact=True)
+    for table in (report.per_block(1), report.per_block(2), report.per_layer()):
+        *rows, total = table.to_dicts()
+        assert total["module"] == "total" and total["tensors"] == len(report.tensors)
+        for column in ("saved MiB", "spikes MiB", "kept MiB"):
+            assert sum(row[column] for row in rows) == pytest.approx(total[column])
+    assert report.per_block(1).column("module")[:-1] == [
+        "patch_embed",
+        "blocks",
+        "head_lif",
+        "head",
+    ]
+
+
+def test_measure_saved_tensors_refuses_bad_arguments():
+    model, images, _ = tiny("sdt", torch.float32)
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
+        measure_saved_tensors("sdt", images)
+    with pytest.raises(TypeError, match=r"inputs\[0\] must be a torch\.Tensor, got list"):
+        measure_saved_tensors(model, [1.0])
+    with pytest.raises(TypeError, match="compact must be True or False, got str"):
+        measure_saved_tensors(model, images, compact="yes")
+    with pytest.raises(ValueError, match="depth must be an integer >= 1, got 0"):
+        measure_saved_tensors(model, images).per_block(0)

@@ -1,0 +1,133 @@
+"""Spikes saved for backward as bits: exact round trips, what is left alone, bad input."""
+
+import pytest
+import torch
+
+from spikezoo.neurons import MultiStepLIF, PackedSpikes, compact_saved_spikes, pack_spikes
+
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def spikes(*shape, dtype=torch.float32):
+    return (torch.rand(shape) < 0.3).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(4, 2, 8, 5, 5), (3, 7), (1,), (13,), ()])
+def test_round_trip_is_bitwise_and_an_eighth_of_a_byte_per_spike(dtype, shape):
+    x = spikes(*shape, dtype=dtype)
+    packed = pack_spikes(x)
+    assert isinstance(packed, PackedSpikes)
+    assert packed.nbytes == -(-x.numel() // 8)
+    back = packed.unpack()
+    assert back.dtype == dtype and back.shape == x.shape
+    assert torch.equal(back.reshape(-1).view(torch.uint8), x.reshape(-1).view(torch.uint8))
+
+
+def test_dimension_order_survives_the_round_trip():
+    x = spikes(4, 8, 6, 6).to(memory_format=torch.channels_last)
+    transposed = spikes(5, 9).t()
+    for tensor in (x, transposed):
+        back = pack_spikes(tensor).unpack()
+        assert back.stride() == tensor.stride()
+        assert torch.equal(back, tensor)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0.0, -0.0, 1.0], [1.0, float("nan")], [0.0, 0.5], [1.0, 2.0], [0.0, float("inf")]],
+    ids=["negative zero", "nan", "half", "two", "inf"],
+)
+def test_anything_but_plus_zero_and_one_is_not_packed(values):
+    # the values sit past the probe, so the whole-tensor check has to catch them
+    x = torch.cat([torch.ones(100), torch.tensor(values)])
+    assert pack_spikes(x) is None
+
+
+def test_integers_bools_and_strided_views_are_not_packed():
+    assert pack_spikes(torch.ones(8, dtype=torch.int64)) is None
+    assert pack_spikes(torch.ones(8, dtype=torch.bool)) is None
+    assert pack_spikes(spikes(8, 8)[:, ::2]) is None
+    assert pack_spikes(torch.empty(0)) is None
+
+
+def test_pack_spikes_refuses_a_non_tensor():
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor, got list"):
+        pack_spikes([0.0, 1.0])
+
+
+def lif_then_linear(x, weight):
+    return (MultiStepLIF(backend="torch")(x) @ weight).square().sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradients_are_bitwise_those_of_plain_autograd(dtype):
+    x = (torch.randn(4, 64, 32, dtype=dtype) * 2).requires_grad_()
+    weight = torch.randn(32, 16, dtype=dtype, requires_grad=True)
+    plain = torch.autograd.grad(lif_then_linear(x, weight), (x, weight))
+    with compact_saved_spikes():
+        loss = lif_then_linear(x, weight)
+    compacted = torch.autograd.grad(loss, (x, weight))
+    for a, b in zip(plain, compacted, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_tensor_saved_twice_is_packed_once():
+    s = MultiStepLIF(backend="torch")(torch.randn(4, 64, requires_grad=True))
+    with compact_saved_spikes() as compaction:
+        packed = [compaction.pack(s.view(4, 64)) for _ in range(3)]
+        other_view = compaction.pack(s.view(256))
+    assert isinstance(packed[0], PackedSpikes) and packed[0] is packed[1] is packed[2]
+    assert isinstance(other_view, PackedSpikes) and other_view is not packed[0]
+
+
+def test_unchanged_tensors_keep_autograds_inplace_check():
+    x = torch.randn(16, requires_grad=True)
+    with compact_saved_spikes():
+        y = x * 1.5
+        z = y * y
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()
+
+
+def test_parameters_and_inputs_are_never_copied():
+    weight = torch.ones(8, 8, requires_grad=True)  # all ones: spikes, but alive anyway
+    inputs = spikes(4, 8)
+    with compact_saved_spikes() as compaction:
+        assert not isinstance(compaction.pack(weight), PackedSpikes)
+        assert not isinstance(compaction.pack(inputs), PackedSpikes)
+
+
+def test_disabled_compaction_leaves_saving_to_the_hooks_outside():
+    s = MultiStepLIF(backend="torch")(torch.randn(4, 64, requires_grad=True))
+    seen = []
+
+    def record(t):
+        seen.append(t)
+        return t
+
+    with (
+        torch.autograd.graph.saved_tensors_hooks(record, lambda t: t),
+        compact_saved_spikes(enabled=False),
+    ):
+        s @ torch.randn(64, 8, requires_grad=True)
+    assert any(t.dtype == torch.float32 and torch.equal(t, s) for t in seen)
+
+
+def test_enabled_must_be_a_bool():
+    with pytest.raises(TypeError, match="enabled must be True or False, got str 'yes'"):
+        compact_saved_spikes("yes")
+
+
+def test_torch_func_transforms_run_without_compaction():
+    x = torch.randn(64, 32, dtype=torch.float64)
+
+    def loss(weight):
+        with compact_saved_spikes():
+            spikes = torch.relu(torch.sign(x * weight.sum()))  # 0 and 1, with a grad_fn
+            return (spikes @ weight).square().sum()
+
+    weight = torch.randn(32, 8, dtype=torch.float64, requires_grad=True)
+    (expected,) = torch.autograd.grad(loss(weight), weight)
+    assert torch.equal(torch.func.grad(loss)(weight.detach()), expected)
