@@ -391,7 +391,11 @@ def time_variant(
     for runner in runners:
         model = runner.model
         if mode == "compile":
-            model = torch.compile(model)
+            # a fresh dynamo cache and static shapes per row: after the rows before it, dynamo
+            # would otherwise switch to dynamic shapes, which torch 2.14's inductor cannot lower
+            # for these models
+            torch._dynamo.reset()
+            model = torch.compile(model, dynamic=False)
         call = make_call(model, task, x, y, dtype, device)
         try:
             synchronize(device)
