@@ -6,12 +6,13 @@ from spikezoo.models._base import TIME_REDUCTIONS, SpikingVisionModel, neuron_fa
 from spikezoo.models._checkpoint import CheckpointMismatchError, guess_architecture
 from spikezoo.models._pretrained import SpikingPretrainedCfg
 from spikezoo.models.spike_driven_transformer import SpikeDrivenTransformer
+from spikezoo.models.spike_driven_transformer_v2 import SpikeDrivenTransformerV2
 from spikezoo.models.spiking_resformer import SpikingResformer
 
 #: Every spikezoo entry point registered with timm.
 MODEL_NAMES = tuple(
     name
-    for family in ("spike_driven_transformer", "spiking_resformer")
+    for family in ("spike_driven_transformer", "spiking_resformer", "spike_driven_transformer_v2")
     for name in timm.list_models(module=family)
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "TIME_REDUCTIONS",
     "CheckpointMismatchError",
     "SpikeDrivenTransformer",
+    "SpikeDrivenTransformerV2",
     "SpikingPretrainedCfg",
     "SpikingResformer",
     "SpikingVisionModel",

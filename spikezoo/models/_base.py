@@ -132,14 +132,22 @@ class SpikingVisionModel(nn.Module):
         head at every step. ``pre_logits=True`` returns the head's input instead, averaged over
         time unless ``per_step_logits`` is set.
         """
+        x = self.head_input(x)
+        if not pre_logits:
+            x = self.head(x)
+        return x if self.per_step_logits else x.mean(0)
+
+    def head_input(self, x: Tensor) -> Tensor:
+        """``[T, B, C, H, W]`` -> what the linear head reads at every step.
+
+        ``[T, B, C]`` averaged over space (``global_pool="avg"``) or ``[T, B, H*W, C]`` tokens,
+        through the head neuron.
+        """
         if self.global_pool == "avg":
             x = x.flatten(3).mean(3)
         else:
             x = rearrange(x, "t b c h w -> t b (h w) c")
-        x = self.head_lif(x)
-        if not pre_logits:
-            x = self.head(x)
-        return x if self.per_step_logits else x.mean(0)
+        return self.head_lif(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> ``[B, num_classes]``."""
