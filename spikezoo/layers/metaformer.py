@@ -46,9 +46,9 @@ class BNAndPad(nn.Module):
 
     ``[N, C, H, W]`` -> ``[N, C, H + 2p, W + 2p]``. The border value per channel is
     ``bias - running_mean * weight / sqrt(running_var + eps)``, taken from the running
-    statistics in training mode too and passing no gradient (the authors' choice): a
-    following unpadded 3x3 convolution then equals a zero-padded one on the BN's input,
-    as a re-parameterised ``conv1x1 -> conv3x3`` would compute it.
+    statistics in training mode too (after this call's update) and passing no gradient, as
+    in the authors' code. In eval mode the result is ``BN(zero_pad(x))``: a following
+    unpadded 3x3 convolution can be merged with the preceding 1x1 convolution and the BN.
 
     Args:
         num_features: channels C.

@@ -327,22 +327,36 @@ _DEFAULTS = dict(
     origin_url="https://github.com/BICLab/Spike-Driven-Transformer-V2",
 )
 
+#: The tag of the authors' released weights, trained with the distillation head.
+_KD_TAG = "in1k_kd"
+
 _NOT_RELEASED = ("The authors released weights of the 55M model (sdt_v2_8_512) only.",)
 
 default_cfgs = spikezoo_default_cfgs(
     _DEFAULTS,
     {
         "sdt_v2_8_384.in1k": dict(notes=_NOT_RELEASED),
-        "sdt_v2_8_512.in1k_kd": dict(
+        f"sdt_v2_8_512.{_KD_TAG}": dict(
             top1=80.0,
             notes=(
                 "Trained at T=4 (the entry point's default time_steps) with the distillation "
-                "head: create the model with kd=True; eval returns the mean of both heads.",
+                "head (kd=True, set by this tag); eval returns the mean of both heads.",
             ),
         ),
         "sdt_v2_8_768.in1k": dict(notes=_NOT_RELEASED),
     },
 )
+
+
+def _built_for_kd_weights(pretrained: bool, pretrained_cfg: object) -> bool:
+    """Whether ``sdt_v2_8_512`` is asked for the ``in1k_kd`` weights (its default tag)."""
+    if isinstance(pretrained_cfg, str):
+        return pretrained_cfg == _KD_TAG
+    if isinstance(pretrained_cfg, Mapping):
+        return pretrained_cfg.get("tag") == _KD_TAG
+    if pretrained_cfg is not None:
+        return getattr(pretrained_cfg, "tag", None) == _KD_TAG
+    return pretrained
 
 
 @register_model
@@ -354,8 +368,13 @@ def sdt_v2_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2
 
 @register_model
 def sdt_v2_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
-    """Meta-SpikeFormer 8-512, ImageNet-1k (55.4M parameters; 56.0M with ``kd=True``)."""
-    args = dict(embed_dims=(128, 256, 512, 640))
+    """Meta-SpikeFormer 8-512, ImageNet-1k (55.4M parameters; 56.0M with ``kd=True``).
+
+    ``kd`` defaults to ``True`` for the ``in1k_kd`` weights (``"sdt_v2_8_512.in1k_kd"``, or
+    ``pretrained=True`` without a tag).
+    """
+    kd = _built_for_kd_weights(pretrained, kwargs.get("pretrained_cfg"))
+    args = dict(embed_dims=(128, 256, 512, 640), kd=kd)
     return _create("sdt_v2_8_512", pretrained, **dict(args, **kwargs))
 
 

@@ -26,6 +26,10 @@ TINY = {
             time_steps=2,
         ),
     ),
+    "sdt_v2": (
+        "sdt_v2_8_384",
+        dict(embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=5, time_steps=2),
+    ),
 }
 
 
@@ -94,7 +98,8 @@ def test_torch_compile_matches_eager(family):
     # would otherwise be traced with dynamic shapes, which inductor 2.14 cannot compile here.
     torch._dynamo.reset()
     # float64 so that reordered arithmetic cannot flip a spike
-    model = tiny(family, depth=1) if family == "sdt" else tiny(family, depths=(1, 0))
+    shallow = dict(sdt=dict(depth=1), resformer=dict(depths=(1, 0))).get(family, {})
+    model = tiny(family, **shallow)
     model = model.double().train()
     twin = copy.deepcopy(model)
     x = image(model, batch=1).double()
@@ -252,6 +257,14 @@ def test_bad_arguments_name_the_argument(family, overrides, message):
         ("resformer", dict(patch_sizes=(0, 1)), r"patch_sizes\[0\] must be an integer >= 1, got 0"),
         ("resformer", dict(embed_dims=(16, 0)), r"embed_dims\[1\] must be an integer >= 1, got 0"),
         ("resformer", dict(group_size=0), "group_size must be an integer >= 1, got 0"),
+        (
+            "sdt_v2",
+            dict(embed_dims=(8, 16, 32)),
+            r"embed_dims needs four widths, got \(8, 16, 32\)",
+        ),
+        ("sdt_v2", dict(embed_dims=(1, 16, 32, 40)), r"embed_dims\[0\] must be an integer >= 2"),
+        ("sdt_v2", dict(num_heads=3), r"dim \(32\) must be divisible by num_heads \(3\)"),
+        ("sdt_v2", dict(mlp_ratio=0), "mlp_ratio must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_family_arguments_name_the_argument(family, overrides, message):
@@ -279,7 +292,7 @@ def test_an_integer_image_is_refused_with_the_conversion(family):
         model(pixels)
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", ["sdt", "resformer"])  # the messages count 2 units
 @pytest.mark.parametrize(
     ("indices", "message"),
     [
@@ -306,3 +319,38 @@ def test_feature_indices_out_of_range_say_what_is_valid(family, indices, message
     with pytest.raises(ValueError, match=message):
         tiny(family, features_only=True, out_indices=indices)
     assert len(model.units) == 2  # nothing was pruned
+
+
+def test_meta_spikeformer_kd_returns_both_heads_in_training_and_their_mean_in_eval():
+    model = tiny("sdt_v2", kd=True).double()  # float64: no last-bit difference flips a spike
+    x = image(model).double()
+    model.train()
+    twin = copy.deepcopy(model)  # a training call advances the BN statistics that RepConv reads
+    logits, logits_kd = model(x)
+    assert logits.shape == logits_kd.shape == (2, 5)
+    twin.set_distilled_training(False)
+    torch.testing.assert_close(twin(x), (logits + logits_kd) / 2)
+    model.eval()
+    features = model.forward_features(x)
+    spikes = model.head_input(features)
+    both = (model.head(spikes).mean(0) + model.head_kd(spikes).mean(0)) / 2
+    torch.testing.assert_close(model(x), both)
+    model.per_step_logits = True
+    assert model(x).shape == (model.time_steps, 2, 5)
+    assert model.forward_head(features, pre_logits=True).shape == (model.time_steps, 2, 40)
+
+
+def test_meta_spikeformer_reset_classifier_replaces_both_heads():
+    model = tiny("sdt_v2", kd=True).eval()
+    model.reset_classifier(7)
+    assert model.head.out_features == model.head_kd.out_features == 7
+    assert not model.head_kd.training
+    assert model(image(model)).shape == (2, 7)
+    with pytest.raises(ValueError, match="set_distilled_training needs a model built with kd=True"):
+        tiny("sdt_v2").set_distilled_training(True)
+
+
+def test_meta_spikeformer_has_six_and_two_transformer_blocks():
+    model = tiny("sdt_v2")
+    assert [len(stage) for stage in model.stages] == [1, 2, 3, 7, 3]  # entry conv + blocks
+    assert [info["reduction"] for info in model.feature_info] == [2, 4, 8, 16, 16]

@@ -11,7 +11,8 @@ import spikezoo  # noqa: F401
 
 SDT = timm.list_models(module="spike_driven_transformer")
 RESFORMER = timm.list_models(module="spiking_resformer")
-ENTRY_POINTS = SDT + RESFORMER
+SDT_V2 = timm.list_models(module="spike_driven_transformer_v2")
+ENTRY_POINTS = SDT + RESFORMER + SDT_V2
 
 # The parameter counts of the authors' models (shared/reference/ARCHITECTURE.md).
 PARAMETERS = {
@@ -29,18 +30,32 @@ PARAMETERS = {
     "spikingresformer_l": 60_375_680,
     "spikingresformer_cifar": 10_793_152,
     "spikingresformer_dvsg": 2_709_830,
+    "sdt_v2_8_384": 31_333_864,
+    "sdt_v2_8_512": 55_350_248,
+    "sdt_v2_8_768": 123_741_160,
+}
+
+# The same with the distillation head (Meta-SpikeFormer's kd=True).
+KD_PARAMETERS = {
+    "sdt_v2_8_384": 31_814_864,
+    "sdt_v2_8_512": 55_991_248,
+    "sdt_v2_8_768": 124_702_160,
 }
 
 
 def test_every_family_member_is_registered():
-    assert len(SDT) == 9 and len(RESFORMER) == 6
+    assert len(SDT) == 9 and len(RESFORMER) == 6 and len(SDT_V2) == 3
     assert set(PARAMETERS) <= set(ENTRY_POINTS)
 
 
-@pytest.mark.parametrize(("name", "count"), PARAMETERS.items())
-def test_parameter_count_equals_the_authors_model(name, count):
+@pytest.mark.parametrize(
+    ("name", "args", "count"),
+    [(name, {}, count) for name, count in PARAMETERS.items()]
+    + [(name, dict(kd=True), count) for name, count in KD_PARAMETERS.items()],
+)
+def test_parameter_count_equals_the_authors_model(name, args, count):
     with torch.device("meta"):
-        model = timm.create_model(name)
+        model = timm.create_model(name, **args)
     assert sum(p.numel() for p in model.parameters()) == count
 
 
@@ -51,7 +66,8 @@ def _small_input(model, batch=2):
 
 def _train_step(model, x):
     out = model(x)
-    out.pow(2).mean().backward()
+    # away from 0: a randomly initialised deep net may stay silent and output exactly 0
+    (out - 1).pow(2).mean().backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None]
     assert not unused, "every parameter gets a gradient"
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}

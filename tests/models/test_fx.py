@@ -34,6 +34,7 @@ FAMILIES = {
             num_classes=5,
         ),
     ),
+    "sdt_v2": ("sdt_v2_8_384", dict(embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=5)),
 }
 
 
@@ -57,6 +58,7 @@ def test_neurons_and_shape_checks_are_registered():
     assert MultiStepNeuron in get_notrace_modules()
     names = {getattr(f, "__name__", f) for f in get_notrace_functions()}
     assert {"check_tbchw", "check_dssa_input", "check_sps_input", "time_major_input"} <= names
+    assert "fill_border" in names
     assert {"rearrange", "reduce"} <= names
 
 
