@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import importlib
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch import nn
 import spikezoo
 from spikezoo.hub.checkpoint_file import read_checkpoint
 from spikezoo.hub.model_card import model_card
+from spikezoo.models._registry import family_of
 
 __all__ = ["check_finite_forward", "convert_checkpoint", "file_sha256", "full_name"]
 
@@ -60,8 +60,7 @@ def convert_checkpoint(
     state_dict = read_checkpoint(source)
     model_args = dict(model_args or {})
     model = timm.create_model(model_name, **model_args)
-    family = importlib.import_module(type(model).__module__)
-    mapped = family.checkpoint_filter_fn(state_dict, model)
+    mapped = family_of(model).checkpoint_filter_fn(state_dict, model)
     try:
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as error:

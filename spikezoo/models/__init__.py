@@ -1,22 +1,19 @@
-"""The model zoo. Importing it registers every family with timm's ``create_model``."""
-
-import timm
+"""The model zoo. Importing it registers every family of :data:`FAMILIES` with timm's
+``create_model``."""
 
 from spikezoo.models._base import TIME_REDUCTIONS, SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import CheckpointMismatchError, guess_architecture
 from spikezoo.models._pretrained import SpikingPretrainedCfg
+from spikezoo.models._registry import FAMILIES, model_names
 from spikezoo.models.spike_driven_transformer import SpikeDrivenTransformer
 from spikezoo.models.spike_driven_transformer_v2 import SpikeDrivenTransformerV2
 from spikezoo.models.spiking_resformer import SpikingResformer
 
-#: Every spikezoo entry point registered with timm.
-MODEL_NAMES = tuple(
-    name
-    for family in ("spike_driven_transformer", "spiking_resformer", "spike_driven_transformer_v2")
-    for name in timm.list_models(module=family)
-)
+#: Every spikezoo entry point registered with timm, family by family in :data:`FAMILIES` order.
+MODEL_NAMES = model_names()
 
 __all__ = [
+    "FAMILIES",
     "MODEL_NAMES",
     "TIME_REDUCTIONS",
     "CheckpointMismatchError",

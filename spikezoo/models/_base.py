@@ -1,5 +1,6 @@
-"""What both model families share: time-major input, the spiking classification head, and
-timm's model API (intermediates, classifier reset, grad checkpointing, weight-decay lists)."""
+"""What every model family shares: time-major input, the spiking classification head, timm's
+model API (intermediates, classifier reset, grad checkpointing, weight-decay lists), the
+stochastic-depth schedule and the truncated-normal initialisation."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ from functools import partial
 
 import torch
 from einops import rearrange, reduce
-from timm.layers import register_notrace_function
+from timm.layers import register_notrace_function, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from spikezoo.layers import NeuronFactory, freeze_firing_rates
-from spikezoo.layers._arguments import positive_int
+from spikezoo.layers._arguments import fraction, positive_int
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron, MultiStepPLIF
 
-__all__ = ["TIME_REDUCTIONS", "SpikingVisionModel", "neuron_factory"]
+__all__ = [
+    "TIME_REDUCTIONS",
+    "SpikingVisionModel",
+    "drop_path_rates",
+    "neuron_factory",
+    "trunc_normal_init",
+]
 
 #: How ``forward_intermediates`` turns ``[T, B, C, H, W]`` into a batch-first map.
 TIME_REDUCTIONS = ("mean", "last", "none")
@@ -37,13 +44,38 @@ def neuron_factory(neuron: str | NeuronFactory, surrogate: str) -> NeuronFactory
     return partial(_NEURONS[neuron], surrogate=surrogate)
 
 
+def drop_path_rates(drop_path_rate: float, count: int) -> list[float]:
+    """Stochastic depth rising linearly from 0 to ``drop_path_rate`` over ``count`` units.
+
+    Raises ``ValueError`` unless ``drop_path_rate`` is in [0, 1). The rates are computed in
+    Python floats, ``rate * i / (count - 1)``; timm's ``calculate_drop_path_rates`` rounds them
+    through a float32 ``torch.linspace`` instead, which differs in the last bits.
+    """
+    fraction("drop_path_rate", drop_path_rate, upper_closed=False)
+    return [drop_path_rate * i / max(count - 1, 1) for i in range(count)]
+
+
+def trunc_normal_init(
+    module: nn.Module, layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d,), std: float = 0.02
+) -> None:
+    """Weights of ``layer_types`` truncated-normal(``std``), their biases zero; for ``apply``.
+
+    Other modules keep PyTorch's initialisation (BatchNorm weight 1 and bias 0).
+    """
+    if isinstance(module, layer_types):
+        trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class SpikingVisionModel(nn.Module):
     """Base of the spikezoo classifiers.
 
     A subclass defines ``forward_stem`` (``[T, B, C, H, W]`` input to the first feature map),
-    the feature units (an ``nn.Sequential`` named by ``feature_units``: SDT blocks or Resformer
-    stages, each listed in ``self.feature_info``), ``self.head_lif`` (a neuron or
-    ``nn.Identity``), ``self.head`` and ``num_features``.
+    ``size_multiple``, the feature units (an ``nn.Sequential`` named by ``feature_units``: SDT
+    blocks or Resformer stages, each listed in ``self.feature_info``), ``self.head_lif`` (a
+    neuron or ``nn.Identity``) and ``num_features``, and builds ``self.head`` with
+    ``_make_head`` (a linear layer, with a bias unless ``head_bias`` is False).
 
     Input is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times) or event frames
     ``[B, T, C, H, W]``. Output is ``[B, num_classes]``, the mean of the per-step logits, or
@@ -51,6 +83,8 @@ class SpikingVisionModel(nn.Module):
     """
 
     feature_units: str
+    #: whether the linear classifier has a bias
+    head_bias: bool = True
     head_lif: nn.Module
     head: nn.Module
     feature_info: list[dict]
@@ -253,7 +287,9 @@ class SpikingVisionModel(nn.Module):
         self.head = head.to(device=like.device, dtype=like.dtype).train(self.training)
 
     def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
-        raise NotImplementedError
+        if num_classes == 0:
+            return nn.Identity()
+        return nn.Linear(num_features, num_classes, bias=self.head_bias)
 
     # --- training helpers --------------------------------------------------------------------
 

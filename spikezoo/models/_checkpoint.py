@@ -15,7 +15,6 @@ __all__ = [
     "check_state_dict",
     "filter_checkpoint",
     "guess_architecture",
-    "register_family",
     "rename_key",
     "rename_keys",
     "unwrap_state_dict",
@@ -137,26 +136,22 @@ def check_state_dict(
     raise CheckpointMismatchError("\n".join(lines), missing, unexpected, mismatched, likely)
 
 
-#: timm module name of each model family -> its key mapping ``remap(state_dict, model)``.
-_FAMILIES: dict[str, Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]] = {}
-
-
-def register_family(
-    module_name: str, remap: Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
-) -> None:
-    """Let :func:`guess_architecture` try this family's models with its key mapping."""
-    _FAMILIES[module_name] = remap
-
-
 def guess_architecture(state_dict: Mapping[str, Tensor]) -> str | None:
-    """The registered spikezoo model whose tensors best match ``state_dict`` (None: no match)."""
+    """The registered spikezoo model whose tensors best match ``state_dict`` (None: no match).
+
+    Every entry point of every family in the registry is built on the meta device and compared
+    with ``state_dict`` mapped by its family's ``remap_state_dict``.
+    """
     import timm
 
+    # imported here: the families import this module
+    from spikezoo.models._registry import family_modules, timm_module_name
+
     best_score, best_name = 0.5, None
-    for module_name, remap in _FAMILIES.items():
-        for name in timm.list_models(module=module_name):
+    for family in family_modules():
+        for name in timm.list_models(module=timm_module_name(family)):
             model = build_on_meta(partial(timm.create_model, name))
-            score = shape_overlap(remap(state_dict, model), model)
+            score = shape_overlap(family.remap_state_dict(state_dict, model), model)
             if score > best_score:
                 best_score, best_name = score, name
     return best_name

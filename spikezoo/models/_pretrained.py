@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -12,7 +11,9 @@ from timm.models import (
     generate_default_cfgs,
     resolve_pretrained_cfg,
 )
-from torch import Tensor, nn
+from torch import nn
+
+from spikezoo.models._registry import family_of
 
 __all__ = [
     "CIFAR100_NORM",
@@ -85,11 +86,15 @@ def build_spiking_model(
     model_cls: type[nn.Module],
     variant: str,
     pretrained: bool,
-    pretrained_filter_fn: Callable[[dict, nn.Module], dict[str, Tensor]],
-    feature_cfg: dict,
+    num_feature_units: int,
     **kwargs,
 ) -> nn.Module:
     """timm's ``build_model_with_cfg``, with spikezoo's weight sources and safe file reading.
+
+    The one builder of every family's entry points. Checkpoints go through the
+    ``checkpoint_filter_fn`` of the module that defines ``model_cls``. ``num_feature_units`` is
+    the length of the model's ``feature_info``: a ``features_only`` model returns every unit's
+    map unless ``out_indices`` says otherwise.
 
     A ``pretrained_cfg`` given as a dict (``config.json`` of a ``local-dir:`` or ``hf-hub:``
     export) becomes a :class:`SpikingPretrainedCfg`. With ``pretrained=True`` the weights are
@@ -115,8 +120,8 @@ def build_spiking_model(
         model_cls,
         variant,
         pretrained,
-        pretrained_filter_fn=pretrained_filter_fn,
-        feature_cfg=feature_cfg,
+        pretrained_filter_fn=family_of(model_cls).checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=num_feature_units),
         **kwargs,
     )
     if cfg is not None:

@@ -12,17 +12,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from timm.layers import to_2tuple, trunc_normal_
+from timm.layers import to_2tuple
 from timm.models import register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import SDSA, SPS, NeuronFactory, SpikingMLP
-from spikezoo.layers._arguments import fraction, positive_int, positive_real
-from spikezoo.models._base import SpikingVisionModel, neuron_factory
+from spikezoo.layers._arguments import positive_int, positive_real
+from spikezoo.models._base import (
+    SpikingVisionModel,
+    drop_path_rates,
+    neuron_factory,
+    trunc_normal_init,
+)
 from spikezoo.models._checkpoint import (
     RenameRule,
     filter_checkpoint,
-    register_family,
     rename_keys,
     unwrap_state_dict,
 )
@@ -109,12 +113,11 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         )
         positive_int("depth", depth)
         positive_real("mlp_ratio", mlp_ratio)
-        fraction("drop_path_rate", drop_path_rate, upper_closed=False)
+        drop_rates = drop_path_rates(drop_path_rate, depth)
         make_neuron = neuron_factory(neuron, surrogate="sigmoid")
         self.num_features = self.head_hidden_size = embed_dim
         self.patch_embed = SPS(in_chans, embed_dim, pooling_stat, make_neuron)
         self.check_image_size(*to_2tuple(img_size))
-        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(
             *(Block(embed_dim, num_heads, mlp_ratio, dvs, make_neuron, rate) for rate in drop_rates)
         )
@@ -124,7 +127,8 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         ]
         self.head_lif = make_neuron()
         self.head = self._make_head(embed_dim, num_classes)
-        self.apply(_init_conv)
+        # the authors' init: convs truncated-normal(0.02), zero bias; the head keeps torch's
+        self.apply(trunc_normal_init)
         self.to(device=device, dtype=dtype)
 
     @property
@@ -136,22 +140,11 @@ class SpikeDrivenTransformer(SpikingVisionModel):
         """``[T, B, in_chans, H, W]`` -> the SPS's output map."""
         return self.patch_embed(x)
 
-    def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
-        return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
         return dict(
             stem=r"^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^head_lif", (99999,))]
         )
-
-
-def _init_conv(module: nn.Module) -> None:
-    """The authors' init: convs truncated-normal(0.02), zero bias; the head keeps torch's."""
-    if isinstance(module, nn.Conv2d):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 # --- the authors' checkpoints --------------------------------------------------------------
@@ -193,17 +186,9 @@ def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformer) -> 
     )
 
 
-register_family(__name__.rsplit(".", 1)[-1], remap_state_dict)
-
-
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     return build_spiking_model(
-        SpikeDrivenTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=kwargs["depth"]),
-        **kwargs,
+        SpikeDrivenTransformer, variant, pretrained, num_feature_units=kwargs["depth"], **kwargs
     )
 
 

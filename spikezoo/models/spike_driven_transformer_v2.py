@@ -12,9 +12,10 @@ gradients (see ``tests/models``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
-from timm.layers import to_2tuple, trunc_normal_
+from timm.layers import calculate_drop_path_rates, to_2tuple
 from timm.models import register_model
 from torch import Tensor, nn
 
@@ -26,11 +27,10 @@ from spikezoo.layers import (
     SpikingTokenMLP,
 )
 from spikezoo.layers._arguments import fraction, positive_int
-from spikezoo.models._base import SpikingVisionModel, neuron_factory
+from spikezoo.models._base import SpikingVisionModel, neuron_factory, trunc_normal_init
 from spikezoo.models._checkpoint import (
     RenameRule,
     filter_checkpoint,
-    register_family,
     rename_keys,
     unwrap_state_dict,
 )
@@ -95,8 +95,9 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
             distilled DeiT does with ``set_distilled_training``; in eval, their mean.
         neuron: ``"lif"``, ``"plif"`` (sigmoid surrogate, alpha 4) or a neuron factory.
         drop_path_rate: stochastic depth of the transformer blocks: block ``j`` of either
-            stage takes ``drop_path_rate * j / 7``, the authors' schedule (``depths=8``). The
-            authors' code builds it but never applies it, so their models correspond to 0.
+            stage takes ``drop_path_rate * j / 7`` (in float32), the authors' schedule for
+            ``depths=8``. The authors' code builds it but never applies it, so their models
+            correspond to 0.
         global_pool: ``"avg"`` or ``""`` (per-token logits).
         per_step_logits: return ``[T, B, K]`` instead of the time average.
         feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
@@ -146,7 +147,8 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
         def conv_blocks(i: int, count: int) -> list[nn.Module]:
             return [SpikingConvBlock(widths[i], mlp_ratio, make_neuron) for _ in range(count)]
 
-        rates = [drop_path_rate * j / 7 for j in range(8)]
+        # the authors' torch.linspace(0, drop_path_rate, depths=8), in float32
+        rates = calculate_drop_path_rates(drop_path_rate, 8)
 
         def blocks(i: int, count: int) -> list[nn.Module]:
             return [
@@ -168,7 +170,8 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
         self.head = self._make_head(self.num_features, num_classes)
         self.head_kd = self._make_head(self.num_features, num_classes) if kd else None
         self.distilled_training = kd
-        self.apply(_init_linear)
+        # the authors' init: linear layers truncated-normal(0.02), zero bias; convs keep torch's
+        self.apply(partial(trunc_normal_init, layer_types=(nn.Linear,)))
         self.to(device=device, dtype=dtype)
 
     @property
@@ -214,22 +217,12 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
             head_kd = self._make_head(self.num_features, num_classes)
             self.head_kd = head_kd.to(device=like.device, dtype=like.dtype).train(self.training)
 
-    def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
-        return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
         return dict(
             stem=r"^stem",
             blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
         )
-
-
-def _init_linear(module: nn.Module) -> None:
-    """The authors' init: linear layers truncated-normal(0.02), zero bias; convs keep torch's."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)
 
 
 # --- the authors' checkpoints --------------------------------------------------------------
@@ -298,16 +291,12 @@ def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformerV2) -
     return mapped
 
 
-register_family(__name__.rsplit(".", 1)[-1], remap_state_dict)
-
-
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
     return build_spiking_model(
         SpikeDrivenTransformerV2,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=5),
+        num_feature_units=5,
         **kwargs,
     )
 

@@ -13,22 +13,22 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
-from timm.layers import to_2tuple, trunc_normal_
+from timm.layers import to_2tuple
 from timm.models import register_model
 from torch import Tensor, nn
 
 from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, NeuronFactory, PerStep
-from spikezoo.layers._arguments import fraction, positive_int
-from spikezoo.models._base import SpikingVisionModel, neuron_factory
-from spikezoo.models._checkpoint import (
-    RenameRule,
-    filter_checkpoint,
-    register_family,
-    rename_key,
-    unwrap_state_dict,
+from spikezoo.layers._arguments import positive_int
+from spikezoo.models._base import (
+    SpikingVisionModel,
+    drop_path_rates,
+    neuron_factory,
+    trunc_normal_init,
 )
+from spikezoo.models._checkpoint import RenameRule, filter_checkpoint, rename_key, unwrap_state_dict
 from spikezoo.models._pretrained import (
     CIFAR100_NORM,
     IMAGENET_CFG,
@@ -67,6 +67,7 @@ class SpikingResformer(SpikingVisionModel):
     """
 
     feature_units = "stages"
+    head_bias = False
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class SpikingResformer(SpikingVisionModel):
         ):
             for i, value in enumerate(values):
                 positive_int(f"{name}[{i}]", value, minimum)
-        fraction("drop_path_rate", drop_path_rate, upper_closed=False)
+        rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
         make_neuron = neuron_factory(neuron, surrogate="atan")
         self.num_features = self.head_hidden_size = embed_dims[-1]
 
@@ -125,7 +126,6 @@ class SpikingResformer(SpikingVisionModel):
         )
         self.check_image_size(*to_2tuple(img_size))
 
-        rates = iter(_linspace(drop_path_rate, sum(depths)))
         stages = []
         for i, (depth, dim, heads, patch) in enumerate(
             zip(depths, embed_dims, num_heads, patch_sizes, strict=True)
@@ -143,7 +143,8 @@ class SpikingResformer(SpikingVisionModel):
         ]
         self.head_lif = nn.Identity()
         self.head = self._make_head(self.num_features, num_classes)
-        self.apply(_init_weights)
+        # the authors' init: conv and linear weights truncated-normal(0.02), zero biases
+        self.apply(partial(trunc_normal_init, layer_types=(nn.Conv2d, nn.Linear)))
         self.to(device=device, dtype=dtype)
 
     @property
@@ -155,29 +156,12 @@ class SpikingResformer(SpikingVisionModel):
         """``[T, B, in_chans, H, W]`` -> the convolutional stem's output map."""
         return self.stem_pool(self.stem(x))
 
-    def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
-        return (
-            nn.Linear(num_features, num_classes, bias=False) if num_classes > 0 else nn.Identity()
-        )
-
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
         return dict(
             stem=r"^stem",
             blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
         )
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The authors' initialisation: conv and linear weights truncated-normal(0.02), zero biases."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-def _linspace(end: float, count: int) -> list[float]:
-    return [end * i / max(count - 1, 1) for i in range(count)]
 
 
 # --- the authors' checkpoints --------------------------------------------------------------
@@ -237,17 +221,9 @@ def checkpoint_filter_fn(state_dict: Mapping, model: SpikingResformer) -> dict[s
     return filter_checkpoint(state_dict, model, remap_state_dict, exempt=("head.", "stem.conv."))
 
 
-register_family(__name__.rsplit(".", 1)[-1], remap_state_dict)
-
-
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikingResformer:
     return build_spiking_model(
-        SpikingResformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=len(kwargs["depths"])),
-        **kwargs,
+        SpikingResformer, variant, pretrained, num_feature_units=len(kwargs["depths"]), **kwargs
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import timm
 import torch
 
 from spikezoo.hub import read_checkpoint
+from spikezoo.models._registry import family_of
 from tests.reference import REFERENCE_DIR, load_case
 
 
@@ -36,8 +36,7 @@ class TinyAuthorsFile:
     def expected_state(self) -> dict[str, torch.Tensor]:
         """The file through the family's checkpoint filter."""
         model = timm.create_model(self.tag, num_classes=self.num_classes, **self.args)
-        family = importlib.import_module(type(model).__module__)
-        return family.checkpoint_filter_fn(read_checkpoint(self.file), model)
+        return family_of(model).checkpoint_filter_fn(read_checkpoint(self.file), model)
 
     def model_args(self) -> dict:
         return dict(self.args, num_classes=self.num_classes)

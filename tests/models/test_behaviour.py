@@ -8,34 +8,12 @@ import torch
 from timm.models import group_parameters
 from timm.optim import param_groups_weight_decay
 
-import spikezoo  # noqa: F401
 from spikezoo.layers import DSSA, freeze_firing_rates
 from spikezoo.neurons import MultiStepPLIF
+from tests.models.families import FAMILY_NAMES, tiny, tiny_family
 
-TINY = {
-    "sdt": ("sdt_8_384", dict(embed_dim=32, depth=2, num_heads=4, num_classes=5, time_steps=2)),
-    "resformer": (
-        "spikingresformer_ti",
-        dict(
-            embed_dims=(16, 32),
-            num_heads=(1, 2),
-            depths=(1, 1),
-            patch_sizes=(2, 1),
-            group_size=16,
-            num_classes=5,
-            time_steps=2,
-        ),
-    ),
-    "sdt_v2": (
-        "sdt_v2_8_384",
-        dict(embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=5, time_steps=2),
-    ),
-}
-
-
-def tiny(family, **overrides):
-    name, args = TINY[family]
-    return timm.create_model(name, **dict(args, **overrides))
+SDT, RESFORMER = "spike_driven_transformer", "spiking_resformer"
+SDT_V2 = "spike_driven_transformer_v2"
 
 
 def image(model, batch=2, scale=2):
@@ -43,7 +21,7 @@ def image(model, batch=2, scale=2):
     return torch.randn(batch, model.in_chans, size, size)
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_event_frames_bring_their_own_time_steps(family):
     model = tiny(family).double().eval()  # float64: no last-bit difference can flip a spike
     x = image(model).double()
@@ -54,7 +32,7 @@ def test_event_frames_bring_their_own_time_steps(family):
     torch.testing.assert_close(model(repeated), model(x))
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_per_step_logits_average_to_the_output(family):
     model = tiny(family, per_step_logits=True).eval()
     x = image(model)
@@ -64,7 +42,7 @@ def test_per_step_logits_average_to_the_output(family):
     torch.testing.assert_close(per_step.mean(0), model(x))
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_token_logits_without_global_pool(family):
     model = tiny(family, global_pool="").eval()
     x = image(model)
@@ -72,7 +50,7 @@ def test_token_logits_without_global_pool(family):
     assert model(x).shape == (2, tokens, 5)
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_float64_channels_last_and_bf16_autocast(family):
     # Layouts are compared in float64 only: in float32 a last-bit difference between two
     # convolution kernels can flip a spike. float32 and bf16 are checked for running cleanly.
@@ -92,14 +70,14 @@ def test_float64_channels_last_and_bf16_autocast(family):
     assert torch.isfinite(low).all() and low.shape == reference.shape
 
 
-@pytest.mark.parametrize("family", TINY)
+# Meta-SpikeFormer has no one-block network: compiling its 8 blocks takes over 20 minutes here
+@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if tiny_family(f).shallow is not None])
 def test_torch_compile_matches_eager(family):
     # A fresh dynamo state: the families share SpikingVisionModel.forward, and a second model
     # would otherwise be traced with dynamic shapes, which inductor 2.14 cannot compile here.
     torch._dynamo.reset()
     # float64 so that reordered arithmetic cannot flip a spike
-    shallow = dict(sdt=dict(depth=1), resformer=dict(depths=(1, 0))).get(family, {})
-    model = tiny(family, **shallow)
+    model = tiny(family, **tiny_family(family).shallow)
     model = model.double().train()
     twin = copy.deepcopy(model)
     x = image(model, batch=1).double()
@@ -113,12 +91,12 @@ def test_torch_compile_matches_eager(family):
 
 
 def test_resformer_runs_at_other_resolutions():
-    model = tiny("resformer").eval()
+    model = tiny(RESFORMER).eval()
     small, large = image(model, scale=2), image(model, scale=3)
     assert model(small).shape == model(large).shape == (2, 5)
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_forward_intermediates_time_reductions(family):
     model = tiny(family).eval()
     x = image(model)
@@ -137,7 +115,7 @@ def test_forward_intermediates_time_reductions(family):
         model.forward_intermediates(x, time_reduction="max")
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_prune_intermediate_layers(family):
     model = tiny(family).eval()
     x = image(model)
@@ -147,7 +125,7 @@ def test_prune_intermediate_layers(family):
     assert model(x).shape == (2, tokens, model.feature_info[0]["num_chs"])
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_plif_time_constants_are_listed_for_no_weight_decay(family):
     model = tiny(family, neuron="plif")
     names = model.no_weight_decay()
@@ -158,7 +136,7 @@ def test_plif_time_constants_are_listed_for_no_weight_decay(family):
     assert all(id(model.get_parameter(n)) not in decayed for n in names)
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_group_matcher_covers_every_parameter(family):
     model = tiny(family)
     groups = group_parameters(model, model.group_matcher())
@@ -168,7 +146,7 @@ def test_group_matcher_covers_every_parameter(family):
 
 
 def test_neuron_count_and_hooks():
-    model = tiny("sdt")
+    model = tiny(SDT)
     neurons = model.spiking_neurons()
     # SPS 3 + rpe 1; per block: SDSA 5 + MLP 2; head 1
     assert len(neurons) == 4 + 2 * 7 + 1
@@ -180,7 +158,7 @@ def test_neuron_count_and_hooks():
     assert all(0 <= r <= 1 for r in rates.values())
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_bad_input_is_refused_with_the_numbers(family):
     model = tiny(family)
     multiple = model.size_multiple
@@ -200,9 +178,9 @@ def test_bad_input_is_refused_with_the_numbers(family):
 
 def test_resformer_stage_arguments_must_agree():
     with pytest.raises(ValueError, match="one entry per stage, got 2, 3, 2 and 2"):
-        tiny("resformer", embed_dims=(16, 32, 64))
+        tiny(RESFORMER, embed_dims=(16, 32, 64))
     with pytest.raises(ValueError, match="stem must be one of"):
-        tiny("resformer", stem="patchify")
+        tiny(RESFORMER, stem="patchify")
 
 
 @pytest.mark.parametrize("mode", ["eval", "frozen_training"])
@@ -224,7 +202,7 @@ def test_never_estimated_dssa_rates_give_finite_gradients(mode):
     assert all((m.firing_rate_x == 0).all() and (m.firing_rate_attn == 0).all() for m in layers)
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -249,22 +227,18 @@ def test_bad_arguments_name_the_argument(family, overrides, message):
 @pytest.mark.parametrize(
     ("family", "overrides", "message"),
     [
-        ("sdt", dict(num_heads=0), "num_heads must be an integer >= 1, got 0"),
-        ("sdt", dict(depth=0), "depth must be an integer >= 1, got 0"),
-        ("sdt", dict(mlp_ratio=0), "mlp_ratio must be a positive number, got 0"),
-        ("sdt", dict(pooling_stat=["0", "0", "1", "1"]), "pooling_stat flags must be booleans"),
-        ("resformer", dict(num_heads=(1, 0)), r"num_heads\[1\] must be an integer >= 1, got 0"),
-        ("resformer", dict(patch_sizes=(0, 1)), r"patch_sizes\[0\] must be an integer >= 1, got 0"),
-        ("resformer", dict(embed_dims=(16, 0)), r"embed_dims\[1\] must be an integer >= 1, got 0"),
-        ("resformer", dict(group_size=0), "group_size must be an integer >= 1, got 0"),
-        (
-            "sdt_v2",
-            dict(embed_dims=(8, 16, 32)),
-            r"embed_dims needs four widths, got \(8, 16, 32\)",
-        ),
-        ("sdt_v2", dict(embed_dims=(1, 16, 32, 40)), r"embed_dims\[0\] must be an integer >= 2"),
-        ("sdt_v2", dict(num_heads=3), r"dim \(32\) must be divisible by num_heads \(3\)"),
-        ("sdt_v2", dict(mlp_ratio=0), "mlp_ratio must be an integer >= 1, got 0"),
+        (SDT, dict(num_heads=0), "num_heads must be an integer >= 1, got 0"),
+        (SDT, dict(depth=0), "depth must be an integer >= 1, got 0"),
+        (SDT, dict(mlp_ratio=0), "mlp_ratio must be a positive number, got 0"),
+        (SDT, dict(pooling_stat=["0", "0", "1", "1"]), "pooling_stat flags must be booleans"),
+        (RESFORMER, dict(num_heads=(1, 0)), r"num_heads\[1\] must be an integer >= 1, got 0"),
+        (RESFORMER, dict(patch_sizes=(0, 1)), r"patch_sizes\[0\] must be an integer >= 1, got 0"),
+        (RESFORMER, dict(embed_dims=(16, 0)), r"embed_dims\[1\] must be an integer >= 1, got 0"),
+        (RESFORMER, dict(group_size=0), "group_size must be an integer >= 1, got 0"),
+        (SDT_V2, dict(embed_dims=(8, 16, 32)), r"embed_dims needs four widths, got \(8, 16, 32\)"),
+        (SDT_V2, dict(embed_dims=(1, 16, 32, 40)), r"embed_dims\[0\] must be an integer >= 2"),
+        (SDT_V2, dict(num_heads=3), r"dim \(32\) must be divisible by num_heads \(3\)"),
+        (SDT_V2, dict(mlp_ratio=0), "mlp_ratio must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_family_arguments_name_the_argument(family, overrides, message):
@@ -272,7 +246,7 @@ def test_bad_family_arguments_name_the_argument(family, overrides, message):
         tiny(family, **overrides)
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_reset_classifier_refuses_a_negative_class_count(family):
     model = tiny(family)
     with pytest.raises(ValueError, match="num_classes must be an integer >= 0"):
@@ -280,7 +254,7 @@ def test_reset_classifier_refuses_a_negative_class_count(family):
     assert model.num_classes == 5 and model.get_classifier().out_features == 5
 
 
-@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_an_integer_image_is_refused_with_the_conversion(family):
     model = tiny(family)
     pixels = torch.randint(0, 256, image(model).shape, dtype=torch.uint8)
@@ -292,65 +266,39 @@ def test_an_integer_image_is_refused_with_the_conversion(family):
         model(pixels)
 
 
-@pytest.mark.parametrize("family", ["sdt", "resformer"])  # the messages count 2 units
-@pytest.mark.parametrize(
-    ("indices", "message"),
-    [
-        (
-            (-4,),
-            r"indices \(out_indices\) \(-4,\) name no feature unit: \[-4\]; "
-            r"\w+ has 2 \(\[0, 1\] or \[-2, -1\] from the end\)",
+def bad_feature_indices(count):
+    """Wrong ``indices`` for a model of ``count`` feature units, with the error they get."""
+    listed = rf"\[{', '.join(map(str, range(count)))}\]"
+    from_end = rf"\[{', '.join(map(str, range(-count, 0)))}\]"
+    return {
+        "before_the_first": (
+            (-count - 2,),
+            rf"indices \(out_indices\) \({-count - 2},\) name no feature unit: \[{-count - 2}\]; "
+            rf"\w+ has {count} \({listed} or {from_end} from the end\)",
         ),
-        ((0, 2), r"indices \(out_indices\) \(0, 2\) name no feature unit: \[2\]"),
-        ((), r"indices \(out_indices\) must name at least one feature unit, got \(\)"),
-        (
-            3,
-            r"indices \(out_indices\) as an int takes the last n of the 2 feature units, "
-            r"so 1 <= n <= 2; got 3",
+        "past_the_last": (
+            (0, count),
+            rf"indices \(out_indices\) \(0, {count}\) name no feature unit: \[{count}\]",
         ),
-        (0, "so 1 <= n <= 2; got 0"),
-        ("0", "indices must be an int or a sequence of ints, got '0'"),
-    ],
-)
-def test_feature_indices_out_of_range_say_what_is_valid(family, indices, message):
+        "empty": ((), r"indices \(out_indices\) must name at least one feature unit, got \(\)"),
+        "too_many": (
+            count + 1,
+            rf"indices \(out_indices\) as an int takes the last n of the {count} feature units, "
+            rf"so 1 <= n <= {count}; got {count + 1}",
+        ),
+        "none": (0, rf"so 1 <= n <= {count}; got 0"),
+        "a_string": ("0", "indices must be an int or a sequence of ints, got '0'"),
+    }
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("case", list(bad_feature_indices(2)))
+def test_feature_indices_out_of_range_say_what_is_valid(family, case):
     model = tiny(family)
+    count = len(model.units)
+    indices, message = bad_feature_indices(count)[case]
     with pytest.raises(ValueError, match=message):
         model.forward_intermediates(image(model), indices=indices)
     with pytest.raises(ValueError, match=message):
         tiny(family, features_only=True, out_indices=indices)
-    assert len(model.units) == 2  # nothing was pruned
-
-
-def test_meta_spikeformer_kd_returns_both_heads_in_training_and_their_mean_in_eval():
-    model = tiny("sdt_v2", kd=True).double()  # float64: no last-bit difference flips a spike
-    x = image(model).double()
-    model.train()
-    twin = copy.deepcopy(model)  # a training call advances the BN statistics that RepConv reads
-    logits, logits_kd = model(x)
-    assert logits.shape == logits_kd.shape == (2, 5)
-    twin.set_distilled_training(False)
-    torch.testing.assert_close(twin(x), (logits + logits_kd) / 2)
-    model.eval()
-    features = model.forward_features(x)
-    spikes = model.head_input(features)
-    both = (model.head(spikes).mean(0) + model.head_kd(spikes).mean(0)) / 2
-    torch.testing.assert_close(model(x), both)
-    model.per_step_logits = True
-    assert model(x).shape == (model.time_steps, 2, 5)
-    assert model.forward_head(features, pre_logits=True).shape == (model.time_steps, 2, 40)
-
-
-def test_meta_spikeformer_reset_classifier_replaces_both_heads():
-    model = tiny("sdt_v2", kd=True).eval()
-    model.reset_classifier(7)
-    assert model.head.out_features == model.head_kd.out_features == 7
-    assert not model.head_kd.training
-    assert model(image(model)).shape == (2, 7)
-    with pytest.raises(ValueError, match="set_distilled_training needs a model built with kd=True"):
-        tiny("sdt_v2").set_distilled_training(True)
-
-
-def test_meta_spikeformer_has_six_and_two_transformer_blocks():
-    model = tiny("sdt_v2")
-    assert [len(stage) for stage in model.stages] == [1, 2, 3, 7, 3]  # entry conv + blocks
-    assert [info["reduction"] for info in model.feature_info] == [2, 4, 8, 16, 16]
+    assert len(model.units) == count  # nothing was pruned

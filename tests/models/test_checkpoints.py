@@ -12,23 +12,25 @@ from spikezoo.models import CheckpointMismatchError, guess_architecture
 from spikezoo.models import spike_driven_transformer as sdt
 from spikezoo.models import spike_driven_transformer_v2 as sdt_v2
 from spikezoo.models import spiking_resformer as resformer
+from spikezoo.models._registry import family_of
+from tests.models.families import FAMILY_NAMES, tiny
 from tests.reference import REFERENCE_DIR, load_case
 
 ORIGINAL_FILES = [
-    ("sdt_imagenet_tiny", "sdt_imagenet_tiny.pth.tar", sdt),
-    ("resformer_imagenet_tiny", "resformer_imagenet_tiny.pth", resformer),
-    ("v2/sdt2_tiny", "v2/sdt2_tiny.pth", sdt_v2),  # main_finetune.py: {"model", "args", ...}
+    ("sdt_imagenet_tiny", "sdt_imagenet_tiny.pth.tar"),
+    ("resformer_imagenet_tiny", "resformer_imagenet_tiny.pth"),
+    ("v2/sdt2_tiny", "v2/sdt2_tiny.pth"),  # main_finetune.py: {"model", "args", ...}
 ]
 
 
-@pytest.mark.parametrize(("case_name", "file_name", "family"), ORIGINAL_FILES)
-def test_original_checkpoint_loads_through_create_model(case_name, file_name, family):
+@pytest.mark.parametrize(("case_name", "file_name"), ORIGINAL_FILES)
+def test_original_checkpoint_loads_through_create_model(case_name, file_name):
     case = load_case(case_name)
     entry, args = case.model_args()
     overlay = dict(file=str(REFERENCE_DIR / file_name), num_classes=args["num_classes"])
     model = timm.create_model(entry, pretrained=True, pretrained_cfg_overlay=overlay, **args)
 
-    expected = family.checkpoint_filter_fn(case.state, model)
+    expected = family_of(model).checkpoint_filter_fn(case.state, model)
     loaded = model.state_dict()
     assert loaded.keys() == expected.keys()
     for key, value in expected.items():
@@ -81,17 +83,11 @@ def test_filter_unwraps_training_checkpoints_and_drops_unused_authors_tensors():
     assert not any("talking_heads." in k for k in mapped)
 
 
-@pytest.mark.parametrize(
-    ("name", "args", "family"),
-    [
-        ("sdt_2_256_cifar", dict(embed_dim=64, neuron="plif"), sdt),
-        ("spikingresformer_cifar", dict(embed_dims=(32, 96, 192), neuron="plif"), resformer),
-    ],
-)
-def test_filter_passes_spikezoo_state_dicts_through(name, args, family):
-    model = timm.create_model(name, **args)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_filter_passes_spikezoo_state_dicts_through(family):
+    model = tiny(family, neuron="plif")
     state = model.state_dict()
-    mapped = family.checkpoint_filter_fn(state, model)
+    mapped = family_of(model).checkpoint_filter_fn(state, model)
     assert list(mapped) == list(state)
     assert all(mapped[k] is state[k] for k in state)
 

@@ -1,18 +1,21 @@
 """Conformance of every registered entry point with timm's model contract (cf. timm's tests)."""
 
 import copy
+import importlib
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+from timm.models import model_entrypoint
 from torch import nn
 
-import spikezoo  # noqa: F401
+import spikezoo.models
+from spikezoo.models import FAMILIES, MODEL_NAMES, SpikingVisionModel
+from spikezoo.models._registry import family_of, timm_module_name
+from tests.models.families import FAMILY_NAMES, TINY, tiny
 
-SDT = timm.list_models(module="spike_driven_transformer")
-RESFORMER = timm.list_models(module="spiking_resformer")
-SDT_V2 = timm.list_models(module="spike_driven_transformer_v2")
-ENTRY_POINTS = SDT + RESFORMER + SDT_V2
+ENTRY_POINTS = list(MODEL_NAMES)
 
 # The parameter counts of the authors' models (shared/reference/ARCHITECTURE.md).
 PARAMETERS = {
@@ -43,9 +46,26 @@ KD_PARAMETERS = {
 }
 
 
-def test_every_family_member_is_registered():
-    assert len(SDT) == 9 and len(RESFORMER) == 6 and len(SDT_V2) == 3
+def test_every_family_module_and_entry_point_is_registered():
+    files = {p.stem for p in Path(spikezoo.models.__file__).parent.glob("[!_]*.py")}
+    assert files == set(FAMILY_NAMES)  # a family file without its registry line is never imported
+    ours = {n for n in timm.list_models() if model_entrypoint(n).__module__.startswith("spikezoo.")}
+    assert ours == set(ENTRY_POINTS) and len(ENTRY_POINTS) == len(ours)
     assert set(PARAMETERS) <= set(ENTRY_POINTS)
+    assert set(TINY) == set(FAMILY_NAMES)  # each family has a small network for the tests
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_module_defines_what_the_shared_code_uses(family):
+    module = importlib.import_module(family)
+    names = timm.list_models(module=timm_module_name(family))
+    assert names, "a family registers at least one entry point"
+    assert callable(module.checkpoint_filter_fn) and callable(module.remap_state_dict)
+    for name in names:
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        assert isinstance(model, SpikingVisionModel) and family_of(model) is module
+        assert timm.list_pretrained(f"{name}.*"), f"{name} has no tagged default cfg"
 
 
 @pytest.mark.parametrize(
@@ -150,9 +170,9 @@ def test_in_chans_1(name):
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["sdt_2_256_cifar", "spikingresformer_cifar"])
-def test_factory_device_and_dtype_reach_every_tensor_and_new_heads(name):
-    model = timm.create_model(name, device="meta", dtype=torch.float64).eval()
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_factory_device_and_dtype_reach_every_tensor_and_new_heads(family):
+    model = tiny(family, device="meta", dtype=torch.float64).eval()
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     assert all(t.device.type == "meta" for t in tensors.values())
     assert all(t.dtype == torch.float64 for t in tensors.values() if t.is_floating_point())
@@ -164,4 +184,4 @@ def test_factory_device_and_dtype_reach_every_tensor_and_new_heads(name):
         False,
     )
     with pytest.raises(TypeError, match="not_a_model_arg"):
-        timm.create_model(name, device="meta", not_a_model_arg=1)
+        tiny(family, device="meta", not_a_model_arg=1)

@@ -9,38 +9,27 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._features_fx import create_feature_extractor, get_graph_node_names
 from torchvision.models import feature_extraction
 
-import spikezoo  # noqa: F401
 from spikezoo.neurons import MultiStepNeuron
+from tests.models.families import FAMILY_NAMES, TinyFamily, tiny_family
 
 # DSSA writes its rate buffers in training mode only, so the two graphs differ, as they should
 pytestmark = pytest.mark.filterwarnings("ignore:The nodes obtained by tracing the model in train")
 
-# One small model per family and input kind (float64: a traced graph runs the same kernels,
-# and no last-bit difference may flip a spike either way)
-FAMILIES = {
-    "sdt": ("sdt_8_384", dict(embed_dim=32, depth=2, num_heads=4, num_classes=5)),
-    "sdt_dvs": (
+# One small model per family, and SDT's event input (float64: a traced graph runs the same
+# kernels, and no last-bit difference may flip a spike either way)
+EXTRA_CASES = {
+    "sdt_dvs": TinyFamily(
         "sdt_2_256_dvs128",
         dict(embed_dim=32, num_heads=4, num_classes=5, img_size=32, pooling_stat="0011"),
     ),
-    "resformer": (
-        "spikingresformer_ti",
-        dict(
-            embed_dims=(16, 32),
-            num_heads=(1, 2),
-            depths=(1, 1),
-            patch_sizes=(2, 1),
-            group_size=16,
-            num_classes=5,
-        ),
-    ),
-    "sdt_v2": ("sdt_v2_8_384", dict(embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=5)),
 }
+CASES = [*FAMILY_NAMES, *EXTRA_CASES]
 
 
-def build(family, **overrides):
-    name, args = FAMILIES[family]
-    return timm.create_model(name, **dict(args, time_steps=2, **overrides)).double()
+def build(case, **overrides):
+    config = EXTRA_CASES.get(case) or tiny_family(case)
+    args = dict(config.args, time_steps=2, **overrides)
+    return timm.create_model(config.entry_point, **args).double()
 
 
 def image(model, batch=2):
@@ -62,9 +51,9 @@ def test_neurons_and_shape_checks_are_registered():
     assert {"rearrange", "reduce"} <= names
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_traced_forward_equals_eager(family):
-    model = build(family).eval()
+@pytest.mark.parametrize("case", CASES)
+def test_traced_forward_equals_eager(case):
+    model = build(case).eval()
     x = image(model)
     traced = create_feature_extractor(model, [output_node(model, train=False)])
     with torch.no_grad():
@@ -75,9 +64,9 @@ def test_traced_forward_equals_eager(family):
     assert {name for name, _ in model.spiking_neurons()} <= calls
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_traced_backward_equals_eager(family):
-    model = build(family).train()
+@pytest.mark.parametrize("case", CASES)
+def test_traced_backward_equals_eager(case):
+    model = build(case).train()
     eager = copy.deepcopy(model)
     x = image(model)
     # as timm's tests/test_models.py does: torchvision's extractor with timm's registrations
@@ -103,14 +92,12 @@ def test_traced_backward_equals_eager(family):
         torch.testing.assert_close(value, eager_state[key], msg=key)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_features_only_with_the_fx_feature_class(family):
-    name, args = FAMILIES[family]
-    args = dict(args, time_steps=2, features_only=True, feature_cls="fx", out_indices=(0, 1))
+@pytest.mark.parametrize("case", CASES)
+def test_features_only_with_the_fx_feature_class(case):
     torch.manual_seed(0)
-    features = timm.create_model(name, **args).double().eval()
+    features = build(case, features_only=True, feature_cls="fx", out_indices=(0, 1)).eval()
     torch.manual_seed(0)
-    model = build(family).eval()
+    model = build(case).eval()
     x = image(model)
     with torch.no_grad():
         maps = features(x)

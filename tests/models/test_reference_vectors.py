@@ -1,23 +1,17 @@
 """The models reproduce the authors' code number for number (float64 reference vectors)."""
 
-import sys
-
 import pytest
 import torch
 
+from spikezoo.models._registry import family_of
 from tests.reference import CASES, load_case
 
 TOLERANCE = dict(rtol=1e-6, atol=1e-9)
 
 
-def _family(model):
-    """The model's family module (its ``checkpoint_filter_fn`` and ``remap_state_dict``)."""
-    return sys.modules[type(model).__module__]
-
-
 def _loaded(case):
     model = case.build()
-    model.load_state_dict(_family(model).checkpoint_filter_fn(case.state, model))
+    model.load_state_dict(family_of(model).checkpoint_filter_fn(case.state, model))
     return model
 
 
@@ -40,7 +34,7 @@ def test_train_logits_and_every_gradient(name):
     torch.testing.assert_close(logits, case.tensors["logits_train"], **TOLERANCE)
 
     (logits * case.tensors["probe"]).sum().backward()
-    expected = _family(model).remap_state_dict(case.grads, model)
+    expected = family_of(model).remap_state_dict(case.grads, model)
     params = dict(model.named_parameters())
     assert expected.keys() == params.keys(), "every parameter, and only those, takes part"
     for key, grad in expected.items():

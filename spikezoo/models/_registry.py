@@ -1,0 +1,62 @@
+"""The model families: a family is one module plus one line in :data:`FAMILIES`.
+
+The registry is a tuple of module paths rather than a ``register_family(...)`` call inside each
+family module, because:
+
+- timm already knows a family by its module (``timm.list_models(module=...)`` keys on the last
+  component of the path), so the module path is the one name that everything else derives
+  from: :data:`~spikezoo.models.MODEL_NAMES`, :func:`~spikezoo.models.guess_architecture`,
+  ``spikezoo list`` and the tests' parametrisation;
+- importing the families is the registry's own job (:func:`family_modules`), so a family cannot
+  be imported but left unregistered, or registered but never imported;
+- the list is a constant: tests parametrise over it when they are collected, and a reader sees
+  every family in one place.
+
+What a family module defines is described in the "Adding a model family" section of the models
+guide (``docs/models.md``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+
+from torch import nn
+
+__all__ = ["FAMILIES", "family_modules", "family_of", "model_names", "timm_module_name"]
+
+#: Import path of every model family module, in the order listings show their models.
+FAMILIES: tuple[str, ...] = (
+    "spikezoo.models.spike_driven_transformer",
+    "spikezoo.models.spiking_resformer",
+    "spikezoo.models.spike_driven_transformer_v2",
+)
+
+
+def family_modules() -> list[ModuleType]:
+    """Every registered family module, imported (which registers its entry points with timm)."""
+    return [importlib.import_module(path) for path in FAMILIES]
+
+
+def timm_module_name(family: ModuleType | str) -> str:
+    """The name timm files a family's models under: the last component of its module path."""
+    path = family if isinstance(family, str) else family.__name__
+    return path.rsplit(".", 1)[-1]
+
+
+def model_names() -> tuple[str, ...]:
+    """The entry points of every registered family, family by family in :data:`FAMILIES` order."""
+    import timm
+
+    return tuple(
+        name
+        for family in family_modules()
+        for name in timm.list_models(module=timm_module_name(family))
+    )
+
+
+def family_of(model: nn.Module | type[nn.Module]) -> ModuleType:
+    """The module that defines ``model``'s class: its ``checkpoint_filter_fn`` and key mapping."""
+    model_cls = model if isinstance(model, type) else type(model)
+    return sys.modules[model_cls.__module__]
