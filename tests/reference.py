@@ -54,8 +54,9 @@ class ReferenceCase:
         The Meta-SpikeFormer nets' gradients grow by ~10^3 per block towards the input (up to
         10^27), and where a gradient is mathematically zero (a bias before a training-mode BN)
         the file holds rounding noise of that size, which the authors' own code does not
-        reproduce on another machine. Their gradients are compared to 1e-6 of the largest
-        gradient of the same block (stem, head or ``stages.i.j``) instead of 1e-9.
+        reproduce on another machine (see ``v2/README.md``). Their gradients are compared to
+        1e-6 of the largest gradient of the same block (stem, head or ``stages.i.j``) instead
+        of 1e-9.
         """
         if not self.name.startswith("v2/"):
             return 1e-9
