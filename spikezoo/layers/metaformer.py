@@ -29,9 +29,23 @@ __all__ = [
 ]
 
 
-@register_notrace_function  # torch.fx cannot slice by the size of a proxy
-def fill_border(x: Tensor, value: Tensor, width: int) -> Tensor:
-    """Pad ``x [N, C, H, W]`` by ``width`` pixels on every side, filled with ``value [C]``."""
+# torch.fx: the padding value must be computed at run time from the running statistics (a
+# traced expression of buffers alone would be frozen into the graph), and slicing by a size
+# needs a real tensor
+@register_notrace_function
+def pad_with_bn_of_zero(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    width: int,
+) -> Tensor:
+    """Pad a BatchNorm's output ``x [N, C, H, W]`` by ``width`` pixels on every side with what
+    that BN gives for a zero input: ``bias - running_mean * weight / sqrt(running_var + eps)``
+    per channel, passing no gradient to ``weight`` and ``bias``."""
+    value = bias.detach() - running_mean * weight.detach() / torch.sqrt(running_var + eps)
     out = F.pad(x, [width] * 4)
     fill = value.view(1, -1, 1, 1)
     out[:, :, :width, :] = fill
@@ -66,10 +80,9 @@ class BNAndPad(nn.Module):
         if self.pad_pixels == 0:
             return out
         bn = self.bn
-        zero = bn.bias.detach() - bn.running_mean * bn.weight.detach() / torch.sqrt(
-            bn.running_var + bn.eps
+        return pad_with_bn_of_zero(
+            out, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, self.pad_pixels
         )
-        return fill_border(out, zero, self.pad_pixels)
 
 
 class RepConv(nn.Module):
