@@ -279,7 +279,7 @@ def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformerV2) -
         state_dict, model, remap_state_dict, exempt=("head.", "head_kd.", "stem.conv.")
     )
     has_kd = any(k.startswith("head_kd.") for k in mapped)
-    if has_kd != (model.head_kd is not None and model.num_classes > 0):
+    if has_kd != (model.head_kd is not None):
         raise ValueError(
             "the checkpoint "
             + (
