@@ -1,12 +1,13 @@
 """The authors' reference vectors (tests/data/reference, copied from shared/reference).
 
 Each file was produced by the authors' code in float64 with random weights; see
-``tests/data/reference/README.md``.
+``tests/data/reference/README.md`` (and ``v2/README.md`` for Meta-SpikeFormer).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ CASES = (
     "resformer_imagenet_tiny",
     "resformer_cifar_tiny",
     "resformer_dvsg_tiny",
+    "v2/sdt2_tiny",
+    "v2/sdt2_kd_tiny",
 )
 
 
@@ -45,9 +48,37 @@ class ReferenceCase:
     def grads(self) -> dict[str, Tensor]:
         return self.section("grad.")
 
+    def gradient_atol(self, key: str, grads: dict[str, Tensor]) -> float:
+        """Absolute tolerance of the gradient ``key`` (spikezoo name) against ``grads``.
+
+        The Meta-SpikeFormer nets' gradients grow by ~10^3 per block towards the input (up to
+        10^27), and where a gradient is mathematically zero (a bias before a training-mode BN)
+        the file holds rounding noise of that size, which the authors' own code does not
+        reproduce on another machine (see ``v2/README.md``). Their gradients are compared to
+        1e-6 of the largest gradient of the same block (stem, head or ``stages.i.j``) instead
+        of 1e-9.
+        """
+        if not self.name.startswith("v2/"):
+            return 1e-9
+        block = _block(key)
+        scale = max(g.abs().max().item() for k, g in grads.items() if _block(k) == block)
+        return 1e-9 + 1e-6 * scale
+
     def model_args(self) -> tuple[str, dict]:
         """The timm entry point and keyword arguments that build this case's network."""
         c = self.config
+        if self.name.startswith("v2/"):
+            k = c["kwargs"]
+            return "sdt_v2_8_384", dict(
+                img_size=k["img_size_h"],
+                in_chans=k["in_channels"],
+                num_classes=k["num_classes"],
+                embed_dims=k["embed_dim"],
+                num_heads=k["num_heads"],
+                mlp_ratio=k["mlp_ratios"],
+                time_steps=c["T"],
+                kd=c["kd"],
+            )
         if self.name.startswith("sdt"):
             k = c["kwargs"]
             return "sdt_8_384", dict(
@@ -78,6 +109,10 @@ class ReferenceCase:
     def build(self, **overrides) -> torch.nn.Module:
         name, args = self.model_args()
         return timm.create_model(name, **dict(args, **overrides)).double()
+
+
+def _block(key: str) -> str:
+    return re.match(r"^(stages\.\d+\.\d+|[^.]+)", key)[0]
 
 
 def load_case(name: str) -> ReferenceCase:

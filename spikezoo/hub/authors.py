@@ -33,9 +33,15 @@ _RESFORMER_FOLDER = AuthorsFile(
     page="https://drive.google.com/drive/folders/1sAFHKF9QZC2P0aSoC9bdLqgW8TfLjFSC"
 )
 
+_META_SPIKEFORMER_FOLDER = AuthorsFile(
+    page="https://drive.google.com/drive/folders/12JcIRG8BF6JcgPsXIetSS14udtHXeSSx"
+)
+
 #: ``model.tag`` -> the authors' file. The SDT ImageNet checkpoints are timm-script training
 #: checkpoints (``{"state_dict": {"module.<key>": ...}, "args": Namespace, ...}``); the
-#: SpikingResformer ones sit in one Drive folder. No CIFAR or event weights were released.
+#: SpikingResformer ones sit in one Drive folder, and so do Meta-SpikeFormer's
+#: (``main_finetune.py`` checkpoints, ``{"model": ..., "args": Namespace, ...}``). No CIFAR
+#: or event weights were released.
 AUTHORS_FILES: dict[str, AuthorsFile] = {
     "sdt_8_384.in1k": _sdt("10oH_zkwB4FDtFLgmZ_lI8e0tFjRzrXyD"),
     "sdt_6_512.in1k": _sdt("1hsShpFBKYpMK2TmpuoyBFORcLAuMHrx7"),
@@ -46,4 +52,5 @@ AUTHORS_FILES: dict[str, AuthorsFile] = {
     "spikingresformer_s.in1k": _RESFORMER_FOLDER,
     "spikingresformer_m.in1k": _RESFORMER_FOLDER,
     "spikingresformer_l.in1k": _RESFORMER_FOLDER,
+    "sdt_v2_8_512.in1k_kd": _META_SPIKEFORMER_FOLDER,
 }

@@ -25,6 +25,14 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 
 from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.dssa import DSSA, Downsample, freeze_firing_rates
+from spikezoo.layers.metaformer import (
+    BNAndPad,
+    LinearSpikingAttention,
+    RepConv,
+    SepConv,
+    SpikingConvBlock,
+    SpikingTokenMLP,
+)
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
 from spikezoo.layers.sdsa import SDSA, erode
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
@@ -38,15 +46,21 @@ __all__ = [
     "SDSA",
     "SDT_NEURON",
     "SPS",
+    "BNAndPad",
     "ConvBN",
     "Downsample",
     "DropPath",
+    "LinearSpikingAttention",
     "NeuronFactory",
     "PerStep",
+    "RepConv",
+    "SepConv",
+    "SpikingConvBlock",
     "SpikingHadamard",
     "SpikingMLP",
     "SpikingMatmul",
     "SpikingSum",
+    "SpikingTokenMLP",
     "check_tbchw",
     "erode",
     "freeze_firing_rates",

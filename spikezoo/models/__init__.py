@@ -6,6 +6,7 @@ from spikezoo.models._checkpoint import CheckpointMismatchError, guess_architect
 from spikezoo.models._pretrained import SpikingPretrainedCfg
 from spikezoo.models._registry import FAMILIES, model_names
 from spikezoo.models.spike_driven_transformer import SpikeDrivenTransformer
+from spikezoo.models.spike_driven_transformer_v2 import SpikeDrivenTransformerV2
 from spikezoo.models.spiking_resformer import SpikingResformer
 
 #: Every spikezoo entry point registered with timm, family by family in :data:`FAMILIES` order.
@@ -17,6 +18,7 @@ __all__ = [
     "TIME_REDUCTIONS",
     "CheckpointMismatchError",
     "SpikeDrivenTransformer",
+    "SpikeDrivenTransformerV2",
     "SpikingPretrainedCfg",
     "SpikingResformer",
     "SpikingVisionModel",

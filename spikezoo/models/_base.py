@@ -150,7 +150,7 @@ class SpikingVisionModel(nn.Module):
                 unit,
                 x,
                 use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(), _no_state_updates(unit)),
+                context_fn=lambda: _recompute_in_the_same_state(unit),
             )
         return unit(x)
 
@@ -170,15 +170,23 @@ class SpikingVisionModel(nn.Module):
         head at every step. ``pre_logits=True`` returns the head's input instead, averaged over
         time unless ``per_step_logits`` is set.
         """
+        with self._compaction():
+            x = self.head_input(x)
+            if not pre_logits:
+                x = self.head(x)
+        return x if self.per_step_logits else x.mean(0)
+
+    def head_input(self, x: Tensor) -> Tensor:
+        """``[T, B, C, H, W]`` -> what the linear head reads at every step.
+
+        ``[T, B, C]`` averaged over space (``global_pool="avg"``) or ``[T, B, H*W, C]`` tokens,
+        through the head neuron.
+        """
         if self.global_pool == "avg":
             x = x.flatten(3).mean(3)
         else:
             x = rearrange(x, "t b c h w -> t b (h w) c")
-        with self._compaction():
-            x = self.head_lif(x)
-            if not pre_logits:
-                x = self.head(x)
-        return x if self.per_step_logits else x.mean(0)
+        return self.head_lif(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]`` -> ``[B, num_classes]``."""
@@ -332,23 +340,47 @@ class SpikingVisionModel(nn.Module):
         return [(n, m) for n, m in self.named_modules() if isinstance(m, MultiStepNeuron)]
 
 
-@contextlib.contextmanager
-def _no_state_updates(module: nn.Module) -> Iterator[None]:
-    """Recompute a checkpointed unit without advancing its BN statistics or DSSA rates again.
+def _recompute_in_the_same_state(
+    module: nn.Module,
+) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """Checkpointing contexts: recompute ``module`` from the state its forward pass saw, and
+    leave its BN statistics and DSSA rates as that pass left them (advanced once).
 
-    BatchNorm must run the same kernels as in the original pass (checkpointing checks what is
-    saved), so its running statistics are restored afterwards instead.
+    BatchNorm runs the same kernels as in the original pass (checkpointing checks what is
+    saved), so its running statistics are reset to their values before the forward pass for
+    the recomputation (Meta-SpikeFormer's :class:`~spikezoo.layers.BNAndPad` reads them), then
+    restored.
     """
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [[b.clone() for b in m.buffers(recurse=False)] for m in norms]
-    try:
-        with freeze_firing_rates(module):
-            yield
-    finally:
-        with torch.no_grad():
-            for m, buffers in zip(norms, saved, strict=True):
-                for buffer, value in zip(m.buffers(recurse=False), buffers, strict=True):
-                    buffer.copy_(value)
+    before: list[list[Tensor]] = []
+
+    @contextlib.contextmanager
+    def forward() -> Iterator[None]:
+        before[:] = _buffers(norms)
+        yield
+
+    @contextlib.contextmanager
+    def recompute() -> Iterator[None]:
+        after = _buffers(norms)
+        _load_buffers(norms, before)
+        try:
+            with freeze_firing_rates(module):
+                yield
+        finally:
+            _load_buffers(norms, after)
+
+    return forward(), recompute()
+
+
+def _buffers(modules: list[nn.Module]) -> list[list[Tensor]]:
+    return [[b.clone() for b in m.buffers(recurse=False)] for m in modules]
+
+
+def _load_buffers(modules: list[nn.Module], values: list[list[Tensor]]) -> None:
+    with torch.no_grad():
+        for m, buffers in zip(modules, values, strict=True):
+            for buffer, value in zip(m.buffers(recurse=False), buffers, strict=True):
+                buffer.copy_(value)
 
 
 @register_notrace_function  # torch.fx cannot branch on the shape of its proxies

@@ -30,6 +30,7 @@ __all__ = ["FAMILIES", "family_modules", "family_of", "model_names", "timm_modul
 FAMILIES: tuple[str, ...] = (
     "spikezoo.models.spike_driven_transformer",
     "spikezoo.models.spiking_resformer",
+    "spikezoo.models.spike_driven_transformer_v2",
 )
 
 

@@ -264,7 +264,8 @@ def test_spike_test_and_energy_presets():
 
 
 @pytest.mark.parametrize(
-    ("name", "size"), [("sdt_8_768", 32), ("spikingresformer_s", 32), ("sdt_2_256_cifar", 32)]
+    ("name", "size"),
+    [("sdt_8_768", 32), ("spikingresformer_s", 32), ("sdt_2_256_cifar", 32), ("sdt_v2_8_384", 32)],
 )
 def test_dense_mac_totals_agree_with_flop_counter_mode(name, size):
     """At a reduced input size and T=1, to stay cheap: MACs scale with the resolution alike."""
@@ -283,3 +284,43 @@ def test_spike_product_modules_hold_no_state():
         assert module.state_dict() == {} and not list(module.parameters())
     keys = TINY_MODELS["sdt"]().state_dict().keys() | TINY_MODELS["resformer"]().state_dict().keys()
     assert not [k for k in keys if any(p in k for p in ("matmul", "kv_product", "kv_sum", "mask"))]
+
+
+def test_meta_spikeformer_attention_and_repconv_are_counted_by_the_spike_rules(images):
+    model = timm.create_model(
+        "sdt_v2_8_384", embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=10, time_steps=2
+    )
+    model = spiking(model, images)
+    attn = model.stages[3][1].attn
+    repconvs = {name: getattr(attn, name)[0].conv1x1 for name in ("q", "k", "v", "proj")}
+    operands = {}
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: operands.__setitem__(m, [x.clone() for x in i]))
+        for m in (attn.kv_matmul, attn.q_matmul, *repconvs.values())
+    ]
+    with OpCounter(model) as counter, torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    layers = {layer.name: layer for layer in counter.report().layers}
+    prefix = "stages.3.1.attn."
+    kv, q = layers[prefix + "kv_matmul"], layers[prefix + "q_matmul"]
+    k_t, v = operands[attn.kv_matmul]
+    assert binary(k_t) and binary(v)  # spikes @ spikes: one accumulate per coinciding pair
+    assert kv.sops == int((k_t @ v).sum()) > 0 and kv.macs == 0
+    q_spikes, kv_counts = operands[attn.q_matmul]
+    assert binary(q_spikes) and not binary(kv_counts)  # spikes @ integer counts
+    assert q.sops == int(q_spikes.sum()) * kv_counts.shape[-1] > 0 and q.macs == 0
+    # RepConv: the 1x1 convolution reads spikes (each reaches every output channel); the
+    # depthwise 3x3 reads the padded BN output and costs MACs
+    for name, conv in repconvs.items():
+        (spikes,) = operands[conv]
+        layer = layers[f"{prefix}{name}.0.conv1x1"]
+        assert layer.input == "spikes" and binary(spikes)
+        assert layer.sops == int(spikes.sum()) * conv.out_channels
+    for name in "qkv":  # (a silent attention neuron leaves proj's maps all zero: "spikes")
+        assert layers[f"{prefix}{name}.0.conv1x1"].sops > 0
+        assert layers[f"{prefix}{name}.0.depthwise"].input == "real"
+        assert layers[f"{prefix}{name}.0.depthwise"].macs > 0
+    assert layers["stages.3.1.mlp.fc1.0"].input == "spikes"
+    assert {name for name, layer in layers.items() if layer.input == "real"} >= {"stem.conv"}

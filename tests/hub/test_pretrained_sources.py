@@ -188,6 +188,15 @@ def test_sdt_tag_error_says_where_the_authors_file_is(weights_env):
     assert "authors' file: " in message and "answered HTTP 404" in message
 
 
+def test_meta_spikeformer_error_names_the_drive_folder_and_the_convert_command(weights_env):
+    tiny = dict(embed_dims=(8, 16, 32, 40), num_heads=2, kd=True)
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model("sdt_v2_8_512.in1k_kd", pretrained=True, **tiny)
+    message = _one_line(info.value)
+    assert "https://drive.google.com/drive/folders/12JcIRG8BF6JcgPsXIetSS14udtHXeSSx" in message
+    assert "'spikezoo convert FILE --model sdt_v2_8_512.in1k_kd --out DIR --install'" in message
+
+
 @pytest.mark.parametrize(
     ("breakage", "expected"),
     [

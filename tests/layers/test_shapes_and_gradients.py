@@ -4,8 +4,24 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from spikezoo.layers import DSSA, GWSFFN, SDSA, SPS, ConvBN, Downsample, DropPath, SpikingMLP
+from spikezoo.layers import (
+    DSSA,
+    GWSFFN,
+    SDSA,
+    SPS,
+    BNAndPad,
+    ConvBN,
+    Downsample,
+    DropPath,
+    LinearSpikingAttention,
+    RepConv,
+    SepConv,
+    SpikingConvBlock,
+    SpikingMLP,
+    SpikingTokenMLP,
+)
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
 
 # (layer factory, input shape, output shape)
@@ -20,6 +36,11 @@ LAYERS = {
     "dssa_patch": (lambda: DSSA(16, 1, patch_size=3), (2, 2, 16, 6, 9), (2, 2, 16, 6, 9)),
     "gwsffn": (lambda: GWSFFN(16, group_size=16, num_conv=2), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
     "downsample": (lambda: Downsample(16, 32), (2, 2, 16, 5, 7), (2, 2, 32, 3, 4)),
+    "sep_conv": (lambda: SepConv(8), (1, 2, 8, 5, 7), (1, 2, 8, 5, 7)),
+    "conv_block": (lambda: SpikingConvBlock(8), (2, 2, 8, 5, 7), (2, 2, 8, 5, 7)),
+    "linear_attention": (lambda: LinearSpikingAttention(16, 4), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
+    "token_mlp": (lambda: SpikingTokenMLP(16, 32), (2, 2, 16, 5, 7), (2, 2, 16, 5, 7)),
+    "rep_conv": (lambda: RepConv(8, 16), (2, 8, 5, 7), (2, 16, 5, 7)),
 }
 
 
@@ -140,3 +161,32 @@ def test_sps_accepts_boolean_pooling_flags():
     as_text = SPS(3, 16, "0011")
     as_flags = SPS(3, 16, (False, False, True, True))
     assert as_text.pooling == as_flags.pooling and as_text.reduction == 4
+
+
+def test_bn_and_pad_fills_the_border_with_the_bn_of_zero_from_running_statistics():
+    layer = BNAndPad(3)
+    with torch.no_grad():
+        for tensor in (layer.bn.weight, layer.bn.bias, layer.bn.running_mean):
+            tensor.uniform_(-2.0, 2.0)
+        layer.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    layer.double().train()
+    y = layer(x)
+    assert y.shape == (2, 3, 6, 7)
+    bn = layer.bn
+    interior = F.batch_norm(x, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+    torch.testing.assert_close(y[:, :, 1:-1, 1:-1], interior)
+    # the statistics this call updated, not the batch's
+    zero = bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    border = torch.ones(6, 7, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    torch.testing.assert_close(y[:, :, border], zero.detach()[None, :, None].expand(2, 3, 22))
+    y.square().sum().backward()  # the border passes no gradient to the BN's parameters
+    weight_grad = bn.weight.grad.clone()
+    bn.weight.grad = None
+    interior.square().sum().backward()
+    torch.testing.assert_close(weight_grad, bn.weight.grad)
+
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), bn(F.pad(x, [1, 1, 1, 1])))

@@ -25,8 +25,9 @@ class TinyFamily:
 
     entry_point: str
     args: dict
-    #: overrides that leave one attention block at most (for slow tests such as torch.compile)
-    shallow: dict = field(default_factory=dict)
+    #: overrides that leave one attention block at most (for slow tests such as torch.compile);
+    #: ``None`` where the family has no such network
+    shallow: dict | None = field(default_factory=dict)
 
 
 TINY: dict[str, TinyFamily] = {
@@ -47,6 +48,11 @@ TINY: dict[str, TinyFamily] = {
             time_steps=2,
         ),
         shallow=dict(depths=(1, 0)),
+    ),
+    "spike_driven_transformer_v2": TinyFamily(
+        "sdt_v2_8_384",
+        dict(embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=5, time_steps=2),
+        shallow=None,  # always 6 + 2 transformer blocks (the authors' code)
     ),
 }
 

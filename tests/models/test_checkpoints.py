@@ -10,6 +10,7 @@ import spikezoo  # noqa: F401
 from spikezoo.hub import CheckpointFileError
 from spikezoo.models import CheckpointMismatchError, guess_architecture
 from spikezoo.models import spike_driven_transformer as sdt
+from spikezoo.models import spike_driven_transformer_v2 as sdt_v2
 from spikezoo.models import spiking_resformer as resformer
 from spikezoo.models._registry import family_of
 from tests.models.families import FAMILY_NAMES, tiny
@@ -18,6 +19,7 @@ from tests.reference import REFERENCE_DIR, load_case
 ORIGINAL_FILES = [
     ("sdt_imagenet_tiny", "sdt_imagenet_tiny.pth.tar"),
     ("resformer_imagenet_tiny", "resformer_imagenet_tiny.pth"),
+    ("v2/sdt2_tiny", "v2/sdt2_tiny.pth"),  # main_finetune.py: {"model", "args", ...}
 ]
 
 
@@ -104,6 +106,16 @@ def test_pretrained_tags_set_classes_and_channels(tag, classes, in_chans):
     assert (model.num_classes, model.in_chans) == (classes, in_chans)
 
 
+def test_the_meta_spikeformer_kd_tag_builds_the_distillation_head():
+    with torch.device("meta"):
+        tagged = timm.create_model("sdt_v2_8_512.in1k_kd")
+        plain = timm.create_model("sdt_v2_8_512")
+        overridden = timm.create_model("sdt_v2_8_512.in1k_kd", kd=False)
+    assert tagged.head_kd is not None and tagged.time_steps == 4
+    assert plain.head_kd is None and overridden.head_kd is None
+    assert tagged.pretrained_cfg["top1"] == 80.0
+
+
 def test_checkpoint_of_another_architecture_names_the_problems_and_the_likely_model():
     small = timm.create_model("sdt_2_256_cifar").state_dict()
     target = timm.create_model("sdt_2_512_cifar")
@@ -136,3 +148,28 @@ def test_guess_architecture_recognises_authors_layouts():
     full = timm.create_model("spikingresformer_dvsg").state_dict()
     assert guess_architecture(full) == "spikingresformer_dvsg"
     assert guess_architecture({"unrelated.weight": torch.zeros(3)}) is None
+
+
+def test_sdt_checkpoint_loaded_into_meta_spikeformer_names_the_likely_model():
+    v1 = timm.create_model("sdt_2_256_cifar").state_dict()
+    model = load_case("v2/sdt2_tiny").build()
+    with pytest.raises(CheckpointMismatchError) as info:
+        sdt_v2.checkpoint_filter_fn(v1, model)
+    assert info.value.likely_model == "sdt_2_256_cifar"
+    assert "stages.3.1.attn.q.0.conv1x1.weight" in info.value.missing
+    assert "most likely belongs to 'sdt_2_256_cifar'" in str(info.value)
+
+
+def test_guess_architecture_recognises_meta_spikeformer():
+    with torch.device("meta"):
+        state = timm.create_model("sdt_v2_8_512").state_dict()
+    assert guess_architecture(state) == "sdt_v2_8_512"
+
+
+@pytest.mark.parametrize(("case_name", "kd"), [("v2/sdt2_tiny", True), ("v2/sdt2_kd_tiny", False)])
+def test_distillation_head_must_match_kd(case_name, kd):
+    case = load_case(case_name)
+    model = case.build(kd=kd)
+    expected = "create the model with kd=False" if kd else "create the model with kd=True"
+    with pytest.raises(ValueError, match=expected):
+        sdt_v2.checkpoint_filter_fn(case.state, model)

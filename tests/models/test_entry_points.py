@@ -33,6 +33,16 @@ PARAMETERS = {
     "spikingresformer_l": 60_375_680,
     "spikingresformer_cifar": 10_793_152,
     "spikingresformer_dvsg": 2_709_830,
+    "sdt_v2_8_384": 31_333_864,
+    "sdt_v2_8_512": 55_350_248,
+    "sdt_v2_8_768": 123_741_160,
+}
+
+# The same with the distillation head (Meta-SpikeFormer's kd=True).
+KD_PARAMETERS = {
+    "sdt_v2_8_384": 31_814_864,
+    "sdt_v2_8_512": 55_991_248,
+    "sdt_v2_8_768": 124_702_160,
 }
 
 
@@ -58,10 +68,14 @@ def test_family_module_defines_what_the_shared_code_uses(family):
         assert timm.list_pretrained(f"{name}.*"), f"{name} has no tagged default cfg"
 
 
-@pytest.mark.parametrize(("name", "count"), PARAMETERS.items())
-def test_parameter_count_equals_the_authors_model(name, count):
+@pytest.mark.parametrize(
+    ("name", "args", "count"),
+    [(name, {}, count) for name, count in PARAMETERS.items()]
+    + [(name, dict(kd=True), count) for name, count in KD_PARAMETERS.items()],
+)
+def test_parameter_count_equals_the_authors_model(name, args, count):
     with torch.device("meta"):
-        model = timm.create_model(name)
+        model = timm.create_model(name, **args)
     assert sum(p.numel() for p in model.parameters()) == count
 
 
@@ -72,7 +86,8 @@ def _small_input(model, batch=2):
 
 def _train_step(model, x):
     out = model(x)
-    out.pow(2).mean().backward()
+    # away from 0: a randomly initialised deep net may stay silent and output exactly 0
+    (out - 1).pow(2).mean().backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None]
     assert not unused, "every parameter gets a gradient"
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}

@@ -47,6 +47,7 @@ def test_neurons_and_shape_checks_are_registered():
     assert MultiStepNeuron in get_notrace_modules()
     names = {getattr(f, "__name__", f) for f in get_notrace_functions()}
     assert {"check_tbchw", "check_dssa_input", "check_sps_input", "time_major_input"} <= names
+    assert "pad_with_bn_of_zero" in names
     assert {"rearrange", "reduce"} <= names
 
 

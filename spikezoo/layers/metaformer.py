@@ -1,0 +1,306 @@
+"""Meta-SpikeFormer's blocks (Spike-driven Transformer V2, Yao et al., ICLR 2024).
+
+Convolutional blocks (:class:`SepConv`, :class:`SpikingConvBlock`) for the early stages, and a
+transformer block made of :class:`LinearSpikingAttention` (projections by :class:`RepConv`)
+and :class:`SpikingTokenMLP` for the late ones. Every block is residual on membrane potentials
+``[T, B, C, H, W]``, as in the authors' ``classification/models.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import register_notrace_function
+from torch import Tensor, nn
+
+from spikezoo.layers._arguments import divides, positive_int
+from spikezoo.layers.defaults import SDT_NEURON
+from spikezoo.layers.spike_products import SpikingMatmul
+from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw, per_step
+
+__all__ = [
+    "BNAndPad",
+    "LinearSpikingAttention",
+    "RepConv",
+    "SepConv",
+    "SpikingConvBlock",
+    "SpikingTokenMLP",
+]
+
+
+# torch.fx: the padding value must be computed at run time from the running statistics (a
+# traced expression of buffers alone would be frozen into the graph), and slicing by a size
+# needs a real tensor
+@register_notrace_function
+def pad_with_bn_of_zero(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    width: int,
+) -> Tensor:
+    """Pad a BatchNorm's output ``x [N, C, H, W]`` by ``width`` pixels on every side with what
+    that BN gives for a zero input: ``bias - running_mean * weight / sqrt(running_var + eps)``
+    per channel, passing no gradient to ``weight`` and ``bias``."""
+    value = bias.detach() - running_mean * weight.detach() / torch.sqrt(running_var + eps)
+    out = F.pad(x, [width] * 4)
+    fill = value.view(1, -1, 1, 1)
+    out[:, :, :width, :] = fill
+    out[:, :, -width:, :] = fill
+    out[:, :, :, :width] = fill
+    out[:, :, :, -width:] = fill
+    return out
+
+
+class BNAndPad(nn.Module):
+    """``BatchNorm2d``, then a border of ``pad_pixels`` filled with what the BN gives for 0.
+
+    ``[N, C, H, W]`` -> ``[N, C, H + 2p, W + 2p]``. The border value per channel is
+    ``bias - running_mean * weight / sqrt(running_var + eps)``, taken from the running
+    statistics in training mode too (after this call's update) and passing no gradient, as
+    in the authors' code. In eval mode the result is ``BN(zero_pad(x))``: a following
+    unpadded 3x3 convolution can be merged with the preceding 1x1 convolution and the BN.
+
+    Args:
+        num_features: channels C.
+        pad_pixels: border width p (0: a plain BatchNorm).
+    """
+
+    def __init__(self, num_features: int, pad_pixels: int = 1) -> None:
+        super().__init__()
+        self.pad_pixels = positive_int("pad_pixels", pad_pixels, 0)
+        self.bn = nn.BatchNorm2d(positive_int("num_features", num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [N, C, H, W]`` -> ``[N, C, H + 2p, W + 2p]``."""
+        out = self.bn(x)
+        if self.pad_pixels == 0:
+            return out
+        bn = self.bn
+        return pad_with_bn_of_zero(
+            out, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, self.pad_pixels
+        )
+
+
+class RepConv(nn.Module):
+    """The authors' re-parameterisable convolution: ``[N, C_in, H, W]`` -> ``[N, C_out, H, W]``.
+
+    ``BN(pointwise(depthwise3x3(BNAndPad(conv1x1(x)))))``: the depthwise 3x3 runs without
+    padding on the border that :class:`BNAndPad` adds. A per-frame module like ``nn.Conv2d``:
+    fold time into the batch (:class:`~spikezoo.layers.PerStep`) for ``[T, B, C, H, W]``.
+
+    Args:
+        in_chans: input channels C_in (the width of every inner layer).
+        out_chans: output channels C_out.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int) -> None:
+        super().__init__()
+        positive_int("in_chans", in_chans)
+        positive_int("out_chans", out_chans)
+        self.conv1x1 = nn.Conv2d(in_chans, in_chans, 1, bias=False)
+        self.bn_pad = BNAndPad(in_chans, pad_pixels=1)
+        self.depthwise = nn.Conv2d(in_chans, in_chans, 3, groups=in_chans, bias=False)
+        self.pointwise = nn.Conv2d(in_chans, out_chans, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_chans)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [N, C_in, H, W]`` -> ``[N, C_out, H, W]``."""
+        x = self.bn_pad(self.conv1x1(x))
+        return self.bn(self.pointwise(self.depthwise(x)))
+
+
+class SepConv(nn.Module):
+    """Spiking inverted separable convolution (MobileNetV2-style), not residual.
+
+    ``[T, B, dim, H, W]`` -> same shape::
+
+        h = BN(pw1(LIF(x)))                     # dim -> expansion*dim
+        out = BN(pw2(dw7x7(LIF(h))))            # back to dim
+
+    Args:
+        dim: channels.
+        expansion: width of the depthwise convolution as a multiple of ``dim``.
+        kernel_size: depthwise kernel size (odd; "same" padding).
+        neuron: factory of the spiking neurons.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        expansion: int = 2,
+        kernel_size: int = 7,
+        neuron: NeuronFactory = SDT_NEURON,
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int("dim", dim)
+        hidden = dim * positive_int("expansion", expansion)
+        positive_int("kernel_size", kernel_size)
+        self.expand = ConvBN(dim, hidden, neuron=neuron)
+        self.lif = neuron()
+        self.depthwise = nn.Conv2d(
+            hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False
+        )
+        self.pointwise = nn.Conv2d(hidden, dim, 1, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> same shape (no residual)."""
+        check_tbchw(x, self.dim, "SepConv")
+        return per_step(self._separable, self.lif(self.expand(x)))
+
+    def _separable(self, x: Tensor) -> Tensor:
+        return self.bn(self.pointwise(self.depthwise(x)))
+
+
+class SpikingConvBlock(nn.Module):
+    """Meta-SpikeFormer's convolutional block: ``[T, B, dim, H, W]`` -> same shape, residual.
+
+    ::
+
+        x = x + SepConv(x)
+        x = x + BN(conv3x3(LIF(BN(conv3x3(LIF(x))))))      # dim -> mlp_ratio*dim -> dim
+
+    Args:
+        dim: channels.
+        mlp_ratio: hidden width of the 3x3 pair as a multiple of ``dim`` (4 in every model).
+        neuron: factory of the spiking neurons.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: int = 4, neuron: NeuronFactory = SDT_NEURON) -> None:
+        super().__init__()
+        self.dim = positive_int("dim", dim)
+        hidden = dim * positive_int("mlp_ratio", mlp_ratio)
+        self.sep_conv = SepConv(dim, neuron=neuron)
+        self.conv1 = ConvBN(dim, hidden, 3, neuron=neuron)
+        self.conv2 = ConvBN(hidden, dim, 3, neuron=neuron)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> same shape."""
+        x = x + self.sep_conv(x)
+        return x + self.conv2(self.conv1(x))
+
+
+class LinearSpikingAttention(nn.Module):
+    """Meta-SpikeFormer's spike-driven linear attention, residual.
+
+    ``[T, B, dim, H, W]`` -> same shape. With spikes ``s = LIF(x)`` and the projections
+    ``P(s) = BN(RepConv(s))`` per step, split into heads of width ``d`` over ``N = H*W``::
+
+        q, k, v = LIF(P_q(s)), LIF(P_k(s)), LIF(P_v(s))     # [T, B, heads, N, d] spikes
+        out = LIF_0.5((q @ (k^T @ v)) * scale)              # k^T @ v: [T, B, heads, d, d]
+        return x + P_proj(out)
+
+    ``k^T @ v`` first keeps the cost linear in N (no ``N x N`` tensor). The two products go
+    through :class:`~spikezoo.layers.SpikingMatmul`, so the operation counter sees them.
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads; must divide ``dim``.
+        scale: factor on ``q @ (k^T @ v)`` (the authors' 0.125 for every width).
+        attn_threshold: firing threshold of the attention neuron (0.5).
+        neuron: factory of the spiking neurons.
+        drop_path: stochastic depth of the residual branch, in ``[0, 1)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        scale: float = 0.125,
+        attn_threshold: float = 0.5,
+        neuron: NeuronFactory = SDT_NEURON,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int("dim", dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        divides("num_heads", self.num_heads, "dim", self.dim)
+        self.scale = scale
+        self.shortcut_lif = neuron()
+        self.q = _projection(dim)
+        self.q_lif = neuron()
+        self.k = _projection(dim)
+        self.k_lif = neuron()
+        self.v = _projection(dim)
+        self.v_lif = neuron()
+        self.kv_matmul = SpikingMatmul()
+        self.q_matmul = SpikingMatmul()
+        self.attn_lif = neuron(v_threshold=attn_threshold)
+        self.proj = _projection(dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> ``x + attention(x)``, same shape."""
+        check_tbchw(x, self.dim, "LinearSpikingAttention")
+        height = x.shape[-2]
+        s = self.shortcut_lif(x)
+        # contiguous heads, as the authors lay them out: the matmuls then sum in their order
+        q, k, v = (
+            rearrange(
+                lif(per_step(projection, s)),
+                "t b (heads d) h w -> t b heads (h w) d",
+                heads=self.num_heads,
+            ).contiguous()
+            for projection, lif in (
+                (self.q, self.q_lif),
+                (self.k, self.k_lif),
+                (self.v, self.v_lif),
+            )
+        )
+        out = self.q_matmul(q, self.kv_matmul(k.transpose(-2, -1), v)) * self.scale
+        out = self.attn_lif(rearrange(out, "t b heads (h w) d -> t b (heads d) h w", h=height))
+        return x + self.drop_path(per_step(self.proj, out))
+
+    def extra_repr(self) -> str:
+        """The head count and scale, for ``print(module)``."""
+        return f"dim={self.dim}, num_heads={self.num_heads}, scale={self.scale}"
+
+
+def _projection(dim: int) -> nn.Sequential:
+    """``BN(RepConv(x))``, per frame: the authors' ``nn.Sequential(RepConv, BatchNorm2d)``."""
+    return nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim))
+
+
+class SpikingTokenMLP(nn.Module):
+    """Meta-SpikeFormer's MLP over the ``N = H*W`` tokens, residual.
+
+    ``[T, B, dim, H, W]`` -> same shape::
+
+        h = BN1d(fc1(LIF(x)))           # dim -> hidden_dim, per token (Conv1d with bias)
+        return x + BN1d(fc2(LIF(h)))    # back to dim
+
+    Args:
+        dim: channels.
+        hidden_dim: hidden width (default ``4 * dim``).
+        neuron: factory of the spiking neurons.
+        drop_path: stochastic depth of the residual branch, in ``[0, 1)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int | None = None,
+        neuron: NeuronFactory = SDT_NEURON,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int("dim", dim)
+        hidden_dim = 4 * dim if hidden_dim is None else positive_int("hidden_dim", hidden_dim)
+        self.fc1_lif = neuron()
+        self.fc1 = nn.Sequential(nn.Conv1d(dim, hidden_dim, 1), nn.BatchNorm1d(hidden_dim))
+        self.fc2_lif = neuron()
+        self.fc2 = nn.Sequential(nn.Conv1d(hidden_dim, dim, 1), nn.BatchNorm1d(dim))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> same shape."""
+        check_tbchw(x, self.dim, "SpikingTokenMLP")
+        height = x.shape[-2]
+        tokens = rearrange(x, "t b c h w -> t b c (h w)")
+        tokens = per_step(self.fc1, self.fc1_lif(tokens))
+        tokens = per_step(self.fc2, self.fc2_lif(tokens))
+        return x + self.drop_path(rearrange(tokens, "t b c (h w) -> t b c h w", h=height))

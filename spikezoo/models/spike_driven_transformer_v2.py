@@ -1,0 +1,375 @@
+"""Meta-SpikeFormer (Spike-driven Transformer V2).
+
+Yao et al., "Spike-driven Transformer V2: Meta Spiking Neural Network Architecture Inspiring
+the Design of Next-generation Neuromorphic Chips", ICLR 2024 (arXiv:2404.03663). The
+computation is the authors' (BICLab/Spike-Driven-Transformer-V2, ``classification/models.py``)
+to the last spike: two stages of spiking separable-conv blocks, then two of spike-driven
+linear attention with RepConv projections and a spiking token MLP, and a spiking head whose
+per-step logits are averaged over time. Tested against the authors' float64 outputs and
+gradients (see ``tests/models``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import torch
+from timm.layers import calculate_drop_path_rates, to_2tuple
+from timm.models import register_model
+from torch import Tensor, nn
+
+from spikezoo.layers import (
+    ConvBN,
+    LinearSpikingAttention,
+    NeuronFactory,
+    SpikingConvBlock,
+    SpikingTokenMLP,
+)
+from spikezoo.layers._arguments import fraction, positive_int
+from spikezoo.models._base import SpikingVisionModel, neuron_factory, trunc_normal_init
+from spikezoo.models._checkpoint import (
+    RenameRule,
+    filter_checkpoint,
+    rename_keys,
+    unwrap_state_dict,
+)
+from spikezoo.models._pretrained import IMAGENET_CFG, build_spiking_model, spikezoo_default_cfgs
+
+__all__ = ["Block", "SpikeDrivenTransformerV2", "checkpoint_filter_fn", "remap_state_dict"]
+
+#: Transformer blocks of the last two stages, fixed in the authors' code.
+BLOCKS_PER_STAGE = (6, 2)
+
+
+class Block(nn.Module):
+    """Meta-SpikeFormer's transformer block: ``x = MLP(attention(x))``, both residual.
+
+    ``[T, B, dim, H, W]`` -> same shape.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: int,
+        neuron: NeuronFactory,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.attn = LinearSpikingAttention(dim, num_heads, neuron=neuron, drop_path=drop_path)
+        self.mlp = SpikingTokenMLP(dim, dim * mlp_ratio, neuron=neuron, drop_path=drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, dim, H, W]`` -> same shape."""
+        return self.mlp(self.attn(x))
+
+
+class SpikeDrivenTransformerV2(SpikingVisionModel):
+    """Meta-SpikeFormer (Spike-driven Transformer V2).
+
+    Stem: 7x7 stride-2 conv + BN on the pixels. Five feature stages (``stages``), each opened
+    by a conv + BN that reads spikes (3x3, stride 2; stride 1 for the last):
+
+    ====== ======================= ====================== =========
+    stage  width                   blocks                 reduction
+    ====== ======================= ====================== =========
+    0      ``embed_dims[0] // 2``  1 conv block           2
+    1      ``embed_dims[0]``       1 conv block           4
+    2      ``embed_dims[1]``       2 conv blocks          8
+    3      ``embed_dims[2]``       6 transformer blocks   16
+    4      ``embed_dims[3]``       2 transformer blocks   16
+    ====== ======================= ====================== =========
+
+    Args:
+        img_size: nominal input size; a multiple of 16 (any such size works at run time).
+        in_chans: input channels.
+        num_classes: classes of the linear head(s) (0: no head).
+        embed_dims: the four widths above.
+        num_heads: attention heads of every transformer block.
+        mlp_ratio: hidden width of the conv blocks' 3x3 pair and of the MLPs, as a multiple
+            of the width (4 in the authors' code).
+        time_steps: T for static images (the authors' ``model.T``, set from ``--time_steps``).
+        kd: add the distillation head ``head_kd`` beside ``head`` (the authors' ``--kd``).
+            In training the model returns the pair ``(logits, logits_kd)``, as timm's
+            distilled DeiT does with ``set_distilled_training``; in eval, their mean.
+        neuron: ``"lif"``, ``"plif"`` (sigmoid surrogate, alpha 4) or a neuron factory.
+        drop_path_rate: stochastic depth of the transformer blocks: block ``j`` of either
+            stage takes ``drop_path_rate * j / 7`` (in float32), the authors' schedule for
+            ``depths=8``. The authors' code builds it but never applies it, so their models
+            correspond to 0.
+        global_pool: ``"avg"`` or ``""`` (per-token logits).
+        per_step_logits: return ``[T, B, K]`` instead of the time average.
+        feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
+        device: device of the parameters and buffers (timm's factory argument).
+        dtype: floating-point dtype of the parameters and buffers (timm's factory argument).
+    """
+
+    feature_units = "stages"
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dims: Sequence[int] = (128, 256, 512, 640),
+        num_heads: int = 8,
+        mlp_ratio: int = 4,
+        time_steps: int = 4,
+        kd: bool = False,
+        neuron: str | NeuronFactory = "lif",
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        per_step_logits: bool = False,
+        feature_time_reduction: str = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
+        )
+        if len(embed_dims) != 4:
+            raise ValueError(f"embed_dims needs four widths, got {tuple(embed_dims)}")
+        for i, dim in enumerate(embed_dims):
+            positive_int(f"embed_dims[{i}]", dim, minimum=2 if i == 0 else 1)
+        positive_int("mlp_ratio", mlp_ratio)
+        fraction("drop_path_rate", drop_path_rate, upper_closed=False)
+        make_neuron = neuron_factory(neuron, surrogate="sigmoid")
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.check_image_size(*to_2tuple(img_size))
+
+        widths = (embed_dims[0] // 2, *embed_dims)
+        self.stem = ConvBN(in_chans, widths[0], 7, stride=2, bias=True)
+
+        def down(i: int, stride: int = 2) -> ConvBN:
+            return ConvBN(widths[i - 1], widths[i], 3, stride, bias=True, neuron=make_neuron)
+
+        def conv_blocks(i: int, count: int) -> list[nn.Module]:
+            return [SpikingConvBlock(widths[i], mlp_ratio, make_neuron) for _ in range(count)]
+
+        # the authors' torch.linspace(0, drop_path_rate, depths=8), in float32
+        rates = calculate_drop_path_rates(drop_path_rate, 8)
+
+        def blocks(i: int, count: int) -> list[nn.Module]:
+            return [
+                Block(widths[i], num_heads, mlp_ratio, make_neuron, rates[j]) for j in range(count)
+            ]
+
+        self.stages = nn.Sequential(
+            nn.Sequential(*conv_blocks(0, 1)),
+            nn.Sequential(down(1), *conv_blocks(1, 1)),
+            nn.Sequential(down(2), *conv_blocks(2, 2)),
+            nn.Sequential(down(3), *blocks(3, BLOCKS_PER_STAGE[0])),
+            nn.Sequential(down(4, stride=1), *blocks(4, BLOCKS_PER_STAGE[1])),
+        )
+        self.feature_info = [
+            dict(num_chs=width, reduction=reduction, module=f"stages.{i}")
+            for i, (width, reduction) in enumerate(zip(widths, (2, 4, 8, 16, 16), strict=True))
+        ]
+        self.head_lif = make_neuron()
+        self.head = self._make_head(self.num_features, num_classes)
+        self.head_kd = self._make_head(self.num_features, num_classes) if kd else None
+        self.distilled_training = kd
+        # the authors' init: linear layers truncated-normal(0.02), zero bias; convs keep torch's
+        self.apply(partial(trunc_normal_init, layer_types=(nn.Linear,)))
+        self.to(device=device, dtype=dtype)
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W must be multiples of this number."""
+        return 16
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """``[T, B, in_chans, H, W]`` -> the stem's output map (membranes, half the size)."""
+        return self.stem(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``[T, B, C, H, W]`` -> logits ``[B, K]`` (``[T, B, K]`` with ``per_step_logits``).
+
+        With ``kd``: ``(logits, logits_kd)`` in training (unless ``set_distilled_training``
+        turned it off), the mean of both heads otherwise.
+        """
+        if self.head_kd is None or pre_logits:
+            return super().forward_head(x, pre_logits)
+        with self._compaction():
+            x = self.head_input(x)
+            logits, logits_kd = self.head(x), self.head_kd(x)
+        if not self.per_step_logits:
+            logits, logits_kd = logits.mean(0), logits_kd.mean(0)
+        if self.training and self.distilled_training:
+            return logits, logits_kd
+        return (logits + logits_kd) / 2
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """With ``kd``: whether training-mode calls return both heads (the default) or their mean.
+
+        Raises ``ValueError`` on a model built without ``kd``.
+        """
+        if self.head_kd is None:
+            raise ValueError("set_distilled_training needs a model built with kd=True")
+        self.distilled_training = enable
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the linear head, and ``head_kd`` with ``kd`` (``num_classes=0``: none)."""
+        super().reset_classifier(num_classes, global_pool)
+        if self.head_kd is not None:
+            like = next(self.parameters())
+            head_kd = self._make_head(self.num_features, num_classes)
+            self.head_kd = head_kd.to(device=like.device, dtype=like.dtype).train(self.training)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
+        )
+
+
+# --- the authors' checkpoints --------------------------------------------------------------
+
+#: Authors' module -> spikezoo's, outside the blocks.
+_AUTHORS_MODULES: list[RenameRule] = [
+    (r"^downsample1_1\.encode_(conv|bn)\.", r"stem.\1."),
+    (r"^ConvBlock1_1\.0\.", "stages.0.0."),
+    (r"^downsample1_2\.encode_(conv|bn)\.", r"stages.1.0.\1."),
+    (r"^ConvBlock1_2\.0\.", "stages.1.1."),
+    (r"^downsample2\.encode_(conv|bn)\.", r"stages.2.0.\1."),
+    (r"^ConvBlock2_([12])\.0\.", r"stages.2.\1."),
+    (r"^downsample([34])\.encode_(conv|bn)\.", r"stages.\1.0.\2."),
+    (r"^block([34])\.(\d+)\.", lambda m: f"stages.{m[1]}.{int(m[2]) + 1}."),
+]
+
+#: Authors' names inside the blocks -> spikezoo's (applied after ``_AUTHORS_MODULES``).
+_AUTHORS_BLOCK_PARTS: list[RenameRule] = [
+    (r"\.Conv\.pwconv1\.", ".sep_conv.expand.conv."),
+    (r"\.Conv\.bn1\.", ".sep_conv.expand.bn."),
+    (r"\.Conv\.dwconv\.", ".sep_conv.depthwise."),
+    (r"\.Conv\.pwconv2\.", ".sep_conv.pointwise."),
+    (r"\.Conv\.bn2\.", ".sep_conv.bn."),
+    (r"\.(conv[12])\.weight$", r".\1.conv.weight"),
+    (r"\.bn([12])\.", r".conv\1.bn."),
+    (r"\.attn\.([qkv]|proj)_conv\.0\.body\.0\.", r".attn.\1.0.conv1x1."),
+    (r"\.attn\.([qkv]|proj)_conv\.0\.body\.1\.", r".attn.\1.0.bn_pad."),
+    (r"\.attn\.([qkv]|proj)_conv\.0\.body\.2\.0\.", r".attn.\1.0.depthwise."),
+    (r"\.attn\.([qkv]|proj)_conv\.0\.body\.2\.1\.", r".attn.\1.0.pointwise."),
+    (r"\.attn\.([qkv]|proj)_conv\.0\.body\.2\.2\.", r".attn.\1.0.bn."),
+    (r"\.attn\.([qkv]|proj)_conv\.1\.", r".attn.\1.1."),
+    (r"\.mlp\.(fc[12])_conv\.", r".mlp.\1.0."),
+    (r"\.mlp\.(fc[12])_bn\.", r".mlp.\1.1."),
+]
+
+
+def remap_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Rename the authors' Meta-SpikeFormer keys to spikezoo's (any subset); no checks."""
+    return rename_keys(
+        rename_keys(unwrap_state_dict(state_dict), _AUTHORS_MODULES), _AUTHORS_BLOCK_PARTS
+    )
+
+
+def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformerV2) -> dict[str, Tensor]:
+    """Map the authors' Meta-SpikeFormer state dict (or a training checkpoint) to spikezoo's.
+
+    Handles the ``main_finetune.py`` layout ``{"model": ..., "optimizer", "epoch", "scaler",
+    "args"}`` and passes spikezoo's own state dicts through. Raises ``ValueError`` when the
+    checkpoint has a distillation head and the model not (or the reverse): build it with
+    ``kd=True`` (``kd=False``). Raises :class:`~spikezoo.models.CheckpointMismatchError` if
+    the result does not fit ``model`` otherwise.
+    """
+    mapped = filter_checkpoint(
+        state_dict, model, remap_state_dict, exempt=("head.", "head_kd.", "stem.conv.")
+    )
+    has_kd = any(k.startswith("head_kd.") for k in mapped)
+    if has_kd != (model.head_kd is not None):
+        raise ValueError(
+            "the checkpoint "
+            + (
+                "has the distillation head head_kd: create the model with kd=True"
+                if has_kd
+                else "has no distillation head head_kd: create the model with kd=False"
+            )
+        )
+    return mapped
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
+    return build_spiking_model(
+        SpikeDrivenTransformerV2,
+        variant,
+        pretrained,
+        num_feature_units=5,
+        **kwargs,
+    )
+
+
+# --- configurations ------------------------------------------------------------------------
+
+_DEFAULTS = dict(
+    IMAGENET_CFG,
+    first_conv="stem.conv",
+    # The authors' repository has no licence file.
+    license="unknown",
+    paper_name=(
+        "Spike-driven Transformer V2: Meta Spiking Neural Network Architecture Inspiring the "
+        "Design of Next-generation Neuromorphic Chips"
+    ),
+    paper_ids="arXiv:2404.03663",
+    origin_url="https://github.com/BICLab/Spike-Driven-Transformer-V2",
+)
+
+#: The tag of the authors' released weights, trained with the distillation head.
+_KD_TAG = "in1k_kd"
+
+_NOT_RELEASED = ("The authors released weights of the 55M model (sdt_v2_8_512) only.",)
+
+default_cfgs = spikezoo_default_cfgs(
+    _DEFAULTS,
+    {
+        "sdt_v2_8_384.in1k": dict(notes=_NOT_RELEASED),
+        f"sdt_v2_8_512.{_KD_TAG}": dict(
+            top1=80.0,
+            notes=(
+                "Trained at T=4 (the entry point's default time_steps) with the distillation "
+                "head (kd=True, set by this tag); eval returns the mean of both heads.",
+            ),
+        ),
+        "sdt_v2_8_768.in1k": dict(notes=_NOT_RELEASED),
+    },
+)
+
+
+def _built_for_kd_weights(pretrained: bool, pretrained_cfg: object) -> bool:
+    """Whether ``sdt_v2_8_512`` is asked for the ``in1k_kd`` weights (its default tag)."""
+    if isinstance(pretrained_cfg, str):
+        return pretrained_cfg == _KD_TAG
+    if isinstance(pretrained_cfg, Mapping):
+        return pretrained_cfg.get("tag") == _KD_TAG
+    if pretrained_cfg is not None:
+        return getattr(pretrained_cfg, "tag", None) == _KD_TAG
+    return pretrained
+
+
+@register_model
+def sdt_v2_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
+    """Meta-SpikeFormer 8-384, ImageNet-1k (31.3M parameters; 31.8M with ``kd=True``)."""
+    args = dict(embed_dims=(96, 192, 384, 480))
+    return _create("sdt_v2_8_384", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sdt_v2_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
+    """Meta-SpikeFormer 8-512, ImageNet-1k (55.4M parameters; 56.0M with ``kd=True``).
+
+    ``kd`` defaults to ``True`` for the ``in1k_kd`` weights (``"sdt_v2_8_512.in1k_kd"``, or
+    ``pretrained=True`` without a tag).
+    """
+    kd = _built_for_kd_weights(pretrained, kwargs.get("pretrained_cfg"))
+    args = dict(embed_dims=(128, 256, 512, 640), kd=kd)
+    return _create("sdt_v2_8_512", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sdt_v2_8_768(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
+    """Meta-SpikeFormer 8-768, ImageNet-1k (123.7M parameters; 124.7M with ``kd=True``)."""
+    args = dict(embed_dims=(192, 384, 768, 960))
+    return _create("sdt_v2_8_768", pretrained, **dict(args, **kwargs))
