@@ -24,8 +24,10 @@ from tests.models.families import FAMILY_NAMES, tiny
 from tests.models.test_behaviour import image
 from tests.reference import CASES, load_case
 
-#: The BatchNorms each family keeps (every other one is folded).
-KEPT = {"spike_driven_transformer": 0, "spiking_resformer": 0}
+#: The BatchNorms each family keeps (every other one is folded): Meta-SpikeFormer's RepConv pads
+#: with values computed from its BatchNorm's statistics, so the four RepConvs of each attention
+#: block keep theirs.
+KEPT = {"spike_driven_transformer": 0, "spiking_resformer": 0, "spike_driven_transformer_v2": 64}
 
 
 def randomise_norms(model: nn.Module) -> nn.Module:
@@ -96,13 +98,14 @@ def assert_same_spikes(plain, optimised, x, margin, **tolerance):
 def test_every_conv_batchnorm_pair_is_folded(family):
     assert family in KEPT, f"add the BatchNorms {family} keeps to KEPT"
     model = tiny(family)
-    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     report = optimize(model, compile=False).deploy_report.folds
     assert len(report.skipped) == KEPT[family], str(report)
-    assert sorted(p.norm for p in report.folded) == sorted(norms)
-    assert all(p.layer == p.norm.replace(".bn", ".conv") for p in report.folded)
+    assert sorted([p.norm for p in report.folded] + list(report.skipped)) == sorted(norms)
+    layers = (nn.Conv1d, nn.Conv2d, nn.Linear)
+    assert all(isinstance(model.get_submodule(p.layer), layers) for p in report.folded)
     # the input model is untouched
-    assert all(isinstance(model.get_submodule(n), nn.BatchNorm2d) for n in norms)
+    assert all(isinstance(model.get_submodule(n), nn.modules.batchnorm._BatchNorm) for n in norms)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -116,9 +119,15 @@ def test_same_spikes_and_logits_in_float64(family, channels_last):
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_float32_logits_within_1e_5(family):
-    plain = randomise_norms(tiny(family)).eval()
+    # float32 folding rounds differently: take the first seed whose membranes all keep 1e-4
+    # from the threshold, so that no spike depends on the last bits
+    for seed in range(10):
+        torch.manual_seed(seed)
+        plain = randomise_norms(tiny(family)).eval()
+        x = image(plain, batch=1)
+        if threshold_margin(record_spikes(plain, x)[1]) > 1e-4:
+            break
     optimised = optimize(plain, compile=False, channels_last=False)
-    x = image(plain, batch=1)
     assert_same_spikes(plain, optimised, x, margin=1e-4, rtol=0, atol=1e-5)
 
 
@@ -131,8 +140,11 @@ def _loaded(case):
 @pytest.mark.parametrize("name", CASES)
 def test_reference_vectors(name):
     case = load_case(name)
-    optimised = optimize(_loaded(case), compile=False, channels_last=True)
-    assert not optimised.deploy_report.folds.skipped
+    model = _loaded(case)
+    optimised = optimize(model, compile=False, channels_last=True)
+    family = family_of(model).__name__.rsplit(".", 1)[-1]
+    # the reference networks have the block counts of the small test networks
+    assert len(optimised.deploy_report.folds.skipped) == KEPT[family]
     with torch.no_grad():
         logits = optimised(case.tensors["input"])
     torch.testing.assert_close(logits, case.tensors["logits_eval"], rtol=1e-6, atol=1e-9)
