@@ -166,7 +166,10 @@ def test_agreement_flags_a_differing_or_failing_peer(bench):
         bench.Runner(name, _Shifted(zoo, shift))
         for name, shift in (("same", 0.0), ("off", 1e-3), ("broken", None))
     ]
+    runners.append(bench.Runner("rounding", _Shifted(zoo, 1e-3), spike_rounding=1e-5))
     verdicts = bench.check_agreement(runners, images, atol=1e-4)
+    # a runner allowed rounding flips agrees on its spikes whatever its logits
+    assert verdicts["rounding"]["agree"] and verdicts["rounding"]["same_spikes"]
     assert verdicts["same"]["agree"] and verdicts["same"]["same_spikes"]
     assert not verdicts["off"]["agree"]
     assert verdicts["off"]["max_abs_logit_diff"] == pytest.approx(1e-3, rel=1e-3)
