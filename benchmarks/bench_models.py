@@ -85,6 +85,7 @@ import timm  # noqa: E402
 from peers.authors import build_authors_model, peers_missing  # noqa: E402
 
 import spikezoo  # noqa: E402, F401  (registers the models with timm)
+from spikezoo.cli.demo import set_batchnorm_statistics  # noqa: E402
 from spikezoo.models import spike_driven_transformer, spiking_resformer  # noqa: E402
 from spikezoo.neurons import MultiStepNeuron  # noqa: E402
 
@@ -202,25 +203,6 @@ RUNNERS: dict[str, Callable[[ModelSpec, dict], Runner]] = {
 }
 
 
-def calibrate(model: nn.Module, images: Tensor) -> None:
-    """One training-mode pass that sets BatchNorm statistics to those of ``images``.
-
-    Freshly initialised statistics (mean 0, variance 1) leave a random network silent; with the
-    batch's own statistics it spikes as a trained one does. DSSA firing rates are set by the
-    same pass (the authors' first-batch initialisation).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: one pass sets the statistics
-    with torch.no_grad():
-        model.train()(images)
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    model.eval()
-
-
 def build_weights(
     spec: ModelSpec, device: torch.device, batch: int, seed: int, with_authors: bool
 ) -> dict:
@@ -231,14 +213,14 @@ def build_weights(
     source: nn.Module
     if with_authors and spec.authors and not peers_missing():
         authors, backend = build_authors_model(spec.name, device)
-        calibrate(authors, calib)
+        set_batchnorm_statistics(authors, calib)
         ctx["authors"] = (authors, backend)
         source = authors.net
     zoo = timm.create_model(spec.timm_name or spec.name, **spec.create_kwargs).to(device)
     if "authors" in ctx:
         zoo.load_state_dict(spec.family.checkpoint_filter_fn(source.state_dict(), zoo))
     else:
-        calibrate(zoo, calib)
+        set_batchnorm_statistics(zoo, calib)
     ctx["spikezoo"] = zoo.eval()
     return ctx
 

@@ -103,7 +103,18 @@ def calibrate_batchnorm(model: torch.nn.Module, image: torch.Tensor) -> None:
     """
     import torch
 
-    batch = torch.cat([image, image.flip(-1), image.flip(-2), image.flip(-1, -2)])
+    set_batchnorm_statistics(
+        model, torch.cat([image, image.flip(-1), image.flip(-2), image.flip(-1, -2)])
+    )
+
+
+def set_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor) -> None:
+    """One training-mode pass over ``batch`` whose statistics replace every BatchNorm's.
+
+    The model is left in eval mode, each BatchNorm with its own momentum.
+    """
+    import torch
+
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [norm.momentum for norm in norms]
     for norm in norms:

@@ -44,7 +44,7 @@ def test_spikingjelly2_peer_computes_what_spikezoo_computes(family, bench):
     torch.manual_seed(0)
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     zoo = eager(TINY_MODELS[family]()).double()
-    bench.calibrate(zoo, images)
+    bench.set_batchnorm_statistics(zoo, images)
     peer = build_sj2_model(zoo)
     with torch.no_grad():
         for mode in ("eval", "train"):  # train: batch statistics and the DSSA rate updates
@@ -161,7 +161,7 @@ class _Shifted(torch.nn.Module):
 def test_agreement_flags_a_differing_or_failing_peer(bench):
     zoo = eager(TINY_MODELS["sdt"]())
     images = torch.randn(1, 3, 32, 32)
-    bench.calibrate(zoo, images)
+    bench.set_batchnorm_statistics(zoo, images)
     runners = [bench.Runner("spikezoo", zoo)] + [
         bench.Runner(name, _Shifted(zoo, shift))
         for name, shift in (("same", 0.0), ("off", 1e-3), ("broken", None))

@@ -16,7 +16,7 @@ from torch import nn
 
 import spikezoo  # noqa: F401
 from spikezoo.deploy import FoldedBatchNorm, fold_batchnorm, foldable_pairs, optimize
-from spikezoo.models._registry import family_of
+from spikezoo.models._registry import family_of, timm_module_name
 from spikezoo.neurons import MultiStepNeuron
 from spikezoo.neurons.dynamics import forward_sequence
 from spikezoo.neurons.functional import neuron_config
@@ -142,7 +142,7 @@ def test_reference_vectors(name):
     case = load_case(name)
     model = _loaded(case)
     optimised = optimize(model, compile=False, channels_last=True)
-    family = family_of(model).__name__.rsplit(".", 1)[-1]
+    family = timm_module_name(family_of(model))
     # the reference networks have the block counts of the small test networks
     assert len(optimised.deploy_report.folds.skipped) == KEPT[family]
     with torch.no_grad():
