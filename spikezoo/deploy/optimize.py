@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spikezoo import _checks
 from spikezoo.deploy import fold
 from spikezoo.deploy.fold import FoldReport
 
@@ -85,18 +86,10 @@ def optimize(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    for name, value in (
-        ("compile", compile),
-        ("fold_batchnorm", fold_batchnorm),
-        ("inplace", inplace),
-    ):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    if channels_last is not None and not isinstance(channels_last, bool):
-        raise TypeError(
-            f"channels_last must be True, False or None, got {type(channels_last).__name__} "
-            f"{channels_last!r}"
-        )
+    _checks.boolean("compile", compile)
+    _checks.boolean("fold_batchnorm", fold_batchnorm)
+    _checks.boolean("inplace", inplace)
+    _checks.optional_boolean("channels_last", channels_last)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval().requires_grad_(False)

@@ -14,7 +14,7 @@ from einops import rearrange
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from spikezoo.layers._arguments import divides, positive_int
+from spikezoo._checks import divides, positive_int
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.spike_products import SpikingMatmul
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw, per_step

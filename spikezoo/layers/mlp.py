@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from spikezoo.layers._arguments import positive_int
+from spikezoo._checks import positive_int
 from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 

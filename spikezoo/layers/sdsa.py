@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from spikezoo.layers._arguments import divides, positive_int
+from spikezoo._checks import divides, positive_int
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingSum
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw

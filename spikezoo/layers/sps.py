@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from spikezoo.layers._arguments import positive_int
+from spikezoo._checks import positive_int
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.temporal import ConvBN, NeuronFactory, PerStep, check_tbchw
 

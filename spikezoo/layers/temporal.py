@@ -13,7 +13,7 @@ from einops import rearrange, reduce
 from timm.layers import drop_path, register_notrace_function
 from torch import Tensor, nn
 
-from spikezoo.layers._arguments import fraction, positive_int
+from spikezoo._checks import fraction, positive_int
 
 __all__ = ["ConvBN", "DropPath", "NeuronFactory", "PerStep", "check_tbchw", "per_step"]
 

@@ -15,8 +15,9 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from spikezoo import _checks
+from spikezoo._checks import fraction, positive_int
 from spikezoo.layers import NeuronFactory, freeze_firing_rates
-from spikezoo.layers._arguments import fraction, positive_int
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron, MultiStepPLIF
 from spikezoo.neurons.saved_spikes import compact_saved_spikes
 
@@ -102,10 +103,10 @@ class SpikingVisionModel(nn.Module):
         feature_time_reduction: str,
     ) -> None:
         super().__init__()
-        _check_choice("global_pool", global_pool, ("avg", ""))
-        _check_choice("feature_time_reduction", feature_time_reduction, TIME_REDUCTIONS)
+        _checks.choice("global_pool", global_pool, ("avg", ""))
+        _checks.choice("feature_time_reduction", feature_time_reduction, TIME_REDUCTIONS)
         self.in_chans = positive_int("in_chans", in_chans)
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = _checks.num_classes(num_classes)
         self.time_steps = positive_int("time_steps", time_steps)
         self.global_pool = global_pool
         self.per_step_logits = per_step_logits
@@ -126,7 +127,7 @@ class SpikingVisionModel(nn.Module):
 
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` for a size the network cannot divide evenly."""
-        _check_image_size(height, width, self.size_multiple, type(self).__name__)
+        _checks.image_size(height, width, self.size_multiple, type(self).__name__)
 
     @property
     def size_multiple(self) -> int:
@@ -218,7 +219,7 @@ class SpikingVisionModel(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         reduction = time_reduction or self.feature_time_reduction
-        _check_choice("time_reduction", reduction, TIME_REDUCTIONS)
+        _checks.choice("time_reduction", reduction, TIME_REDUCTIONS)
         take_indices, max_index = self._take_indices(indices)
         units = self.units[: max_index + 1] if stop_early else self.units
 
@@ -283,9 +284,9 @@ class SpikingVisionModel(nn.Module):
 
         The new head takes the device, dtype and training mode of the model.
         """
-        num_classes = _check_num_classes(num_classes)
+        num_classes = _checks.num_classes(num_classes)
         if global_pool is not None:
-            _check_choice("global_pool", global_pool, ("avg", ""))
+            _checks.choice("global_pool", global_pool, ("avg", ""))
             self.global_pool = global_pool
         self.num_classes = num_classes
         like = next(self.parameters())
@@ -410,26 +411,10 @@ def time_major_input(
             f"{model} was built for in_chans={in_chans}, got {x.shape[-3]} channels "
             f"(shape {tuple(x.shape)}, expected [B, {in_chans}, H, W] or [B, T, {in_chans}, H, W])"
         )
-    _check_image_size(x.shape[-2], x.shape[-1], size_multiple, model)
+    _checks.image_size(x.shape[-2], x.shape[-1], size_multiple, model)
     if x.dim() == 4:
         return x.unsqueeze(0).repeat(time_steps, 1, 1, 1, 1)
     return x.transpose(0, 1)
-
-
-def _check_image_size(height: int, width: int, multiple: int, model: str) -> None:
-    if height < 1 or width < 1 or height % multiple or width % multiple:
-        raise ValueError(
-            f"{model} needs H and W to be multiples of {multiple}, got {height}x{width}"
-        )
-
-
-def _check_num_classes(num_classes: object) -> int:
-    """timm's convention: 0 builds no head; a negative count is an error."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(
-            f"num_classes must be an integer >= 0 (0: no classifier head), got {num_classes!r}"
-        )
-    return num_classes
 
 
 def _reduce_time(x: Tensor, reduction: str) -> Tensor:
@@ -438,8 +423,3 @@ def _reduce_time(x: Tensor, reduction: str) -> Tensor:
     if reduction == "last":
         return x[-1]
     return rearrange(x, "t b c h w -> b t c h w")
-
-
-def _check_choice(name: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

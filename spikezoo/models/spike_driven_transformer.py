@@ -16,8 +16,8 @@ from timm.layers import to_2tuple
 from timm.models import register_model
 from torch import Tensor, nn
 
+from spikezoo._checks import positive_int, positive_real
 from spikezoo.layers import SDSA, SPS, NeuronFactory, SpikingMLP
-from spikezoo.layers._arguments import positive_int, positive_real
 from spikezoo.models._base import (
     SpikingVisionModel,
     drop_path_rates,

@@ -19,6 +19,7 @@ from timm.layers import calculate_drop_path_rates, to_2tuple
 from timm.models import register_model
 from torch import Tensor, nn
 
+from spikezoo._checks import fraction, positive_int
 from spikezoo.layers import (
     ConvBN,
     LinearSpikingAttention,
@@ -26,7 +27,6 @@ from spikezoo.layers import (
     SpikingConvBlock,
     SpikingTokenMLP,
 )
-from spikezoo.layers._arguments import fraction, positive_int
 from spikezoo.models._base import SpikingVisionModel, neuron_factory, trunc_normal_init
 from spikezoo.models._checkpoint import (
     RenameRule,

@@ -20,8 +20,8 @@ from timm.layers import to_2tuple
 from timm.models import register_model
 from torch import Tensor, nn
 
+from spikezoo._checks import positive_int
 from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, NeuronFactory, PerStep
-from spikezoo.layers._arguments import positive_int
 from spikezoo.models._base import (
     SpikingVisionModel,
     drop_path_rates,

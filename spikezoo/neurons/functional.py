@@ -24,11 +24,11 @@ spikes come back in the input dtype.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
+from spikezoo import _checks
 from spikezoo.neurons.autograd import MultiStepDynamics
 from spikezoo.neurons.backends import BACKENDS, resolve_backend, run_forward, validate_backend
 from spikezoo.neurons.dynamics import NeuronConfig
@@ -42,8 +42,6 @@ __all__ = [
     "multistep_plif",
     "neuron_config",
     "validate_backend",
-    "validate_flag",
-    "validate_tau",
 ]
 
 
@@ -84,19 +82,6 @@ def _check_input(x: Tensor) -> None:
         raise ValueError(f"expected at least one time step, got shape {tuple(x.shape)}")
 
 
-def _real(name: str, value: object) -> float:
-    """``value`` as a float, or ``TypeError`` naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.60}")
-    return float(value)
-
-
-def validate_flag(name: str, value: object) -> None:
-    """Raise ``TypeError`` naming the argument ``name`` unless ``value`` is a bool."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r:.60}")
-
-
 def neuron_config(
     *,
     leaky: bool,
@@ -115,10 +100,10 @@ def neuron_config(
     ``v_threshold <= 0`` under soft reset (the neuron would fire on zero input); an unknown
     surrogate; a flag that is not a bool. ``alpha=None`` takes the surrogate's default.
     """
-    validate_flag("decay_input", decay_input)
-    validate_flag("detach_reset", detach_reset)
-    threshold = _real("v_threshold", v_threshold)
-    reset = None if v_reset is None else _real("v_reset", v_reset)
+    _checks.boolean("decay_input", decay_input)
+    _checks.boolean("detach_reset", detach_reset)
+    threshold = _checks.real_number("v_threshold", v_threshold)
+    reset = None if v_reset is None else _checks.real_number("v_reset", v_reset)
     for name, value in (("v_threshold", threshold), ("v_reset", reset)):
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
@@ -133,7 +118,7 @@ def neuron_config(
             f"{threshold}: the neuron would fire at rest, on zero input"
         )
     surrogate_fn = get_surrogate(surrogate)
-    sharpness = surrogate_fn.default_alpha if alpha is None else _real("alpha", alpha)
+    sharpness = surrogate_fn.default_alpha if alpha is None else _checks.real_number("alpha", alpha)
     if not (math.isfinite(sharpness) and sharpness > 0.0):
         raise ValueError(
             f"alpha (the surrogate's sharpness) must be finite and > 0, got {sharpness}"
@@ -178,13 +163,13 @@ def multistep_neuron(
         alpha=alpha,
         detach_reset=detach_reset,
     )
-    validate_flag("return_state", return_state)
+    _checks.boolean("return_state", return_state)
     candidates = resolve_backend(backend, x)
     compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     if isinstance(decay, Tensor):
         k = decay.reshape(()).to(compute_dtype)
     else:
-        if decay is not None and not 0.0 < _real("decay", decay) < 1.0:
+        if decay is not None and not 0.0 < _checks.real_number("decay", decay) < 1.0:
             raise ValueError(f"decay must be in (0, 1) (1/tau for tau > 1) or None, got {decay}")
         k = torch.tensor(0.0 if decay is None else decay, dtype=compute_dtype, device=x.device)
 
@@ -217,14 +202,6 @@ def multistep_neuron(
     return spikes, _unflatten(v_final, x[:1], order)[0]
 
 
-def validate_tau(name: str, tau: float) -> None:
-    """Raise ``ValueError`` unless ``1 < tau < inf`` (the decay ``1/tau`` per step is in (0, 1))."""
-    if not 1.0 < _real(name, tau) < math.inf:
-        raise ValueError(
-            f"{name} must be > 1 and finite (the membrane decays by 1/tau per step), got {tau}"
-        )
-
-
 def multistep_lif(
     x: Tensor,
     tau: float = 2.0,
@@ -240,7 +217,7 @@ def multistep_lif(
     backend: str = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Leaky integrate-and-fire over ``x [T, ...]`` (spikingjelly ``LIFNode``, multi-step)."""
-    validate_tau("tau", tau)
+    _checks.time_constant("tau", tau)
     return multistep_neuron(
         x,
         decay=1.0 / tau,

@@ -17,6 +17,7 @@ import torch
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
+from spikezoo import _checks
 from spikezoo.neurons import functional as F
 from spikezoo.neurons.surrogate import get_surrogate
 
@@ -130,8 +131,8 @@ class MultiStepLIF(MultiStepNeuron):
         detach_reset: bool = True,
         backend: str = "auto",
     ) -> None:
-        F.validate_tau("tau", tau)
-        F.validate_flag("decay_input", decay_input)
+        _checks.time_constant("tau", tau)
+        _checks.boolean("decay_input", decay_input)
         super().__init__(v_threshold, v_reset, surrogate, alpha, detach_reset, backend)
         self.tau = float(tau)
         self.decay_input = decay_input
@@ -162,8 +163,8 @@ class MultiStepPLIF(MultiStepNeuron):
         detach_reset: bool = True,
         backend: str = "auto",
     ) -> None:
-        F.validate_tau("init_tau", init_tau)
-        F.validate_flag("decay_input", decay_input)
+        _checks.time_constant("init_tau", init_tau)
+        _checks.boolean("decay_input", decay_input)
         super().__init__(v_threshold, v_reset, surrogate, alpha, detach_reset, backend)
         self.decay_input = decay_input
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))

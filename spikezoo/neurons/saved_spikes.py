@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from spikezoo import _checks
+
 __all__ = ["PackedSpikes", "compact_saved_spikes", "pack_spikes"]
 
 #: The integer dtype each float dtype is compared in, bit pattern by bit pattern.
@@ -148,11 +150,7 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
     """
 
     def __init__(self, enabled: bool = True) -> None:
-        if not isinstance(enabled, bool):
-            raise TypeError(
-                f"enabled must be True or False, got {type(enabled).__name__} {enabled!r:.60}"
-            )
-        self.enabled = enabled
+        self.enabled = _checks.boolean("enabled", enabled)
         # (storage, offset, shape, strides, dtype, version) -> its packing, for tensors saved
         # twice. The weak reference keeps the storage's address from being reused while cached.
         self._packed: dict[tuple, PackedSpikes | None] = {}
