@@ -140,15 +140,12 @@ def _device(name: str | None):
 
 
 def _set_backend(model, backend: str) -> None:
-    from spikezoo.analysis import spiking_neurons
-    from spikezoo.neurons.functional import validate_backend
+    from spikezoo.neurons import set_backend
 
     try:
-        validate_backend(backend)
+        set_backend(model, backend)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    for _, neuron in spiking_neurons(model):
-        neuron.backend = backend
 
 
 def _weights(args: argparse.Namespace) -> str:

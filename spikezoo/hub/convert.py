@@ -19,6 +19,7 @@ import spikezoo
 from spikezoo.hub.checkpoint_file import read_checkpoint
 from spikezoo.hub.model_card import model_card
 from spikezoo.models._registry import family_of
+from spikezoo.neurons import use_backend
 
 __all__ = ["check_finite_forward", "convert_checkpoint", "file_sha256", "full_name"]
 
@@ -105,16 +106,8 @@ def check_finite_forward(model: nn.Module, what: str) -> None:
     size = 2 * model.size_multiple
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(1, model.in_chans, size, size, generator=generator)
-    neurons = [neuron for _, neuron in model.spiking_neurons()]
-    backends = [neuron.backend for neuron in neurons]
     model.eval()
-    try:
-        for neuron in neurons:
-            neuron.backend = "torch"
-        with torch.no_grad():
-            logits = model(images)
-    finally:
-        for neuron, backend in zip(neurons, backends, strict=True):
-            neuron.backend = backend
+    with use_backend(model, "torch"), torch.no_grad():
+        logits = model(images)
     if not torch.isfinite(logits).all():
         raise ValueError(f"{what}: the model's logits are not finite; the weights are damaged")

@@ -7,6 +7,7 @@ from spikezoo.neurons.functional import (
     multistep_neuron,
     multistep_plif,
 )
+from spikezoo.neurons.model_backend import set_backend, use_backend
 from spikezoo.neurons.modules import MultiStepIF, MultiStepLIF, MultiStepNeuron, MultiStepPLIF
 from spikezoo.neurons.saved_spikes import PackedSpikes, compact_saved_spikes, pack_spikes
 from spikezoo.neurons.surrogate import Surrogate, get_surrogate, register_surrogate, surrogate_names
@@ -27,5 +28,7 @@ __all__ = [
     "multistep_plif",
     "pack_spikes",
     "register_surrogate",
+    "set_backend",
     "surrogate_names",
+    "use_backend",
 ]

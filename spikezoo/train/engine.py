@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from spikezoo.neurons import set_backend
 from spikezoo.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -92,9 +93,7 @@ def build_model(config: Config, datasets: Datasets) -> nn.Module:
         )
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     if config.model.neuron_backend != "auto":
-        for module in model.modules():
-            if hasattr(module, "backend") and isinstance(module.backend, str):
-                module.backend = config.model.neuron_backend
+        set_backend(model, config.model.neuron_backend)
     return model
 
 

@@ -167,9 +167,7 @@ def test_checkpoint_weights_are_the_ones_profiled(tmp_path, capsys):
     from spikezoo.cli.demo import calibrate_batchnorm
 
     model = timm.create_model("sdt_2_256_cifar", time_steps=1, num_classes=10).eval()
-    for neuron in model.modules():
-        if isinstance(neuron, spikezoo.neurons.MultiStepNeuron):
-            neuron.backend = "torch"
+    spikezoo.neurons.set_backend(model, "torch")
     inputs = image_input(model, load_image(sample_image_path()))
     calibrate_batchnorm(model, inputs)  # trained-like statistics, saved with the weights
     path = tmp_path / "weights.safetensors"

@@ -4,7 +4,7 @@ import torch
 
 from spikezoo.cli.demo import calibrate_batchnorm
 from spikezoo.models import SpikeDrivenTransformer, SpikingResformer
-from spikezoo.neurons import MultiStepNeuron
+from spikezoo.neurons import set_backend
 
 TIME_STEPS = 2
 
@@ -25,10 +25,7 @@ TINY_MODELS = {"sdt": tiny_sdt, "resformer": tiny_resformer}
 
 def eager(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with every neuron on the eager ``torch`` backend (nothing to compile)."""
-    for module in model.modules():
-        if isinstance(module, MultiStepNeuron):
-            module.backend = "torch"
-    return model
+    return set_backend(model, "torch")
 
 
 def spiking(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:

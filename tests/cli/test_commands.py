@@ -9,6 +9,7 @@ from spikezoo.cli import main
 from spikezoo.cli.common import COMPILE_NOTE, note_compilation
 from spikezoo.cli.demo import default_image
 from spikezoo.models._registry import timm_module_name
+from spikezoo.neurons import set_backend
 
 
 def test_version(capsys):
@@ -60,7 +61,6 @@ def test_the_compile_note_is_said_unless_every_neuron_runs_eagerly(capsys):
     model = timm.create_model("sdt_2_256_cifar")
     note_compilation("profile", model)
     assert capsys.readouterr().err == f"spikezoo profile: {COMPILE_NOTE}\n"
-    for _, neuron in model.spiking_neurons():
-        neuron.backend = "torch"
+    set_backend(model, "torch")
     note_compilation("profile", model)
     assert capsys.readouterr().err == ""

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from spikezoo.analysis import measure_saved_tensors
+from spikezoo.neurons import set_backend
 from tests.analysis.tiny_models import TINY_MODELS, eager
 
 
@@ -115,9 +116,7 @@ def test_gradients_are_bitwise_on_cuda(family, backend, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     model, images, labels = tiny(family, torch.float32)
-    for module in model.modules():
-        if hasattr(module, "backend"):
-            module.backend = backend
+    set_backend(model, backend)
     model, images, labels = model.cuda(), images.cuda(), labels.cuda()
     plain = copy.deepcopy(model)
     plain.set_spike_compaction(False)

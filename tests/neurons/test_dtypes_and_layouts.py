@@ -9,9 +9,9 @@ from torch import nn
 from spikezoo.neurons import (
     MultiStepIF,
     MultiStepLIF,
-    MultiStepNeuron,
     MultiStepPLIF,
     multistep_lif,
+    set_backend,
 )
 
 
@@ -197,9 +197,7 @@ def _compare_compiled(net: nn.Module, x: torch.Tensor, compiled: nn.Module, rtol
     ).sum().backward()
     grads_compiled = {n: p.grad.clone() for n, p in net.named_parameters()}
     net.zero_grad()
-    for module in net.modules():  # the reference: eager loops (no compile of "auto" here)
-        if isinstance(module, MultiStepNeuron):
-            module.backend = "torch"
+    set_backend(net, "torch")  # the reference: eager loops (no compile of "auto" here)
     out_eager = net(x)
     (out_eager * torch.linspace(-1, 2, out_eager.numel()).view_as(out_eager)).sum().backward()
 

@@ -1,0 +1,68 @@
+"""One neuron backend for a whole model: :func:`set_backend`, or :func:`use_backend` for a block.
+
+Every :class:`~spikezoo.neurons.MultiStepNeuron` inside the model gets the backend, whatever
+layer holds it::
+
+    spikezoo.neurons.set_backend(model, "torch")  # from now on
+    with spikezoo.neurons.use_backend(model, "torch"):  # in this block only
+        logits = model(images)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from torch import nn
+
+from spikezoo.neurons.backends import validate_backend
+from spikezoo.neurons.modules import MultiStepNeuron
+
+__all__ = ["set_backend", "use_backend"]
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def _neurons(model: nn.Module) -> list[MultiStepNeuron]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    neurons = [module for module in model.modules() if isinstance(module, MultiStepNeuron)]
+    if not neurons:
+        raise ValueError(
+            f"model must contain spikezoo neurons (MultiStepNeuron), got a "
+            f"{type(model).__name__} without any"
+        )
+    return neurons
+
+
+def set_backend(model: ModelT, backend: str) -> ModelT:
+    """Run every neuron of ``model`` on ``backend``; returns ``model``.
+
+    ``backend`` is ``"auto"`` or a name of :func:`spikezoo.neurons.backends.backend_names`.
+    Raises ``ValueError`` for an unknown name or a model without spikezoo neurons, and
+    ``TypeError`` for something other than an ``nn.Module``; nothing is changed then.
+    """
+    validate_backend(backend)
+    for neuron in _neurons(model):
+        neuron.backend = backend
+    return model
+
+
+@contextmanager
+def use_backend(model: ModelT, backend: str) -> Iterator[ModelT]:
+    """Within the block, every neuron of ``model`` runs on ``backend``.
+
+    On exit, an exception included, each neuron gets back the backend it had before. Raises as
+    :func:`set_backend` on entry.
+    """
+    validate_backend(backend)
+    neurons = _neurons(model)
+    previous = [neuron.backend for neuron in neurons]
+    for neuron in neurons:
+        neuron.backend = backend
+    try:
+        yield model
+    finally:
+        for neuron, backend_before in zip(neurons, previous, strict=True):
+            neuron.backend = backend_before

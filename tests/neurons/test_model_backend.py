@@ -1,0 +1,104 @@
+"""One backend for a whole model: ``set_backend`` and the ``use_backend`` block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spikezoo.neurons import (
+    MultiStepIF,
+    MultiStepLIF,
+    MultiStepPLIF,
+    backends,
+    set_backend,
+    use_backend,
+)
+from spikezoo.neurons.backends import Backend, eager
+
+
+class Net(nn.Module):
+    """Neurons at several depths, each with its own backend, and a layer that is no neuron."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = MultiStepLIF(backend="torch")
+        self.body = nn.Sequential(nn.Identity(), MultiStepPLIF(backend="auto"))
+        self.last = MultiStepIF(backend="inductor")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.body(self.first(x * 4)) * 2)
+
+
+def backends_of(net: nn.Module) -> list[str]:
+    return [net.first.backend, net.body[1].backend, net.last.backend]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """A registered backend ``"counted"`` running the eager loops; the list of its calls."""
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    calls = []
+
+    def forward(*args):
+        calls.append("forward")
+        return eager.forward(*args)
+
+    backends.register_backend(Backend("counted", forward, eager.backward, lambda x: None))
+    return calls
+
+
+def test_set_backend_reaches_every_neuron_and_they_run_on_it(counted):
+    net = Net()
+    assert set_backend(net, "counted") is net
+    assert backends_of(net) == ["counted"] * 3
+    with torch.no_grad():
+        net(torch.rand(2, 3, 5))
+    assert counted == ["forward"] * 3
+
+
+def test_use_backend_restores_each_neurons_backend_on_exit(counted):
+    net = Net()
+    with use_backend(net, "counted") as inside:
+        assert inside is net
+        assert backends_of(net) == ["counted"] * 3
+        with torch.no_grad():
+            net(torch.rand(2, 3, 5))
+    assert counted == ["forward"] * 3
+    assert backends_of(net) == ["torch", "auto", "inductor"]
+
+
+def test_use_backend_restores_them_after_an_exception():
+    net = Net()
+    with pytest.raises(RuntimeError, match="inside the block"), use_backend(net, "torch"):
+        assert backends_of(net) == ["torch"] * 3
+        raise RuntimeError("inside the block")
+    assert backends_of(net) == ["torch", "auto", "inductor"]
+
+
+def enter_use_backend(net: nn.Module, backend: str) -> None:
+    with use_backend(net, backend):
+        pass
+
+
+@pytest.mark.parametrize("switch", [set_backend, enter_use_backend])
+def test_an_unknown_backend_is_refused_by_the_registry_and_changes_nothing(switch):
+    net = Net()
+    pattern = r"unknown backend 'numba'; expected one of \['auto', 'cupy', 'inductor', 'torch'\]"
+    with pytest.raises(ValueError, match=pattern):
+        switch(net, "numba")
+    assert backends_of(net) == ["torch", "auto", "inductor"]
+
+
+@pytest.mark.parametrize(
+    "model, error, message",
+    [
+        (nn.Linear(2, 2), ValueError, "model must contain spikezoo neurons .*got a Linear"),
+        ("model", TypeError, "model must be a torch.nn.Module, got str"),
+    ],
+)
+def test_a_model_without_neurons_is_refused(model, error, message):
+    with pytest.raises(error, match=message):
+        set_backend(model, "torch")
+    with pytest.raises(error, match=message):
+        enter_use_backend(model, "torch")
