@@ -85,7 +85,7 @@ import timm  # noqa: E402
 from peers.authors import build_authors_model, peers_missing  # noqa: E402
 
 import spikezoo  # noqa: E402, F401  (registers the models with timm)
-from spikezoo.cli.demo import set_batchnorm_statistics  # noqa: E402
+from spikezoo.analysis import set_batchnorm_statistics  # noqa: E402
 from spikezoo.models import spike_driven_transformer, spiking_resformer  # noqa: E402
 from spikezoo.neurons import set_backend  # noqa: E402
 

@@ -2,9 +2,11 @@
 
 ``FiringRateMonitor`` records per-layer, per-step and per-head firing rates; ``OpCounter``
 counts SOPs and MACs and turns them into energy; ``profile_model`` does both and measures
-throughput (the ``spikezoo profile`` command). See ``docs/analysis.md`` for the accounting.
+throughput (the ``spikezoo profile`` command); ``calibrate_batchnorm`` makes random weights
+spike as trained ones would. See ``docs/analysis.md`` for the accounting.
 """
 
+from spikezoo.analysis.calibration import calibrate_batchnorm, set_batchnorm_statistics
 from spikezoo.analysis.energy import DEFAULT_ENERGY, ENERGY_PRESETS, EnergyModel, get_energy_model
 from spikezoo.analysis.inputs import (
     SAMPLE_IMAGE,
@@ -55,6 +57,7 @@ __all__ = [
     "SavedTensorReport",
     "Table",
     "attention_maps",
+    "calibrate_batchnorm",
     "events_from_image",
     "get_energy_model",
     "image_input",
@@ -67,5 +70,6 @@ __all__ = [
     "profile_model",
     "register_op_rule",
     "sample_image_path",
+    "set_batchnorm_statistics",
     "spiking_neurons",
 ]

@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from timm.data import resolve_data_config
 
+    from spikezoo.analysis import calibrate_batchnorm
+
     torch.manual_seed(0)
     model = create_model(name, args.pretrained, args.time_steps)
     config = resolve_data_config({}, model=model)
@@ -93,35 +95,3 @@ def run(args: argparse.Namespace) -> int:
     for layer_name, rate in rates.items():
         print(f"  {layer_name:40s} {rate:.4f}")
     return 0
-
-
-def calibrate_batchnorm(model: torch.nn.Module, image: torch.Tensor) -> None:
-    """Set every BatchNorm's running statistics to those of ``image`` and its mirror images.
-
-    Freshly initialised statistics (mean 0, variance 1) leave a random network silent; this
-    makes the untrained demo network spike the way a trained one would on its data.
-    """
-    import torch
-
-    set_batchnorm_statistics(
-        model, torch.cat([image, image.flip(-1), image.flip(-2), image.flip(-1, -2)])
-    )
-
-
-def set_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor) -> None:
-    """One training-mode pass over ``batch`` whose statistics replace every BatchNorm's.
-
-    The model is left in eval mode, each BatchNorm with its own momentum.
-    """
-    import torch
-
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: one pass sets the statistics
-    with torch.no_grad():
-        model.train()(batch)
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    model.eval()

@@ -55,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
     name = resolve_model_name(args.model)
     import torch
 
-    from spikezoo.analysis import get_energy_model
+    from spikezoo.analysis import calibrate_batchnorm, get_energy_model
     from spikezoo.analysis.inputs import image_input, load_image, sample_image_path
     from spikezoo.analysis.profile import profile_model
-    from spikezoo.cli.demo import calibrate_batchnorm
 
     try:
         energy = get_energy_model(args.energy)

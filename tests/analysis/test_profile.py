@@ -164,7 +164,7 @@ def test_event_models_get_a_simulated_saccade_of_the_image():
 def test_checkpoint_weights_are_the_ones_profiled(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from spikezoo.cli.demo import calibrate_batchnorm
+    from spikezoo.analysis import calibrate_batchnorm
 
     model = timm.create_model("sdt_2_256_cifar", time_steps=1, num_classes=10).eval()
     spikezoo.neurons.set_backend(model, "torch")

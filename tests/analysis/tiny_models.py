@@ -2,7 +2,7 @@
 
 import torch
 
-from spikezoo.cli.demo import calibrate_batchnorm
+from spikezoo.analysis import calibrate_batchnorm
 from spikezoo.models import SpikeDrivenTransformer, SpikingResformer
 from spikezoo.neurons import set_backend
 
