@@ -26,7 +26,7 @@ __all__ = ["HEAD_LAYOUTS", "FiringRateMonitor", "FiringRates", "NeuronRecord", "
 #: ``[T, B, heads, ...]``. Keys are neuron names relative to the attention module.
 HEAD_LAYOUTS: dict[type[nn.Module], dict[str, str]] = {
     SDSA: {"q_lif": "channels", "k_lif": "channels", "v_lif": "channels", "kv_lif": "axis"},
-    DSSA: {"in_lif": "channels", "attn_lif": "axis", "proj.lif": "channels"},
+    DSSA: {"in_lif": "channels", "attn_lif": "axis", "proj.neuron": "channels"},
 }
 
 

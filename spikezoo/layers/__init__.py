@@ -34,6 +34,7 @@ from spikezoo.layers.metaformer import (
     SpikingTokenMLP,
 )
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
+from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_keys
 from spikezoo.layers.sdsa import SDSA, erode
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
 from spikezoo.layers.sps import SPS, parse_pooling
@@ -51,6 +52,7 @@ __all__ = [
     "Downsample",
     "DropPath",
     "LinearSpikingAttention",
+    "LoadsRenamedChildren",
     "NeuronFactory",
     "PerStep",
     "RepConv",
@@ -66,4 +68,5 @@ __all__ = [
     "freeze_firing_rates",
     "parse_pooling",
     "per_step",
+    "rename_old_keys",
 ]

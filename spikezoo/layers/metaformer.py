@@ -8,6 +8,8 @@ and :class:`SpikingTokenMLP` for the late ones. Every block is residual on membr
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from spikezoo._checks import divides, positive_int
 from spikezoo.layers.defaults import SDT_NEURON
+from spikezoo.layers.renamed_children import LoadsRenamedChildren
 from spikezoo.layers.spike_products import SpikingMatmul
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw, per_step
 
@@ -113,7 +116,7 @@ class RepConv(nn.Module):
         return self.bn(self.pointwise(self.depthwise(x)))
 
 
-class SepConv(nn.Module):
+class SepConv(LoadsRenamedChildren):
     """Spiking inverted separable convolution (MobileNetV2-style), not residual.
 
     ``[T, B, dim, H, W]`` -> same shape::
@@ -128,6 +131,8 @@ class SepConv(nn.Module):
         neuron: factory of the spiking neurons.
     """
 
+    renamed_children: ClassVar[dict[str, str]] = {"lif": "neuron"}
+
     def __init__(
         self,
         dim: int,
@@ -140,7 +145,7 @@ class SepConv(nn.Module):
         hidden = dim * positive_int("expansion", expansion)
         positive_int("kernel_size", kernel_size)
         self.expand = ConvBN(dim, hidden, neuron=neuron)
-        self.lif = neuron()
+        self.neuron = neuron()
         self.depthwise = nn.Conv2d(
             hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False
         )
@@ -150,7 +155,7 @@ class SepConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, dim, H, W]`` -> same shape (no residual)."""
         check_tbchw(x, self.dim, "SepConv")
-        return per_step(self._separable, self.lif(self.expand(x)))
+        return per_step(self._separable, self.neuron(self.expand(x)))
 
     def _separable(self, x: Tensor) -> Tensor:
         return self.bn(self.pointwise(self.depthwise(x)))

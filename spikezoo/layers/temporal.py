@@ -8,12 +8,14 @@ therefore taken over ``T·B·H·W``, as in both papers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 from einops import rearrange, reduce
 from timm.layers import drop_path, register_notrace_function
 from torch import Tensor, nn
 
 from spikezoo._checks import fraction, positive_int
+from spikezoo.layers.renamed_children import LoadsRenamedChildren
 
 __all__ = ["ConvBN", "DropPath", "NeuronFactory", "PerStep", "check_tbchw", "per_step"]
 
@@ -56,11 +58,12 @@ class PerStep(nn.Module):
         return per_step(self.module, x)
 
 
-class ConvBN(nn.Module):
+class ConvBN(LoadsRenamedChildren):
     """Per-step ``Conv2d`` + ``BatchNorm2d``, optionally preceded by a spiking neuron.
 
     ``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']``. With ``neuron`` given, the
-    input is a membrane potential that the neuron turns into spikes first (``self.lif``).
+    input is a membrane potential that the neuron turns into spikes first (``self.neuron``;
+    state dicts that still call it ``lif`` load too).
 
     Args:
         in_chans: input channels.
@@ -72,6 +75,8 @@ class ConvBN(nn.Module):
         bias: give the convolution a bias.
         neuron: factory of the neuron that fires before the convolution, or ``None``.
     """
+
+    renamed_children: ClassVar[dict[str, str]] = {"lif": "neuron"}
 
     def __init__(
         self,
@@ -91,7 +96,7 @@ class ConvBN(nn.Module):
         positive_int("stride", stride)
         padding = kernel_size // 2 if padding is None else positive_int("padding", padding, 0)
         positive_int("groups", groups)
-        self.lif = neuron() if neuron is not None else None
+        self.neuron = neuron() if neuron is not None else None
         self.conv = nn.Conv2d(
             in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=bias
         )
@@ -100,8 +105,8 @@ class ConvBN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']``."""
         check_tbchw(x, self.in_chans, type(self).__name__)
-        if self.lif is not None:
-            x = self.lif(x)
+        if self.neuron is not None:
+            x = self.neuron(x)
         return per_step(self._conv_bn, x)
 
     def _conv_bn(self, x: Tensor) -> Tensor:

@@ -9,6 +9,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from spikezoo.layers.renamed_children import rename_old_keys
+
 __all__ = [
     "CheckpointMismatchError",
     "RenameRule",
@@ -89,9 +91,13 @@ def filter_checkpoint(
     remap: Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]],
     exempt: tuple[str, ...],
 ) -> dict[str, Tensor]:
-    """Unwrap, rename with ``remap`` and check a checkpoint for ``model`` (a family's filter)."""
+    """Unwrap, rename with ``remap`` and check a checkpoint for ``model`` (a family's filter).
+
+    Keys of children that spikezoo's layers renamed since (see
+    :mod:`spikezoo.layers.renamed_children`) get their current names.
+    """
     original = unwrap_state_dict(checkpoint)
-    mapped = remap(original, model)
+    mapped = rename_old_keys(remap(original, model), model)
     check_state_dict(mapped, model, exempt=exempt, original=original)
     return mapped
 

@@ -157,13 +157,14 @@ _AUTHORS_KEYS: list[RenameRule] = [
         r"^patch_embed\.proj_(conv|bn)(\d?)\.",
         lambda m: f"patch_embed.proj.{int(m[2] or 0)}.{m[1]}.",
     ),
-    (r"^patch_embed\.proj_lif3\.", "patch_embed.rpe.lif."),
+    (r"^patch_embed\.proj_lif3\.", "patch_embed.rpe.neuron."),
     (r"^patch_embed\.proj_lif(\d?)\.(?!\d)", lambda m: f"patch_embed.proj_lif.{int(m[1] or 0)}."),
     (r"^patch_embed\.rpe_(conv|bn)\.", r"patch_embed.rpe.\1."),
     (r"^block\.(\d+)\.attn\.([qkv])_(conv|bn)\.", r"blocks.\1.attn.\2.\3."),
     (r"^block\.(\d+)\.attn\.talking_heads_lif\.", r"blocks.\1.attn.kv_lif."),
     (r"^block\.(\d+)\.attn\.proj_(conv|bn)\.", r"blocks.\1.attn.proj.\2."),
-    (r"^block\.(\d+)\.mlp\.(fc[12])_(conv|bn|lif)\.", r"blocks.\1.mlp.\2.\3."),
+    (r"^block\.(\d+)\.mlp\.(fc[12])_(conv|bn)\.", r"blocks.\1.mlp.\2.\3."),
+    (r"^block\.(\d+)\.mlp\.(fc[12])_lif\.", r"blocks.\1.mlp.\2.neuron."),
     (r"^block\.", "blocks."),
 ]
 

@@ -179,19 +179,19 @@ _AUTHORS_UNIT: dict[type, list[RenameRule]] = {
         (r"^W\.", "patch_proj.conv."),
         (r"^norm\.bn\.", "patch_proj.bn."),
         (r"^activation_attn\.", "attn_lif."),
-        (r"^activation_out\.", "proj.lif."),
+        (r"^activation_out\.", "proj.neuron."),
         (r"^Wproj\.", "proj.conv."),
         (r"^norm_proj\.bn\.", "proj.bn."),
     ],
     GWSFFN: [
-        (r"^(up|down)\.0\.", r"\1.lif."),
+        (r"^(up|down)\.0\.", r"\1.neuron."),
         (r"^(up|down)\.1\.", r"\1.conv."),
         (r"^(up|down)\.2\.bn\.", r"\1.bn."),
-        (r"^conv\.(\d+)\.0\.", r"convs.\1.lif."),
+        (r"^conv\.(\d+)\.0\.", r"convs.\1.neuron."),
         (r"^conv\.(\d+)\.1\.", r"convs.\1.conv."),
         (r"^conv\.(\d+)\.2\.bn\.", r"convs.\1.bn."),
     ],
-    Downsample: [(r"^activation\.", "lif."), (r"^norm\.bn\.", "bn.")],
+    Downsample: [(r"^activation\.", "neuron."), (r"^norm\.bn\.", "bn.")],
 }
 
 

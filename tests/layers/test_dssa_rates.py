@@ -123,7 +123,7 @@ def test_a_silent_head_contributes_zero_and_gets_zero_gradient():
     x = _silent_head_input()
     attention_out, attention_grad = [], []
     for layer in layers:
-        layer.proj.lif.register_forward_hook(lambda m, i, o: attention_out.append(i[0]))
+        layer.proj.neuron.register_forward_hook(lambda m, i, o: attention_out.append(i[0]))
         layer.attn_lif.register_full_backward_hook(lambda m, gi, go: attention_grad.append(go[0]))
     out = layers(x)
     out.square().sum().backward()

@@ -1,0 +1,42 @@
+"""spikezoo's own checkpoints saved under old layer names (PLIF ``.lif.w``) still load."""
+
+import re
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from spikezoo.models._registry import family_of
+from tests.models.families import FAMILY_NAMES, tiny, tiny_family
+
+
+def old_spikezoo_state(model: torch.nn.Module) -> dict:
+    """``model``'s state dict as spikezoo saved it while ``ConvBN``'s neuron was ``lif``."""
+    return {re.sub(r"\.neuron\.", ".lif.", k): v for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_an_old_plif_checkpoint_loads_through_the_filter_and_load_state_dict(family, tmp_path):
+    torch.manual_seed(0)
+    model = tiny(family, neuron="plif")
+    old = old_spikezoo_state(model)
+    assert any(".lif." in k for k in old)  # every family has a ConvBN with a neuron
+    mapped = family_of(model).checkpoint_filter_fn(old, model)
+    assert list(mapped) == list(model.state_dict())
+
+    fresh = tiny(family, neuron="plif")
+    fresh.load_state_dict(old)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in mapped.items())
+
+    save_file(old, str(tmp_path / "old.safetensors"))
+    config = tiny_family(family)
+    overlay = dict(file=str(tmp_path / "old.safetensors"), num_classes=config.args["num_classes"])
+    pretrained = timm.create_model(
+        config.entry_point,
+        pretrained=True,
+        pretrained_cfg_overlay=overlay,
+        **dict(config.args, neuron="plif"),
+    )
+    loaded = pretrained.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
