@@ -35,7 +35,7 @@ from spikezoo.layers.metaformer import (
 )
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
 from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_keys
-from spikezoo.layers.sdsa import SDSA, erode
+from spikezoo.layers.sdsa import SDSA, dilate
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
 from spikezoo.layers.sps import SPS, parse_pooling
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, PerStep, check_tbchw, per_step
@@ -64,7 +64,7 @@ __all__ = [
     "SpikingSum",
     "SpikingTokenMLP",
     "check_tbchw",
-    "erode",
+    "dilate",
     "freeze_firing_rates",
     "parse_pooling",
     "per_step",

@@ -11,15 +11,16 @@ from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingSum
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
-__all__ = ["SDSA", "erode"]
+__all__ = ["SDSA", "dilate"]
 
 
-def erode(x: Tensor) -> Tensor:
+def dilate(x: Tensor) -> Tensor:
     """3x3 max-pool (stride 1, pad 1) over the last two dimensions of any tensor.
 
-    This is the authors' DVS "erode" (``MaxPool3d((1, 3, 3))`` on a 5-D tensor): on
-    ``[T, B, C, H, W]`` it pools space; on ``[T, B, heads, N, d]`` it pools across
-    neighbouring token indices and neighbouring channels.
+    On spikes this is a morphological dilation: a neuron fires where any of its 3x3
+    neighbours fired. It is what the authors' DVS code calls "erode" (``MaxPool3d((1, 3, 3))``
+    on a 5-D tensor): on ``[T, B, C, H, W]`` it pools space; on ``[T, B, heads, N, d]`` it
+    pools across neighbouring token indices and neighbouring channels.
     """
     return F.max_pool2d(x.flatten(0, -3), 3, 1, 1).view(x.shape)
 
@@ -35,7 +36,7 @@ class SDSA(nn.Module):
 
     Only Hadamard products and a column sum: time and memory are linear in N and d, and no
     ``N x N`` tensor exists. ``kv_threshold`` is the firing threshold of the key-value neuron
-    (0.5 in the paper). ``dvs=True`` adds the authors' DVS max-pools (:func:`erode`) to k, v,
+    (0.5 in the paper). ``dvs=True`` adds the authors' DVS max-pools (:func:`dilate`) to k, v,
     ``k * v`` and the output.
 
     On a token sequence ``[T, B, N, C]``, lay the tokens out as a ``N x 1`` image::
@@ -87,17 +88,17 @@ class SDSA(nn.Module):
         k = self.k_lif(self.k(s))
         v = self.v_lif(self.v(s))
         if self.dvs:
-            k, v = erode(k), erode(v)
+            k, v = dilate(k), dilate(v)
         q, k, v = (
             rearrange(t, "t b (heads d) h w -> t b heads (h w) d", heads=self.num_heads)
             for t in (q, k, v)
         )
         kv = self.kv_product(k, v)
         if self.dvs:
-            kv = erode(kv)
+            kv = dilate(kv)
         kv = self.kv_lif(self.kv_sum(kv))
         out = self.q_mask(q, kv)
         if self.dvs:
-            out = erode(out)
+            out = dilate(out)
         out = rearrange(out, "t b heads (h w) d -> t b (heads d) h w", h=height)
         return x + self.drop_path(self.proj(out))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikezoo.layers import DSSA, GWSFFN, SDSA, SPS, SpikingMLP, erode
+from spikezoo.layers import DSSA, GWSFFN, SDSA, SPS, SpikingMLP, dilate
 from spikezoo.neurons import multistep_lif
 
 
@@ -84,11 +84,11 @@ def test_sdsa(dvs):
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
 
 
-def test_erode_is_the_authors_maxpool3d_on_both_layouts():
+def test_dilate_is_the_authors_maxpool3d_erode_on_both_layouts():
     x = torch.randn(2, 3, 4, 5, 6)
-    torch.testing.assert_close(erode(x), authors_erode(x), rtol=0, atol=0)
+    torch.testing.assert_close(dilate(x), authors_erode(x), rtol=0, atol=0)
     assert torch.equal(
-        erode(torch.eye(5).view(1, 1, 1, 5, 5))[0, 0, 0, 0], torch.tensor([1.0, 1, 1, 0, 0])
+        dilate(torch.eye(5).view(1, 1, 1, 5, 5))[0, 0, 0, 0], torch.tensor([1.0, 1, 1, 0, 0])
     )
 
 

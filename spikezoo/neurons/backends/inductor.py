@@ -41,25 +41,26 @@ def chunk_lengths(steps: int) -> list[int]:
 
 
 @functools.cache
-def _compiled(loop: Callable, cfg: NeuronConfig, flag: bool, steps: int) -> Callable:
+def _compiled(loop: Callable, cfg: NeuronConfig, steps: int, **switch: bool) -> Callable:
     """``loop`` compiled for chunks of ``steps`` steps, one compile region per argument set.
 
-    ``flag`` is ``keep_charged`` or ``grad_k_needed``. Recompiles happen only for a new dtype
-    or device (and the single-neuron case, which dynamo specialises).
+    ``switch`` is the loop's one boolean argument by name: ``keep_charged`` for the forward
+    loop, ``grad_k_needed`` for the backward loop. Recompiles happen only for a new dtype or
+    device (and the single-neuron case, which dynamo specialises).
     """
     return torch.compile(
         loop, dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=32
     )
 
 
-def _run_chunk(loop: Callable, cfg: NeuronConfig, flag: bool, *tensors: Tensor) -> tuple:
-    """Run ``loop(*tensors, cfg, flag)`` compiled for the chunk length ``len(tensors[0])``.
+def _run_chunk(loop: Callable, cfg: NeuronConfig, *tensors: Tensor, **switch: bool) -> tuple:
+    """Run ``loop(*tensors, cfg, **switch)`` compiled for the chunk length ``len(tensors[0])``.
 
     The tensors are passed detached: a view's base (a slice, or an earlier chunk's output)
     would put its shape into dynamo's guards and recompile.
     """
-    compiled = _compiled(loop, cfg, flag, tensors[0].shape[0])
-    return compiled(*(t.detach() for t in tensors), cfg, flag)
+    compiled = _compiled(loop, cfg, tensors[0].shape[0], **switch)
+    return compiled(*(t.detach() for t in tensors), cfg, **switch)
 
 
 def _cat(chunks: list[Tensor]) -> Tensor:
@@ -83,7 +84,12 @@ def forward(
     start = 0
     for steps in lengths:
         spikes_chunk, charged_chunk, v = _run_chunk(
-            dynamics.forward_sequence, cfg, keep_charged, x[start : start + steps], v, k
+            dynamics.forward_sequence,
+            cfg,
+            x[start : start + steps],
+            v,
+            k,
+            keep_charged=keep_charged,
         )
         spikes.append(spikes_chunk)
         charged.append(charged_chunk)
@@ -115,13 +121,13 @@ def backward(
         grad_x_chunk, grad_v, grad_k = _run_chunk(
             dynamics.backward_steps,
             cfg,
-            grad_k_needed,
             grad_spikes[start:end],
             grad_v,
             grad_k,
             charged[start:end],
             v_before,
             k,
+            grad_k_needed=grad_k_needed,
         )
         grad_x.append(grad_x_chunk)
         end = start
