@@ -1,4 +1,4 @@
-"""``python -m spikezoo``: the command line."""
+"""``python -m spikezoo``: the command line (``spikezoo`` itself starts faster, without torch)."""
 
 import sys
 

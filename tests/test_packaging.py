@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "spikezoo"
+#: The console script's module, beside the package (it must not import the package).
+CONSOLE_MODULE = ROOT / "spikezoo_cli.py"
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,7 @@ def wheel(tmp_path_factory):
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(PACKAGE, source / "spikezoo", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(CONSOLE_MODULE, source / CONSOLE_MODULE.name)
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
@@ -33,12 +36,12 @@ def wheel(tmp_path_factory):
 
 
 def package_files():
-    """Every file of the source package, as the wheel names it (``spikezoo/...``)."""
+    """Every file of the source package and the console module, as the wheel names them."""
     return {
         path.relative_to(ROOT).as_posix()
         for path in PACKAGE.rglob("*")
         if path.is_file() and "__pycache__" not in path.parts
-    }
+    } | {CONSOLE_MODULE.name}
 
 
 def test_wheel_is_spikezoo_vit_with_the_spikezoo_command(wheel):
@@ -48,7 +51,7 @@ def test_wheel_is_spikezoo_vit_with_the_spikezoo_command(wheel):
     assert metadata["Name"] == "spikezoo-vit"
     assert "pip install 'spikezoo-vit" in metadata.get_payload()  # the README is the description
     entry_points = wheel.read(info.replace("METADATA", "entry_points.txt")).decode()
-    assert "spikezoo = spikezoo.cli:main" in entry_points
+    assert "spikezoo = spikezoo_cli:main" in entry_points
 
 
 def test_wheel_ships_every_package_file_and_no_test_data(wheel):

@@ -1,10 +1,11 @@
 """The ``spikezoo`` command line.
 
-Each command is a module named in :data:`COMMANDS` that defines ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``. A command module imports torch, timm and
-``spikezoo.models`` inside ``run`` only, so ``spikezoo --help`` and ``--version`` stay fast.
-A command reports a problem by raising :class:`~spikezoo.cli.errors.CommandError`: ``main``
-prints it as one line on stderr with its hint and returns a non-zero exit code.
+Each command is a module named in :data:`spikezoo_cli.COMMANDS` (with its one-line help) that
+defines ``add_arguments(parser)`` and ``run(args) -> int``. The console script is
+:func:`spikezoo_cli.main`, outside this package so that ``spikezoo --help`` and ``--version``
+answer without importing torch; it hands each command to :func:`main` here. A command reports
+a problem by raising :class:`~spikezoo.cli.errors.CommandError`: ``main`` prints it as one line
+on stderr with its hint and returns a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -19,21 +20,11 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 import spikezoo
+import spikezoo_cli
 from spikezoo.cli.errors import CommandError, UsageError
+from spikezoo_cli import COMMANDS
 
 __all__ = ["COMMANDS", "build_parser", "main"]
-
-#: Command name -> module that implements it.
-COMMANDS: dict[str, str] = {
-    "list": "spikezoo.cli.listing",
-    "demo": "spikezoo.cli.demo",
-    "convert": "spikezoo.cli.convert",
-    "push": "spikezoo.cli.push",
-    "publish": "spikezoo.cli.publish",
-    "profile": "spikezoo.cli.profile",
-    "train": "spikezoo.cli.train",
-    "validate": "spikezoo.cli.validate",
-}
 
 DEBUG_HINT = "run again with --debug for the traceback"
 
@@ -46,27 +37,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``spikezoo`` parser with one subcommand per entry of :data:`COMMANDS`."""
-    parser = _Parser(prog="spikezoo", description=spikezoo.__doc__.splitlines()[0])
-    parser.add_argument(
-        "--version", action="version", version=f"spikezoo-vit {spikezoo.__version__}"
-    )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="show the traceback of an error",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_path in COMMANDS.items():
-        module = importlib.import_module(module_path)
-        command = commands.add_parser(
-            name, help=module.HELP, description=module.HELP, parents=[debug]
-        )
-        module.add_arguments(command)
-    return parser
+    """The ``spikezoo`` parser with every command's arguments (imports the command modules)."""
+    return spikezoo_cli.build_parser(spikezoo.__version__, _Parser, with_arguments=True)
 
 
 class _DropCudaHomeNotice(logging.Filter):
@@ -110,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     prog = f"spikezoo {args.command}"
-    module = importlib.import_module(COMMANDS[args.command])
+    module = importlib.import_module(COMMANDS[args.command][0])
     try:
         with _without_cuda_home_notice():
             return module.run(args)

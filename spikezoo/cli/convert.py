@@ -10,8 +10,6 @@ from spikezoo.cli.common import resolve_model_name
 from spikezoo.cli.errors import CommandError
 from spikezoo.cli.weights_errors import reported_as_command_errors
 
-HELP = "convert an authors' or spikezoo checkpoint into a timm model directory"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``SRC --model NAME[.TAG] --out DIR [--install] [--model-args JSON]``."""

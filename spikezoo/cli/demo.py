@@ -13,7 +13,6 @@ from spikezoo.cli.errors import CommandError
 if TYPE_CHECKING:
     import torch
 
-HELP = "classify the built-in input and report each spiking layer's firing rate"
 DEFAULT_MODEL = "sdt_2_256_cifar"
 
 

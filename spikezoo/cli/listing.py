@@ -8,8 +8,6 @@ import fnmatch
 from spikezoo.cli.common import LIST_HINT, TAGS_HINT, did_you_mean, spikezoo_names
 from spikezoo.cli.errors import CommandError
 
-HELP = "list the registered models (or their pretrained tags)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``[filter]`` wildcard pattern and ``--pretrained``."""

@@ -14,7 +14,6 @@ from spikezoo.cli.errors import CommandError
 if TYPE_CHECKING:
     from spikezoo.analysis.profile import ModelProfile
 
-HELP = "count the MACs, SOPs and energy of a model on an image, with firing rates and throughput"
 FORMATS = ("table", "json", "csv")
 RANDOM_WEIGHTS_NOTE = (
     "random weights (BatchNorm statistics calibrated on the input so that the network spikes): "

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from spikezoo.cli.weights_errors import reported_as_command_errors
 
-HELP = "convert and push every checkpoint listed in a manifest (weights/manifest.toml)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``MANIFEST [--org ORG]``."""

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from spikezoo.cli.weights_errors import reported_as_command_errors
 
-HELP = "upload a converted model directory to the Hugging Face Hub"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``DIR --repo-id ORG/NAME [--private]``."""

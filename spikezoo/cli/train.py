@@ -6,8 +6,6 @@ import argparse
 
 from spikezoo.cli.errors import CommandError
 
-HELP = "train a model from a recipe (YAML) with key=value overrides; torchrun for many GPUs"
-
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe (name or path) and the overrides, shared with ``spikezoo validate``."""

@@ -6,8 +6,6 @@ import argparse
 
 from spikezoo.cli.train import add_recipe_arguments, failure, load_config
 
-HELP = "evaluate a training checkpoint on a recipe's evaluation set (loss, top-1, top-5)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint``, the recipe and overrides."""

@@ -1,4 +1,4 @@
-"""How the command starts: ``python -m spikezoo``, the console script, and what they import."""
+"""How the command starts: the console script, ``python -m spikezoo``, and what they import."""
 
 import os
 import subprocess
@@ -10,15 +10,15 @@ import pytest
 import spikezoo
 
 ROOT = Path(__file__).resolve().parents[2]
-#: What pip writes into the ``spikezoo`` console script ([project.scripts] in pyproject.toml).
-CONSOLE_SCRIPT = "import sys\nfrom spikezoo.cli import main\nsys.exit(main())\n"
+#: What pip writes into the ``spikezoo`` console script for ``[project.scripts]``.
+CONSOLE_SCRIPT = "import sys\nfrom spikezoo_cli import main\nsys.exit(main())\n"
 
 
-def run_python(*args, **env):
-    """``python args`` from the repository root; the finished process."""
-    environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+def run_python(*args, cwd=ROOT):
+    """``python args`` with the repository on the path; the finished process."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=environ
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=environ
     )
 
 
@@ -38,27 +38,53 @@ def console_script(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("flag", ["--version", "--help"])
-@pytest.mark.parametrize("entry", ["python -m spikezoo", "console script"])
-def test_version_and_help_do_not_import_torch(flag, entry, console_script):
-    start = ["-m", "spikezoo"] if entry == "python -m spikezoo" else [str(console_script)]
-    result = run_python("-X", "importtime", *start, flag)
+def test_the_console_script_is_the_one_pyproject_declares():
+    assert 'spikezoo = "spikezoo_cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], []])
+@pytest.mark.parametrize("entry", ["console script", "python -m spikezoo_cli"])
+def test_version_and_help_do_not_import_torch(argv, entry, console_script):
+    start = [str(console_script)] if entry == "console script" else ["-m", "spikezoo_cli"]
+    result = run_python("-X", "importtime", *start, *argv)
     assert result.returncode == 0, result.stderr
     modules = imported_modules(result.stderr)
-    assert "spikezoo" in modules  # the log is read correctly
-    assert not modules & {"torch", "timm", "numpy"}, modules & {"torch", "timm", "numpy"}
-    if flag == "--version":
+    assert "argparse" in modules  # the log is read correctly
+    assert not modules & {"spikezoo", "torch", "timm", "numpy"}
+    if argv == ["--version"]:
         assert result.stdout.strip() == f"spikezoo-vit {spikezoo.__version__}"
+    else:
+        assert result.stdout.startswith("usage: spikezoo [-h] [--version] [--debug] COMMAND")
 
 
-def test_import_spikezoo_still_registers_the_models():
-    result = run_python(
-        "-c", "import spikezoo, timm; print(timm.is_model('sdt_8_768'), spikezoo.models.__name__)"
+def test_both_entries_print_the_same_overview(console_script):
+    light = run_python(str(console_script), "--help")
+    full = run_python("-m", "spikezoo", "--help")
+    assert light.returncode == full.returncode == 0
+    assert light.stdout == full.stdout
+
+
+@pytest.mark.parametrize("script_name", ["spikezoo", "predict"])
+def test_import_spikezoo_is_the_same_whatever_the_script_is_called(script_name, tmp_path):
+    script = tmp_path / script_name
+    script.write_text(
+        "import sys, timm, spikezoo\n"
+        "print(timm.is_model('sdt_8_768'), 'spikezoo.models' in sys.modules)\n"
     )
-    assert result.stdout.split() == ["True", "spikezoo.models"], result.stderr
+    result = run_python(str(script), cwd=tmp_path)
+    assert result.stdout.split() == ["True", "True"], result.stderr
 
 
-def test_a_command_run_through_python_dash_m():
-    result = run_python("-m", "spikezoo", "list", "sdt_8_*")
+@pytest.mark.parametrize("entry", [["-m", "spikezoo"], ["-m", "spikezoo_cli"]])
+def test_a_command_runs_through_both_entries(entry):
+    result = run_python(*entry, "list", "sdt_8_*")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["sdt_8_384", "sdt_8_512", "sdt_8_768"]
+
+
+def test_a_usage_error_is_worded_by_the_full_parser(console_script):
+    result = run_python(str(console_script), "--bogus")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "spikezoo: error: unrecognized arguments: --bogus (see 'spikezoo --help')\n"
+    )
