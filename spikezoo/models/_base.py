@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from spikezoo import _checks
-from spikezoo._checks import fraction, positive_int
 from spikezoo.layers import NeuronFactory, freeze_firing_rates
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron, MultiStepPLIF
 from spikezoo.neurons.saved_spikes import compact_saved_spikes
@@ -53,7 +52,7 @@ def drop_path_rates(drop_path_rate: float, count: int) -> list[float]:
     Python floats, ``rate * i / (count - 1)``; timm's ``calculate_drop_path_rates`` rounds them
     through a float32 ``torch.linspace`` instead, which differs in the last bits.
     """
-    fraction("drop_path_rate", drop_path_rate, upper_closed=False)
+    _checks.fraction("drop_path_rate", drop_path_rate, upper_closed=False)
     return [drop_path_rate * i / max(count - 1, 1) for i in range(count)]
 
 
@@ -105,9 +104,9 @@ class SpikingVisionModel(nn.Module):
         super().__init__()
         _checks.choice("global_pool", global_pool, ("avg", ""))
         _checks.choice("feature_time_reduction", feature_time_reduction, TIME_REDUCTIONS)
-        self.in_chans = positive_int("in_chans", in_chans)
+        self.in_chans = _checks.positive_int("in_chans", in_chans)
         self.num_classes = _checks.num_classes(num_classes)
-        self.time_steps = positive_int("time_steps", time_steps)
+        self.time_steps = _checks.positive_int("time_steps", time_steps)
         self.global_pool = global_pool
         self.per_step_logits = per_step_logits
         self.feature_time_reduction = feature_time_reduction
