@@ -15,8 +15,9 @@ from spikezoo.train.config import (
     load_recipe,
 )
 from spikezoo.train.data import DatasetError, load_digits_split
-from spikezoo.train.engine import TrainingError, build_model, evaluate, tet_loss, train, validate
+from spikezoo.train.engine import TrainingError, build_model, evaluate, train, validate
 from spikezoo.train.logs import plot_curves
+from spikezoo.train.losses import tet_loss
 
 __all__ = [
     "CheckpointError",

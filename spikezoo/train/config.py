@@ -2,20 +2,22 @@
 
 A recipe has the sections of :class:`Config` (``model``, ``data``, ``optim``, ``sched``,
 ``loss``, ``finetune``, ``run``) and an optional ``source`` string citing where its
-hyper-parameters come from. Every key is checked: an unknown one raises :class:`RecipeError`
-naming the closest known key.
+hyper-parameters come from. Each section is a pydantic model in strict mode: every value is
+checked against its field's type and range (an int passes as a float, nothing else is
+coerced), and an unknown key raises :class:`RecipeError` naming the closest known key.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 __all__ = [
     "RECIPES_DIR",
@@ -43,8 +45,25 @@ class RecipeError(ValueError):
     """A recipe or override that names an unknown key or gives a value of the wrong type."""
 
 
-@dataclass
-class ModelConfig:
+def _number_from_text(value: Any) -> Any:
+    """A string that reads as a number, as a float: YAML 1.1 reads ``1e-3`` (no dot) as text."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
+#: A float field's type: ints and numeric strings pass (as floats), bools do not.
+Float = Annotated[float, BeforeValidator(_number_from_text)]
+
+
+class _Section(BaseModel):
+    """A recipe section: strict types, no unknown keys, assignments checked too."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
     """Which timm model to train.
 
     Attributes:
@@ -58,15 +77,14 @@ class ModelConfig:
     """
 
     name: str = "sdt_2_256_cifar"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     neuron_backend: str = "auto"
     sync_bn: bool = False
     ema: bool = False
-    ema_decay: float = 0.9998
+    ema_decay: Float = Field(0.9998, ge=0, le=1)
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """What to train on and how it is loaded.
 
     Attributes:
@@ -89,6 +107,7 @@ class DataConfig:
         crop_pct: evaluation centre-crop fraction.
         mean: normalisation mean (default: the model's pretrained cfg).
         std: normalisation std (default: the model's pretrained cfg).
+        time_steps: frames per sample of the event datasets (``[T, 2, H, W]``).
         classes: keep only these classes, relabelled ``0..n-1`` in this order (e.g. a
             new head for fine-tuning); ``None`` keeps all.
         subset: use only the first this many samples of each split (quick smoke runs).
@@ -97,26 +116,25 @@ class DataConfig:
     dataset: str = "digits"
     root: str | None = None
     download: bool = False
-    img_size: int = 32
-    batch_size: int = 64
-    eval_batch_size: int | None = None
-    workers: int = 0
+    img_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    workers: int = Field(0, ge=0)
     auto_augment: str | None = None
-    hflip: float = 0.5
-    color_jitter: float = 0.4
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: Float = Field(0.5, ge=0, le=1)
+    color_jitter: Float = Field(0.4, ge=0)
+    scale: list[Float] = Field(default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2)
+    ratio: list[Float] = Field(default_factory=lambda: [3 / 4, 4 / 3], min_length=2, max_length=2)
     interpolation: str = "bicubic"
-    crop_pct: float = 1.0
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    time_steps: int = 16
+    crop_pct: Float = Field(1.0, gt=0, le=1)
+    mean: list[Float] | None = None
+    std: list[Float] | None = None
+    time_steps: int = Field(16, ge=1)
     classes: list[int] | None = None
-    subset: int | None = None
+    subset: int | None = Field(None, ge=1)
 
 
-@dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     """The optimizer, built by timm's ``create_optimizer_v2``.
 
     Attributes:
@@ -128,14 +146,13 @@ class OptimConfig:
     """
 
     opt: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    clip_grad: float | None = None
+    lr: Float = Field(1e-3, ge=0)
+    weight_decay: Float = Field(0.05, ge=0)
+    momentum: Float = Field(0.9, ge=0)
+    clip_grad: Float | None = Field(None, gt=0)
 
 
-@dataclass
-class SchedConfig:
+class SchedConfig(_Section):
     """The learning-rate schedule, built by timm's ``create_scheduler_v2`` (stepped per update).
 
     Attributes:
@@ -149,16 +166,15 @@ class SchedConfig:
     """
 
     sched: str = "cosine"
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    cooldown_epochs: int = 0
-    decay_epochs: float = 90
-    decay_rate: float = 0.1
+    warmup_epochs: int = Field(0, ge=0)
+    warmup_lr: Float = Field(1e-6, ge=0)
+    min_lr: Float = Field(1e-5, ge=0)
+    cooldown_epochs: int = Field(0, ge=0)
+    decay_epochs: Float = Field(90.0, gt=0)
+    decay_rate: Float = Field(0.1, ge=0)
 
 
-@dataclass
-class LossConfig:
+class LossConfig(_Section):
     """The loss: cross-entropy with timm's label smoothing / Mixup / CutMix, optionally TET.
 
     Attributes:
@@ -174,19 +190,18 @@ class LossConfig:
         tet_phi: TET's target value of the regulariser.
     """
 
-    smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_off_epoch: int = 0
+    smoothing: Float = Field(0.0, ge=0, lt=1)
+    mixup: Float = Field(0.0, ge=0)
+    cutmix: Float = Field(0.0, ge=0)
+    mixup_prob: Float = Field(1.0, ge=0, le=1)
+    mixup_switch_prob: Float = Field(0.5, ge=0, le=1)
+    mixup_off_epoch: int = Field(0, ge=0)
     tet: bool = False
-    tet_lambda: float = 0.0
-    tet_phi: float = 1.0
+    tet_lambda: Float = Field(0.0, ge=0, le=1)
+    tet_phi: Float = 1.0
 
 
-@dataclass
-class FinetuneConfig:
+class FinetuneConfig(_Section):
     """Start from a trained checkpoint; a head of another size is replaced by a new one.
 
     Attributes:
@@ -196,11 +211,10 @@ class FinetuneConfig:
     """
 
     checkpoint: str | None = None
-    num_classes: int | None = None
+    num_classes: int | None = Field(None, ge=1)
 
 
-@dataclass
-class RunConfig:
+class RunConfig(_Section):
     """Epochs, seed, device, output and bookkeeping.
 
     Attributes:
@@ -219,8 +233,8 @@ class RunConfig:
         eval_every: validate every this many epochs (and after the last).
     """
 
-    epochs: int = 10
-    stop_after: int | None = None
+    epochs: int = Field(10, ge=1)
+    stop_after: int | None = Field(None, ge=1)
     seed: int = 0
     output: str = "runs/train"
     resume: str | None = None
@@ -230,40 +244,42 @@ class RunConfig:
     progress: bool = True
     tensorboard: bool = True
     plot: bool = True
-    eval_every: int = 1
+    eval_every: int = Field(1, ge=1)
 
 
-@dataclass
-class Config:
-    """A whole training recipe: one dataclass per section, plus where its values come from.
+class Config(_Section):
+    """A whole training recipe: one model per section, plus where its values come from.
 
     Attributes:
         source: where the hyper-parameters come from (paper, authors' config).
     """
 
     source: str = ""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sched: SchedConfig = field(default_factory=SchedConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    sched: SchedConfig = Field(default_factory=SchedConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
 
 
-def _known_keys(config: Any, prefix: str = "") -> list[str]:
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, _Section)
+
+
+def _known_keys(section: type[_Section] = Config, prefix: str = "") -> list[str]:
     keys = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            keys += _known_keys(value, f"{prefix}{f.name}.")
+    for name, field in section.model_fields.items():
+        if _is_section(field.annotation):
+            keys += _known_keys(field.annotation, f"{prefix}{name}.")
         else:
-            keys.append(f"{prefix}{f.name}")
+            keys.append(f"{prefix}{name}")
     return keys
 
 
-def _unknown(key: str, known: Iterable[str]) -> RecipeError:
-    known = list(known)
+def _unknown(key: str) -> RecipeError:
+    known = _known_keys()
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     if not close:
         close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1, cutoff=0.5)
@@ -271,74 +287,117 @@ def _unknown(key: str, known: Iterable[str]) -> RecipeError:
     return RecipeError(f"unknown recipe key '{key}' ({hint})")
 
 
-def _check_type(key: str, value: Any, annotation: str) -> Any:
-    """``value`` if it fits the field (ints pass as floats); a RecipeError otherwise."""
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise RecipeError(f"recipe key '{key}' expects {annotation}, got null")
-    if annotation.startswith("float") and isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}
-    for name in ("bool", "int", "float", "str"):
-        if annotation.startswith(name) and name in expected:
-            ok = isinstance(value, expected[name]) and not (
-                name != "bool" and isinstance(value, bool)
-            )
-            if not ok:
-                raise RecipeError(
-                    f"recipe key '{key}' expects {annotation}, got {value!r} "
-                    f"({type(value).__name__})"
-                )
-            return float(value) if name == "float" else value
-    if annotation.startswith("list") and not isinstance(value, list):
-        raise RecipeError(f"recipe key '{key}' expects a list, got {value!r}")
-    if annotation.startswith("dict") and not isinstance(value, Mapping):
-        raise RecipeError(f"recipe key '{key}' expects a mapping, got {value!r}")
-    return dict(value) if isinstance(value, Mapping) else value
+def _type_name(annotation: Any) -> str:
+    """``list[Float]`` as ``a list of float``, for error messages."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is list:
+        return f"a list of {_type_name(args[0])}"
+    if origin is dict:
+        return "a mapping"
+    return annotation.__name__
 
 
-def _set(config: Config, key: str, value: Any) -> None:
-    """Set the dotted ``key`` (``"optim.lr"``; ``"model.kwargs.depth"`` reaches into kwargs)."""
+def _bounds(field: FieldInfo) -> str:
+    """The range and length constraints of ``field``: ``" >= 1"``, ``" in [0, 1)"``."""
+    found = {
+        name: getattr(constraint, name)
+        for constraint in field.metadata
+        for name in ("ge", "gt", "le", "lt", "min_length", "max_length")
+        if hasattr(constraint, name)
+    }
+    text = ""
+    if "min_length" in found:
+        text += f" of length {found['min_length']}"
+    low = ("[", ">=", found["ge"]) if "ge" in found else ("(", ">", found.get("gt"))
+    high = ("]", "<=", found["le"]) if "le" in found else (")", "<", found.get("lt"))
+    if low[2] is not None and high[2] is not None:
+        return f"{text} in {low[0]}{low[2]}, {high[2]}{high[0]}"
+    for _, relation, value in (low, high):
+        if value is not None:
+            text += f" {relation} {value}"
+    return text
+
+
+def _expected(field: FieldInfo) -> str:
+    """What ``field`` accepts, e.g. ``int >= 1 or null``."""
+    annotation = field.annotation
+    members = get_args(annotation) if get_origin(annotation) in (Union, type(int | None)) else ()
+    kinds = [member for member in members if member is not type(None)] or [annotation]
+    nullable = len(kinds) < len(members)
+    text = " or ".join(_type_name(kind) for kind in kinds) + _bounds(field)
+    return f"{text} or null" if nullable else text
+
+
+def _wrong_value(key: str, field: FieldInfo, value: Any) -> RecipeError:
+    return RecipeError(
+        f"recipe key '{key}' expects {_expected(field)}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _assign(recipe: dict[str, Any], key: str, value: Any) -> None:
+    """Put ``value`` at the dotted ``key`` of the nested ``recipe``.
+
+    A mapping given to a section (``optim={lr: 1}``) merges into it, key by key; one given
+    to a mapping value (``model.kwargs={depth: 2}``) replaces it; a dotted key below a
+    mapping value (``model.kwargs.depth=2``) sets one entry of it.
+    """
     parts = key.split(".")
-    target: Any = config
-    for i, part in enumerate(parts):
-        if isinstance(target, dict):
-            rest = ".".join(parts[i:])
-            target[rest] = value
-            return
-        names = {f.name: f for f in dataclasses.fields(target)}
-        if part not in names:
-            raise _unknown(key, _known_keys(config))
-        current = getattr(target, part)
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(current):
-                if not isinstance(value, Mapping):
-                    raise RecipeError(f"recipe section '{key}' expects a mapping, got {value!r}")
-                for sub, sub_value in value.items():
-                    _set(config, f"{key}.{sub}", sub_value)
-                return
-            annotation = str(names[part].type)
-            setattr(target, part, _check_type(key, value, annotation))
-            return
-        target = current
-    raise RecipeError(f"recipe key '{key}' names a section, not a value")  # pragma: no cover
+    section, target = Config, recipe
+    for depth, part in enumerate(parts):
+        field = section.model_fields.get(part)
+        if field is None:
+            raise _unknown(key)
+        if _is_section(field.annotation):
+            section, target = field.annotation, target.setdefault(part, {})
+            continue
+        name, rest = ".".join(parts[: depth + 1]), ".".join(parts[depth + 1 :])
+        if not rest:
+            target[part] = value
+        elif get_origin(field.annotation) is dict:
+            entries = target.get(part)
+            if not isinstance(entries, Mapping):
+                raise _wrong_value(name, field, entries)
+            target[part] = {**entries, rest: value}
+        else:
+            raise RecipeError(f"recipe key '{name}' holds a value, not entries (got '{key}')")
+        return
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"recipe section '{key}' expects a mapping, got {value!r}")
+    for sub_key, sub_value in value.items():
+        _assign(recipe, f"{key}.{sub_key}", sub_value)
+
+
+def _validated(recipe: dict[str, Any]) -> Config:
+    """``recipe`` as a :class:`Config`; its first wrong value as a :class:`RecipeError`."""
+    try:
+        return Config.model_validate(recipe)
+    except ValidationError as error:
+        # the location runs through sections to a field (then, for a list, to an item)
+        location = error.errors()[0]["loc"]
+    section, target, depth = Config, recipe, 0
+    while _is_section(section.model_fields[location[depth]].annotation):
+        section, target = section.model_fields[location[depth]].annotation, target[location[depth]]
+        depth += 1
+    name = location[depth]
+    key = ".".join(str(part) for part in location[: depth + 1])
+    raise _wrong_value(key, section.model_fields[name], target[name])
 
 
 def config_from_dict(recipe: Mapping[str, Any]) -> Config:
     """A :class:`Config` from a nested mapping (a parsed recipe); unknown keys raise."""
     if not isinstance(recipe, Mapping):
         raise RecipeError(f"a recipe is a mapping of sections, got {type(recipe).__name__}")
-    config = Config()
+    fields: dict[str, Any] = {}
     for key, value in recipe.items():
-        _set(config, str(key), value)
-    return config
+        _assign(fields, str(key), value)
+    return _validated(fields)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The recipe as plain nested dicts (what checkpoints and ``config.yaml`` store)."""
-    return dataclasses.asdict(config)
+    return config.model_dump()
 
 
 def _parse_value(text: str) -> Any:
@@ -351,13 +410,17 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
-    """Apply ``section.key=value`` overrides; values parse as YAML (``1e-3``, ``[1, 2]``)."""
+    """``config`` with ``section.key=value`` overrides; values parse as YAML (``1e-3``, ``[1, 2]``).
+
+    Returns a new :class:`Config`; ``config`` is left as it was.
+    """
+    fields = config_to_dict(config)
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key.strip():
             raise RecipeError(f"an override is 'section.key=value', got {override!r}")
-        _set(config, key.strip(), _parse_value(text))
-    return config
+        _assign(fields, key.strip(), _parse_value(text))
+    return _validated(fields)
 
 
 def list_recipes() -> list[str]:

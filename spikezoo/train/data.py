@@ -252,8 +252,6 @@ def _select(dataset: Dataset, config: DataConfig, num_classes: int) -> Dataset:
 
 
 def _finish(train: Dataset, test: Dataset, config: DataConfig, classes: int, chans: int):
-    if config.subset is not None and config.subset < 1:
-        raise DatasetError(f"data.subset must be >= 1, got {config.subset}")
     if config.classes is None and config.subset is None:
         return Datasets(train, test, classes, chans)
     train, test = _select(train, config, classes), _select(test, config, classes)

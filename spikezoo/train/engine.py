@@ -10,14 +10,14 @@ import importlib.util
 import math
 import random
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from spikezoo.neurons import set_backend
 from spikezoo.train.checkpoint import (
@@ -38,12 +38,17 @@ from spikezoo.train.distributed import (
     synchronize_buffers,
 )
 from spikezoo.train.logs import RunLog, plot_curves
+from spikezoo.train.losses import build_loss
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
+    from timm.scheduler.scheduler import Scheduler
+    from timm.utils import ModelEmaV3
 
 __all__ = [
     "TrainingError",
     "build_model",
     "evaluate",
-    "tet_loss",
     "train",
     "validate",
     "weights_fingerprint",
@@ -118,25 +123,6 @@ def _head_classes(path: str | Path) -> int:
     return head.shape[0]
 
 
-def tet_loss(
-    criterion: Callable[[Tensor, Tensor], Tensor],
-    outputs: Tensor,
-    targets: Tensor,
-    lam: float,
-    phi: float,
-) -> Tensor:
-    """TET (Deng et al., ICLR 2022): ``criterion`` averaged over the steps of ``[T, B, K]``.
-
-    ``(1 - lam) * mean_t criterion(outputs[t], targets) + lam * MSE(outputs, phi)``.
-    """
-    per_step = torch.stack([criterion(step, targets) for step in outputs]).mean()
-    if lam == 0:
-        return per_step
-    return (1 - lam) * per_step + lam * nn.functional.mse_loss(
-        outputs, torch.full_like(outputs, phi)
-    )
-
-
 def _autocast(context: DistributedContext, enabled: bool) -> contextlib.AbstractContextManager:
     if not enabled:
         return contextlib.nullcontext()
@@ -199,209 +185,318 @@ def train(config: Config) -> dict[str, float]:
             torch.distributed.destroy_process_group()
 
 
-def _loss(config: Config, num_classes: int) -> tuple[Any, Callable[[Tensor, Tensor], Tensor]]:
-    """timm's ``Mixup`` (or ``None``) and the training loss of ``(outputs, targets)``."""
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-    loss = config.loss
-    mixup = None
-    if loss.mixup > 0 or loss.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=loss.mixup,
-            cutmix_alpha=loss.cutmix,
-            prob=loss.mixup_prob,
-            switch_prob=loss.mixup_switch_prob,
-            label_smoothing=loss.smoothing,
-            num_classes=num_classes,
-        )
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif loss.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(loss.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
-    if loss.tet:
-        return mixup, partial(tet_loss, criterion, lam=loss.tet_lambda, phi=loss.tet_phi)
-    return mixup, criterion
-
-
 def _train(config: Config, context: DistributedContext) -> dict[str, float]:
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
-    from tqdm import tqdm
-
-    run = config.run
+    """The run on one rank: build, restore or seed, then train, evaluate, save per epoch."""
     if config.model.sync_bn and context.device.type != "cuda":
         raise RecipeError("model.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel)")
-    output = Path(run.output)
     resume_path = _resume_path(config)
     # Read (and reject) the checkpoint before anything is built or written.
     resumed = read_training_checkpoint(resume_path) if resume_path is not None else None
-    if run.deterministic:
+    if config.run.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    run = _build_run(config, context)
+    progress = _restore(run, resumed, resume_path)
+    network = _distributed(run.model, context)
+    log = _open_log(run, resumed is not None, progress.epoch)
+    stop = run.epochs if config.run.stop_after is None else min(run.epochs, config.run.stop_after)
+    metrics: dict[str, float] = {}
+    for epoch in range(progress.epoch, stop):
+        metrics = _train_epoch(run, network, progress, epoch)
+        evaluated, is_best = _evaluate_epoch(run, progress, epoch)
+        metrics.update(evaluated)
+        progress.epoch = epoch + 1
+        _save_checkpoint(run, progress, metrics, is_best)
+        _log_epoch(run, log, epoch, metrics)
+    _close_log(run, log)
+    return dict(metrics, best_top1=progress.best_top1)
+
+
+@dataclass
+class _Run:
+    """Everything one training run is made of; built once by :func:`_build_run`.
+
+    ``epochs`` is the schedule's length (cool-down included); ``mixup`` is timm's ``Mixup``
+    or ``None``; ``loss_of`` maps ``(outputs, targets)`` to the training loss.
+    """
+
+    config: Config
+    context: DistributedContext
+    datasets: Datasets
+    model: nn.Module
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    scaler: torch.amp.GradScaler
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    sampler: DistributedSampler
+    epochs: int
+    mixup: Mixup | None
+    loss_of: Callable[[Tensor, Tensor], Tensor]
+
+    @property
+    def output(self) -> Path:
+        """The run folder (``run.output``)."""
+        return Path(self.config.run.output)
+
+
+@dataclass
+class _Progress:
+    """How far a run is: epochs and optimizer updates done, the best top-1 so far."""
+
+    epoch: int = 0
+    updates: int = 0
+    best_top1: float = -math.inf
+
+
+def _build_run(config: Config, context: DistributedContext) -> _Run:
+    """Data, model (seeded with ``run.seed``), EMA, optimizer, loaders, schedule and loss."""
+    from timm.utils import ModelEmaV3
+
     datasets = build_datasets(config.data)
-    _seed_everything(run.seed)
+    _seed_everything(config.run.seed)
     model = build_model(config, datasets).to(context.device)
     if config.model.sync_bn and context.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema = ModelEmaV3(model, decay=config.model.ema_decay) if config.model.ema else None
-    optimizer = create_optimizer_v2(
-        model,
-        opt=config.optim.opt,
-        lr=config.optim.lr,
-        weight_decay=config.optim.weight_decay,
-        momentum=config.optim.momentum,
+    optimizer = _optimizer(config, model)
+    train_loader, eval_loader, sampler = build_loaders(
+        datasets, config.data, context, config.run.seed
     )
-    train_loader, eval_loader, sampler = build_loaders(datasets, config.data, context, run.seed)
-    scheduler, epochs = create_scheduler_v2(
+    scheduler, epochs = _schedule(config, optimizer, len(train_loader))
+    mixup, loss_of = build_loss(config.loss, datasets.num_classes)
+    return _Run(
+        config=config,
+        context=context,
+        datasets=datasets,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(
+            "cuda", enabled=config.run.amp and context.device.type == "cuda"
+        ),
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        sampler=sampler,
+        epochs=epochs,
+        mixup=mixup,
+        loss_of=loss_of,
+    )
+
+
+def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2`` with the recipe's ``optim`` section."""
+    from timm.optim import create_optimizer_v2
+
+    optim = config.optim
+    return create_optimizer_v2(
+        model, opt=optim.opt, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum
+    )
+
+
+def _schedule(
+    config: Config, optimizer: torch.optim.Optimizer, updates_per_epoch: int
+) -> tuple[Scheduler | None, int]:
+    """timm's ``create_scheduler_v2`` (stepped per update) and the epochs it spans."""
+    from timm.scheduler import create_scheduler_v2
+
+    sched = config.sched
+    return create_scheduler_v2(
         optimizer,
-        sched=config.sched.sched,
-        num_epochs=run.epochs,
-        decay_epochs=config.sched.decay_epochs,
-        decay_rate=config.sched.decay_rate,
-        min_lr=config.sched.min_lr,
-        warmup_lr=config.sched.warmup_lr,
-        warmup_epochs=config.sched.warmup_epochs,
-        cooldown_epochs=config.sched.cooldown_epochs,
-        updates_per_epoch=len(train_loader),
+        sched=sched.sched,
+        num_epochs=config.run.epochs,
+        decay_epochs=sched.decay_epochs,
+        decay_rate=sched.decay_rate,
+        min_lr=sched.min_lr,
+        warmup_lr=sched.warmup_lr,
+        warmup_epochs=sched.warmup_epochs,
+        cooldown_epochs=sched.cooldown_epochs,
+        updates_per_epoch=updates_per_epoch,
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and context.device.type == "cuda")
 
-    start_epoch, best_top1 = 0, -math.inf
-    if resumed is not None:
-        try:
-            model.load_state_dict(resumed["state_dict"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            if ema is not None:
-                ema.module.load_state_dict(resumed["state_dict_ema"])
-        except (RuntimeError, KeyError, ValueError) as error:
-            reason = " ".join(str(error).split())[:200]
-            raise CheckpointError(
-                f"checkpoint '{resume_path}' does not fit this recipe: {reason}"
-            ) from error
-        if scheduler is not None and resumed["scheduler"] is not None:
-            scheduler.load_state_dict(resumed["scheduler"])
-        if "scaler" in resumed:
-            scaler.load_state_dict(resumed["scaler"])
-        start_epoch, best_top1 = resumed["epoch"], resumed.get("best_top1", -math.inf)
-        rng = resumed["rng"]
-        restore_rng_state(rng[context.rank] if len(rng) == context.world_size else rng[0])
-    else:
-        _seed_everything(run.seed + context.rank)
 
-    network = model
-    if context.distributed:
-        device_ids = [context.local_rank] if context.device.type == "cuda" else None
-        network = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+def _restore(run: _Run, resumed: dict[str, Any] | None, path: Path | None) -> _Progress:
+    """Load a checkpoint's weights, optimizer, schedule, scaler and this rank's RNG state.
 
-    mixup, loss_of = _loss(config, datasets.num_classes)
+    Without a checkpoint, seeds every RNG with ``run.seed + rank`` instead.
+    """
+    if resumed is None:
+        _seed_everything(run.config.run.seed + run.context.rank)
+        return _Progress()
+    try:
+        run.model.load_state_dict(resumed["state_dict"])
+        run.optimizer.load_state_dict(resumed["optimizer"])
+        if run.ema is not None:
+            run.ema.module.load_state_dict(resumed["state_dict_ema"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"checkpoint '{path}' does not fit this recipe: {reason}") from error
+    if run.scheduler is not None and resumed["scheduler"] is not None:
+        run.scheduler.load_state_dict(resumed["scheduler"])
+    if "scaler" in resumed:
+        run.scaler.load_state_dict(resumed["scaler"])
+    rng, context = resumed["rng"], run.context
+    restore_rng_state(rng[context.rank] if len(rng) == context.world_size else rng[0])
+    epoch = resumed["epoch"]
+    return _Progress(epoch, epoch * len(run.train_loader), resumed.get("best_top1", -math.inf))
 
-    log = None
-    if context.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        _write_recipe(config, output / "config.yaml")
-        log = RunLog(output, run.tensorboard, append=resumed is not None, start_epoch=start_epoch)
-    last_path = output / "last.pth"
-    metrics: dict[str, float] = {}
-    updates = start_epoch * len(train_loader)
-    stop = epochs if run.stop_after is None else min(epochs, run.stop_after)
-    for epoch in range(start_epoch, stop):
-        network.train()
-        sampler.set_epoch(epoch)
-        if mixup is not None and config.loss.mixup_off_epoch:
-            mixup.mixup_enabled = epoch < config.loss.mixup_off_epoch
-        loss_sum = torch.zeros(2, dtype=torch.float64)
-        bar = tqdm(
-            train_loader,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not (run.progress and context.is_main),
-            leave=False,
+
+def _distributed(model: nn.Module, context: DistributedContext) -> nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` under torchrun, else ``model``."""
+    if not context.distributed:
+        return model
+    device_ids = [context.local_rank] if context.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _train_epoch(run: _Run, network: nn.Module, progress: _Progress, epoch: int) -> dict:
+    """One pass over this rank's training shard: ``train_loss`` (mean over ranks) and ``lr``."""
+    from tqdm import tqdm
+
+    config, context = run.config, run.context
+    network.train()
+    run.sampler.set_epoch(epoch)
+    if run.mixup is not None and config.loss.mixup_off_epoch:
+        run.mixup.mixup_enabled = epoch < config.loss.mixup_off_epoch
+    loss_sum = torch.zeros(2, dtype=torch.float64)
+    bar = tqdm(
+        run.train_loader,
+        desc=f"epoch {epoch + 1}/{run.epochs}",
+        disable=not (config.run.progress and context.is_main),
+        leave=False,
+    )
+    for step, (images, targets) in enumerate(bar):
+        loss = _update(
+            run, network, progress, images, targets, f"epoch {epoch + 1}, step {step + 1}"
         )
-        for step, (images, targets) in enumerate(bar):
-            images, targets = images.to(context.device), targets.to(context.device)
-            if mixup is not None:
-                images, targets = mixup(images, targets)
-            with _autocast(context, run.amp):
-                loss = loss_of(network(images), targets)
-            finite = reduce_sum(torch.isfinite(loss.detach()).float().view(1), context)
-            if finite.item() < context.world_size:
-                kept = (
-                    f"the last good checkpoint '{last_path}' is kept"
-                    if last_path.exists()
-                    else "no checkpoint was written yet"
-                )
-                raise TrainingError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                    f"(update {updates + 1}); training stopped and {kept}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.optim.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            updates += 1
-            if ema is not None:
-                ema.update(model, step=updates)
-            if scheduler is not None:
-                scheduler.step_update(num_updates=updates)
-            loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-        if scheduler is not None:
-            scheduler.step(epoch + 1)
-        synchronize_buffers(model, context)
-        if ema is not None:
-            synchronize_buffers(ema.module, context)
-        total, count = reduce_sum(loss_sum, context).tolist()
-        metrics = dict(train_loss=total / count, lr=optimizer.param_groups[0]["lr"])
-        if (epoch + 1) % run.eval_every == 0 or epoch + 1 == epochs:
-            evaluated = evaluate(model, eval_loader, context, run.amp)
-            metrics.update({f"eval_{k}": v for k, v in evaluated.items()})
-            selected = evaluated["top1"]
-            if ema is not None:
-                ema_metrics = evaluate(ema.module, eval_loader, context, run.amp)
-                metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
-                selected = ema_metrics["top1"]
-            is_best = selected > best_top1
-            best_top1 = max(best_top1, selected)
-        else:
-            is_best = False
-        # Every rank joins the gather; only rank 0 writes.
-        rng = all_gather_objects(capture_rng_state(), context)
-        fingerprints = all_gather_objects(weights_fingerprint(model), context)
-        if context.is_main:
-            checkpoint = dict(
-                format=CHECKPOINT_FORMAT,
-                state_dict=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=None if scheduler is None else scheduler.state_dict(),
-                scaler=scaler.state_dict(),
-                epoch=epoch + 1,
-                best_top1=best_top1,
-                metrics=metrics,
-                model_name=config.model.name,
-                num_classes=datasets.num_classes,
-                config=config_to_dict(config),
-                rng=rng,
-                world_size=context.world_size,
-                rank_fingerprints=fingerprints,
-            )
-            if ema is not None:
-                checkpoint["state_dict_ema"] = ema.module.state_dict()
-            save_atomic(checkpoint, last_path)
-            if is_best:
-                save_atomic(checkpoint, output / "best.pth")
-            log.log(epoch + 1, metrics)
-            if run.progress:
-                summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                print(f"epoch {epoch + 1}/{epochs}: {summary}", flush=True)
-    if context.is_main:
-        log.close()
-        if run.plot and log.rows and importlib.util.find_spec("matplotlib") is not None:
-            plot_curves(log.path, output / "curves.png")
-    return dict(metrics, best_top1=best_top1)
+        loss_sum += torch.tensor([loss, 1.0], dtype=torch.float64)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}")
+    if run.scheduler is not None:
+        run.scheduler.step(epoch + 1)
+    synchronize_buffers(run.model, context)
+    if run.ema is not None:
+        synchronize_buffers(run.ema.module, context)
+    total, count = reduce_sum(loss_sum, context).tolist()
+    return dict(train_loss=total / count, lr=run.optimizer.param_groups[0]["lr"])
+
+
+def _update(
+    run: _Run, network: nn.Module, progress: _Progress, images: Tensor, targets: Tensor, where: str
+) -> float:
+    """One optimizer update on a batch; its loss. A non-finite loss on any rank stops the run.
+
+    ``where`` (``"epoch E, step S"``) names the step in the :class:`TrainingError`.
+    """
+    context, optimizer = run.context, run.optimizer
+    images, targets = images.to(context.device), targets.to(context.device)
+    if run.mixup is not None:
+        images, targets = run.mixup(images, targets)
+    with _autocast(context, run.config.run.amp):
+        loss = run.loss_of(network(images), targets)
+    finite = reduce_sum(torch.isfinite(loss.detach()).float().view(1), context)
+    if finite.item() < context.world_size:
+        last = run.output / "last.pth"
+        kept = (
+            f"the last good checkpoint '{last}' is kept"
+            if last.exists()
+            else "no checkpoint was written yet"
+        )
+        raise TrainingError(
+            f"loss is {loss.item()} at {where} (update {progress.updates + 1}); "
+            f"training stopped and {kept}"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.config.optim.clip_grad is not None:
+        run.scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.config.optim.clip_grad)
+    run.scaler.step(optimizer)
+    run.scaler.update()
+    progress.updates += 1
+    if run.ema is not None:
+        run.ema.update(run.model, step=progress.updates)
+    if run.scheduler is not None:
+        run.scheduler.step_update(num_updates=progress.updates)
+    return loss.item()
+
+
+def _evaluate_epoch(run: _Run, progress: _Progress, epoch: int) -> tuple[dict, bool]:
+    """Validation metrics (``eval_*``, ``ema_*``) when ``epoch`` is due; whether it is the best.
+
+    Due every ``run.eval_every`` epochs and after the last; the EMA's top-1 selects the best
+    when EMA is on.
+    """
+    if (epoch + 1) % run.config.run.eval_every and epoch + 1 != run.epochs:
+        return {}, False
+    amp = run.config.run.amp
+    evaluated = evaluate(run.model, run.eval_loader, run.context, amp)
+    metrics = {f"eval_{k}": v for k, v in evaluated.items()}
+    selected = evaluated["top1"]
+    if run.ema is not None:
+        ema_metrics = evaluate(run.ema.module, run.eval_loader, run.context, amp)
+        metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+        selected = ema_metrics["top1"]
+    is_best = selected > progress.best_top1
+    progress.best_top1 = max(progress.best_top1, selected)
+    return metrics, is_best
+
+
+def _save_checkpoint(run: _Run, progress: _Progress, metrics: dict, is_best: bool) -> None:
+    """``last.pth`` (and ``best.pth``) on rank 0, atomically; every rank joins the gathers."""
+    rng = all_gather_objects(capture_rng_state(), run.context)
+    fingerprints = all_gather_objects(weights_fingerprint(run.model), run.context)
+    if not run.context.is_main:
+        return
+    checkpoint = dict(
+        format=CHECKPOINT_FORMAT,
+        state_dict=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        scheduler=None if run.scheduler is None else run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict(),
+        epoch=progress.epoch,
+        best_top1=progress.best_top1,
+        metrics=metrics,
+        model_name=run.config.model.name,
+        num_classes=run.datasets.num_classes,
+        config=config_to_dict(run.config),
+        rng=rng,
+        world_size=run.context.world_size,
+        rank_fingerprints=fingerprints,
+    )
+    if run.ema is not None:
+        checkpoint["state_dict_ema"] = run.ema.module.state_dict()
+    save_atomic(checkpoint, run.output / "last.pth")
+    if is_best:
+        save_atomic(checkpoint, run.output / "best.pth")
+
+
+def _open_log(run: _Run, resumed: bool, start_epoch: int) -> RunLog | None:
+    """Rank 0's ``log.csv`` (and TensorBoard) plus ``config.yaml``; ``None`` on other ranks."""
+    if not run.context.is_main:
+        return None
+    run.output.mkdir(parents=True, exist_ok=True)
+    _write_recipe(run.config, run.output / "config.yaml")
+    return RunLog(run.output, run.config.run.tensorboard, append=resumed, start_epoch=start_epoch)
+
+
+def _log_epoch(run: _Run, log: RunLog | None, epoch: int, metrics: dict) -> None:
+    """Rank 0: a ``log.csv`` row and, with ``run.progress``, a summary line on stdout."""
+    if log is None:
+        return
+    log.log(epoch + 1, metrics)
+    if run.config.run.progress:
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"epoch {epoch + 1}/{run.epochs}: {summary}", flush=True)
+
+
+def _close_log(run: _Run, log: RunLog | None) -> None:
+    """Rank 0: close the log and plot ``curves.png`` (``run.plot`` and matplotlib)."""
+    if log is None:
+        return
+    log.close()
+    if run.config.run.plot and log.rows and importlib.util.find_spec("matplotlib") is not None:
+        plot_curves(log.path, run.output / "curves.png")
 
 
 def weights_fingerprint(model: nn.Module) -> str:

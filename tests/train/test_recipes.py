@@ -8,7 +8,15 @@ import torch
 
 import spikezoo.models  # noqa: F401
 from spikezoo.cli import main
-from spikezoo.train import Config, RecipeError, list_recipes, load_recipe
+from spikezoo.train import (
+    Config,
+    RecipeError,
+    apply_overrides,
+    config_from_dict,
+    list_recipes,
+    load_recipe,
+)
+from spikezoo.train.config import config_to_dict
 
 
 def test_defaults_and_overrides_parse_as_yaml():
@@ -42,16 +50,112 @@ def test_unknown_key_in_a_recipe_file(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("run.epochs=many", "expects int"),
-        ("optim.lr=[1]", "expects float"),
-        ("run.amp=3", "expects bool"),
-        ("optim=3", "expects a mapping"),
-        ("novalue", "'section.key=value'"),
+        ("run.epochs=many", "recipe key 'run.epochs' expects int >= 1, got 'many' (str)"),
+        ("run.epochs=2.5", "recipe key 'run.epochs' expects int >= 1, got 2.5 (float)"),
+        ("run.epochs=true", "recipe key 'run.epochs' expects int >= 1, got True (bool)"),
+        ("optim.lr=[1]", "recipe key 'optim.lr' expects float >= 0, got [1] (list)"),
+        ("optim.lr=fast", "recipe key 'optim.lr' expects float >= 0, got 'fast' (str)"),
+        ("run.amp=3", "recipe key 'run.amp' expects bool, got 3 (int)"),
+        ("run.output=3", "recipe key 'run.output' expects str, got 3 (int)"),
+        ("model.kwargs=3", "recipe key 'model.kwargs' expects a mapping, got 3 (int)"),
+        (
+            "data.scale=[1, a]",
+            "recipe key 'data.scale' expects a list of float of length 2, got [1, 'a'] (list)",
+        ),
+        (
+            "data.classes=[1, 2.5]",
+            "recipe key 'data.classes' expects a list of int or null, got [1, 2.5] (list)",
+        ),
+        ("optim=3", "recipe section 'optim' expects a mapping, got 3"),
+        (
+            "run.epochs.x=1",
+            "recipe key 'run.epochs' holds a value, not entries (got 'run.epochs.x')",
+        ),
+        ("novalue", "an override is 'section.key=value', got 'novalue'"),
     ],
 )
-def test_wrong_values_are_named(override, message):
-    with pytest.raises(RecipeError, match=message):
+def test_wrong_types_name_the_key_the_expected_type_and_what_came(override, message):
+    with pytest.raises(RecipeError) as error:
         load_recipe(None, [override])
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.epochs=0", "recipe key 'run.epochs' expects int >= 1, got 0 (int)"),
+        ("run.epochs=-1", "recipe key 'run.epochs' expects int >= 1, got -1 (int)"),
+        ("run.stop_after=0", "recipe key 'run.stop_after' expects int >= 1 or null, got 0 (int)"),
+        ("run.eval_every=0", "recipe key 'run.eval_every' expects int >= 1, got 0 (int)"),
+        ("data.subset=0", "recipe key 'data.subset' expects int >= 1 or null, got 0 (int)"),
+        ("loss.smoothing=1", "recipe key 'loss.smoothing' expects float in [0, 1), got 1 (int)"),
+        (
+            "model.ema_decay=1.5",
+            "recipe key 'model.ema_decay' expects float in [0, 1], got 1.5 (float)",
+        ),
+        (
+            "optim.clip_grad=0",
+            "recipe key 'optim.clip_grad' expects float > 0 or null, got 0 (int)",
+        ),
+        ("data.scale=[1.0]", "recipe key 'data.scale' expects a list of float of length 2"),
+    ],
+)
+def test_values_out_of_range_name_the_allowed_range(override, message):
+    with pytest.raises(RecipeError) as error:
+        load_recipe(None, [override])
+    assert str(error.value).startswith(message)
+
+
+def test_a_wrong_value_in_a_recipe_file_is_named(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("run: {epochs: 0}\n")
+    with pytest.raises(RecipeError, match=r"^recipe key 'run.epochs' expects int >= 1, got 0"):
+        load_recipe(recipe)
+    recipe.write_text("- a list\n")
+    with pytest.raises(RecipeError, match="a recipe is a mapping of sections, got list"):
+        load_recipe(recipe)
+
+
+def test_cli_zero_epochs_is_one_line_naming_the_range(capsys, tmp_path):
+    assert main(["train", "digits", "run.epochs=0", f"run.output={tmp_path / 'out'}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("spikezoo train: error: recipe key 'run.epochs' expects int >= 1, got 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_numbers_convert_only_where_the_field_is_a_float():
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a float field reads it, an int one does not
+    config = load_recipe(None, ["optim.lr=1e-3", "data.scale=[1, 1]", "sched.decay_epochs=30"])
+    assert config.optim.lr == 1e-3
+    assert config.data.scale == [1.0, 1.0]
+    assert all(type(value) is float for value in (*config.data.scale, config.sched.decay_epochs))
+    with pytest.raises(RecipeError, match=r"'run.epochs' expects int >= 1, got '1e1' \(str\)"):
+        load_recipe(None, ["run.epochs=1e1"])
+
+
+def test_sections_merge_mapping_values_replace_and_dotted_keys_reach_into_them():
+    config = load_recipe(
+        "digits",
+        ["model={ema: true}", "model.kwargs={depth: 2}", "model.kwargs.drop_path_rate=0.1"],
+    )
+    assert config.model.ema is True
+    assert config.model.name == "sdt_2_256_cifar"  # the rest of the section is the recipe's
+    assert config.model.kwargs == {"depth": 2, "drop_path_rate": 0.1}
+
+
+def test_overrides_leave_the_given_config_alone():
+    base = load_recipe("digits")
+    changed = apply_overrides(base, ["optim.lr=0.5"])
+    assert (base.optim.lr, changed.optim.lr) == (0.002, 0.5)
+    assert config_from_dict(config_to_dict(changed)) == changed
+
+
+def test_assignments_are_checked_too():
+    config = Config()
+    with pytest.raises(ValueError, match=r"epochs\n.*greater than or equal to 1"):
+        config.run.epochs = 0
+    assert config.run.epochs == 10
 
 
 def test_unknown_recipe_name_suggests_a_committed_one():
