@@ -1,8 +1,9 @@
 """Spike analysis: firing rates, synaptic operations, energy, attention maps and profiles.
 
-``FiringRateMonitor`` records per-layer, per-step and per-head firing rates; ``OpCounter``
-counts SOPs and MACs and turns them into energy; ``profile_model`` does both and measures
-throughput (the ``spikezoo profile`` command). See ``docs/analysis.md`` for the accounting.
+``FiringRateMonitor`` records per-layer, per-step and per-head firing rates of the neuron layers
+and spike products; ``OpCounter`` counts SOPs and MACs and turns them into energy;
+``profile_model`` does both and measures throughput (the ``spikezoo profile`` command). See
+``docs/analysis.md`` for the accounting.
 """
 
 from spikezoo.analysis.energy import DEFAULT_ENERGY, ENERGY_PRESETS, EnergyModel, get_energy_model
@@ -15,10 +16,10 @@ from spikezoo.analysis.inputs import (
     sample_image_path,
 )
 from spikezoo.analysis.monitor import (
-    HEAD_LAYOUTS,
     FiringRateMonitor,
     FiringRates,
     NeuronRecord,
+    spike_products,
     spiking_neurons,
 )
 from spikezoo.analysis.ops import (
@@ -38,7 +39,6 @@ from spikezoo.analysis.saved_tensors import SavedTensor, SavedTensorReport, meas
 __all__ = [
     "DEFAULT_ENERGY",
     "ENERGY_PRESETS",
-    "HEAD_LAYOUTS",
     "OP_RULES",
     "SAMPLE_IMAGE",
     "EnergyModel",
@@ -67,5 +67,6 @@ __all__ = [
     "profile_model",
     "register_op_rule",
     "sample_image_path",
+    "spike_products",
     "spiking_neurons",
 ]

@@ -8,6 +8,8 @@ and :class:`SpikingTokenMLP` for the late ones. Every block is residual on membr
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -15,6 +17,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from spikezoo.layers._arguments import divides, positive_int
+from spikezoo.layers.attention import SpikingAttention
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.spike_products import SpikingMatmul
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw, per_step
@@ -184,7 +187,7 @@ class SpikingConvBlock(nn.Module):
         return x + self.conv2(self.conv1(x))
 
 
-class LinearSpikingAttention(nn.Module):
+class LinearSpikingAttention(SpikingAttention):
     """Meta-SpikeFormer's spike-driven linear attention, residual.
 
     ``[T, B, dim, H, W]`` -> same shape. With spikes ``s = LIF(x)`` and the projections
@@ -205,6 +208,17 @@ class LinearSpikingAttention(nn.Module):
         neuron: factory of the spiking neurons.
         drop_path: stochastic depth of the residual branch, in ``[0, 1)``.
     """
+
+    head_layout = MappingProxyType(
+        {
+            "q_lif": "channels",
+            "k_lif": "channels",
+            "v_lif": "channels",
+            "attn_lif": "channels",
+        }
+    )
+    #: the attention spikes ``[T, B, heads, d, H, W]``: what each token passes on
+    attention_map = ("attn_lif", 3)
 
     def __init__(
         self,
