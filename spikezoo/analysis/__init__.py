@@ -1,9 +1,10 @@
 """Spike analysis: firing rates, synaptic operations, energy, attention maps and profiles.
 
-``FiringRateMonitor`` records per-layer, per-step and per-head firing rates; ``OpCounter``
-counts SOPs and MACs and turns them into energy; ``profile_model`` does both and measures
-throughput (the ``spikezoo profile`` command); ``calibrate_batchnorm`` makes random weights
-spike as trained ones would. See ``docs/analysis.md`` for the accounting.
+``FiringRateMonitor`` records per-layer, per-step and per-head firing rates of the neuron layers
+and spike products; ``OpCounter`` counts SOPs and MACs and turns them into energy;
+``profile_model`` does both and measures throughput (the ``spikezoo profile`` command);
+``calibrate_batchnorm`` makes random weights spike as trained ones would. See
+``docs/analysis.md`` for the accounting.
 """
 
 from spikezoo.analysis.calibration import calibrate_batchnorm, set_batchnorm_statistics
@@ -17,10 +18,10 @@ from spikezoo.analysis.inputs import (
     sample_image_path,
 )
 from spikezoo.analysis.monitor import (
-    HEAD_LAYOUTS,
     FiringRateMonitor,
     FiringRates,
     NeuronRecord,
+    spike_products,
     spiking_neurons,
 )
 from spikezoo.analysis.ops import (
@@ -40,7 +41,6 @@ from spikezoo.analysis.saved_tensors import SavedTensor, SavedTensorReport, meas
 __all__ = [
     "DEFAULT_ENERGY",
     "ENERGY_PRESETS",
-    "HEAD_LAYOUTS",
     "OP_RULES",
     "SAMPLE_IMAGE",
     "EnergyModel",
@@ -71,5 +71,6 @@ __all__ = [
     "register_op_rule",
     "sample_image_path",
     "set_batchnorm_statistics",
+    "spike_products",
     "spiking_neurons",
 ]

@@ -1,10 +1,9 @@
-"""Firing rates of every spikezoo neuron layer: per layer, per time step, and per head."""
+"""Firing rates of every spikezoo neuron layer and spike product: per layer, per step, per head."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from einops import reduce
@@ -13,21 +12,17 @@ from torch.utils.hooks import RemovableHandle
 
 from spikezoo.analysis._batches import HookSession
 from spikezoo.analysis.report import PerLayerReport, Table
-from spikezoo.layers import DSSA, SDSA
+from spikezoo.layers.attention import SpikingAttention
+from spikezoo.layers.spike_products import SpikingHadamard
 from spikezoo.neurons import MultiStepNeuron
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["HEAD_LAYOUTS", "FiringRateMonitor", "FiringRates", "NeuronRecord", "spiking_neurons"]
-
-#: Where the attention heads sit in the output of the neurons inside an attention layer:
-#: ``"channels"``: ``[T, B, heads * d, ...]`` (head-major channels); ``"axis"``:
-#: ``[T, B, heads, ...]``. Keys are neuron names relative to the attention module.
-HEAD_LAYOUTS: dict[type[nn.Module], dict[str, str]] = {
-    SDSA: {"q_lif": "channels", "k_lif": "channels", "v_lif": "channels", "kv_lif": "axis"},
-    DSSA: {"in_lif": "channels", "attn_lif": "axis", "proj.neuron": "channels"},
-}
+__all__ = [
+    "FiringRateMonitor",
+    "FiringRates",
+    "NeuronRecord",
+    "spike_products",
+    "spiking_neurons",
+]
 
 
 def spiking_neurons(model: nn.Module) -> list[tuple[str, MultiStepNeuron]]:
@@ -35,16 +30,27 @@ def spiking_neurons(model: nn.Module) -> list[tuple[str, MultiStepNeuron]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, MultiStepNeuron)]
 
 
+def spike_products(model: nn.Module) -> list[tuple[str, SpikingHadamard]]:
+    """Every element-wise spike product (:class:`~spikezoo.layers.SpikingHadamard`) with its name.
+
+    Their outputs are spikes that no neuron fires, such as SDSA's ``k * v`` and ``q * kv``.
+    """
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingHadamard)]
+
+
 @dataclass
 class NeuronRecord:
-    """Spike counts of one neuron layer, summed over every call.
+    """Spike counts of one neuron layer or spike product, summed over every call.
 
     Attributes:
-        name: the layer's qualified name.
-        neuron: the layer's class name.
-        spikes: ``[T]`` spikes per time step (float64, exact counts).
-        neurons: neurons per time step summed over calls (batch x features).
-        head_spikes: ``[T, heads]`` spikes per step and head, or ``None`` outside attention.
+        name: the module's qualified name.
+        neuron: the module's class name.
+        spikes: ``[T]`` spikes per time step (float64, exact counts); for a spike product, its
+            non-zero outputs (its spikes when both operands are spikes).
+        neurons: neurons (outputs) per time step summed over calls (batch x features).
+        head_spikes: ``[T, heads]`` spikes per step and head, or ``None`` for a neuron that its
+            attention layer does not split into heads, and for spike products.
+        product: whether the module is a spike product rather than a neuron layer.
     """
 
     name: str
@@ -52,6 +58,7 @@ class NeuronRecord:
     spikes: Tensor | None = None
     neurons: int = 0
     head_spikes: Tensor | None = None
+    product: bool = False
 
     @property
     def time_steps(self) -> int:
@@ -62,6 +69,12 @@ class NeuronRecord:
     def rate(self) -> float:
         """Spikes per neuron and step, averaged over T, the batch and the layer."""
         return self.spikes.sum().item() / (self.neurons * self.time_steps)
+
+    @property
+    def kind(self) -> str:
+        """What the per-layer table shows in its ``neuron`` column: the class name of a neuron
+        layer, ``"spike product (SpikingHadamard)"`` for a product."""
+        return f"spike product ({self.neuron})" if self.product else self.neuron
 
     def step_rates(self) -> list[float]:
         """The rate at each time step."""
@@ -75,42 +88,63 @@ class NeuronRecord:
 
 
 class FiringRates(PerLayerReport):
-    """Recorded firing rates; tables per layer (with one column per step) and per head."""
+    """Recorded firing rates; tables per layer (with one column per step) and per head.
+
+    Args:
+        records: the recorded neuron layers and spike products, in the model's order.
+        samples: the samples (images) they were recorded over.
+    """
 
     float_format = ".4f"
 
     def __init__(self, records: list[NeuronRecord], samples: int) -> None:
-        self.records = records
+        self.layers = records
         self.samples = samples
 
+    @property
+    def records(self) -> list[NeuronRecord]:
+        """The neuron layers, in the model's order."""
+        return [r for r in self.layers if not r.product]
+
+    @property
+    def products(self) -> list[NeuronRecord]:
+        """The spike products, in the model's order."""
+        return [r for r in self.layers if r.product]
+
     def __getitem__(self, name: str) -> NeuronRecord:
-        for record in self.records:
+        for record in self.layers:
             if record.name == name:
                 return record
-        raise KeyError(f"no neuron layer named {name!r} was recorded")
+        raise KeyError(f"no neuron layer or spike product named {name!r} was recorded")
 
     @property
     def mean_rate(self) -> float:
-        """The rate over every neuron of every recorded layer and step."""
-        spikes = sum(r.spikes.sum().item() for r in self.records)
-        return spikes / sum(r.neurons * r.time_steps for r in self.records)
+        """The rate over every neuron of every recorded neuron layer and step (no products)."""
+        records = self.records
+        spikes = sum(r.spikes.sum().item() for r in records)
+        return spikes / sum(r.neurons * r.time_steps for r in records)
 
     def per_layer(self) -> Table:
-        """``layer, neuron, rate, t0, t1, ...``: mean rate and the rate at each step."""
-        steps = max(r.time_steps for r in self.records)
+        """``layer, neuron, rate, t0, t1, ...``: mean rate and the rate at each step.
+
+        Neuron layers and spike products in the model's order; the ``neuron`` column says
+        which a row is (:attr:`NeuronRecord.kind`).
+        """
+        steps = max(r.time_steps for r in self.layers)
         rows = [
-            [r.name, r.neuron, r.rate, *r.step_rates(), *[None] * (steps - r.time_steps)]
-            for r in self.records
+            [r.name, r.kind, r.rate, *r.step_rates(), *[None] * (steps - r.time_steps)]
+            for r in self.layers
         ]
         return Table(["layer", "neuron", "rate", *(f"t{t}" for t in range(steps))], rows)
 
     def per_step(self) -> Table:
-        """``layer, step, rate``: one row per layer and time step."""
-        rows = [[r.name, t, rate] for r in self.records for t, rate in enumerate(r.step_rates())]
+        """``layer, step, rate``: one row per layer (or spike product) and time step."""
+        rows = [[r.name, t, rate] for r in self.layers for t, rate in enumerate(r.step_rates())]
         return Table(["layer", "step", "rate"], rows)
 
     def per_head(self) -> Table:
-        """``layer, head, step, rate`` for the neurons inside SDSA / DSSA attention."""
+        """``layer, head, step, rate`` for the neurons that attention layers split into heads
+        (their :attr:`~spikezoo.layers.SpikingAttention.head_layout`)."""
         rows = []
         for r in self.records:
             rates = r.head_rates()
@@ -122,15 +156,17 @@ class FiringRates(PerLayerReport):
 
 
 class FiringRateMonitor(HookSession):
-    """Context manager recording the spikes of every spikezoo neuron layer of ``model``.
+    """Context manager recording the spikes of every spikezoo neuron layer and spike product.
 
-    Works for any model that contains :class:`~spikezoo.neurons.MultiStepNeuron` layers; inside
-    :class:`~spikezoo.layers.SDSA` and :class:`~spikezoo.layers.DSSA` it also splits the counts
-    by attention head (see :data:`HEAD_LAYOUTS`). Counting never changes the model's outputs.
+    Works for any model that contains :class:`~spikezoo.neurons.MultiStepNeuron` layers. It also
+    records the spike products (:func:`spike_products`), the spikes that attention computes by
+    multiplying spikes, and inside every :class:`~spikezoo.layers.SpikingAttention` it splits
+    the counts of the neurons its ``head_layout`` names by head. Counting never changes the
+    model's outputs.
 
     Args:
         model: the network.
-        layers: names of the neuron layers to record (default: all).
+        layers: names of the neuron layers and spike products to record (default: all).
 
     Example:
         >>> import timm, torch, spikezoo
@@ -142,6 +178,8 @@ class FiringRateMonitor(HookSession):
         True
         >>> 0 <= rates["blocks.0.attn.q_lif"].rate <= 1
         True
+        >>> rates["blocks.0.attn.q_mask"].kind
+        'spike product (SpikingHadamard)'
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str] | None = None) -> None:
@@ -151,29 +189,39 @@ class FiringRateMonitor(HookSession):
                 f"{type(model).__name__} has no spikezoo spiking neurons (MultiStepNeuron "
                 "layers): there are no firing rates to record"
             )
+        products = dict(spike_products(model))
+        recordable = {
+            name: module
+            for name, module in model.named_modules()
+            if name in neurons or name in products
+        }
         if layers is not None:
             layers = list(layers)
-            unknown = [name for name in layers if name not in neurons]
+            unknown = [name for name in layers if name not in recordable]
             if unknown:
-                raise ValueError(f"not spikezoo neuron layers of the model: {unknown}")
-            neurons = {name: neurons[name] for name in layers}
+                raise ValueError(
+                    f"not spikezoo neuron layers of the model: {unknown} (nor spike products; "
+                    f"it has {len(neurons)} neuron layers and {len(products)} spike products)"
+                )
+            recordable = {name: module for name, module in recordable.items() if name in layers}
         self.model = model
-        self._neurons = neurons
-        self._heads = _head_layouts(model)
+        self._modules = recordable
+        self._products = set(products)
+        self._heads = _head_splitters(model)
         self._records: dict[str, NeuronRecord] = {}
         self.samples = 0
         self.reset()
 
     def _register_hooks(self) -> list[RemovableHandle]:
         return [
-            neuron.register_forward_hook(self._hook(name)) for name, neuron in self._neurons.items()
+            module.register_forward_hook(self._hook(name)) for name, module in self._modules.items()
         ]
 
     def reset(self) -> None:
         """Forget every spike recorded so far."""
         self._records = {
-            name: NeuronRecord(name, type(neuron).__name__)
-            for name, neuron in self._neurons.items()
+            name: NeuronRecord(name, type(module).__name__, product=name in self._products)
+            for name, module in self._modules.items()
         }
         self.samples = 0
 
@@ -187,13 +235,13 @@ class FiringRateMonitor(HookSession):
 
     def _add(self, name: str, spikes: Tensor) -> None:
         record = self._records[name]
-        per_step = spikes.flatten(1).sum(1, dtype=torch.float64).cpu()
+        counted = spikes != 0 if record.product else spikes
+        per_step = counted.flatten(1).sum(1, dtype=torch.float64).cpu()
         heads = None
         if name in self._heads:
-            layout, num_heads = self._heads[name]
-            if layout == "channels":
-                spikes = spikes.unflatten(2, (num_heads, -1))
-            heads = reduce(spikes.double(), "t b h ... -> t h", "sum").cpu()
+            layer, relative = self._heads[name]
+            per_head = layer.split_heads(relative, spikes).double()
+            heads = reduce(per_head, "t b heads ... -> t heads", "sum").cpu()
         if record.spikes is None:
             record.spikes, record.head_spikes = per_step, heads
         elif record.spikes.numel() != per_step.numel():
@@ -208,7 +256,7 @@ class FiringRateMonitor(HookSession):
         record.neurons += spikes[0].numel()
 
     def rates(self) -> FiringRates:
-        """The firing rates recorded so far (layers that never ran are left out)."""
+        """The firing rates recorded so far (modules that never ran are left out)."""
         records = [r for r in self._records.values() if r.spikes is not None]
         if not records:
             raise RuntimeError("no forward pass was recorded; run the model inside the monitor")
@@ -226,10 +274,19 @@ class FiringRateMonitor(HookSession):
         return self.rates()
 
 
-def _head_layouts(model: nn.Module) -> dict[str, tuple[str, int]]:
-    layouts = {}
-    for prefix, module in model.named_modules():
-        for relative, layout in HEAD_LAYOUTS.get(type(module), {}).items():
+def _head_splitters(model: nn.Module) -> dict[str, tuple[SpikingAttention, str]]:
+    """Qualified neuron name -> (its attention layer, its name there), from the head layouts."""
+    splitters = {}
+    for prefix, layer in model.named_modules():
+        if not isinstance(layer, SpikingAttention):
+            continue
+        for relative in layer.head_layout:
+            neuron = layer.declared_submodule(relative)
             name = f"{prefix}.{relative}" if prefix else relative
-            layouts[name] = (layout, module.num_heads)
-    return layouts
+            if not isinstance(neuron, MultiStepNeuron):
+                raise ValueError(
+                    f"{type(layer).__name__}.head_layout names neuron layers; {name} is a "
+                    f"{type(neuron).__name__}"
+                )
+            splitters[name] = (layer, relative)
+    return splitters

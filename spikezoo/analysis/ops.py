@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +32,6 @@ from spikezoo.analysis._batches import HookSession
 from spikezoo.analysis.energy import DEFAULT_ENERGY, EnergyModel, get_energy_model
 from spikezoo.analysis.report import PerLayerReport, Table
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "OP_RULES",
@@ -93,11 +89,13 @@ def _count(x: Tensor) -> int:
     return int(x.sum(dtype=torch.float64).item())
 
 
-def _real(dense_macs: int) -> OpCount:
+def _real_input_cost(dense_macs: int) -> OpCount:
+    """A call on real-valued input: it costs its full MAC count."""
     return OpCount(spikes=False, macs=dense_macs, sops=0, dense_macs=dense_macs, rate_sops=0.0)
 
 
-def _spiking(sops: int, dense_macs: int, rate: float) -> OpCount:
+def _spike_input_cost(sops: int, dense_macs: int, rate: float) -> OpCount:
+    """A call on spikes: ``sops`` accumulates; ``rate`` is the input's firing rate."""
     return OpCount(
         spikes=True, macs=0, sops=sops, dense_macs=dense_macs, rate_sops=rate * dense_macs
     )
@@ -111,7 +109,7 @@ def _conv_rule(module: nn.modules.conv._ConvNd, inputs: tuple, output: Tensor) -
     x = inputs[0]
     dense = output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
     if not is_spike_tensor(x):
-        return _real(dense)
+        return _real_input_cost(dense)
     if x.dim() == len(module.kernel_size) + 1:  # unbatched input
         x = x.unsqueeze(0)
     groups = module.groups
@@ -128,7 +126,7 @@ def _conv_rule(module: nn.modules.conv._ConvNd, inputs: tuple, output: Tensor) -
     else:
         ones_out = module._conv_forward(x, torch.ones_like(module.weight), None)
         sops = int(ones_out.sum(dtype=torch.float64).item())
-    return _spiking(sops, dense, _rate(x))
+    return _spike_input_cost(sops, dense, _rate(x))
 
 
 def _linear_rule(module: nn.Linear, inputs: tuple, output: Tensor) -> OpCount:
@@ -136,8 +134,8 @@ def _linear_rule(module: nn.Linear, inputs: tuple, output: Tensor) -> OpCount:
     x = inputs[0]
     dense = output.numel() * module.in_features
     if not is_spike_tensor(x):
-        return _real(dense)
-    return _spiking(_count(x) * module.out_features, dense, _rate(x))
+        return _real_input_cost(dense)
+    return _spike_input_cost(_count(x) * module.out_features, dense, _rate(x))
 
 
 def _matmul_rule(module: nn.Module, inputs: tuple, output: Tensor) -> OpCount:
@@ -152,14 +150,14 @@ def _matmul_rule(module: nn.Module, inputs: tuple, output: Tensor) -> OpCount:
     left_spikes, right_spikes = is_spike_tensor(left), is_spike_tensor(right)
     batch = output.shape[:-2]
     if left_spikes and right_spikes:
-        return _spiking(_count(output), dense, _rate(left) * _rate(right))
+        return _spike_input_cost(_count(output), dense, _rate(left) * _rate(right))
     if right_spikes:  # ones [M, K] @ right: every spike reaches the M rows
         spikes = _count(right.expand(*batch, *right.shape[-2:]))
-        return _spiking(spikes * left.shape[-2], dense, _rate(right))
+        return _spike_input_cost(spikes * left.shape[-2], dense, _rate(right))
     if left_spikes:  # left @ ones [K, N]: every spike reaches the N columns
         spikes = _count(left.expand(*batch, *left.shape[-2:]))
-        return _spiking(spikes * right.shape[-1], dense, _rate(left))
-    return _real(dense)
+        return _spike_input_cost(spikes * right.shape[-1], dense, _rate(left))
+    return _real_input_cost(dense)
 
 
 def _hadamard_rule(module: nn.Module, inputs: tuple, output: Tensor) -> OpCount:
@@ -168,19 +166,19 @@ def _hadamard_rule(module: nn.Module, inputs: tuple, output: Tensor) -> OpCount:
     dense = output.numel()
     a_spikes, b_spikes = is_spike_tensor(a), is_spike_tensor(b)
     if a_spikes and b_spikes:
-        return _spiking(_count(output), dense, _rate(a) * _rate(b))
+        return _spike_input_cost(_count(output), dense, _rate(a) * _rate(b))
     if a_spikes or b_spikes:
         spikes = a if a_spikes else b
-        return _spiking(_count(spikes.expand(output.shape)), dense, _rate(spikes))
-    return _real(dense)
+        return _spike_input_cost(_count(spikes.expand(output.shape)), dense, _rate(spikes))
+    return _real_input_cost(dense)
 
 
 def _sum_rule(module: nn.Module, inputs: tuple, output: Tensor) -> OpCount:
     """A sum: one accumulate per spike summed (ones-weight rule); one MAC per real value."""
     x = inputs[0]
     if not is_spike_tensor(x):
-        return _real(x.numel())
-    return _spiking(_count(x), x.numel(), _rate(x))
+        return _real_input_cost(x.numel())
+    return _spike_input_cost(_count(x), x.numel(), _rate(x))
 
 
 #: Counting rule per module type; :class:`OpCounter` hooks every module that is an instance of

@@ -9,16 +9,19 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from spikezoo.analysis.monitor import FiringRates
-from spikezoo.layers import DSSA, SDSA
+from spikezoo.layers.attention import SpikingAttention
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from PIL import Image
 
 __all__ = ["attention_maps", "plot_attention", "plot_firing_rates"]
+
+_NEURON_COLOUR, _PRODUCT_COLOUR = "tab:blue", "tab:orange"
 
 
 def _pyplot():
@@ -32,8 +35,13 @@ def _pyplot():
 
 
 def plot_firing_rates(rates: FiringRates, title: str | None = None) -> Figure:
-    """Firing rate per layer (bars) and per layer and time step (heat map); a ``Figure``."""
+    """Firing rate per layer (bars) and per layer and time step (heat map); a ``Figure``.
+
+    Spike products are drawn in orange, neuron layers in blue.
+    """
     plt = _pyplot()
+    from matplotlib.patches import Patch
+
     table = rates.per_layer()
     names = table.column("layer")
     steps = [c for c in table.columns if c.startswith("t") and c[1:].isdigit()]
@@ -45,7 +53,17 @@ def plot_firing_rates(rates: FiringRates, title: str | None = None) -> Figure:
         1, 2, figsize=(11, height), sharey=True, gridspec_kw={"width_ratios": [2, 1]}
     )
     positions = range(len(names))
-    bars.barh(positions, table.column("rate"), color="tab:blue")
+    colours = [_PRODUCT_COLOUR if r.product else _NEURON_COLOUR for r in rates.layers]
+    bars.barh(positions, table.column("rate"), color=colours)
+    if rates.products:
+        bars.legend(
+            handles=[
+                Patch(color=_NEURON_COLOUR, label="neuron layer"),
+                Patch(color=_PRODUCT_COLOUR, label="spike product"),
+            ],
+            fontsize=7,
+            loc="lower right",
+        )
     bars.set_yticks(list(positions), names, fontsize=7)
     bars.invert_yaxis()
     bars.set_xlabel("firing rate (mean over T, batch, neurons)")
@@ -60,44 +78,68 @@ def plot_firing_rates(rates: FiringRates, title: str | None = None) -> Figure:
 
 
 def attention_maps(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
-    """Spiking attention of every SDSA and DSSA layer for ``inputs[0]``: name -> ``[heads, H, W]``.
+    """The spiking attention of every attention layer for ``inputs[0]``: name -> ``[heads, H, W]``.
 
-    Runs ``model(inputs)`` once (no gradients). ``H x W`` is the layer's token grid.
+    Runs ``model(inputs)`` once (no gradients). ``H x W`` is the layer's token grid (its input's
+    last two dimensions). Every :class:`~spikezoo.layers.SpikingAttention` that declares an
+    ``attention_map`` has one: the firing rate, at each token, of the output it names (mean over
+    T and the declared dim):
 
-    * SDSA: the firing rate of ``q * kv`` at each token (mean over T and head channels): where
-      the layer's query spikes pass its key-value channel mask, i.e. the tokens it passes on.
-    * DSSA: the firing rate of ``attn`` at each token (mean over T and the M patches): how
-      strongly the patches attend to that token.
+    * SDSA: ``q * kv`` (mean over the head channels): where the layer's query spikes pass its
+      key-value channel mask, i.e. the tokens it passes on.
+    * DSSA: the attention spikes (mean over the M patches): how strongly the patches attend to
+      that token.
+    * Meta-SpikeFormer's linear attention: its attention neuron (mean over the head channels):
+      what the attention passes on at that token.
     """
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, SpikingAttention) and module.attention_map is not None
+    }
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no attention layer with an attention map (a "
+            "SpikingAttention that declares attention_map)"
+        )
     maps: dict[str, Tensor] = {}
-    sizes: dict[str, tuple[int, int]] = {}
+    grids: dict[str, tuple[int, int]] = {}
+
+    def keep_grid(name: str):
+        def hook(layer: nn.Module, args: tuple) -> None:
+            grids[name] = tuple(args[0].shape[-2:])
+
+        return hook
+
+    def keep_map(name: str, layer: SpikingAttention):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            maps[name] = layer.read_attention_map(output[:, :1])[:, 0].mean(0)  # [heads, N]
+
+        return hook
+
     handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, (SDSA, DSSA)):
-            handles.append(
-                module.register_forward_pre_hook(
-                    lambda _m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))
-                )
-            )
-            # SDSA's q * kv is [T, B, heads, N, d]; DSSA's attn is [T, B, heads, M, N].
-            reduce_dim = -1 if isinstance(module, SDSA) else -2
-            target = module.q_mask if isinstance(module, SDSA) else module.attn_lif
-            handles.append(
-                target.register_forward_hook(
-                    lambda _m, _i, out, name=name, dim=reduce_dim: maps.__setitem__(
-                        name, out[:, 0].float().mean(dim).mean(0)
-                    )
-                )
-            )
-    if not handles:
-        raise ValueError(f"{type(model).__name__} has no SDSA or DSSA attention layer")
+    for name, layer in layers.items():
+        source = layer.declared_submodule(layer.attention_map[0])
+        handles.append(layer.register_forward_pre_hook(keep_grid(name)))
+        handles.append(source.register_forward_hook(keep_map(name, layer)))
     try:
         with torch.no_grad():
             model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: rate.unflatten(-1, sizes[name]).cpu() for name, rate in maps.items()}
+    return {name: _token_grid(name, rates, grids[name]) for name, rates in maps.items()}
+
+
+def _token_grid(name: str, rates: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``rates [heads, N]`` -> ``[heads, H, W]`` for the layer's ``H x W`` input grid."""
+    height, width = grid
+    if rates.shape[-1] != height * width:
+        raise ValueError(
+            f"{name}: its attention map has {rates.shape[-1]} tokens, its input grid "
+            f"{height}x{width} = {height * width}; check its attention_map declaration"
+        )
+    return rearrange(rates, "heads (h w) -> heads h w", h=height).cpu()
 
 
 def plot_attention(

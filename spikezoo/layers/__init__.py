@@ -23,6 +23,7 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
     torch.Size([4, 10])
 """
 
+from spikezoo.layers.attention import HeadLayout, SpikingAttention
 from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.dssa import DSSA, Downsample, freeze_firing_rates
 from spikezoo.layers.metaformer import (
@@ -51,12 +52,14 @@ __all__ = [
     "ConvBN",
     "Downsample",
     "DropPath",
+    "HeadLayout",
     "LinearSpikingAttention",
     "LoadsRenamedChildren",
     "NeuronFactory",
     "PerStep",
     "RepConv",
     "SepConv",
+    "SpikingAttention",
     "SpikingConvBlock",
     "SpikingHadamard",
     "SpikingMLP",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from types import MappingProxyType
 
 import torch
 from einops import rearrange
@@ -11,6 +12,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from spikezoo._checks import divides, fraction, positive_int
+from spikezoo.layers.attention import SpikingAttention
 from spikezoo.layers.defaults import RESFORMER_NEURON
 from spikezoo.layers.spike_products import SpikingMatmul
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
@@ -20,7 +22,7 @@ __all__ = ["DSSA", "Downsample", "freeze_firing_rates"]
 _RATE_BUFFERS = ("firing_rate_x", "firing_rate_attn")
 
 
-class DSSA(nn.Module):
+class DSSA(SpikingAttention):
     """Dual spike self-attention: ``[T, B, dim, H, W]`` -> same shape (residual).
 
     With spikes ``s = LIF(x)`` laid out per head as ``[T, B, heads, d, H*W]``, and
@@ -66,6 +68,12 @@ class DSSA(nn.Module):
         >>> attn(torch.randn(4, 2, 64, 16, 16)).shape
         torch.Size([4, 2, 64, 16, 16])
     """
+
+    head_layout = MappingProxyType(
+        {"in_lif": "channels", "attn_lif": "axis", "proj.neuron": "channels"}
+    )
+    #: the attention spikes ``[T, B, heads, M, N]``: how strongly the M patches attend to a token
+    attention_map = ("attn_lif", -2)
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ and :class:`SpikingTokenMLP` for the late ones. Every block is residual on membr
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -17,6 +18,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from spikezoo._checks import divides, positive_int
+from spikezoo.layers.attention import SpikingAttention
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 from spikezoo.layers.spike_products import SpikingMatmul
@@ -189,7 +191,7 @@ class SpikingConvBlock(nn.Module):
         return x + self.conv2(self.conv1(x))
 
 
-class LinearSpikingAttention(nn.Module):
+class LinearSpikingAttention(SpikingAttention):
     """Meta-SpikeFormer's spike-driven linear attention, residual.
 
     ``[T, B, dim, H, W]`` -> same shape. With spikes ``s = LIF(x)`` and the projections
@@ -210,6 +212,17 @@ class LinearSpikingAttention(nn.Module):
         neuron: factory of the spiking neurons.
         drop_path: stochastic depth of the residual branch, in ``[0, 1)``.
     """
+
+    head_layout = MappingProxyType(
+        {
+            "q_lif": "channels",
+            "k_lif": "channels",
+            "v_lif": "channels",
+            "attn_lif": "channels",
+        }
+    )
+    #: the attention spikes ``[T, B, heads, d, H, W]``: what each token passes on
+    attention_map = ("attn_lif", 3)
 
     def __init__(
         self,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from spikezoo._checks import divides, positive_int
+from spikezoo.layers.attention import SpikingAttention
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingSum
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
@@ -25,7 +28,7 @@ def dilate(x: Tensor) -> Tensor:
     return F.max_pool2d(x.flatten(0, -3), 3, 1, 1).view(x.shape)
 
 
-class SDSA(nn.Module):
+class SDSA(SpikingAttention):
     """Spike-driven self-attention: ``[T, B, dim, H, W]`` -> ``[T, B, dim, H, W]`` (residual).
 
     With spikes ``s = LIF(x)``, ``q, k, v = LIF(BN(conv1x1(s)))``, split into heads of width
@@ -50,6 +53,12 @@ class SDSA(nn.Module):
         >>> attn(torch.randn(4, 2, 64, 8, 8)).shape
         torch.Size([4, 2, 64, 8, 8])
     """
+
+    head_layout = MappingProxyType(
+        {"q_lif": "channels", "k_lif": "channels", "v_lif": "channels", "kv_lif": "axis"}
+    )
+    #: ``q * kv``, ``[T, B, heads, N, d]``: the tokens the key-value mask lets through
+    attention_map = ("q_mask", -1)
 
     def __init__(
         self,

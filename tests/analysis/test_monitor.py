@@ -1,67 +1,95 @@
 """FiringRateMonitor: per layer, per step and per head, against the recorded spikes themselves."""
 
 import sys
+from types import MappingProxyType
 
+import numpy as np
 import pytest
 import torch
+from einops import rearrange, reduce, repeat
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spikezoo.analysis import FiringRateMonitor, Table, plot_firing_rates, spiking_neurons
-from spikezoo.layers import DSSA, SDSA
-from tests.analysis.tiny_models import TIME_STEPS, TINY_MODELS, spiking
+from spikezoo.analysis import (
+    FiringRateMonitor,
+    Table,
+    attention_maps,
+    plot_firing_rates,
+    spiking_neurons,
+)
+from spikezoo.layers import DSSA, SDSA, LinearSpikingAttention, SpikingAttention, SpikingHadamard
+from spikezoo.neurons import MultiStepLIF
+from tests.analysis.tiny_models import ATTENTION_MODELS, TIME_STEPS, TINY_MODELS, spiking
 
 
-def record_spikes(model):
-    spikes = {}
+def record_outputs(model, names):
+    """name -> the outputs of every call of the submodule ``name`` (and the hooks' handles)."""
+    outputs = {}
     handles = [
-        neuron.register_forward_hook(
-            lambda _m, _i, out, name=name: spikes.setdefault(name, []).append(out.clone())
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: outputs.setdefault(name, []).append(out.clone())
         )
-        for name, neuron in spiking_neurons(model)
+        for name in names
     ]
-    return spikes, handles
+    return outputs, handles
+
+
+#: where each attention layer's neurons hold their heads, read off the layers' forward code
+HEAD_AXES = {
+    SDSA: {"q_lif": "channels", "k_lif": "channels", "v_lif": "channels", "kv_lif": "axis"},
+    DSSA: {"in_lif": "channels", "attn_lif": "axis", "proj.neuron": "channels"},
+    LinearSpikingAttention: dict.fromkeys(("q_lif", "k_lif", "v_lif", "attn_lif"), "channels"),
+}
 
 
 def heads_of(name, model):
     """(heads, spikes -> [T, heads, B, ...]) for neurons inside attention, layer by layer."""
     for prefix, module in model.named_modules():
-        if isinstance(module, SDSA) and name.startswith(prefix + "."):
-            if name.endswith("kv_lif"):  # [T, B, heads, 1, d]
-                return module.num_heads, lambda s: s.transpose(1, 2)
-            if name.endswith(("q_lif", "k_lif", "v_lif")):  # [T, B, heads*d, H, W]
-                return module.num_heads, lambda s, h=module.num_heads: s.unflatten(
-                    2, (h, -1)
-                ).transpose(1, 2)
-        if isinstance(module, DSSA) and name.startswith(prefix + "."):
-            if name.endswith("attn_lif"):
-                return module.num_heads, lambda s: s.transpose(1, 2)
-            if name.endswith(("in_lif", "proj.lif")):
-                return module.num_heads, lambda s, h=module.num_heads: s.unflatten(
-                    2, (h, -1)
-                ).transpose(1, 2)
+        for relative, layout in HEAD_AXES.get(type(module), {}).items():
+            if name != f"{prefix}.{relative}":
+                continue
+            heads = module.num_heads
+            if layout == "axis":  # [T, B, heads, ...]
+                return heads, lambda s: s.transpose(1, 2)
+            return heads, lambda s, h=heads: s.unflatten(2, (h, -1)).transpose(1, 2)
     return None, None
 
 
-@pytest.mark.parametrize("family", sorted(TINY_MODELS))
+@pytest.mark.parametrize("family", sorted(ATTENTION_MODELS))
 def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
-    model = spiking(TINY_MODELS[family](), images)
-    spikes, handles = record_spikes(model)
+    model = spiking(ATTENTION_MODELS[family](), images)
+    products = [name for name, m in model.named_modules() if isinstance(m, SpikingHadamard)]
+    spikes, handles = record_outputs(model, [name for name, _ in spiking_neurons(model)])
+    product_outputs, product_handles = record_outputs(model, products)
     with FiringRateMonitor(model) as monitor, torch.no_grad():
         model(images[:1])
         model(images[1:])
-    for handle in handles:
+    for handle in handles + product_handles:
         handle.remove()
     rates = monitor.rates()
     assert rates.samples == 2
     assert [r.name for r in rates.records] == [name for name, _ in spiking_neurons(model)]
+    assert [r.name for r in rates.products] == products
+    assert len(products) == (2 if family == "sdt" else 0)  # SDSA's k * v and q * kv
+    in_model_order = [
+        name for name, _ in model.named_modules() if name in spikes or name in products
+    ]
+    assert [row["layer"] for row in rates.per_layer()] == in_model_order
 
     per_layer = {row["layer"]: row for row in rates.per_layer()}
     per_head = rates.per_head().to_dicts()
     with_heads = set()
-    for name, calls in spikes.items():
-        both = torch.cat(calls, dim=1)  # the two calls of one sample each
+    for name, calls in product_outputs.items():
+        both = (torch.cat(calls, dim=1) != 0).double()
         row = per_layer[name]
+        assert row["neuron"] == "spike product (SpikingHadamard)"
+        assert row["rate"] == pytest.approx(both.mean().item(), abs=1e-12)
+        steps = [row[f"t{t}"] for t in range(TIME_STEPS)]
+        assert steps == pytest.approx([both[t].mean().item() for t in range(TIME_STEPS)], abs=1e-12)
+    for name, calls in spikes.items():
+        both = torch.cat(calls, dim=1).double()  # the two calls of one sample each
+        row = per_layer[name]
+        assert row["neuron"] == "MultiStepLIF"
         assert row["rate"] == pytest.approx(both.mean().item(), abs=1e-12)
         steps = [row[f"t{t}"] for t in range(TIME_STEPS)]
         assert steps == pytest.approx([both[t].mean().item() for t in range(TIME_STEPS)], abs=1e-12)
@@ -79,8 +107,100 @@ def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
         assert got.keys() == expected.keys()
         assert [got[k] for k in expected] == pytest.approx(list(expected.values()), abs=1e-12)
     assert {r["layer"] for r in per_head} == with_heads
-    assert len(with_heads) == (4 if family == "sdt" else 6)
+    # 4 neurons split by head in SDSA, 3 in each DSSA, 4 in each of the 8 linear attentions
+    assert len(with_heads) == {"sdt": 4, "resformer": 6, "sdt_v2": 32}[family]
     assert 0 < rates.mean_rate < 1
+
+
+def test_spike_products_of_sdsa_are_k_times_v_and_q_times_kv_of_its_neurons(images):
+    model = spiking(TINY_MODELS["sdt"](), images)
+    attn = model.blocks[0].attn
+    neurons = ("q_lif", "k_lif", "v_lif", "kv_lif")
+    prefix = "blocks.0.attn."
+    outputs, handles = record_outputs(model, [prefix + name for name in neurons])
+    with FiringRateMonitor(model) as monitor, torch.no_grad():
+        model(images)
+    for handle in handles:
+        handle.remove()
+    q, k, v, kv = (outputs[prefix + name][0] for name in neurons)
+    q, k, v = (
+        rearrange(x, "t b (heads d) h w -> t b heads (h w) d", heads=attn.num_heads)
+        for x in (q, k, v)
+    )
+    # the spikes the SDT authors' firing_num.py records as "kv_before" and "x_after_qkv"
+    for name, product in (("kv_product", k * v), ("q_mask", q * kv)):
+        record = monitor.rates()[prefix + name]
+        assert record.product and record.kind == "spike product (SpikingHadamard)"
+        assert torch.equal(record.spikes, reduce(product.double(), "t ... -> t", "sum"))
+        assert record.neurons == product[0].numel()
+        assert record.step_rates() == [product[t].mean().item() for t in range(TIME_STEPS)]
+        assert record.head_rates() is None
+    assert monitor.rates()[prefix + "q_mask"].rate > 0
+    assert "spike product (SpikingHadamard)" in monitor.rates().to_markdown()
+    assert monitor.rates().mean_rate == pytest.approx(
+        sum(r.spikes.sum().item() for r in monitor.rates().records)
+        / sum(r.neurons * r.time_steps for r in monitor.rates().records)
+    )
+
+
+class ToyHeadGate(SpikingAttention):
+    """A layer written here, unknown to spikezoo: ``[T, B, dim, H, W]`` -> same shape.
+
+    Spikes ``s = LIF(x)`` per head ``[T, B, heads, N, d]``; a token of a head passes when the
+    mean of its spikes reaches 0.5 (``score``, ``[T, B, heads, N, 1]``).
+    """
+
+    head_layout = MappingProxyType({"in_lif": "channels", "score_lif": "axis"})
+    attention_map = ("score_lif", -1)
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_lif = MultiStepLIF(backend="torch")
+        self.score_lif = MultiStepLIF(v_threshold=0.5, backend="torch")
+
+    def forward(self, x):
+        s = rearrange(
+            self.in_lif(x), "t b (heads d) h w -> t b heads (h w) d", heads=self.num_heads
+        )
+        passed = s * self.score_lif(s.mean(-1, keepdim=True))
+        return x + rearrange(passed, "t b heads (h w) d -> t b (heads d) h w", h=x.shape[-2])
+
+
+class ToyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate = ToyHeadGate(dim=6, num_heads=3)
+        self.out_lif = MultiStepLIF(backend="torch")
+
+    def forward(self, images):  # [B, 6, H, W] -> [B]
+        x = repeat(images, "b c h w -> t b c h w", t=TIME_STEPS)
+        return self.out_lif(self.gate(x)).mean((0, 2, 3, 4))
+
+
+def test_a_new_attention_layer_gets_per_head_rates_and_maps_from_its_declarations():
+    model = ToyNet()
+    images = 2 * torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(3))
+    outputs, handles = record_outputs(model, ["gate.in_lif", "gate.score_lif"])
+    with FiringRateMonitor(model) as monitor, torch.no_grad():
+        model(images)
+    for handle in handles:
+        handle.remove()
+    rates = monitor.rates()
+    per_head = {(r["layer"], r["head"], r["step"]): r["rate"] for r in rates.per_head()}
+    assert {layer for layer, _, _ in per_head} == {"gate.in_lif", "gate.score_lif"}
+    spikes = outputs["gate.in_lif"][0]  # [T, B, 3 * 2, 4, 4]: head-major channels
+    score = outputs["gate.score_lif"][0]  # [T, B, 3, 16, 1]: the heads axis
+    for layer, by_head in (
+        ("gate.in_lif", rearrange(spikes, "t b (heads d) h w -> t heads (b d h w)", heads=3)),
+        ("gate.score_lif", rearrange(score, "t b heads n one -> t heads (b n one)")),
+    ):
+        for (t, head), expected in np.ndenumerate(by_head.double().mean(-1).numpy()):
+            assert per_head[(layer, head, t)] == pytest.approx(expected, abs=1e-12)
+    assert 0 < rates["gate.score_lif"].rate < 1
+    maps = attention_maps(model, images)
+    expected = rearrange(score[:, 0], "t heads (h w) one -> heads h w (t one)", h=4).mean(-1)
+    assert maps.keys() == {"gate"} and torch.equal(maps["gate"], expected)
 
 
 def test_data_loader_with_progress_bar_and_table_formats(images, capsys):
@@ -145,3 +265,31 @@ def test_optional_packages_are_named_when_missing(monkeypatch, images):
     rates = FiringRateMonitor(spiking(TINY_MODELS["sdt"](), images)).run(images, progress=False)
     with pytest.raises(ImportError, match=r"plots need matplotlib: pip install"):
         plot_firing_rates(rates)
+
+
+class Misdeclared(SpikingAttention):
+    head_layout = MappingProxyType({"lif": "channels", "proj": "channels"})
+    attention_map = ("absent", -1)
+
+    def __init__(self):
+        super().__init__()
+        self.num_heads = 2
+        self.lif = MultiStepLIF(backend="torch")
+        self.proj = nn.Identity()
+
+    def forward(self, x):
+        return self.proj(self.lif(x))
+
+
+def test_declarations_that_name_no_neuron_or_no_module_are_refused():
+    model = nn.Sequential(Misdeclared())
+    with pytest.raises(ValueError, match=r"head_layout names neuron layers; 0.proj is a Identity"):
+        FiringRateMonitor(model)
+    with pytest.raises(ValueError, match="Misdeclared declares the submodule 'absent'"):
+        attention_maps(model, torch.zeros(2, 1, 4, 3, 3))
+    Misdeclared.head_layout = MappingProxyType({"lif": "channels", "gone": "axis"})
+    try:
+        with pytest.raises(ValueError, match="Misdeclared declares the submodule 'gone'"):
+            FiringRateMonitor(model)
+    finally:
+        Misdeclared.head_layout = MappingProxyType({"lif": "channels", "proj": "channels"})

@@ -4,19 +4,20 @@ import matplotlib
 import pytest
 import torch
 from einops import rearrange
+from matplotlib.colors import to_rgba
 from torch import nn
 
 from spikezoo.analysis import FiringRateMonitor
 from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
-from spikezoo.layers import DSSA, SDSA
-from tests.analysis.tiny_models import TINY_MODELS, spiking
+from spikezoo.layers import DSSA, SDSA, LinearSpikingAttention
+from tests.analysis.tiny_models import ATTENTION_MODELS, spiking
 
 matplotlib.use("Agg")
 
 
-@pytest.mark.parametrize("family", sorted(TINY_MODELS))
+@pytest.mark.parametrize("family", sorted(ATTENTION_MODELS))
 def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
-    model = spiking(TINY_MODELS[family](), images)
+    model = spiking(ATTENTION_MODELS[family](), images)
     expected, handles = {}, []
     for name, module in model.named_modules():
         if isinstance(module, SDSA):
@@ -32,14 +33,28 @@ def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
                 expected[name] = rearrange(attn[:, 0], "t h m n -> h (t m) n").mean(1)
 
             handles.append(module.attn_lif.register_forward_hook(keep_dssa))
+        if isinstance(module, LinearSpikingAttention):
+
+            def keep_linear(m, inputs, out, name=name, heads=module.num_heads):
+                # [T, B, heads * d, H, W]: the attention neuron's spikes, head-major channels
+                spikes = rearrange(out[:, 0], "t (h d) y x -> h (t d) (y x)", h=heads)
+                expected[name] = spikes.mean(1)
+
+            handles.append(module.attn_lif.register_forward_hook(keep_linear))
     maps = attention_maps(model, images)
     for handle in handles:
         handle.remove()
     grids = {"sdt": {"blocks.0.attn": (4, 8, 8)}, "resformer": {"stages.0.0": (1, 32, 32)}}
     grids["resformer"]["stages.1.1"] = (2, 16, 16)
+    # Meta-SpikeFormer: 6 + 2 transformer blocks after each stage's downsampling, on 2 x 2 tokens
+    grids["sdt_v2"] = {f"stages.3.{i}.attn": (2, 2, 2) for i in range(1, 7)}
+    grids["sdt_v2"].update({f"stages.4.{i}.attn": (2, 2, 2) for i in (1, 2)})
     assert {name: tuple(m.shape) for name, m in maps.items()} == grids[family]
     for name, grid in maps.items():
-        assert torch.equal(grid.flatten(1), expected[name]), name
+        if family == "sdt_v2":  # means of 0/1 over d = 16 or 20 channels: float32 rounding
+            torch.testing.assert_close(grid.flatten(1), expected[name], rtol=0, atol=1e-6)
+        else:  # means over powers of two: exact
+            assert torch.equal(grid.flatten(1), expected[name]), name
     assert any(grid.sum() > 0 for grid in maps.values())
 
     figure = plot_attention(images[0].sigmoid(), maps[name], title=name)
@@ -47,12 +62,14 @@ def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
     rates = FiringRateMonitor(model).run(images, progress=False)
     figure = plot_firing_rates(rates, title=family)
     bars, heat = figure.axes[:2]
-    assert len(bars.patches) == len(rates.records)
-    assert heat.images[0].get_array().shape == (len(rates.records), 2)
+    assert len(bars.patches) == len(rates.layers) == len(rates.records) + len(rates.products)
+    products = [bar for bar in bars.patches if bar.get_facecolor() == to_rgba("tab:orange")]
+    assert len(products) == len(rates.products)
+    assert heat.images[0].get_array().shape == (len(rates.layers), 2)
 
 
 def test_plot_inputs_are_checked():
-    with pytest.raises(ValueError, match="has no SDSA or DSSA attention layer"):
+    with pytest.raises(ValueError, match="has no attention layer with an attention map"):
         attention_maps(nn.Conv2d(3, 3, 1), torch.rand(1, 3, 4, 4))
     with pytest.raises(ValueError, match=r"maps must be \[heads, h, w\]"):
         plot_attention(torch.rand(3, 8, 8), torch.rand(8, 8))

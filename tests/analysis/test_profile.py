@@ -52,7 +52,14 @@ def test_profile_runs_on_every_registered_model(name, capsys):
     neurons = [
         n for n, m in model.named_modules() if isinstance(m, spikezoo.neurons.MultiStepNeuron)
     ]
-    assert [row["layer"] for row in result["firing_rates"]] == neurons
+    products = [
+        n for n, m in model.named_modules() if isinstance(m, spikezoo.layers.SpikingHadamard)
+    ]
+    kinds = {row["layer"]: row["neuron"] for row in result["firing_rates"]}
+    assert [layer for layer, kind in kinds.items() if not kind.startswith("spike product")] == (
+        neurons
+    )
+    assert [layer for layer, kind in kinds.items() if kind.startswith("spike product")] == products
     assert any(row["rate"] > 0 for row in result["firing_rates"])  # BN calibrated: it spikes
 
 

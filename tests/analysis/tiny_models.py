@@ -1,9 +1,10 @@
-"""Tiny networks of both families, spiking on a fixed input."""
+"""Tiny networks of the three families, spiking on a fixed input."""
 
 import torch
 
 from spikezoo.analysis import calibrate_batchnorm
-from spikezoo.models import SpikeDrivenTransformer, SpikingResformer
+from spikezoo.layers import LinearSpikingAttention
+from spikezoo.models import SpikeDrivenTransformer, SpikeDrivenTransformerV2, SpikingResformer
 from spikezoo.neurons import set_backend
 
 TIME_STEPS = 2
@@ -20,7 +21,20 @@ def tiny_resformer(**kwargs) -> SpikingResformer:
     return SpikingResformer(**args, num_classes=10, time_steps=TIME_STEPS, **kwargs)
 
 
+def tiny_sdt_v2(**kwargs) -> SpikeDrivenTransformerV2:
+    """Its attention scaled by 1 instead of 0.125: on 2 x 2 tokens the attention neurons then
+    fire (with 0.125 they stay silent)."""
+    args = dict(img_size=32, embed_dims=(8, 16, 32, 40), num_heads=2)
+    model = SpikeDrivenTransformerV2(**args, num_classes=10, time_steps=TIME_STEPS, **kwargs)
+    for module in model.modules():
+        if isinstance(module, LinearSpikingAttention):
+            module.scale = 1.0
+    return model
+
+
 TINY_MODELS = {"sdt": tiny_sdt, "resformer": tiny_resformer}
+#: every family with spiking attention (the operation tests run on TINY_MODELS only)
+ATTENTION_MODELS = {**TINY_MODELS, "sdt_v2": tiny_sdt_v2}
 
 
 def eager(model: torch.nn.Module) -> torch.nn.Module:
