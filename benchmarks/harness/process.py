@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ChildFailed", "PeakMemory", "ProcessResult", "run_in_fresh_process"]
+__all__ = ["ChildFailed", "PeakMemory", "ProcessResult", "run_in_fresh_process", "status_bytes"]
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
 LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
@@ -49,7 +49,7 @@ class ProcessResult:
         return dataclasses.asdict(self)
 
 
-def _status_bytes(field: str) -> int | None:
+def status_bytes(field: str) -> int | None:
     """A memory field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in bytes, if there is one."""
     try:
         with open("/proc/self/status") as status:
@@ -71,7 +71,7 @@ class PeakMemory:
 
     def __init__(self) -> None:
         self.device = "cpu"
-        self.counter = "VmHWM" if _status_bytes("VmHWM") is not None else "ru_maxrss"
+        self.counter = "VmHWM" if status_bytes("VmHWM") is not None else "ru_maxrss"
         self.baseline = 0
 
     def reset(self, device: str = "cpu") -> None:
@@ -89,7 +89,7 @@ class PeakMemory:
                 refs.write("5")  # the high-water mark drops to the current resident size
         except OSError:
             self.counter = "ru_maxrss"
-        self.baseline = _status_bytes("VmHWM") if self.counter == "VmHWM" else _maxrss_bytes()
+        self.baseline = status_bytes("VmHWM") if self.counter == "VmHWM" else _maxrss_bytes()
 
     def rise(self) -> int:
         """Bytes of the peak above the baseline."""
@@ -98,7 +98,7 @@ class PeakMemory:
 
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - self.baseline
-        peak = _status_bytes("VmHWM") if self.counter == "VmHWM" else _maxrss_bytes()
+        peak = status_bytes("VmHWM") if self.counter == "VmHWM" else _maxrss_bytes()
         return peak - self.baseline
 
 

@@ -1,23 +1,31 @@
 """Interleaved timing of competing implementations through ``torch.utils.benchmark``.
 
-Every implementation is one zero-argument call wrapped in a :class:`~torch.utils.benchmark.Timer`
-(which synchronises CUDA and sets the thread count). Its first call is timed on its own (it
-includes compilation and lazy initialisation); ``blocked_autorange`` then warms it up and picks
-how many calls make one block of at least ``min_block_s``. The measured rounds run one block of
-each implementation in a rotating order, so that background load falls on all alike, and the
-blocks of each merge into one :class:`~torch.utils.benchmark.Measurement`: its median is the
-median of the rounds. Ratios compare medians measured in the same run.
+Every implementation is one zero-argument call. Its first call is timed on its own, exactly once
+(it includes compilation and lazy initialisation). ``torch.utils.benchmark.Timer``'s
+``blocked_autorange`` then warms it up and picks how many calls make one block of at least
+``min_block_s``. The measured rounds run one block of each implementation in a rotating order, so
+that background load falls on all alike; a block is timed by the standard library's
+``timeit.Timer`` with torch's synchronising clock (``Timer.timeit`` would add two unmeasured
+warm-up calls per block, doubling the cost of a slow call). The blocks of each implementation
+form one :class:`~torch.utils.benchmark.Measurement`: its median is the median of the rounds,
+and :func:`compare` prints them with ``torch.utils.benchmark.Compare``. Ratios compare medians
+measured in the same run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
+import timeit
 from collections.abc import Callable, Mapping
 
 from torch.utils.benchmark import Compare, Measurement, Timer
+from torch.utils.benchmark.utils.common import TaskSpec, set_torch_threads
+from torch.utils.benchmark.utils.timer import timer as synchronized_clock
 
-__all__ = ["Timing", "compare", "error_text", "interleaved", "paired_ratio", "ratio"]
+__all__ = [
+    "Timing", "compare", "error_text", "interleaved", "paired_ratio", "ratio", "time_once",
+]  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -53,6 +61,11 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line[:200]}"
 
 
+def time_once(call: Callable[[], object]) -> float:
+    """Seconds of exactly one ``call()`` (a first call, a training step that changes state)."""
+    return timeit.Timer(call, timer=synchronized_clock).timeit(1)
+
+
 def interleaved(
     calls: Mapping[str, Callable[[], object]],
     *,
@@ -79,29 +92,33 @@ def interleaved(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    timers = {
-        name: Timer("call()", globals={"call": call}, num_threads=threads, description=name,
-                    label=label, sub_label=sub_label)
-        for name, call in calls.items()
-    }  # fmt: skip
+    clocks = {name: timeit.Timer(call, timer=synchronized_clock) for name, call in calls.items()}
     timings = {name: Timing() for name in calls}
-    blocks: dict[str, int] = {}
-    for name, timer in timers.items():
-        try:
-            timings[name].first_call_s = timer.timeit(1).median
-            blocks[name] = timer.blocked_autorange(min_run_time=min_block_s).number_per_run
-        except Exception as error:  # a failed compile or kernel: reported, the others go on
-            timings[name].error = error_text(error)
-    names = list(blocks)
-    rounds: dict[str, list[Measurement]] = {name: [] for name in names}
-    for index in range(warmup_rounds + repeats):
-        shift = index % max(len(names), 1)
-        for name in names[shift:] + names[:shift]:
-            measurement = timers[name].timeit(blocks[name])
-            if index >= warmup_rounds:
-                rounds[name].append(measurement)
+    calls_per_block: dict[str, int] = {}
+    with set_torch_threads(threads):
+        for name, call in calls.items():
+            try:
+                timings[name].first_call_s = clocks[name].timeit(1)
+                warmup = Timer("call()", globals={"call": call}, num_threads=threads)
+                calls_per_block[name] = warmup.blocked_autorange(
+                    min_run_time=min_block_s
+                ).number_per_run
+            except Exception as error:  # a failed compile or kernel: reported, the others go on
+                timings[name].error = error_text(error)
+        names = list(calls_per_block)
+        rounds: dict[str, list[float]] = {name: [] for name in names}
+        for index in range(warmup_rounds + repeats):
+            shift = index % max(len(names), 1)
+            for name in names[shift:] + names[:shift]:
+                seconds = clocks[name].timeit(calls_per_block[name])
+                if index >= warmup_rounds:
+                    rounds[name].append(seconds)
     for name in names:
-        (timings[name].measurement,) = Measurement.merge(rounds[name])
+        task = TaskSpec(
+            "call()", "pass", label=label, sub_label=sub_label, description=name,
+            num_threads=threads,
+        )  # fmt: skip
+        timings[name].measurement = Measurement(calls_per_block[name], rounds[name], task)
     return timings
 
 
