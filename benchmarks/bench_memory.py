@@ -181,9 +181,9 @@ def bench_model(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     env = environment(args.device, args.threads, args.command, ("spikezoo-vit", "timm"))
-    report: dict = {"environment": env, "settings": vars(args) | {"models": args.models}}
-    report["settings"].pop("json"), report["settings"].pop("markdown")
-    report["models"], rows = {}, []
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "markdown")}
+    report: dict = {"environment": env, "settings": settings, "models": {}}
+    rows = []
     for name, batch in args.models:
         print(f"{name}, batch {batch} ...", file=sys.stderr, flush=True)
         report["models"][f"{name}:{batch}"], model_rows = bench_model(name, batch, args)

@@ -140,8 +140,9 @@ def run_in_fresh_process(
 
 
 def _child(target: str, kwargs_json: str, output: str) -> None:
-    for folder in (BENCHMARKS.parent, BENCHMARKS):
-        sys.path.insert(0, str(folder))
+    # instead of this file's folder, whose module names (markdown, ...) would shadow packages
+    sys.path[0] = str(BENCHMARKS)
+    sys.path.insert(1, str(BENCHMARKS.parent))
     module_name, function_name = target.split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     memory = PeakMemory()
