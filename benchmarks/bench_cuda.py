@@ -21,11 +21,13 @@ Implementations:
   backend runs in its own process, together with the spikezoo implementations, and every ratio
   compares numbers of the same process.
 
-Time: CUDA events around each call; every round runs each implementation once, in a rotating
-order; the tables give the median over the rounds (and min-max) and the ratio of the medians
-against ``spikezoo-cupy`` (above 1: spikezoo-cupy is faster). Memory: the peak of
+Time (``harness.timing``): ``torch.utils.benchmark``'s synchronising clock, the first call on
+its own, ``blocked_autorange`` as warm-up, then interleaved rounds in a rotating order; the
+tables give the median over the rounds (and min-max) and the ratio of the medians against
+``spikezoo-cupy`` (above 1: spikezoo-cupy is faster). Memory (``harness.memory``): the peak of
 ``torch.cuda.max_memory_allocated`` during one call, above what was allocated before it (the
-input and ``g``). The spikes of every implementation are compared with the first one's.
+input and ``g``). The spikes of every implementation are compared with the first one's. Each
+process is a ``harness.process`` child.
 
 ``--smoke`` runs the same harness on the CPU with a small input, spikezoo's eager loops and
 spikingjelly's CPU path, to check the script without a GPU. Run ``--help`` for the options.
@@ -35,19 +37,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
+from functools import partial
+from pathlib import Path
 
 import torch
 
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from harness.environment import command_line, environment, finish, load_text  # noqa: E402
+from harness.markdown import table, write_generated  # noqa: E402
+from harness.memory import peak_allocated  # noqa: E402
+from harness.process import ChildFailed, PeakMemory, run_in_fresh_process  # noqa: E402
+from harness.timing import compare, interleaved  # noqa: E402
+
 TAU, V_THRESHOLD, V_RESET, ALPHA = 2.0, 1.0, 0.0, 4.0
 MiB = 2**20
-CHILD_MARK = "BENCH_CUDA_RESULT "
 SPIKEZOO_BACKENDS = {f"spikezoo-{name}": name for name in ("cupy", "inductor", "torch")}
+PACKAGES = ("spikezoo-vit", "spikingjelly", "cupy-cuda12x", "cupy-cuda13x", "triton")
 
 
 def make_module(name: str) -> torch.nn.Module:
@@ -77,134 +84,102 @@ def fwd_bwd(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor):
     return spikes, grad
 
 
-class Timer:
-    """Seconds of ``fn()``: CUDA events on a GPU, ``perf_counter`` on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, fn) -> float:
-        if not self.cuda:
-            start = time.perf_counter()
-            fn()
-            return time.perf_counter() - start
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1000
-
-
-def peak_bytes(module, x, g, device: torch.device) -> int | None:
-    """Peak memory of one call above what was allocated before it (CUDA only)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    result = fwd_bwd(module, x, g)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - before
-    del result
-    return peak
-
-
-def bench_size(steps: int, args: argparse.Namespace) -> dict:
-    """Every implementation of ``args.impls`` on ``x [steps, args.neurons]``."""
-    device = torch.device(args.device)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    x = torch.randn(steps, args.neurons, generator=gen, device=device) * 1.5 + 0.5
-    g = torch.randn(steps, args.neurons, generator=gen, device=device)
-    modules = {name: make_module(name).to(device) for name in args.impls}
-    timer = Timer(device)
-    first_call = {name: timer(lambda m=m: fwd_bwd(m, x, g)) for name, m in modules.items()}
-    reference_spikes, reference_grad = fwd_bwd(modules[args.impls[0]], x, g)
-    agreement = {}
+def bench_size(steps: int, settings: dict) -> dict:
+    """Every implementation of ``settings["impls"]`` on ``x [steps, neurons]``."""
+    device = torch.device(settings["device"])
+    gen = torch.Generator(device=device).manual_seed(settings["seed"])
+    x = torch.randn(steps, settings["neurons"], generator=gen, device=device) * 1.5 + 0.5
+    g = torch.randn(steps, settings["neurons"], generator=gen, device=device)
+    modules = {name: make_module(name).to(device) for name in settings["impls"]}
+    calls = {name: partial(fwd_bwd, module, x, g) for name, module in modules.items()}
+    timings = interleaved(
+        calls, repeats=settings["repeats"], threads=torch.get_num_threads(),
+        warmup_rounds=settings["warmup"], label="LIF fwd+bwd", sub_label=f"T={steps}",
+    )  # fmt: skip
+    print(compare([timings]), file=sys.stderr)
+    reference_spikes, reference_grad = fwd_bwd(modules[settings["impls"][0]], x, g)
+    results = {}
     for name, module in modules.items():
+        if timings[name].error:
+            results[name] = timings[name].to_dict()
+            continue
         spikes, grad = fwd_bwd(module, x, g)
-        agreement[name] = {
+        results[name] = timings[name].to_dict() | {
             "spikes_equal_fraction": (spikes == reference_spikes).float().mean().item(),
             "grad_max_abs_diff": (grad - reference_grad).abs().max().item(),
+            "peak_bytes": peak_allocated(calls[name], device) if device.type == "cuda" else None,
         }
         del spikes, grad
-    del reference_spikes, reference_grad
-    peaks = {name: peak_bytes(m, x, g, device) for name, m in modules.items()}
-    times: dict[str, list[float]] = {name: [] for name in modules}
-    order = list(modules)
-    for round_index in range(args.warmup + args.repeats):
-        for name in order:
-            seconds = timer(lambda m=modules[name]: fwd_bwd(m, x, g))
-            if round_index >= args.warmup:
-                times[name].append(seconds)
-        order = order[1:] + order[:1]
-    return {
-        name: {
-            "median_s": statistics.median(times[name]),
-            "min_s": min(times[name]),
-            "max_s": max(times[name]),
-            "times_s": times[name],
-            "first_call_s": first_call[name],
-            "peak_bytes": peaks[name],
-            **agreement[name],
-        }
-        for name in modules
-    }
+    return results
+
+
+def child(memory: PeakMemory, **settings) -> dict:
+    """In a fresh process (spikingjelly's backend fixed by its environment): every T."""
+    return {f"T={steps}": bench_size(steps, settings) for steps in settings["steps"]}
 
 
 def run_process(sj_implementation: str | None, impls: list[str], args) -> dict:
-    """:func:`bench_size` for every T in a fresh Python, with spikingjelly's backend chosen."""
-    env = dict(os.environ)
-    if sj_implementation is not None:
-        env["SJ_LIF_CUDA_IMPLEMENTATION"] = sj_implementation
-    command = [
-        sys.executable, __file__, "--child", "--device", args.device,
-        "--neurons", str(args.neurons), "--steps", *map(str, args.steps),
-        "--impls", *impls, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-        "--seed", str(args.seed),
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    for line in done.stdout.splitlines():
-        if line.startswith(CHILD_MARK):
-            return json.loads(line[len(CHILD_MARK) :])
-    return {"error": (done.stderr or done.stdout).strip().splitlines()[-20:]}
+    """:func:`child` in a fresh process, with spikingjelly's CUDA backend chosen."""
+    env = {} if sj_implementation is None else {"SJ_LIF_CUDA_IMPLEMENTATION": sj_implementation}
+    settings = dict(
+        device=args.device, neurons=args.neurons, steps=args.steps, impls=impls,
+        repeats=args.repeats, warmup=args.warmup, seed=args.seed,
+    )  # fmt: skip
+    try:
+        return run_in_fresh_process("bench_cuda:child", settings, env=env).value
+    except ChildFailed as error:
+        return {"error": str(error).strip().splitlines()[-20:]}
 
 
-def table(case: dict, baseline: str) -> str:
+def size_table(case: dict, baseline: str) -> str:
     """A markdown table of one size of one process."""
-    lines = [
-        f"| implementation | median ms (min-max) | time / {baseline} | peak MiB | memory / "
-        f"{baseline} | spikes equal | max abs grad diff |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    base = case.get(baseline)
+    header = [
+        "implementation", "median ms (min-max)", f"time / {baseline}", "peak MiB",
+        f"memory / {baseline}", "spikes equal", "max abs grad diff",
+    ]  # fmt: skip
+    base = case.get(baseline, {})
+    rows = []
     for name, r in case.items():
-        time_ratio = f"{r['median_s'] / base['median_s']:.2f}" if base else "-"
+        if "error" in r:
+            rows.append([name, f"failed: {r['error']}", "-", "-", "-", "-", "-"])
+            continue
+        time_ratio = f"{r['median_s'] / base['median_s']:.2f}" if "median_s" in base else "-"
         peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / MiB:.0f}"
         memory_ratio = (
             f"{r['peak_bytes'] / base['peak_bytes']:.2f}"
-            if base and r["peak_bytes"] and base["peak_bytes"]
+            if r["peak_bytes"] and base.get("peak_bytes")
             else "-"
         )
-        lines.append(
-            f"| {name} | {r['median_s'] * 1e3:.2f} ({r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f})"
-            f" | {time_ratio} | {peak} | {memory_ratio} | {r['spikes_equal_fraction']:.6f}"
-            f" | {r['grad_max_abs_diff']:.2e} |"
-        )
+        rows.append(
+            [
+                name,
+                f"{r['median_s'] * 1e3:.2f} ({r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f})",
+                time_ratio, peak, memory_ratio, f"{r['spikes_equal_fraction']:.6f}",
+                f"{r['grad_max_abs_diff']:.2e}",
+            ]
+        )  # fmt: skip
+    return table(header, rows)
+
+
+def markdown(report: dict) -> str:
+    """Per spikingjelly process and size, one table."""
+    env, args = report["environment"], report["args"]
+    lines = [
+        f"Run: {env['date']}, {env['device']}; {load_text(env)}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".",
+        "",
+        f"Command: `{env['command']}`",
+    ]
+    for label, results in report["processes"].items():
+        lines += ["", f"#### {label} process", ""]
+        if "error" in results:
+            lines.append("failed:\n\n```\n" + "\n".join(results["error"]) + "\n```")
+            continue
+        for size, case in results.items():
+            named = {name.replace("spikingjelly", label): r for name, r in case.items()}
+            lines += [f"{size}, N={args['neurons']}:", "", size_table(named, args["impls"][0]), ""]
     return "\n".join(lines)
-
-
-def describe_machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "device": device}
-    if device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    for package in ("cupy", "spikingjelly", "triton"):
-        try:
-            info[package] = __import__(package).__version__
-        except Exception as error:  # absent or broken: recorded, not fatal
-            info[package] = f"unavailable ({type(error).__name__})"
-    return info
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -212,7 +187,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--neurons", type=int, default=8 * 2**20, help="N (default 8M)")
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 16], help="T values")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=1,
+        help="unmeasured rounds after blocked_autorange's warm-up (default 1)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--impls", nargs="+", default=["spikezoo-cupy", "spikezoo-inductor"],
@@ -223,49 +201,40 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="spikingjelly CUDA backends (SJ_LIF_CUDA_IMPLEMENTATION), one process each",
     )  # fmt: skip
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--json", help="write every number to this file")
+    parser.add_argument("--json", type=Path, help="write every number to this file")
+    parser.add_argument(
+        "--markdown", type=Path, help="write the tables here (between its bench_cuda markers)"
+    )
     parser.add_argument(
         "--smoke", action="store_true",
         help="CPU dry run: small input, spikezoo-torch and spikingjelly's CPU path",
     )  # fmt: skip
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.command = command_line("bench_cuda.py", argv)
     if args.smoke:
-        args.device, args.neurons, args.repeats, args.warmup = "cpu", 4096, 3, 1
+        args.device, args.neurons, args.repeats, args.warmup = "cpu", 4096, 3, 0
         args.impls, args.sj_implementations = ["spikezoo-torch"], [None]
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.child:
-        print(
-            CHILD_MARK + json.dumps({f"T={steps}": bench_size(steps, args) for steps in args.steps})
-        )
-        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --smoke for a CPU dry run", file=sys.stderr)
         return 2
-    report = {"machine": describe_machine(args.device), "args": vars(args), "processes": {}}
+    env = environment(args.device, torch.get_num_threads(), args.command, PACKAGES)
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "markdown")}
+    report = {"environment": env, "args": settings, "processes": {}}
     for sj in args.sj_implementations:
         label = f"spikingjelly-{sj}" if sj else "spikingjelly-cpu"
-        results = run_process(sj, [*args.impls, "spikingjelly"], args)
-        report["processes"][label] = results
-        print(f"\n## {label} process ({report['machine'].get('gpu', args.device)})")
-        if "error" in results:
-            print("failed:\n" + "\n".join(results["error"]))
-            continue
-        for size, case in results.items():
-            print(f"\n### {size}, N={args.neurons}\n")
-            print(
-                table(
-                    {name.replace("spikingjelly", label): r for name, r in case.items()},
-                    args.impls[0],
-                )
-            )
+        report["processes"][label] = run_process(sj, [*args.impls, "spikingjelly"], args)
+    finish(env)
+    text = markdown(report)
+    print(text)
+    if args.markdown:
+        write_generated(args.markdown, "bench_cuda", text)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=1)
+        args.json.write_text(json.dumps(report, indent=1))
     return 0 if any("error" not in r for r in report["processes"].values()) else 1
 
 

@@ -1,43 +1,41 @@
 """Training memory of spikezoo models with and without spike compaction.
 
-For each model and batch size, every repetition starts fresh processes, one with spike
-compaction on (the default) and one with it off (``model.set_spike_compaction(False)``), in
-alternating order. Each process builds the model and an optimizer, runs ``--steps`` training
-steps (forward, cross-entropy on random labels, backward, optimizer step) on random images and
-reports its peak resident memory (with ``--device cuda``: the peak of
-``torch.cuda.max_memory_allocated``, and ``base`` the memory allocated before the first step).
-The table gives the medians over ``--repeats`` processes with the min-max range, the ratio
-on/off, the median time of the steps after the first, and the bytes saved for backward as
-:func:`spikezoo.analysis.measure_saved_tensors` counts them (deterministic). ``--blocks``
-also prints the per-block table of saved tensors.
-
-Peak memory is Linux's ``VmHWM`` (the process's resident high-water mark, from
-``/proc/self/status``) at the end of the last step: everything the process held at its peak,
-torch and the model included. ``base MiB`` is the resident memory just before the first step
-(after the model and the optimizer were built), and ``peak - base`` the part the training steps
-added. Where ``VmHWM`` is missing, ``ru_maxrss`` is used (the children are started through a
-small launcher so that it does not inherit this process's).
+For each model and batch size, every repetition runs two fresh processes (``harness.process``),
+one with spike compaction on (the default) and one with it off
+(``model.set_spike_compaction(False)``), in alternating order. Each process builds the model and
+an optimizer, runs ``--steps`` training steps (forward, cross-entropy on random labels, backward,
+optimizer step) on random images and reports the rise of its peak memory over those steps: on a
+CPU the resident high-water mark (Linux ``VmHWM``, reset just before the first step), with
+``--device cuda`` ``torch.cuda.max_memory_allocated``. ``base`` is the memory in use just before
+the first step (resident, or allocated on CUDA), ``peak`` = base + rise. The table gives the
+medians over ``--repeats`` processes with the min-max range, the ratio on/off, the median time of
+the steps after the first, and the bytes saved for backward as
+:func:`spikezoo.analysis.measure_saved_tensors` counts them (deterministic). ``--blocks`` also
+prints the per-block table of saved tensors.
 
     python benchmarks/bench_memory.py                    # both default models, 3 repeats
     python benchmarks/bench_memory.py --models sdt_2_512_cifar:16 --repeats 5 --blocks
-    python benchmarks/bench_memory.py --json memory.json
+    python benchmarks/bench_memory.py --json memory.json --markdown docs/benchmarks.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
+from pathlib import Path
 
-CHILD_MARK = "@@bench_memory "
-LAUNCHER = "import os, sys; os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from harness.environment import command_line, environment, finish, load_text  # noqa: E402
+from harness.markdown import table, write_generated  # noqa: E402
+from harness.process import PeakMemory, run_in_fresh_process, status_bytes  # noqa: E402
+from harness.timing import time_once  # noqa: E402
+
 MiB = 2**20
 DEFAULT_MODELS = "sdt_2_512_cifar:16,spikingresformer_cifar:8"
+HEADER = ["model", "compaction", "peak MiB", "base MiB", "peak - base", "saved MiB", "step s"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,36 +51,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--device", default="cpu", help="cpu, or cuda: peak = torch.cuda.max_memory_allocated"
     )
     parser.add_argument("--blocks", action="store_true", help="print the per-block tables")
-    parser.add_argument("--json", metavar="PATH", help="write every measurement here")
-    parser.add_argument("--child", metavar="MODEL:BATCH:on|off", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
-
-
-def status_bytes(field: str) -> int | None:
-    """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in bytes, if there is one."""
+    parser.add_argument("--json", type=Path, help="write every measurement here")
+    parser.add_argument(
+        "--markdown", type=Path, help="write the table here (between its bench_memory markers)"
+    )
+    args = parser.parse_args(argv)
+    args.command = command_line("bench_memory.py", argv)
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_bytes() -> tuple[int, str]:
-    hwm = status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm, "VmHWM"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (rss if sys.platform == "darwin" else rss * 1024), "ru_maxrss"
+        args.models = [
+            (name, int(batch)) for name, batch in (m.split(":") for m in args.models.split(","))
+        ]
+    except ValueError as error:
+        parser.error(f"--models: expected name:batch,..., got {args.models!r} ({error})")
+    return args
 
 
 def build(name: str, batch: int, seed: int = 0):
+    """The model in training mode, a batch of random images ``[B, C, H, W]`` and labels ``[B]``."""
     import timm
     import torch
 
-    import spikezoo.models  # noqa: F401  (registers the models with timm)
+    import spikezoo  # noqa: F401  (registers the models with timm)
 
     torch.manual_seed(seed)
     model = timm.create_model(name).train()
@@ -91,59 +80,37 @@ def build(name: str, batch: int, seed: int = 0):
     return model, images, labels
 
 
-def child_main(spec: str, args: argparse.Namespace) -> None:
-    """Fresh process: peak RSS of ``args.steps`` training steps of one model."""
+def train_steps(
+    memory: PeakMemory, model: str, batch: int, compaction: bool, steps: int, threads: int,
+    optimizer: str, device: str,
+) -> dict:  # fmt: skip
+    """In a fresh process: ``steps`` training steps; the base memory and each step's seconds."""
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(args.threads)
-    name, batch, switch = spec.split(":")
-    model, images, labels = build(name, int(batch))
-    model, images, labels = (t.to(args.device) for t in (model, images, labels))
-    model.set_spike_compaction(switch == "on")
-    cuda = images.is_cuda
-    params = model.parameters()
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    torch.set_num_threads(threads)
+    net, images, labels = (t.to(device) for t in build(model, batch))
+    net.set_spike_compaction(compaction)
+    params = net.parameters()
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     else:
-        optimizer = torch.optim.AdamW(params, lr=1e-3)
-    base = torch.cuda.memory_allocated() if cuda else status_bytes("VmRSS")
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
+        opt = torch.optim.AdamW(params, lr=1e-3)
+
+    def step() -> None:
+        loss = F.cross_entropy(net(images), labels)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        del loss
-    if cuda:
-        peak, counter = torch.cuda.max_memory_allocated(), "max_memory_allocated"
-    else:
-        peak, counter = peak_rss_bytes()
-    result = dict(peak_bytes=peak, counter=counter, base_bytes=base, step_s=times)
-    print(CHILD_MARK + json.dumps(result), flush=True)
+        opt.step()
 
-
-def run_child(spec: str, args: argparse.Namespace) -> dict:
-    cmd = [os.path.abspath(__file__), "--child", spec]
-    cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
-    cmd += ["--optimizer", args.optimizer, "--device", args.device]
-    proc = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, *cmd],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(CHILD_MARK):
-            return json.loads(line[len(CHILD_MARK) :])
-    raise RuntimeError(f"{spec}: child exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
+    cuda = device.startswith("cuda")
+    memory.reset(device)
+    base = torch.cuda.memory_allocated() if cuda else status_bytes("VmRSS")
+    return dict(base_bytes=base, step_s=[time_once(step) for _ in range(steps)])
 
 
 def saved_tensor_reports(name: str, batch: int, threads: int) -> dict:
+    """``measure_saved_tensors`` of one forward pass, compaction off (False) and on (True)."""
     import torch
 
     from spikezoo.analysis import measure_saved_tensors
@@ -155,69 +122,88 @@ def saved_tensor_reports(name: str, batch: int, threads: int) -> dict:
     }
 
 
-def summary(values: list[float]) -> str:
+def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
 
 
-def main() -> None:
-    args = parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if args.child:
-        child_main(args.child, args)
-        return
-    rows, record = [], {"args": vars(args), "models": {}}
-    for entry in args.models.split(","):
-        name, batch = entry.split(":")
-        reports = saved_tensor_reports(name, int(batch), args.threads)
-        # one unrecorded run first: the neuron kernels compile into the on-disk cache
-        run_child(f"{name}:{batch}:on", args)
-        runs: dict[str, list[dict]] = {"on": [], "off": []}
-        for repeat in range(args.repeats):
-            for switch in ("on", "off") if repeat % 2 == 0 else ("off", "on"):
-                runs[switch].append(run_child(f"{name}:{batch}:{switch}", args))
-        peaks = {s: [r["peak_bytes"] / MiB for r in runs[s]] for s in runs}
-        bases = {s: [r["base_bytes"] / MiB for r in runs[s]] for s in runs}
-        steps = {s: [t for r in runs[s] for t in r["step_s"][1:]] for s in runs}
-        for switch in ("on", "off"):
-            report = reports[switch == "on"]
-            rows.append(
-                [
-                    f"{name} b{batch}",
-                    switch,
-                    summary(peaks[switch]),
-                    summary(bases[switch]),
-                    f"{statistics.median(peaks[switch]) - statistics.median(bases[switch]):.0f}",
-                    f"{report.kept_nbytes / MiB:.0f}",
-                    f"{statistics.median(steps[switch]):.2f}" if steps[switch] else "-",
-                ]
-            )
-        ratio = statistics.median(peaks["on"]) / statistics.median(peaks["off"])
-        time_ratio = (
-            statistics.median(steps["on"]) / statistics.median(steps["off"])
-            if steps["on"]
-            else None
-        )
-        ratios = [f"{ratio:.2f}", "", "", "", _ratio(time_ratio)]
-        rows.append([f"{name} b{batch}", "on / off", *ratios])
-        record["models"][entry] = {
-            "runs": runs,
-            "saved_bytes": {s: reports[s == "on"].kept_nbytes for s in ("on", "off")},
-            "peak_ratio_on_off": ratio,
-            "step_time_ratio_on_off": time_ratio,
-            "counter": runs["on"][0]["counter"],
-        }
-        if args.blocks:
-            print(f"\n{name}, batch {batch}: saved for backward, per block\n")
-            print(reports[True].per_block().to_markdown())
-    header = ["model", "compaction", "peak MiB", "base MiB", "peak - base", "saved MiB", "step s"]
-    print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+def bench_model(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, list[list]]:
+    """Fresh processes with compaction on and off: the record and the table rows."""
+    reports = saved_tensor_reports(name, batch, args.threads)
+    settings = dict(
+        model=name, batch=batch, steps=args.steps, threads=args.threads,
+        optimizer=args.optimizer, device=args.device,
+    )  # fmt: skip
+    # one unrecorded run first: the neuron kernels compile into the on-disk cache
+    run_in_fresh_process("bench_memory:train_steps", settings | dict(compaction=True))
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    for repeat in range(args.repeats):
+        for switch in ("on", "off") if repeat % 2 == 0 else ("off", "on"):
+            kwargs = settings | dict(compaction=switch == "on")
+            result = run_in_fresh_process("bench_memory:train_steps", kwargs)
+            runs[switch].append(
+                dict(
+                    peak_bytes=result.value["base_bytes"] + result.peak_bytes,
+                    rise_bytes=result.peak_bytes, counter=result.counter, **result.value,
+                )
+            )  # fmt: skip
+    peaks = {s: [r["peak_bytes"] / MiB for r in runs[s]] for s in runs}
+    bases = {s: [r["base_bytes"] / MiB for r in runs[s]] for s in runs}
+    rises = {s: [r["rise_bytes"] / MiB for r in runs[s]] for s in runs}
+    steps = {s: [t for r in runs[s] for t in r["step_s"][1:]] for s in runs}
+    rows = []
+    for switch in ("on", "off"):
+        rows.append(
+            [
+                f"{name} b{batch}", switch, _summary(peaks[switch]), _summary(bases[switch]),
+                f"{statistics.median(rises[switch]):.0f}",
+                f"{reports[switch == 'on'].kept_nbytes / MiB:.0f}",
+                f"{statistics.median(steps[switch]):.2f}" if steps[switch] else "-",
+            ]
+        )  # fmt: skip
+    ratio = statistics.median(peaks["on"]) / statistics.median(peaks["off"])
+    time_ratio = (
+        statistics.median(steps["on"]) / statistics.median(steps["off"]) if steps["on"] else None
+    )
+    rows.append([f"{name} b{batch}", "on / off", f"{ratio:.2f}", "", "", "", _ratio(time_ratio)])
+    if args.blocks:
+        print(f"\n{name}, batch {batch}: saved for backward, per block\n")
+        print(reports[True].per_block().to_markdown())
+    record = {
+        "runs": runs,
+        "saved_bytes": {s: reports[s == "on"].kept_nbytes for s in ("on", "off")},
+        "peak_ratio_on_off": ratio,
+        "step_time_ratio_on_off": time_ratio,
+        "counter": runs["on"][0]["counter"],
+    }
+    return record, rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    env = environment(args.device, args.threads, args.command, ("spikezoo-vit", "timm"))
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "markdown")}
+    report: dict = {"environment": env, "settings": settings, "models": {}}
+    rows = []
+    for name, batch in args.models:
+        print(f"{name}, batch {batch} ...", file=sys.stderr, flush=True)
+        report["models"][f"{name}:{batch}"], model_rows = bench_model(name, batch, args)
+        rows += model_rows
+    finish(env)
+    text = "\n".join(
+        [
+            f"Run: {env['date']}, {env['device']}, {args.threads} threads, {load_text(env)}.",
+            "",
+            f"Command: `{args.command}`",
+            "",
+            table(HEADER, rows),
+        ]
+    )
+    print(text)
+    if args.markdown:
+        write_generated(args.markdown, "bench_memory", text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+        args.json.write_text(json.dumps(report, indent=1))
+    return report
 
 
 def _ratio(value: float | None) -> str:

@@ -22,20 +22,20 @@ Implementations (``--impls``):
   ``0.5 * V + 0.5 * x`` rounds differently from ``V + (x - V) * 0.5`` in float32, so a few
   membranes within an ulp of the threshold may flip; the script reports the agreement.
 
-Time: every warm-up and measured round runs each implementation once, in a rotating order, so
-background load hits all of them alike; the table gives the median (and min/max) of the rounds
-and the ratio ``spikezoo / peer`` of the medians (below 1: spikezoo is faster).
+Time (``harness.timing``): one ``torch.utils.benchmark.Timer`` per implementation; the first
+call (for ``spikezoo-inductor``: the compile) is reported on its own, ``blocked_autorange`` warms
+up and sizes a block of calls, then every measured round runs one block of each implementation
+in a rotating order, so background load hits all of them alike. The table gives the median (and
+min/max) of the rounds and the ratio ``spikezoo / peer`` of the medians (below 1: spikezoo is
+faster); the JSON also has the median of the per-round (paired) ratios.
 
 Memory: (a) bytes of the tensors autograd keeps for backward, seen by
 ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, so views and repeats count once);
 (b) the peak resident memory of one forward+backward in a fresh process per implementation
-(median of ``--rss-runs`` processes): the high-water mark after the call minus the one just
-before it, with the input already created and, on Linux, the high-water mark reset first
-(``/proc/self/clear_refs``) so that imports and a smaller warm-up call (which loads compiled
-code) do not mask the call's own peak. On Linux the mark is ``VmHWM`` of ``/proc/self/status``;
-``resource.getrusage().ru_maxrss`` (the fallback elsewhere, reported alongside) also remembers
-the RSS a process had when it was forked, so the children are started through a small launcher
-process rather than forked from this large one.
+(``harness.process``; median of ``--rss-runs`` processes): the rise of the resident high-water
+mark over the call, with the input already created and the mark reset just before, after a
+smaller warm-up call (which loads compiled code) so that imports and lazy initialisation do not
+count.
 
 Run ``python benchmarks/bench_neurons.py --help`` for the options.
 """
@@ -43,21 +43,24 @@ Run ``python benchmarks/bench_neurons.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import logging
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import weakref
+from functools import partial
+from pathlib import Path
 
 import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from harness.environment import command_line, environment, finish, load_text  # noqa: E402
+from harness.markdown import table, write_generated  # noqa: E402
+from harness.process import ChildFailed, PeakMemory, run_in_fresh_process  # noqa: E402
+from harness.timing import Timing, compare, interleaved, paired_ratio, time_once  # noqa: E402
 
 TAU = 2.0
 V_THRESHOLD = 1.0
@@ -65,8 +68,7 @@ V_RESET = 0.0
 ALPHA = 4.0
 IMPLS = ("spikezoo-torch", "spikezoo-inductor", "spikingjelly", "snntorch")
 SPIKEZOO = ("spikezoo-torch", "spikezoo-inductor")
-CHILD_MARK = "BENCH_CHILD_RESULT "
-LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+PACKAGES = ("spikezoo-vit", "spikingjelly", "snntorch")
 MiB = 2**20
 WARMUP_N = 65536  # neurons in the RSS child's warm-up call (above ATen's parallel grain size)
 
@@ -187,13 +189,12 @@ def make_inputs(t: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, g
 
 
-def fwd_bwd(impl: Impl, leaf: torch.Tensor, g: torch.Tensor):
-    """One timed forward+backward; returns (seconds, spikes, gradient w.r.t. the leaf)."""
+def fwd_bwd(impl: Impl, leaf: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward+backward from a reset state: the spikes and the gradient w.r.t. the leaf."""
     impl.reset()
-    start = time.perf_counter()
     spikes = impl.forward(leaf)
     (grad,) = torch.autograd.grad(spikes, leaf, g)
-    return time.perf_counter() - start, spikes, grad
+    return spikes, grad
 
 
 def saved_for_backward(impl: Impl, leaf: torch.Tensor) -> dict:
@@ -228,135 +229,61 @@ def saved_for_backward(impl: Impl, leaf: torch.Tensor) -> dict:
     }
 
 
-def maxrss_bytes() -> int:
-    """``ru_maxrss`` in bytes: the peak RSS of this process, or of its parent at fork time."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
-
-
-def vm_hwm_bytes() -> int | None:
-    """Linux ``VmHWM``: the peak RSS of this process's own address space (resettable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident high-water mark to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def dynamo_frames() -> int:
-    try:
-        from torch._dynamo.utils import counters
+    """How many frames dynamo has compiled in this process."""
+    from torch._dynamo.utils import counters
 
-        return int(sum(counters["frames"].values()))
-    except Exception:
-        return -1
+    return int(sum(counters["frames"].values()))
 
 
-def child_main(args: argparse.Namespace) -> None:
-    """Fresh process: peak RSS of one forward+backward of ``args.child`` on ``[T, N]``."""
-    torch.set_num_threads(args.threads)
-    impl = make_impl(args.child)
+def rss_call(memory: PeakMemory, impl: str, t: int, n: int, threads: int, seed: int) -> dict:
+    """In a fresh process (``harness.process``): the peak RSS rise of one forward+backward."""
+    torch.set_num_threads(threads)
+    neuron = make_impl(impl)
     # A smaller warm-up call: lazy initialisation (thread pool, for inductor the compiled kernels
     # loaded from the on-disk cache the parent filled) happens here, not in the measured call.
-    xs, gs = make_inputs(args.t, min(args.n, WARMUP_N), args.seed + 1)
-    warm_s, *_ = fwd_bwd(impl, impl.prepare(xs), gs)
-    del xs, gs
-    x, g = make_inputs(args.t, args.n, args.seed)
-    leaf = impl.prepare(x)
-    del x
+    xs, gs = make_inputs(t, min(n, WARMUP_N), seed + 1)
+    leaf = neuron.prepare(xs)
+    warmup_s = time_once(partial(fwd_bwd, neuron, leaf, gs))
+    x, g = make_inputs(t, n, seed)
+    leaf = neuron.prepare(x)
+    del x, xs, gs
     gc.collect()
     frames = dynamo_frames()
-    hwm_reset = reset_peak_rss()
-    base, hwm_base = maxrss_bytes(), vm_hwm_bytes()
-    seconds, spikes, grad = fwd_bwd(impl, leaf, g)
-    peak, hwm_peak = maxrss_bytes(), vm_hwm_bytes()
-    # ru_maxrss also keeps the peak RSS of exited threads and the RSS the process had when it
-    # was forked (hence the launcher in run_child); VmHWM is this address space's own, reset
-    # above. Both are reported; VmHWM is the headline figure where it exists.
-    use_hwm = hwm_reset and hwm_base is not None and hwm_peak is not None
-    result = {
-        "impl": args.child,
-        "peak_rss_delta_bytes": hwm_peak - hwm_base if use_hwm else peak - base,
-        "peak_rss_counter": "VmHWM" if use_hwm else "ru_maxrss",
-        "ru_maxrss_delta_bytes": peak - base,
-        "ru_maxrss_baseline_bytes": base,
-        "vm_hwm_baseline_bytes": hwm_base,
-        "hwm_reset": hwm_reset,
-        "warmup_first_call_s": warm_s,
-        "measured_call_s": seconds,
-        "recompiled_in_measured_call": dynamo_frames() != frames,
-    }
-    del spikes, grad
-    print(CHILD_MARK + json.dumps(result), flush=True)
-
-
-def run_child(name: str, t: int, n: int, args: argparse.Namespace) -> dict:
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--child",
-        name,
-        "--t",
-        str(t),
-        "--n",
-        str(n),
-        "--threads",
-        str(args.threads),
-        "--seed",
-        str(args.seed),
-    ]
-    # Started through a small Python launcher: a process forked straight from this (large) one
-    # would start with this one's RSS in its ru_maxrss.
-    launcher = [sys.executable, "-c", LAUNCHER]
-    proc = subprocess.run(
-        launcher + cmd, capture_output=True, text=True, timeout=600, env=os.environ.copy()
-    )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(CHILD_MARK):
-            return json.loads(line[len(CHILD_MARK) :])
-    tail = (proc.stdout + proc.stderr)[-2000:]
-    return {"impl": name, "error": f"child exited with {proc.returncode}: {tail}"}
+    memory.reset()
+    fwd_bwd(neuron, leaf, g)  # what it returns counts too: the peak is read after the return
+    return dict(warmup_first_call_s=warmup_s, recompiled_in_measured_call=dynamo_frames() != frames)
 
 
 def measure_rss(name: str, t: int, n: int, args: argparse.Namespace) -> dict:
-    """Median (and range) of the peak RSS delta over ``args.rss_runs`` fresh processes."""
-    runs = [run_child(name, t, n, args) for _ in range(max(args.rss_runs, 1))]
-    good = [r for r in runs if "error" not in r]
-    if not good:
-        return {"impl": name, "error": runs[-1]["error"], "runs": runs}
-    deltas = [r["peak_rss_delta_bytes"] for r in good]
+    """Median (and range) of the peak RSS rise over ``args.rss_runs`` fresh processes."""
+    runs, errors = [], []
+    for _ in range(args.rss_runs):
+        kwargs = dict(impl=name, t=t, n=n, threads=args.threads, seed=args.seed)
+        try:
+            runs.append(run_in_fresh_process("bench_neurons:rss_call", kwargs, timeout=600))
+        except ChildFailed as error:
+            errors.append(str(error)[-1000:])
+    if not runs:
+        return {"error": errors[-1]}
+    rises = [run.peak_bytes for run in runs]
     return {
-        "impl": name,
-        "peak_rss_delta_bytes": statistics.median(deltas),
-        "peak_rss_delta_min_bytes": min(deltas),
-        "peak_rss_delta_max_bytes": max(deltas),
-        "peak_rss_counter": good[0]["peak_rss_counter"],
-        "hwm_reset": all(r["hwm_reset"] for r in good),
-        "warmup_first_call_s": statistics.median(r["warmup_first_call_s"] for r in good),
-        "recompiled_in_measured_call": any(r["recompiled_in_measured_call"] for r in good),
-        "runs": runs,
+        "peak_rss_delta_bytes": statistics.median(rises),
+        "peak_rss_delta_min_bytes": min(rises),
+        "peak_rss_delta_max_bytes": max(rises),
+        "peak_rss_counter": runs[0].counter,
+        "warmup_first_call_s": statistics.median(r.value["warmup_first_call_s"] for r in runs),
+        "recompiled_in_measured_call": any(r.value["recompiled_in_measured_call"] for r in runs),
+        "runs": [run.to_dict() for run in runs],
+        "errors": errors,
     }
 
 
 def check_agreement(impls: list[Impl], x: torch.Tensor, g: torch.Tensor) -> dict:
-    """Spikes and input gradients of every implementation against a reference one."""
+    """Spikes and input gradients of every implementation against spikingjelly's (or the first)."""
     outputs = {}
     for impl in impls:
-        leaf = impl.prepare(x)
-        _, spikes, grad = fwd_bwd(impl, leaf, g)
+        spikes, grad = fwd_bwd(impl, impl.prepare(x), g)
         outputs[impl.name] = (spikes.detach(), impl.grad_to_x(grad))
     names = [impl.name for impl in impls]
     ref = "spikingjelly" if "spikingjelly" in names else names[0]
@@ -367,207 +294,150 @@ def check_agreement(impls: list[Impl], x: torch.Tensor, g: torch.Tensor) -> dict
             "spikes_identical": bool(torch.equal(spikes, ref_spikes)),
             "spike_agreement": (spikes == ref_spikes).float().mean().item(),
             "grad_max_abs_diff": (grad - ref_grad).abs().max().item(),
-            "grad_allclose": bool(torch.allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)),
         }
     return result
 
 
+def _row(name: str, timings: dict[str, Timing]) -> dict:
+    """One implementation's timing with its ratios against the spikezoo backends."""
+    row = timings[name].to_dict()
+    for sz in SPIKEZOO:
+        if sz in timings and timings[sz].measurement and timings[name].measurement:
+            row[f"ratio_{sz}"] = timings[sz].median_s / timings[name].median_s
+            row[f"paired_ratio_{sz}"] = paired_ratio(timings[name], timings[sz])
+    return row
+
+
 def bench_case(t: int, n: int, impl_names: list[str], args: argparse.Namespace) -> dict:
+    """Time, saved bytes, peak RSS and agreement of every implementation on ``x [t, n]``."""
     impls = [make_impl(name) for name in impl_names]
     x, g = make_inputs(t, n, args.seed)
-    leaves = {impl.name: impl.prepare(x) for impl in impls}
-    first_call, times = {}, {impl.name: [] for impl in impls}
-    for w in range(max(args.warmup, 1)):
-        for impl in impls:
-            seconds, spikes, grad = fwd_bwd(impl, leaves[impl.name], g)
-            del spikes, grad
-            if w == 0:
-                first_call[impl.name] = seconds
-    for r in range(args.repeats):
-        shift = r % len(impls)
-        for impl in impls[shift:] + impls[:shift]:
-            seconds, spikes, grad = fwd_bwd(impl, leaves[impl.name], g)
-            del spikes, grad
-            times[impl.name].append(seconds)
-    del leaves
+    calls = {impl.name: partial(fwd_bwd, impl, impl.prepare(x), g) for impl in impls}
+    timings = interleaved(
+        calls, repeats=args.repeats, threads=args.threads, warmup_rounds=args.warmup,
+        min_block_s=args.min_block, label="MultiStepLIF fwd+bwd", sub_label=f"T={t}, N={n}",
+    )  # fmt: skip
+    del calls
     gc.collect()
-
     agreement = check_agreement(impls, x, g)
     saved = {impl.name: saved_for_backward(impl, impl.prepare(x)) for impl in impls}
     del x, g
     gc.collect()
-    rss = {}
-    if args.rss_runs > 0:
-        rss = {name: measure_rss(name, t, n, args) for name in impl_names}
-
     rows = {}
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
     for name in impl_names:
-        ts = times[name]
-        row = {
-            "median_ms": medians[name] * 1e3,
-            "min_ms": min(ts) * 1e3,
-            "max_ms": max(ts) * 1e3,
-            "times_ms": [s * 1e3 for s in ts],
-            "first_call_s": first_call[name],
-            **saved[name],
-            **agreement["impls"][name],
-        }
-        for sz in SPIKEZOO:
-            if sz in times:
-                row[f"ratio_{sz}"] = medians[sz] / medians[name]
-                row[f"paired_ratio_{sz}"] = statistics.median(
-                    a / b for a, b in zip(times[sz], ts, strict=True)
-                )
-        if name in rss:
-            row["rss"] = rss[name]
-        rows[name] = row
+        rows[name] = _row(name, timings) | saved[name] | agreement["impls"][name]
+        if args.rss_runs > 0:
+            rows[name]["rss"] = measure_rss(name, t, n, args)
     return {
-        "T": t,
-        "N": n,
-        "input_bytes": t * n * 4,
-        "reference": agreement["reference"],
-        "firing_rate": agreement["firing_rate"],
-        "rows": rows,
-    }
+        "T": t, "N": n, "input_bytes": t * n * 4, "reference": agreement["reference"],
+        "firing_rate": agreement["firing_rate"], "rows": rows, "timings": timings,
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- reporting
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for module in ("spikezoo", "spikingjelly", "snntorch"):
-        try:
-            mod = __import__(module)
-            out[module] = getattr(mod, "__version__", "?")
-        except ImportError:
-            out[module] = None
-    if out.get("spikingjelly") == "?":
-        from importlib.metadata import version
-
-        out["spikingjelly"] = version("spikingjelly")
-    return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def mb(nbytes: float) -> str:
     return f"{nbytes / MiB:.1f}"
 
 
-def markdown(report: dict) -> str:
-    env = report["environment"]
-    lines = [
-        "# Multi-step LIF forward+backward on the CPU",
-        "",
-        f"- date: {env['date']}; machine: {env['cpu']}, {env['cpu_count']} logical CPUs, "
-        f"torch threads: {env['threads']}; load average at start/end: "
-        f"{env['loadavg_start']} / {env['loadavg_end']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-        f"- neuron: LIF tau={TAU}, v_threshold={V_THRESHOLD}, hard reset to {V_RESET}, "
-        f"sigmoid surrogate alpha={ALPHA}, detach_reset=True; x ~ N(1, 2^2) float32",
-        f"- time: forward + backward, median of {env['repeats']} interleaved rounds after "
-        f"{env['warmup']} warm-up rounds; ratio = spikezoo median / this median "
-        "(below 1: spikezoo is faster)",
-        "- saved for bwd: unique storages packed by torch.autograd.graph.saved_tensors_hooks "
-        "during the forward pass",
-        f"- peak RSS delta: peak resident memory of one forward+backward in a fresh process "
-        f"(input already created, high-water mark reset first), median (min-max) of "
-        f"{env['rss_runs']} processes; it includes the returned spikes and input gradient",
-        f"- torch.compile cache: {env['compile_cache']}",
-    ]
-    busy = env["loadavg_start"][0]
-    if busy > 0.5 * (env["cpu_count"] or 1):
-        lines.append(
-            f"- WARNING: the machine was busy before this run started (1-min load average "
-            f"{busy} on {env['cpu_count']} CPUs): with other processes on the cores, every "
-            "multi-threaded kernel can stall for a scheduler time slice, so the timings are "
-            "noisy and inflated; compare the min column, rerun on an idle machine, or try "
-            "--threads 1"
+def _rss_text(rss: dict) -> str:
+    if "peak_rss_delta_bytes" not in rss:
+        return "error" if "error" in rss else "-"
+    low, high = mb(rss["peak_rss_delta_min_bytes"]), mb(rss["peak_rss_delta_max_bytes"])
+    return f"{mb(rss['peak_rss_delta_bytes'])} ({low}-{high})"
+
+
+def _case_table(case: dict) -> str:
+    rows = case["rows"]
+    ratio_cols = [sz for sz in SPIKEZOO if sz in rows]
+    header = ["implementation", "median ms", "min-max ms"]
+    header += [f"{sz} / this" for sz in ratio_cols]
+    header += ["saved for bwd MiB", "peak RSS delta MiB", "spikes vs ref", "max abs dx diff"]
+    cells = []
+    for name, row in rows.items():
+        spikes = (
+            "identical" if row["spikes_identical"] else f"{100 * row['spike_agreement']:.4f}% agree"
         )
-    lines.append("")
-    for case in report["cases"]:
-        rows = case["rows"]
-        lines += [
-            f"## T={case['T']}, N={case['N']:,} (input {mb(case['input_bytes'])} MiB; "
-            f"firing rate {case['firing_rate']:.3f}; spikes compared with {case['reference']})",
-            "",
-        ]
-        ratio_cols = [sz for sz in SPIKEZOO if sz in rows]
-        header = ["implementation", "median ms", "min-max ms"]
-        header += [f"{sz} / this" for sz in ratio_cols]
-        header += ["saved for bwd MiB", "peak RSS delta MiB", "spikes vs ref", "max abs dx diff"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for name, row in rows.items():
-            rss = row.get("rss", {})
-            if "peak_rss_delta_bytes" in rss:
-                rss_text = (
-                    f"{mb(rss['peak_rss_delta_bytes'])} ({mb(rss['peak_rss_delta_min_bytes'])}"
-                    f"-{mb(rss['peak_rss_delta_max_bytes'])})"
-                )
-                rss_text += "" if rss["hwm_reset"] else " (*)"
-            else:
-                rss_text = "error" if "error" in rss else "-"
-            spikes = (
-                "identical"
-                if row["spikes_identical"]
-                else f"{100 * row['spike_agreement']:.4f}% agree"
-            )
-            cells = [
+        timed = "median_s" in row
+        cells.append(
+            [
                 name,
-                f"{row['median_ms']:.2f}",
-                f"{row['min_ms']:.2f}-{row['max_ms']:.2f}",
-                *(f"{row[f'ratio_{sz}']:.2f}" for sz in ratio_cols),
+                f"{row['median_s'] * 1e3:.2f}" if timed else "failed",
+                f"{row['min_s'] * 1e3:.2f}-{row['max_s'] * 1e3:.2f}" if timed else "-",
+                *(
+                    f"{row[f'ratio_{sz}']:.2f}" if f"ratio_{sz}" in row else "-"
+                    for sz in ratio_cols
+                ),
                 mb(row["saved_bytes"]),
-                rss_text,
+                _rss_text(row.get("rss", {})),
                 spikes,
                 f"{row['grad_max_abs_diff']:.1e}",
             ]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        notes = []
-        for name, row in rows.items():
-            if row["saved_bytes_input_alias"]:
-                notes.append(
-                    f"{name} saves the input itself ({mb(row['saved_bytes_input_alias'])} MiB "
-                    "of the saved bytes, no extra memory)"
-                )
-            rss = row.get("rss", {})
-            if rss.get("recompiled_in_measured_call"):
-                notes.append(f"{name}: torch.compile recompiled inside the RSS measurement")
-            if "error" in rss:
-                notes.append(f"{name}: RSS child failed: {rss['error'][-300:]}")
-        if "spikezoo-inductor" in rows:
-            row = rows["spikezoo-inductor"]
-            text = (
-                f"spikezoo-inductor first call {row['first_call_s']:.2f} s "
-                f"(steady {row['median_ms'] / 1e3:.3f} s)"
-            )
-            if "warmup_first_call_s" in row.get("rss", {}):
-                text += (
-                    f"; first call in a fresh process with the disk cache filled: "
-                    f"{row['rss']['warmup_first_call_s']:.2f} s"
-                )
-            notes.append(text)
-        if any(not r.get("rss", {}).get("hwm_reset", True) for r in rows.values()):
-            notes.append("(*) high-water mark not reset: the RSS delta is a lower bound")
-        lines += [f"- {note}" for note in notes] + [""]
-    if report.get("compile_s") is not None:
-        lines.append(
-            f"spikezoo-inductor compile time (first call minus steady median, first case, "
-            f"{env['compile_cache']}): {report['compile_s']:.2f} s"
         )
-        lines.append("")
+    return table(header, cells)
+
+
+def _case_notes(case: dict) -> list[str]:
+    notes = []
+    for name, row in case["rows"].items():
+        if row["saved_bytes_input_alias"]:
+            notes.append(
+                f"{name} saves the input itself ({mb(row['saved_bytes_input_alias'])} MiB "
+                "of the saved bytes, no extra memory)"
+            )
+        rss = row.get("rss", {})
+        if rss.get("recompiled_in_measured_call"):
+            notes.append(f"{name}: torch.compile recompiled inside the RSS measurement")
+        if "error" in rss:
+            notes.append(f"{name}: RSS child failed: {rss['error'][-300:]}")
+        if "error" in row:
+            notes.append(f"{name}: failed: {row['error']}")
+    row = case["rows"].get("spikezoo-inductor", {})
+    if "first_call_s" in row:
+        text = (
+            f"spikezoo-inductor first call {row['first_call_s']:.2f} s "
+            f"(steady {row['median_s']:.4f} s)"
+        )
+        if "warmup_first_call_s" in row.get("rss", {}):
+            text += (
+                f"; first call in a fresh process with the disk cache filled: "
+                f"{row['rss']['warmup_first_call_s']:.2f} s"
+            )
+        notes.append(text)
+    return notes
+
+
+def markdown(report: dict) -> str:
+    """The report: the run's context, then one table per size."""
+    env = report["environment"]
+    lines = [
+        f"- run: {env['date']}; {env['device']}, torch threads: {env['threads']}; {load_text(env)}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        f"- command: `{env['command']}`",
+        f"- neuron: LIF tau={TAU}, v_threshold={V_THRESHOLD}, hard reset to {V_RESET}, "
+        f"sigmoid surrogate alpha={ALPHA}, detach_reset=True; x ~ N(1, 2^2) float32",
+        f"- time: forward + backward (`torch.utils.benchmark.Timer`), median of "
+        f"{report['settings']['repeats']} interleaved rounds after `blocked_autorange`'s "
+        "warm-up; ratio = spikezoo median / this median (below 1: spikezoo is faster)",
+        "- saved for bwd: unique storages packed by torch.autograd.graph.saved_tensors_hooks "
+        "during the forward pass",
+        f"- peak RSS delta: rise of the resident high-water mark over one forward+backward in a "
+        f"fresh process (input already created, mark reset first), median (min-max) of "
+        f"{report['settings']['rss_runs']} processes; it includes the returned spikes and input "
+        "gradient",
+        f"- torch.compile cache: {report['settings']['compile_cache']}",
+        "",
+    ]
+    for case in report["cases"]:
+        lines += [
+            f"**T = {case['T']}, N = {case['N']:,}** (input {mb(case['input_bytes'])} MiB; "
+            f"firing rate {case['firing_rate']:.3f}; spikes compared with {case['reference']})",
+            "",
+            _case_table(case),
+            "",
+        ]
+        lines += [f"- {note}" for note in _case_notes(case)] + [""]
     return "\n".join(lines)
 
 
@@ -575,10 +445,14 @@ def markdown(report: dict) -> str:
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"4x2000000,4x16384"`` -> ``[(4, 2000000), (4, 16384)]``."""
     sizes = []
     for item in text.split(","):
-        t, n = item.lower().split("x")
-        sizes.append((int(t), int(n.replace("_", ""))))
+        try:
+            t, n = item.lower().split("x")
+            sizes.append((int(t), int(n.replace("_", ""))))
+        except ValueError as error:
+            raise SystemExit(f"--sizes: expected TxN items like 4x16384, got {item!r}") from error
     return sizes
 
 
@@ -587,92 +461,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--sizes",
-        default="4x2000000,4x16384",
-        help="comma-separated TxN cases (default: 4x2000000,4x16384)",
-    )
+        "--sizes", default="4x2000000,4x16384",
+        help="comma-separated TxN cases (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--repeats", type=int, default=15, help="measured rounds (default 15)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up rounds, >= 1 (default 3)")
+    p.add_argument(
+        "--warmup", type=int, default=1,
+        help="unmeasured rounds after blocked_autorange's warm-up (default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-block", type=float, default=0.05,
+        help="seconds of the shortest timed block of calls (default 0.05)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument(
-        "--impls",
-        default=",".join(IMPLS),
-        help=f"comma-separated subset of {','.join(IMPLS)}",
+        "--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="also write the full results as JSON")
+    p.add_argument("--json", type=Path, help="also write the full results as JSON")
     p.add_argument(
-        "--rss-runs",
-        type=int,
-        default=3,
+        "--markdown", type=Path,
+        help="write the tables into this file (between its bench_neurons markers, if any)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rss-runs", type=int, default=3,
         help="fresh processes per implementation and size for the peak RSS; the median is "
         "reported (default 3; 0 skips the RSS measurement)",
-    )
+    )  # fmt: skip
     p.add_argument(
-        "--reuse-compile-cache",
-        action="store_true",
+        "--reuse-compile-cache", action="store_true",
         help="use torch.compile's default on-disk cache instead of a fresh temporary one "
         "(then the reported compile time may be a cache load)",
-    )
-    # internal: one fresh-process RSS measurement
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--t", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    args.command = command_line("bench_neurons.py", argv)
+    args.impls = [name.strip() for name in args.impls.split(",") if name.strip()]
+    unknown = [name for name in args.impls if name not in IMPLS]
+    if unknown:
+        p.error(f"--impls: unknown {', '.join(unknown)}; expected some of {', '.join(IMPLS)}")
+    return args
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    if args.child:
-        child_main(args)
-        return None
-    impl_names = [name.strip() for name in args.impls.split(",") if name.strip()]
-    for name in impl_names:
-        if name not in IMPLS:
-            raise SystemExit(f"unknown implementation {name!r}; expected some of {IMPLS}")
     torch.set_num_threads(args.threads)
-
-    tmp = None
-    if args.reuse_compile_cache:
-        cache = "default on-disk cache (may already hold the kernels)"
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_neurons_inductor_")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp.name  # read lazily, inherited by children
-        cache = "fresh temporary cache (cold compile in this process, reused by the RSS runs)"
-    env = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "repeats": args.repeats,
-        "rss_runs": args.rss_runs,
-        "warmup": max(args.warmup, 1),
-        "seed": args.seed,
-        "compile_cache": cache,
-        "versions": versions(),
-        "loadavg_start": [round(v, 2) for v in os.getloadavg()],
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-    }
-    try:
+    env = environment("cpu", args.threads, args.command, PACKAGES)
+    settings = dict(
+        sizes=args.sizes, repeats=args.repeats, warmup=args.warmup, rss_runs=args.rss_runs,
+        seed=args.seed, impls=args.impls,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench_neurons_inductor_") as cache:
+        if args.reuse_compile_cache:
+            settings["compile_cache"] = "default on-disk cache (may already hold the kernels)"
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # read lazily, inherited by children
+            settings["compile_cache"] = (
+                "fresh temporary cache (cold compile in this process, reused by the RSS runs)"
+            )
         cases = []
         for t, n in parse_sizes(args.sizes):
             print(f"running T={t}, N={n:,} ...", file=sys.stderr, flush=True)
-            cases.append(bench_case(t, n, impl_names, args))
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    env["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-    compile_s = None
-    if cases and "spikezoo-inductor" in cases[0]["rows"]:
-        row = cases[0]["rows"]["spikezoo-inductor"]
-        compile_s = row["first_call_s"] - row["median_ms"] / 1e3
-    report = {"environment": env, "compile_s": compile_s, "cases": cases}
-    print(markdown(report))
+            cases.append(bench_case(t, n, args.impls, args))
+    finish(env)
+    print(compare([case.pop("timings") for case in cases]), file=sys.stderr)
+    report = {"environment": env, "settings": settings, "cases": cases}
+    text = markdown(report)
+    print(text)
+    if args.markdown:
+        write_generated(args.markdown, "bench_neurons", text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        args.json.write_text(json.dumps(report, indent=2))
     return report
 
 

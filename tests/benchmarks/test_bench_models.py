@@ -7,10 +7,9 @@ whole file takes seconds.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
-from pathlib import Path
+import re
 
 import pytest
 import torch
@@ -20,47 +19,53 @@ from tests.analysis.tiny_models import TINY_MODELS, eager
 pytest.importorskip("spikingjelly.activation_based")
 pytest.importorskip("matplotlib")
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+@pytest.fixture(scope="module")
+def bench(benchmarks_path):
+    """The command module, ``benchmarks/bench_models.py``."""
+    return importlib.import_module("bench_models")
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_models", BENCHMARKS / "bench_models.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_models"] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_models", None)
+def zoo(benchmarks_path):
+    return importlib.import_module("whole_models.zoo")
 
 
-def spike_count(model: torch.nn.Module, images: torch.Tensor, bench) -> tuple[torch.Tensor, int]:
-    return bench.count_spikes(model, lambda: model(images))
+@pytest.fixture(scope="module")
+def agreement(benchmarks_path):
+    return importlib.import_module("whole_models.agreement")
+
+
+def spike_count(
+    model: torch.nn.Module, images: torch.Tensor, agreement
+) -> tuple[torch.Tensor, int]:
+    return agreement.count_spikes(model, lambda: model(images))
 
 
 @pytest.mark.parametrize("family", ["sdt", "resformer"])
-def test_spikingjelly2_peer_computes_what_spikezoo_computes(family, bench):
+def test_spikingjelly2_peer_computes_what_spikezoo_computes(family, zoo, agreement):
     from peers.sj2_models import build_sj2_model
 
     torch.manual_seed(0)
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    zoo = eager(TINY_MODELS[family]()).double()
-    bench.set_batchnorm_statistics(zoo, images)
-    peer = build_sj2_model(zoo)
+    model = eager(TINY_MODELS[family]()).double()
+    zoo.set_batchnorm_statistics(model, images)
+    peer = build_sj2_model(model)
     with torch.no_grad():
         for mode in ("eval", "train"):  # train: batch statistics and the DSSA rate updates
-            zoo.train(mode == "train")
+            model.train(mode == "train")
             peer.train(mode == "train")
-            expected, zoo_spikes = spike_count(zoo, images, bench)
-            got, peer_spikes = spike_count(peer, images, bench)
+            expected, zoo_spikes = spike_count(model, images, agreement)
+            got, peer_spikes = spike_count(peer, images, agreement)
             assert zoo_spikes > 0, "the tiny network must spike for the comparison to mean anything"
             assert peer_spikes == zoo_spikes
             torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
-    for name, buffer in zoo.named_buffers():
+    for name, buffer in model.named_buffers():
         if "firing_rate" in name:
             torch.testing.assert_close(peer.get_buffer(name), buffer)
 
 
-def test_sj2_peer_refuses_other_models():
+def test_sj2_peer_refuses_other_models(benchmarks_path):
     from peers.sj2_models import build_sj2_model
 
     with pytest.raises(TypeError, match="SpikeDrivenTransformer or SpikingResformer"):
@@ -73,23 +78,30 @@ FAKE_LIMITS = dict(
 )  # fmt: skip
 
 
-def test_command_writes_json_markdown_and_plots(bench, tmp_path, monkeypatch):
-    tiny = bench.ModelSpec(
-        "tiny_sdt", 32, {"cpu": 1, "quick": 1}, bench.spike_driven_transformer,
+def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatch):
+    from harness.markdown import markers
+
+    from spikezoo.models import spike_driven_transformer
+
+    tiny = zoo.ModelSpec(
+        "tiny_sdt", 32, {"cpu": 1, "quick": 1}, spike_driven_transformer,
         create_kwargs=dict(embed_dim=32, depth=1, num_heads=4, time_steps=2, num_classes=10),
         authors=False, timm_name="sdt_2_512_cifar",
     )  # fmt: skip
-    monkeypatch.setitem(bench.MODELS, "tiny_sdt", tiny)
-    create_model = bench.timm.create_model
-    monkeypatch.setattr(bench.timm, "create_model", lambda *a, **k: eager(create_model(*a, **k)))
-    monkeypatch.setattr(bench, "machine_limits", lambda device, quick: dict(FAKE_LIMITS))
-    doc = tmp_path / "doc.md"
-    doc.write_text(
-        f"# Title\n\nbefore\n\n{bench.MARK_BEGIN}\nold table\n{bench.MARK_END}\n\nafter\n"
+    monkeypatch.setitem(zoo.MODELS, "tiny_sdt", tiny)
+    create_model = zoo.timm.create_model
+    monkeypatch.setattr(zoo.timm, "create_model", lambda *a, **k: eager(create_model(*a, **k)))
+    monkeypatch.setattr(
+        importlib.import_module("whole_models.measure"),
+        "machine_limits",
+        lambda device, quick, threads: dict(FAKE_LIMITS),
     )
+    begin, end = markers("bench_models")
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Title\n\nbefore\n\n{begin}\nold table\n{end}\n\nafter\n")
     argv = [
         "--models", "tiny_sdt", "--impls", "spikezoo,authors,spikingjelly2", "--dtypes", "fp32",
-        "--modes", "eager", "--repeats", "1", "--warmup", "1", "--threads", "1",
+        "--modes", "eager", "--repeats", "2", "--threads", "1",
         "--json", str(tmp_path / "r.json"), "--markdown", str(doc), "--plots", str(tmp_path / "p"),
     ]  # fmt: skip
     bench.main(argv)
@@ -110,7 +122,8 @@ def test_command_writes_json_markdown_and_plots(bench, tmp_path, monkeypatch):
     for variant in model["variants"]:
         assert set(variant["results"]) == {"spikezoo", "spikingjelly2"}
         peer, zoo = variant["results"]["spikingjelly2"], variant["results"]["spikezoo"]
-        assert len(peer["times_s"]) == 1
+        assert len(peer["times_s"]) == len(zoo["times_s"]) == 2
+        assert peer["first_call_s"] > 0 and peer["calls_per_round"] >= 1
         assert peer["speedup_of_spikezoo"] == pytest.approx(peer["median_s"] / zoo["median_s"])
         assert zoo["peak_bytes"] > 0
         assert peer["spikezoo_memory_ratio"] == pytest.approx(
@@ -124,7 +137,8 @@ def test_command_writes_json_markdown_and_plots(bench, tmp_path, monkeypatch):
     assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
     assert "old table" not in text
     assert "### tiny_sdt (32x32, batch 1)" in text
-    assert "| spikingjelly2 | fp32 | eager | train |" in text
+    assert "| spikingjelly2 | fp32 | eager | train |" in re.sub(" +", " ", text)
+    assert "load average" in text and report["environment"]["load_after"] is not None
     assert "![tiny_sdt_roofline](p/tiny_sdt_roofline.png)" in text
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "tiny_sdt.png",
@@ -134,7 +148,7 @@ def test_command_writes_json_markdown_and_plots(bench, tmp_path, monkeypatch):
     again = tmp_path / "again.md"
     report_json, plots = str(tmp_path / "r.json"), str(tmp_path / "p")
     bench.main(["--from-json", report_json, "--markdown", str(again), "--plots", plots])
-    block = text[text.index(bench.MARK_BEGIN) : text.index(bench.MARK_END) + len(bench.MARK_END)]
+    block = text[text.index(begin) : text.index(end) + len(end)]
     assert again.read_text() == block + "\n"  # the same tables, rendered from the saved report
 
 
@@ -158,16 +172,16 @@ class _Shifted(torch.nn.Module):
         return self.reference(x) + self.shift
 
 
-def test_agreement_flags_a_differing_or_failing_peer(bench):
-    zoo = eager(TINY_MODELS["sdt"]())
+def test_agreement_flags_a_differing_or_failing_peer(zoo, agreement):
+    model = eager(TINY_MODELS["sdt"]())
     images = torch.randn(1, 3, 32, 32)
-    bench.set_batchnorm_statistics(zoo, images)
-    runners = [bench.Runner("spikezoo", zoo)] + [
-        bench.Runner(name, _Shifted(zoo, shift))
+    zoo.set_batchnorm_statistics(model, images)
+    runners = [zoo.Runner("spikezoo", model)] + [
+        zoo.Runner(name, _Shifted(model, shift))
         for name, shift in (("same", 0.0), ("off", 1e-3), ("broken", None))
     ]
-    runners.append(bench.Runner("rounding", _Shifted(zoo, 1e-3), spike_rounding=1e-5))
-    verdicts = bench.check_agreement(runners, images, atol=1e-4)
+    runners.append(zoo.Runner("rounding", _Shifted(model, 1e-3), spike_rounding=1e-5))
+    verdicts = agreement.check_agreement(runners, images, atol=1e-4)
     # a runner allowed rounding flips agrees on its spikes whatever its logits
     assert verdicts["rounding"]["agree"] and verdicts["rounding"]["same_spikes"]
     assert verdicts["same"]["agree"] and verdicts["same"]["same_spikes"]
