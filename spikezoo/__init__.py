@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-__version__ = "0.1.0"
+from spikezoo._version import __version__
 
 __all__ = ["__version__", "layers", "models", "neurons"]
 

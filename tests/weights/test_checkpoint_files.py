@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from spikezoo.hub import CheckpointFileError, read_checkpoint
+from spikezoo.weights import CheckpointFileError, read_checkpoint
 from tests.reference import REFERENCE_DIR
 
 TINY = dict(embed_dim=64, num_heads=4)
