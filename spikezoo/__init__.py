@@ -5,7 +5,6 @@ The ``spikezoo`` command starts from :mod:`spikezoo_cli`, outside this package.
 """
 
 from spikezoo import layers, models, neurons  # models: registers the models with timm
-
-__version__ = "0.1.0"
+from spikezoo._version import __version__
 
 __all__ = ["__version__", "layers", "models", "neurons"]

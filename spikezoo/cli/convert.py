@@ -40,7 +40,8 @@ def _json_object(text: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Convert, print what was written and where it came from."""
-    from spikezoo.hub import convert_checkpoint, install
+    from spikezoo.hub import convert_checkpoint
+    from spikezoo.weights import install
 
     name = resolve_model_name(args.model)
     if args.out.exists() and any(args.out.iterdir()):

@@ -10,9 +10,9 @@ from spikezoo.cli.errors import CommandError
 
 @contextmanager
 def reported_as_command_errors(hint: str) -> Iterator[None]:
-    """Turn spikezoo.hub's errors and checkpoint mismatches into :class:`CommandError`."""
-    from spikezoo.hub import WeightsError
+    """Turn the weights' errors and checkpoint mismatches into :class:`CommandError`."""
     from spikezoo.models import CheckpointMismatchError
+    from spikezoo.weights import WeightsError
 
     try:
         yield

@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import hashlib
 import json
 from pathlib import Path
 
 import timm
-import torch
-from safetensors.torch import save_file
 from timm.models import PretrainedCfg
 from timm.models._hub import save_config_for_hf
 from torch import nn
 
-import spikezoo
-from spikezoo.hub.checkpoint_file import read_checkpoint
 from spikezoo.hub.model_card import model_card
+from spikezoo.models._pretrained import check_finite_forward
 from spikezoo.models._registry import family_of
-from spikezoo.neurons import use_backend
+from spikezoo.weights import cache, file_sha256, read_checkpoint, save_state_dict
 
-__all__ = ["check_finite_forward", "convert_checkpoint", "file_sha256", "full_name"]
+__all__ = ["convert_checkpoint", "full_name"]
 
 _PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def full_name(model: nn.Module) -> str:
@@ -68,15 +54,11 @@ def convert_checkpoint(
         problem = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise ValueError(f"{source} does not fit {full_name(model)}: {problem}") from None
     check_finite_forward(model, f"{source} converted for {full_name(model)}")
-    provenance = dict(
-        model=full_name(model),
-        source=source_url or str(source.resolve()),
-        sha256=file_sha256(source),
-        converted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        spikezoo_version=spikezoo.__version__,
+    provenance = cache.provenance(
+        full_name(model), source_url or str(source.resolve()), file_sha256(source), "converted"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), out_dir / "model.safetensors", metadata={"format": "pt"})
+    save_state_dict(model.state_dict(), out_dir / "model.safetensors")
     write_config(model, out_dir / "config.json", dict(model_args, time_steps=model.time_steps))
     (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     (out_dir / "README.md").write_text(model_card(model, provenance["model"], provenance))
@@ -87,7 +69,8 @@ def write_config(model: nn.Module, path: Path, model_args: dict) -> None:
     """timm's ``config.json``, with a ``pretrained_cfg`` that timm's ``PretrainedCfg`` accepts.
 
     ``time_steps`` and the other constructor arguments go to ``model_args`` (timm passes them
-    to the entry point); spikezoo's extra cfg fields (``top1``) move to a ``spikezoo`` block.
+    to the entry point); spikezoo's extra cfg fields (``top1``, ``authors_file``) move to a
+    ``spikezoo`` block.
     """
     save_config_for_hf(model, str(path), model_args=model_args)
     config = json.loads(path.read_text())
@@ -95,19 +78,3 @@ def write_config(model: nn.Module, path: Path, model_args: dict) -> None:
     extra = {k: cfg.pop(k) for k in list(cfg) if k not in _PRETRAINED_CFG_FIELDS}
     config["spikezoo"] = extra
     path.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def check_finite_forward(model: nn.Module, what: str) -> None:
-    """Run ``model`` once in eval mode on a small random image; raise if a logit is not finite.
-
-    The neurons run their eager loops for this one pass (nothing to compile), then get their
-    backends back.
-    """
-    size = 2 * model.size_multiple
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(1, model.in_chans, size, size, generator=generator)
-    model.eval()
-    with use_backend(model, "torch"), torch.no_grad():
-        logits = model(images)
-    if not torch.isfinite(logits).all():
-        raise ValueError(f"{what}: the model's logits are not finite; the weights are damaged")

@@ -24,10 +24,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spikezoo.hub.convert import convert_checkpoint, file_sha256
-from spikezoo.hub.download import download, drive_download_url
-from spikezoo.hub.errors import PublishError, WeightsError
-from spikezoo.hub.remote import hub_token, push_folder
+from spikezoo.hub.convert import convert_checkpoint
+from spikezoo.hub.push import PublishError, hub_token, push_folder
+from spikezoo.weights import WeightsError, download, drive_download_url, file_sha256
 
 if sys.version_info >= (3, 11):
     import tomllib

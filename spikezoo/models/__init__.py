@@ -3,11 +3,11 @@
 
 from spikezoo.models._base import TIME_REDUCTIONS, SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import CheckpointMismatchError, guess_architecture
-from spikezoo.models._pretrained import SpikingPretrainedCfg
 from spikezoo.models._registry import FAMILIES, model_names
 from spikezoo.models.spike_driven_transformer import SpikeDrivenTransformer
 from spikezoo.models.spike_driven_transformer_v2 import SpikeDrivenTransformerV2
 from spikezoo.models.spiking_resformer import SpikingResformer
+from spikezoo.weights import SpikingPretrainedCfg
 
 #: Every spikezoo entry point registered with timm, family by family in :data:`FAMILIES` order.
 MODEL_NAMES = model_names()

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from spikezoo.layers.renamed_children import rename_old_keys
+from spikezoo.weights import unwrap_state_dict
 
 __all__ = [
     "CheckpointMismatchError",
@@ -46,25 +47,6 @@ class CheckpointMismatchError(ValueError):
         self.unexpected = unexpected
         self.mismatched = mismatched
         self.likely_model = likely_model
-
-
-def unwrap_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
-    """The state dict inside a training checkpoint.
-
-    Accepts a bare state dict or the authors' layouts (``{"state_dict": ...}`` from the SDT
-    timm script, ``{"model": ...}`` from SpikingResformer) and strips the ``module.`` (DDP)
-    and ``_orig_mod.`` (``torch.compile``) prefixes.
-    """
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(
-            "expected a state dict (a mapping of names to tensors), "
-            f"got {type(checkpoint).__name__}"
-        )
-    for key in ("state_dict", "model"):
-        if isinstance(checkpoint.get(key), Mapping):
-            checkpoint = checkpoint[key]
-            break
-    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in checkpoint.items()}
 
 
 def rename_key(key: str, rules: list[RenameRule]) -> str | None:

@@ -1,25 +1,21 @@
-"""timm's pretrained config, plus the fields a spiking model's weights come with."""
+"""Building a model with timm's ``build_model_with_cfg``, its pretrained weights mapped on."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import (
-    PretrainedCfg,
-    build_model_with_cfg,
-    generate_default_cfgs,
-    resolve_pretrained_cfg,
-)
+from timm.models import build_model_with_cfg, generate_default_cfgs, resolve_pretrained_cfg
 from torch import nn
 
 from spikezoo.models._registry import family_of
+from spikezoo.neurons import use_backend
+from spikezoo.weights import SpikingPretrainedCfg, pretrained_weights
 
 __all__ = [
     "CIFAR100_NORM",
     "IMAGENET_CFG",
-    "SpikingPretrainedCfg",
     "build_spiking_model",
+    "check_finite_forward",
     "spikezoo_default_cfgs",
 ]
 
@@ -39,20 +35,6 @@ IMAGENET_CFG = dict(
 CIFAR100_NORM = dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
 
 
-@dataclass
-class SpikingPretrainedCfg(PretrainedCfg):
-    """A :class:`timm.models.PretrainedCfg` with the paper's accuracy.
-
-    The time steps T are a model argument (``model.time_steps``), not part of the cfg: the entry
-    point's default is the T the weights were trained with, and an exported ``config.json``
-    records it under ``model_args``.
-    """
-
-    #: top-1 accuracy (%) the paper reports for these weights with ``time_steps``, at
-    #: ``test_input_size`` when set, else ``input_size``; ``None`` where the paper gives none.
-    top1: float | None = None
-
-
 def spikezoo_default_cfgs(defaults: dict, tags: dict[str, dict]) -> dict:
     """timm default cfgs for ``"model.tag"`` names: ``defaults`` updated by each tag's fields.
 
@@ -64,22 +46,6 @@ def spikezoo_default_cfgs(defaults: dict, tags: dict[str, dict]) -> dict:
             for tag, fields in tags.items()
         }
     )
-
-
-#: Arguments of ``build_model_with_cfg`` that do not describe the network's weights.
-_NOT_ARCHITECTURE = (
-    "pretrained_cfg",
-    "pretrained_cfg_overlay",
-    "cache_dir",
-    "features_only",
-    "out_indices",
-    "feature_cls",
-    "feature_cfg",
-    "num_classes",
-    "in_chans",
-    "device",
-    "dtype",
-)
 
 
 def build_spiking_model(
@@ -97,36 +63,61 @@ def build_spiking_model(
     map unless ``out_indices`` says otherwise.
 
     A ``pretrained_cfg`` given as a dict (``config.json`` of a ``local-dir:`` or ``hf-hub:``
-    export) becomes a :class:`SpikingPretrainedCfg`. With ``pretrained=True`` the weights are
-    located and read by :func:`spikezoo.hub.pretrained_state_dict` (never unpickled) and then
-    go through timm's usual filtering and head / input-channel adaptation.
+    export) becomes a :class:`~spikezoo.weights.SpikingPretrainedCfg`. With
+    ``pretrained=True`` the weights are located and read by
+    :func:`spikezoo.weights.pretrained_weights` (never unpickled) and then go through timm's
+    usual filtering and head / input-channel adaptation onto the one model built here. A
+    freshly downloaded authors' file must also give finite outputs in one forward pass
+    (:func:`check_finite_forward`) before it is kept in spikezoo's cache.
     """
     if isinstance(kwargs.get("pretrained_cfg"), dict):
         kwargs["pretrained_cfg"] = SpikingPretrainedCfg(**kwargs["pretrained_cfg"])
-    cfg = None
-    if pretrained:
-        # imported here: spikezoo.hub builds models from the families that import this module
-        from spikezoo.hub import pretrained_state_dict
-
-        cfg = resolve_pretrained_cfg(
-            variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")
-        )
-        architecture_args = {k: v for k, v in kwargs.items() if k not in _NOT_ARCHITECTURE}
-        state_dict = pretrained_state_dict(cfg, architecture_args)
-        # source="" makes timm take the state dict instead of fetching hf-hub itself
-        overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-        kwargs["pretrained_cfg_overlay"] = dict(overlay, state_dict=state_dict, source="")
-    model = build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained,
+    build = dict(
         pretrained_filter_fn=family_of(model_cls).checkpoint_filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=num_feature_units),
-        **kwargs,
     )
-    if cfg is not None:
-        for module in (model, getattr(model, "model", None)):
-            if isinstance(getattr(module, "pretrained_cfg", None), dict):
-                module.pretrained_cfg.pop("state_dict", None)
-                module.pretrained_cfg["source"] = cfg.source
+    if not pretrained:
+        return build_model_with_cfg(model_cls, variant, pretrained, **build, **kwargs)
+    cfg = resolve_pretrained_cfg(
+        variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")
+    )
+    with pretrained_weights(cfg) as weights:
+        # source="" makes timm take the state dict instead of fetching hf-hub itself
+        overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+        overlay.update(state_dict=weights.state_dict, source="")
+        model = build_model_with_cfg(
+            model_cls, variant, pretrained, pretrained_cfg_overlay=overlay, **build, **kwargs
+        )
+        if weights.downloaded:
+            check_finite_forward(model, f"{variant} with the weights of {weights.source}")
+    for module in (model, getattr(model, "model", None)):
+        if isinstance(getattr(module, "pretrained_cfg", None), dict):
+            module.pretrained_cfg.pop("state_dict", None)
+            module.pretrained_cfg["source"] = cfg.source
     return model
+
+
+def check_finite_forward(model: nn.Module, what: str) -> None:
+    """Run ``model`` once in eval mode on a small random image; raise ``ValueError`` if an
+    output is not finite. ``model`` may be a timm ``features_only`` wrapper (its
+    ``model`` is the network); its training mode is restored afterwards.
+
+    The neurons run their eager loops for this one pass (nothing to compile), then get their
+    backends back.
+    """
+    network = getattr(model, "model", model)
+    parameter = next(network.parameters())
+    size = 2 * network.size_multiple
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(1, network.in_chans, size, size, generator=generator)
+    images = images.to(parameter.device, parameter.dtype)
+    training = model.training
+    model.eval()
+    try:
+        with use_backend(network, "torch"), torch.no_grad():
+            outputs = model(images)
+    finally:
+        model.train(training)
+    tensors = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    if not all(torch.isfinite(tensor).all() for tensor in tensors):
+        raise ValueError(f"{what}: the model's outputs are not finite; the weights are damaged")

@@ -36,6 +36,7 @@ from spikezoo.models._pretrained import (
     build_spiking_model,
     spikezoo_default_cfgs,
 )
+from spikezoo.weights import AuthorsFile
 
 __all__ = ["Block", "SpikeDrivenTransformer", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -215,14 +216,29 @@ _DEFAULTS = dict(
 _cifar = dict(input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, notes=_NOT_RELEASED)
 _dvs = dict(mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, notes=_NOT_RELEASED)
 
+# The authors' ImageNet checkpoints are timm-script training checkpoints on Google Drive
+# ({"state_dict": {"module.<key>": ...}, "args": Namespace, ...}); pretrained=True fetches them.
+
 default_cfgs = spikezoo_default_cfgs(
     _DEFAULTS,
     {
-        "sdt_8_384.in1k": dict(top1=72.28),
-        "sdt_6_512.in1k": dict(top1=74.11),
-        "sdt_8_512.in1k": dict(top1=74.57),
-        "sdt_10_512.in1k": dict(top1=74.66),
-        "sdt_8_768.in1k": dict(test_input_size=(3, 288, 288), top1=77.07),
+        "sdt_8_384.in1k": dict(
+            top1=72.28, authors_file=AuthorsFile.on_drive("10oH_zkwB4FDtFLgmZ_lI8e0tFjRzrXyD")
+        ),
+        "sdt_6_512.in1k": dict(
+            top1=74.11, authors_file=AuthorsFile.on_drive("1hsShpFBKYpMK2TmpuoyBFORcLAuMHrx7")
+        ),
+        "sdt_8_512.in1k": dict(
+            top1=74.57, authors_file=AuthorsFile.on_drive("1n59WNSBgP2VyAW2nfJX2Wvx5rgNJEMXI")
+        ),
+        "sdt_10_512.in1k": dict(
+            top1=74.66, authors_file=AuthorsFile.on_drive("1l-c3QY5r4IFmYUmGPZXRHP_W7iC1sdP8")
+        ),
+        "sdt_8_768.in1k": dict(
+            test_input_size=(3, 288, 288),
+            top1=77.07,
+            authors_file=AuthorsFile.on_drive("1R-MaeFV8d2Y0pIGBSjklOGWhaF8dLHf4"),
+        ),
         "sdt_2_256_cifar.cifar10": dict(num_classes=10, **_cifar, **_CIFAR10),
         "sdt_2_512_cifar.cifar10": dict(num_classes=10, top1=95.6, **_cifar, **_CIFAR10),
         "sdt_2_512_cifar.cifar100": dict(num_classes=100, top1=78.4, **_cifar, **CIFAR100_NORM),

@@ -35,6 +35,7 @@ from spikezoo.models._checkpoint import (
     unwrap_state_dict,
 )
 from spikezoo.models._pretrained import IMAGENET_CFG, build_spiking_model, spikezoo_default_cfgs
+from spikezoo.weights import AuthorsFile
 
 __all__ = ["Block", "SpikeDrivenTransformerV2", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -328,6 +329,11 @@ default_cfgs = spikezoo_default_cfgs(
         "sdt_v2_8_384.in1k": dict(notes=_NOT_RELEASED),
         f"sdt_v2_8_512.{_KD_TAG}": dict(
             top1=80.0,
+            # main_finetune.py checkpoints ({"model": ..., "args": Namespace, ...}) in one
+            # Google Drive folder, to be downloaded by hand
+            authors_file=AuthorsFile(
+                page="https://drive.google.com/drive/folders/12JcIRG8BF6JcgPsXIetSS14udtHXeSSx"
+            ),
             notes=(
                 "Trained at T=4 (the entry point's default time_steps) with the distillation "
                 "head (kd=True, set by this tag); eval returns the mean of both heads.",

@@ -35,6 +35,7 @@ from spikezoo.models._pretrained import (
     build_spiking_model,
     spikezoo_default_cfgs,
 )
+from spikezoo.weights import AuthorsFile
 
 __all__ = ["SpikingResformer", "checkpoint_filter_fn", "remap_state_dict"]
 
@@ -246,13 +247,21 @@ _DEFAULTS = dict(
 
 _cifar = dict(input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0)
 
+# The authors' ImageNet checkpoints ({"model": ...}) sit in one Google Drive folder, to be
+# downloaded by hand.
+_AUTHORS_FOLDER = AuthorsFile(
+    page="https://drive.google.com/drive/folders/1sAFHKF9QZC2P0aSoC9bdLqgW8TfLjFSC"
+)
+
 default_cfgs = spikezoo_default_cfgs(
     _DEFAULTS,
     {
-        "spikingresformer_ti.in1k": dict(top1=74.34),
-        "spikingresformer_s.in1k": dict(),
-        "spikingresformer_m.in1k": dict(top1=77.24),
-        "spikingresformer_l.in1k": dict(test_input_size=(3, 288, 288), top1=79.40),
+        "spikingresformer_ti.in1k": dict(top1=74.34, authors_file=_AUTHORS_FOLDER),
+        "spikingresformer_s.in1k": dict(authors_file=_AUTHORS_FOLDER),
+        "spikingresformer_m.in1k": dict(top1=77.24, authors_file=_AUTHORS_FOLDER),
+        "spikingresformer_l.in1k": dict(
+            test_input_size=(3, 288, 288), top1=79.40, authors_file=_AUTHORS_FOLDER
+        ),
         "spikingresformer_cifar.cifar10": dict(num_classes=10, **_cifar, **_CIFAR10),
         "spikingresformer_cifar.cifar100": dict(num_classes=100, **_cifar, **CIFAR100_NORM),
         "spikingresformer_dvsg.dvs128_gesture": dict(

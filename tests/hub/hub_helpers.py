@@ -9,8 +9,8 @@ import huggingface_hub.constants as hf_constants
 import timm
 import torch
 
-from spikezoo.hub import read_checkpoint
 from spikezoo.models._registry import family_of
+from spikezoo.weights import read_checkpoint
 from tests.reference import REFERENCE_DIR, load_case
 
 

@@ -11,15 +11,9 @@ import pytest
 import timm
 import torch
 
-from spikezoo.hub import (
-    AUTHORS_FILES,
-    AuthorsFile,
-    DownloadError,
-    WeightsNotFoundError,
-    convert_checkpoint,
-    push_folder,
-)
-from spikezoo.hub.convert import file_sha256
+from spikezoo.hub import convert_checkpoint, push_folder
+from spikezoo.models import CheckpointMismatchError, SpikingVisionModel
+from spikezoo.weights import AuthorsFile, DownloadError, WeightsNotFoundError, file_sha256
 from tests.hub.hub_helpers import (
     assert_same_state,
     cache_entries,
@@ -32,19 +26,21 @@ FAMILIES = ["sdt", "resformer"]
 DRIVE_ID = "tiny-authors-file"
 
 
-def _serve_authors_file(monkeypatch, drive, tiny, sha256=None):
+def _serve_authors_file(drive, tiny, sha256=None) -> dict:
+    """Serve the tiny file as the tag's authors' Drive file; returns the cfg overlay that
+    points the tag at it."""
     drive.files[DRIVE_ID] = tiny.file.read_bytes()
     page = f"https://drive.google.com/file/d/{DRIVE_ID}/view"
-    monkeypatch.setitem(AUTHORS_FILES, tiny.tag, AuthorsFile(page, DRIVE_ID, sha256))
+    return dict(authors_file=AuthorsFile(page, DRIVE_ID, sha256))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_authors_file_is_downloaded_converted_and_cached(weights_env, monkeypatch, family):
+def test_authors_file_is_downloaded_and_cached(weights_env, family):
     hub, drive = weights_env
     tiny = tiny_authors_file(family)
-    _serve_authors_file(monkeypatch, drive, tiny, sha256=file_sha256(tiny.file))
+    served = _serve_authors_file(drive, tiny, sha256=file_sha256(tiny.file))
 
-    model = tiny.create()
+    model = tiny.create(pretrained_cfg_overlay=served)
 
     assert_same_state(model, tiny.expected_state())
     assert "state_dict" not in model.pretrained_cfg
@@ -52,33 +48,101 @@ def test_authors_file_is_downloaded_converted_and_cached(weights_env, monkeypatc
     assert _file_requests(hub) == [("HEAD", f"/spikezoo/{tiny.tag}/resolve/main/config.json")]
     # one HEAD: the 404 is final (no retries)
     assert [path.split("?")[0] for _, path in drive.requests] == ["/uc", "/download"]
-    installed = Path(os.environ["SPIKEZOO_CACHE"]) / "weights" / tiny.tag
-    provenance = json.loads((installed / "provenance.json").read_text())
+    kept = Path(os.environ["SPIKEZOO_CACHE"]) / "authors" / tiny.tag
+    provenance = json.loads((kept / "provenance.json").read_text())
     assert provenance["source"] == f"{drive.url}/uc?export=download&id={DRIVE_ID}"
     assert provenance["sha256"] == file_sha256(tiny.file)
-    assert provenance["converted"] and provenance["spikezoo_version"]
+    assert provenance["downloaded"] and provenance["spikezoo_version"]
     assert cache_entries(Path(os.environ["SPIKEZOO_CACHE"])) == [
-        "weights",
-        f"weights/{tiny.tag}",
-        *(f"weights/{tiny.tag}/{n}" for n in sorted(os.listdir(installed))),
+        "authors",
+        f"authors/{tiny.tag}",
+        f"authors/{tiny.tag}/model.safetensors",
+        f"authors/{tiny.tag}/provenance.json",
     ]
 
-    drive.files.clear()  # the second call needs no network
+    drive.files.clear()  # the second call needs no network, nor the overlay: the tag is cached
     assert_same_state(tiny.create(), tiny.expected_state())
     assert len(drive.requests) == 2
 
 
-def test_second_run_with_hf_hub_offline_loads_from_the_cache(weights_env, monkeypatch, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_authors_file_is_mapped_onto_the_one_model_being_built(
+    weights_env, monkeypatch, tmp_path, family
+):
+    _, drive = weights_env
+    tiny = tiny_authors_file(family)
+    served = _serve_authors_file(drive, tiny)
+    built = []
+    build_one = SpikingVisionModel.__init__
+
+    def counted(model, *args, **kwargs):
+        built.append(type(model).__name__)
+        build_one(model, *args, **kwargs)
+
+    monkeypatch.setattr(SpikingVisionModel, "__init__", counted)
+    overlay = dict(served, num_classes=tiny.num_classes)
+    model = timm.create_model(
+        tiny.tag, pretrained=True, pretrained_cfg_overlay=overlay, **tiny.args
+    )
+    assert built == [type(model).__name__]
+    assert model.training  # the check's forward pass left the mode as timm builds it
+    monkeypatch.undo()
+
+    # the same tensors as the converter gives (what pretrained=True loaded before)
+    convert_checkpoint(tiny.file, tiny.tag, tmp_path / "converted", model_args=tiny.model_args())
+    converted = timm.create_model(f"local-dir:{tmp_path / 'converted'}", pretrained=True)
+    assert_same_state(model, converted.state_dict())
+    assert torch.equal(logits(model), logits(converted))
+
+
+def test_features_only_model_takes_a_fresh_download(weights_env):
     _, drive = weights_env
     tiny = tiny_authors_file("sdt")
-    _serve_authors_file(monkeypatch, drive, tiny)
-    expected = logits(tiny.create())
+    served = _serve_authors_file(drive, tiny)
+    features = tiny.create(pretrained_cfg_overlay=served, features_only=True)
+    expected = {f"model.{k}": v for k, v in tiny.expected_state().items()}
+    for key, value in features.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    kept = _spikezoo_cache() / "authors" / tiny.tag / "model.safetensors"
+    assert kept.is_file()
+
+
+def _with_nan_head(tiny, tmp_path) -> Path:
+    checkpoint = torch.load(tiny.file, map_location="cpu", weights_only=False)
+    head = next(k for k in checkpoint["state_dict"] if k.endswith("head.weight"))
+    checkpoint["state_dict"][head] = torch.full_like(checkpoint["state_dict"][head], torch.nan)
+    path = tmp_path / "nan_head.pth"
+    torch.save(dict(state_dict=checkpoint["state_dict"]), path)
+    return path
+
+
+@pytest.mark.parametrize("rejection", ["non-finite", "another architecture"])
+def test_download_the_model_rejects_is_not_cached(weights_env, tmp_path, rejection):
+    _, drive = weights_env
+    tiny = tiny_authors_file("sdt")
+    served = _serve_authors_file(drive, tiny)
+    if rejection == "non-finite":
+        drive.files[DRIVE_ID] = _with_nan_head(tiny, tmp_path).read_bytes()
+        error, message = ValueError, f"the weights of {drive.url}/uc.* are not finite"
+    else:
+        drive.files[DRIVE_ID] = tiny_authors_file("resformer").file.read_bytes()
+        error, message = CheckpointMismatchError, "does not fit SpikeDrivenTransformer"
+    with pytest.raises(error, match=message):
+        tiny.create(pretrained_cfg_overlay=served)
+    assert cache_entries(_spikezoo_cache()) == []
+
+
+def test_second_run_with_hf_hub_offline_loads_from_the_cache(weights_env, tmp_path):
+    _, drive = weights_env
+    tiny = tiny_authors_file("sdt")
+    served = _serve_authors_file(drive, tiny)
+    expected = logits(tiny.create(pretrained_cfg_overlay=served))
     torch.save(expected, tmp_path / "expected.pt")
     script = f"""
+import timm
 import torch
 from tests.hub.hub_helpers import logits, tiny_authors_file
-from spikezoo.hub import AUTHORS_FILES
-assert "{tiny.tag}" in AUTHORS_FILES
+assert timm.models.get_pretrained_cfg("{tiny.tag}").authors_file.drive_id != "{DRIVE_ID}"
 out = logits(tiny_authors_file("sdt").create())
 assert torch.equal(out, torch.load({str(tmp_path / "expected.pt")!r})), "different logits"
 print("loaded offline")
@@ -206,18 +270,16 @@ def test_meta_spikeformer_error_names_the_drive_folder_and_the_convert_command(w
         ("sha256", "differs from the expected 000000"),
     ],
 )
-def test_bad_drive_download_fails_in_one_line_and_leaves_no_cache(
-    weights_env, monkeypatch, breakage, expected
-):
+def test_bad_drive_download_fails_in_one_line_and_leaves_no_cache(weights_env, breakage, expected):
     _, drive = weights_env
     tiny = tiny_authors_file("sdt")
-    _serve_authors_file(monkeypatch, drive, tiny, sha256="0" * 64 if breakage == "sha256" else None)
+    served = _serve_authors_file(drive, tiny, sha256="0" * 64 if breakage == "sha256" else None)
     if breakage == "corrupt":
         drive.files[DRIVE_ID] = os.urandom(len(drive.files[DRIVE_ID]))
     elif breakage != "sha256":
         drive.mode = breakage
     with pytest.raises(WeightsNotFoundError) as info:
-        tiny.create()
+        tiny.create(pretrained_cfg_overlay=served)
     message = _one_line(info.value)
     assert expected in message and f"id={DRIVE_ID}" in message
     assert f"no weights for {tiny.tag}" in message
@@ -225,8 +287,8 @@ def test_bad_drive_download_fails_in_one_line_and_leaves_no_cache(
 
     drive.mode = "ok"  # a later call downloads again and succeeds
     drive.files[DRIVE_ID] = tiny.file.read_bytes()
-    monkeypatch.setitem(AUTHORS_FILES, tiny.tag, AuthorsFile("page", DRIVE_ID))
-    assert_same_state(tiny.create(), tiny.expected_state())
+    fixed = dict(authors_file=AuthorsFile("page", DRIVE_ID))
+    assert_same_state(tiny.create(pretrained_cfg_overlay=fixed), tiny.expected_state())
 
 
 def test_config_for_another_architecture(weights_env, tmp_path):

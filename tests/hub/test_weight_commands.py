@@ -8,8 +8,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from spikezoo.cli import main
-from spikezoo.hub import AUTHORS_FILES, read_manifest
-from spikezoo.hub.convert import file_sha256
+from spikezoo.hub import read_manifest
+from spikezoo.weights import file_sha256
 from tests.hub.hub_helpers import assert_same_state, tiny_authors_file
 
 REPO_ROOT = Path(__file__).parents[2]
@@ -173,8 +173,9 @@ def test_committed_manifest_lists_the_authors_drive_files():
     manifest = read_manifest(REPO_ROOT / "weights" / "manifest.toml")
     assert manifest.organisation == "spikezoo"
     for entry in manifest.entries:
-        assert entry.source == f"drive:{AUTHORS_FILES[entry.model].drive_id}"
-        assert entry.top1 == timm.models.get_pretrained_cfg(entry.model).top1
+        cfg = timm.models.get_pretrained_cfg(entry.model)
+        assert entry.source == f"drive:{cfg.authors_file.drive_id}"
+        assert entry.top1 == cfg.top1
 
 
 def test_manifest_errors_name_the_entry(tmp_path):

@@ -7,12 +7,12 @@ import timm
 import torch
 
 import spikezoo  # noqa: F401
-from spikezoo.hub import CheckpointFileError
 from spikezoo.models import CheckpointMismatchError, guess_architecture
 from spikezoo.models import spike_driven_transformer as sdt
 from spikezoo.models import spike_driven_transformer_v2 as sdt_v2
 from spikezoo.models import spiking_resformer as resformer
 from spikezoo.models._registry import family_of
+from spikezoo.weights import CheckpointFileError
 from tests.models.families import FAMILY_NAMES, tiny
 from tests.reference import REFERENCE_DIR, load_case
 

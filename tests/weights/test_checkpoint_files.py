@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from spikezoo.hub import CheckpointFileError, read_checkpoint
+from spikezoo.weights import CheckpointFileError, read_checkpoint, save_state_dict
 from tests.reference import REFERENCE_DIR
 
 TINY = dict(embed_dim=64, num_heads=4)
@@ -138,3 +138,13 @@ def test_authors_training_checkpoints_are_read_with_their_namespace(name):
     state = read_checkpoint(REFERENCE_DIR / name)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
     assert not any(k.startswith("module.") for k in state)
+
+
+def test_saved_state_dict_keeps_tensors_that_share_memory(tmp_path):
+    base = torch.arange(6.0)
+    state = {"weight": base, "tied": base, "first_half": base[:3], "stride": base[::2]}
+    save_state_dict(state, tmp_path / "model.safetensors")
+    loaded = read_checkpoint(tmp_path / "model.safetensors")
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key

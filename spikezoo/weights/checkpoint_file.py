@@ -4,11 +4,13 @@ A file is read as safetensors or through ``torch.load(weights_only=True)``. The 
 object allowed besides tensors and containers is ``argparse.Namespace``, which the authors'
 training scripts store under ``"args"`` (its fields are data; nothing is called). Anything else
 is refused with :class:`CheckpointFileError`; no message ever suggests unpickling the file.
+Training checkpoints are unwrapped to the state dict they hold (:func:`unwrap_state_dict`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pickle
 import re
@@ -17,12 +19,17 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from spikezoo.models._checkpoint import unwrap_state_dict
-
-__all__ = ["CheckpointFileError", "read_checkpoint", "sniff_format"]
+__all__ = [
+    "CheckpointFileError",
+    "file_sha256",
+    "read_checkpoint",
+    "save_state_dict",
+    "sniff_format",
+    "unwrap_state_dict",
+]
 
 #: The formats :func:`sniff_format` recognises.
 FORMATS = ("safetensors", "torch-zip", "torch-legacy", "html", "text", "unknown")
@@ -59,6 +66,34 @@ def sniff_format(head: bytes) -> str:
     if not all(c.isprintable() or c.isspace() for c in text):
         return "unknown"
     return "html" if re.match(r"\s*<(!doctype html|html)", text, re.IGNORECASE) else "text"
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def unwrap_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
+    """The state dict inside a training checkpoint.
+
+    Accepts a bare state dict or the authors' layouts (``{"state_dict": ...}`` from the SDT
+    timm script, ``{"model": ...}`` from SpikingResformer and Meta-SpikeFormer) and strips the
+    ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(
+            "expected a state dict (a mapping of names to tensors), "
+            f"got {type(checkpoint).__name__}"
+        )
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in checkpoint.items()}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
@@ -159,3 +194,18 @@ def _state_dict_of(path: Path, content: object) -> dict[str, Tensor]:
             f"({len(not_tensors)} of its {len(state_dict)} entries are not tensors; keys: {keys})",
         )
     return state_dict
+
+
+def save_state_dict(state_dict: Mapping[str, Tensor], path: str | Path) -> None:
+    """Write a state dict as a safetensors file.
+
+    safetensors stores each tensor's own data: tensors that share memory in ``state_dict``
+    (tied weights, views of one buffer) are written as separate copies.
+    """
+    seen_storages = set()
+    tensors = {}
+    for key, tensor in state_dict.items():
+        storage = tensor.untyped_storage().data_ptr()
+        tensors[key] = tensor.clone() if storage in seen_storages else tensor.contiguous()
+        seen_storages.add(storage)
+    save_file(tensors, Path(path), metadata={"format": "pt"})

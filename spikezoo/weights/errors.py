@@ -1,12 +1,12 @@
-"""The errors of finding, downloading and publishing weights: each message is one line."""
+"""The errors of finding and downloading weights: each message is one line."""
 
 from __future__ import annotations
 
-__all__ = ["DownloadError", "PublishError", "WeightsError", "WeightsNotFoundError"]
+__all__ = ["DownloadError", "WeightsError", "WeightsNotFoundError"]
 
 
 class WeightsError(RuntimeError):
-    """Base of the errors below: weights that cannot be found, fetched or published."""
+    """Base of the errors of weights that cannot be found, fetched or published."""
 
 
 class WeightsNotFoundError(WeightsError):
@@ -18,7 +18,3 @@ class WeightsNotFoundError(WeightsError):
 class DownloadError(WeightsError):
     """A download that failed or brought something other than the expected file (an HTML page,
     a truncated or corrupted file, a different sha256)."""
-
-
-class PublishError(WeightsError):
-    """Pushing or publishing weights failed: no token, a manifest entry that does not match."""

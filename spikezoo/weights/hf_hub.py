@@ -1,8 +1,8 @@
-"""The Hugging Face Hub: fetching a model repository's weights, and pushing a model directory.
+"""The Hugging Face Hub: fetching the weights of a model repository in timm's layout.
 
 ``huggingface_hub`` does the work and reads its usual settings (``HF_ENDPOINT``, ``HF_HOME``,
-``HF_HUB_OFFLINE``, ``HF_TOKEN`` or the token of ``hf auth login``); this module turns its
-errors into one line naming the repository and what to do.
+``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``); this module turns its errors into one line naming the
+repository and what went wrong.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from huggingface_hub import HfApi, get_hf_file_metadata, get_token, hf_hub_download, hf_hub_url
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -20,11 +20,11 @@ from huggingface_hub.errors import (
 )
 from torch import Tensor
 
-from spikezoo.hub.checkpoint_file import CheckpointFileError, read_checkpoint
-from spikezoo.hub.download import TIMEOUT_S
-from spikezoo.hub.errors import DownloadError, PublishError
+from spikezoo.weights.checkpoint_file import CheckpointFileError, read_checkpoint
+from spikezoo.weights.download import TIMEOUT_S
+from spikezoo.weights.errors import DownloadError
 
-__all__ = ["HUB_FILES", "fetch_hub_files", "hub_token", "load_hub_weights", "push_folder"]
+__all__ = ["HUB_FILES", "fetch_hub_files", "load_hub_weights"]
 
 #: The files of a model repository in timm's layout.
 HUB_FILES = ("config.json", "model.safetensors")
@@ -115,44 +115,3 @@ def _forget(cached: Path) -> None:
     blob = cached.resolve()
     cached.unlink(missing_ok=True)
     blob.unlink(missing_ok=True)
-
-
-def hub_token(token: str | None, repo_id: str) -> str:
-    """``token``, else ``HF_TOKEN`` or the token of ``hf auth login``; a clear error if none."""
-    token = token or get_token()
-    if not token:
-        raise PublishError(
-            f"no Hugging Face token to push {repo_id}: run 'hf auth login' or set HF_TOKEN"
-        )
-    return token
-
-
-def push_folder(
-    folder: str | Path, repo_id: str, token: str | None = None, private: bool = False
-) -> str:
-    """Upload a converted model directory to ``repo_id`` in one commit; returns its URL.
-
-    The token is ``token``, else ``HF_TOKEN`` or the one saved by ``hf auth login``. The
-    repository is created when missing.
-    """
-    folder = Path(folder)
-    missing = [name for name in HUB_FILES if not (folder / name).is_file()]
-    if missing:
-        raise PublishError(
-            f"{folder} is not a converted model directory (no {', '.join(missing)}); "
-            "make one with 'spikezoo convert'"
-        )
-    api = HfApi(token=hub_token(token, repo_id))
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=f"Upload {repo_id.split('/')[-1]} converted by spikezoo",
-        )
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else "?"
-        raise PublishError(f"pushing {repo_id} failed: the Hub answered HTTP {status}") from None
-    except OSError as error:
-        raise PublishError(f"pushing {repo_id} failed: cannot reach the Hub ({error})") from None
-    return commit.commit_url

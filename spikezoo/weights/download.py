@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 from tqdm.auto import tqdm
 
-from spikezoo.hub.errors import DownloadError
+from spikezoo.weights.errors import DownloadError
 
 __all__ = ["DRIVE_ENDPOINT", "TIMEOUT_S", "download", "drive_download_url"]
 
