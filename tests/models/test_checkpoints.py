@@ -78,7 +78,7 @@ def test_filter_unwraps_training_checkpoints_and_drops_unused_authors_tensors():
     case = load_case("sdt_imagenet_tiny")
     model = case.build()
     wrapped = {"state_dict": {f"module.{k}": v for k, v in case.state.items()}, "epoch": 3}
-    mapped = sdt.checkpoint_filter_fn(wrapped, model)
+    mapped = sdt.FAMILY.checkpoint_filter_fn(wrapped, model)
     assert mapped.keys() == model.state_dict().keys()
     assert not any("talking_heads." in k for k in mapped)
 
@@ -120,7 +120,7 @@ def test_checkpoint_of_another_architecture_names_the_problems_and_the_likely_mo
     small = timm.create_model("sdt_2_256_cifar").state_dict()
     target = timm.create_model("sdt_2_512_cifar")
     with pytest.raises(CheckpointMismatchError) as info:
-        sdt.checkpoint_filter_fn(small, target)
+        sdt.FAMILY.checkpoint_filter_fn(small, target)
     error = info.value
     assert "blocks.0.attn.q.conv.weight: checkpoint (256, 256, 1, 1) vs model (512, 512, 1, 1)" in (
         error.mismatched
@@ -136,7 +136,7 @@ def test_authors_checkpoint_loaded_into_the_wrong_family_lists_missing_and_unexp
     case = load_case("sdt_cifar_tiny")
     model = load_case("resformer_cifar_tiny").build()
     with pytest.raises(CheckpointMismatchError) as info:
-        resformer.checkpoint_filter_fn(case.state, model)
+        resformer.FAMILY.checkpoint_filter_fn(case.state, model)
     error = info.value
     assert "stages.0.0.patch_proj.conv.weight" in error.missing
     assert "block.0.attn.q_conv.weight" in error.unexpected
@@ -154,7 +154,7 @@ def test_sdt_checkpoint_loaded_into_meta_spikeformer_names_the_likely_model():
     v1 = timm.create_model("sdt_2_256_cifar").state_dict()
     model = load_case("v2/sdt2_tiny").build()
     with pytest.raises(CheckpointMismatchError) as info:
-        sdt_v2.checkpoint_filter_fn(v1, model)
+        sdt_v2.FAMILY.checkpoint_filter_fn(v1, model)
     assert info.value.likely_model == "sdt_2_256_cifar"
     assert "stages.3.1.attn.q.0.conv1x1.weight" in info.value.missing
     assert "most likely belongs to 'sdt_2_256_cifar'" in str(info.value)
@@ -172,4 +172,4 @@ def test_distillation_head_must_match_kd(case_name, kd):
     model = case.build(kd=kd)
     expected = "create the model with kd=False" if kd else "create the model with kd=True"
     with pytest.raises(ValueError, match=expected):
-        sdt_v2.checkpoint_filter_fn(case.state, model)
+        sdt_v2.FAMILY.checkpoint_filter_fn(case.state, model)
