@@ -116,6 +116,38 @@ def test_the_meta_spikeformer_kd_tag_builds_the_distillation_head():
     assert tagged.pretrained_cfg["top1"] == 80.0
 
 
+def test_fine_tuning_the_kd_weights_to_10_classes_resets_both_heads(tmp_path):
+    # the tiny kd net's weights with the tag's 1000-class heads, in main_finetune.py's layout
+    case = load_case("v2/sdt2_kd_tiny")
+    _, args = case.model_args()
+    state = dict(case.state)
+    for head in ("head", "head_kd"):
+        state[f"{head}.weight"] = torch.randn(1000, args["embed_dims"][-1], dtype=torch.float64)
+        state[f"{head}.bias"] = torch.randn(1000, dtype=torch.float64)
+    torch.save({"model": state, "epoch": 299}, tmp_path / "kd.pth")
+    architecture = {k: v for k, v in args.items() if k not in ("num_classes", "kd")}
+
+    model = timm.create_model(
+        "sdt_v2_8_512.in1k_kd",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "kd.pth")),
+        num_classes=10,
+        **architecture,
+    )
+    assert model.pretrained_cfg["classifier"] == ("head", "head_kd")
+    assert model.head.out_features == model.head_kd.out_features == 10
+    expected = sdt_v2.FAMILY.checkpoint_filter_fn(state, model)
+    for key, value in model.state_dict().items():
+        if not key.startswith(("head.", "head_kd.")):
+            exact = expected[key].to(value.dtype)
+            torch.testing.assert_close(value, exact, rtol=0, atol=0, msg=key)
+    logits, logits_kd = model.train()(torch.rand(2, 3, 48, 48))
+    assert logits.shape == logits_kd.shape == (2, 10)
+
+    model.reset_classifier(3)
+    assert model.head.out_features == model.head_kd.out_features == 3
+
+
 def test_checkpoint_of_another_architecture_names_the_problems_and_the_likely_model():
     small = timm.create_model("sdt_2_256_cifar").state_dict()
     target = timm.create_model("sdt_2_512_cifar")
