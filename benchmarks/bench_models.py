@@ -218,7 +218,7 @@ def build_weights(
         source = authors.net
     zoo = timm.create_model(spec.timm_name or spec.name, **spec.create_kwargs).to(device)
     if "authors" in ctx:
-        zoo.load_state_dict(spec.family.checkpoint_filter_fn(source.state_dict(), zoo))
+        zoo.load_state_dict(spec.family.FAMILY.checkpoint_filter_fn(source.state_dict(), zoo))
     else:
         set_batchnorm_statistics(zoo, calib)
     ctx["spikezoo"] = zoo.eval()

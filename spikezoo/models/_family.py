@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor, nn
@@ -50,7 +51,7 @@ class ReferenceCount(NamedTuple):
     entry_point: str
     parameters: int
     #: arguments of the entry point, e.g. ``{"kd": True}``
-    args: Mapping[str, Any] = {}
+    args: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class TinyConfig:
     shallow: Mapping[str, Any] | None = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one declaration per family: compared by identity
 class ModelFamily:
     """One model family: its model class and what is specific to it."""
 

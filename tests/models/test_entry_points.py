@@ -41,7 +41,11 @@ def test_family_module_defines_what_the_shared_code_uses(family):
         assert timm.list_pretrained(f"{name}.*"), f"{name} has no tagged default cfg"
 
 
-@pytest.mark.parametrize("reference", REFERENCE_COUNTS, ids=str)
+@pytest.mark.parametrize(
+    "reference",
+    REFERENCE_COUNTS,
+    ids=lambda count: "-".join([count.entry_point, *(f"{k}={v}" for k, v in count.args.items())]),
+)
 def test_parameter_count_equals_the_authors_model(reference):
     with torch.device("meta"):
         model = timm.create_model(reference.entry_point, **reference.args)

@@ -17,12 +17,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from torch import nn
 
 import spikezoo
 import spikezoo.layers
-from spikezoo.models import MODEL_NAMES
+from spikezoo.models import MODEL_NAMES, SpikeDrivenTransformer, _registry, family_of
+from spikezoo.models import spike_driven_transformer as sdt
 
 TOY_FAMILY = '''"""A toy family: a convolutional stem, then spiking blocks."""
 
@@ -208,3 +211,19 @@ def test_a_family_with_a_new_attention_layer_gets_per_head_rates(tmp_path):
     found = run_with_toy_family(tmp_path, ATTENTION_BLOCK, TOY_ATTENTION_PARAMETERS)
     check_everywhere(found, TOY_ATTENTION_PARAMETERS)
     assert found["heads"] == ["blocks.0.gate_lif", "blocks.1.gate_lif"]
+
+
+def test_family_of_finds_the_declaration_through_subclasses_and_refuses_other_models():
+    class Subclassed(SpikeDrivenTransformer):
+        pass
+
+    assert family_of(Subclassed) is sdt.FAMILY
+    with pytest.raises(LookupError, match="Linear belongs to no spikezoo model family"):
+        family_of(nn.Linear(2, 2))
+
+
+def test_a_registered_module_without_a_declaration_is_named(monkeypatch):
+    bare = ModuleType("spikezoo.models.bare_family")
+    monkeypatch.setattr(_registry, "family_modules", lambda: [bare])
+    with pytest.raises(TypeError, match="bare_family must declare FAMILY = ModelFamily"):
+        _registry.families()
