@@ -11,7 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from spikezoo.layers import DSSA, freeze_firing_rates
-from spikezoo.neurons import MultiStepPLIF
+from spikezoo.layers.defaults import NEURON_TYPES, PAPER_NEURONS, neuron_factory
+from spikezoo.neurons import MultiStepNeuron, MultiStepPLIF
 from tests.models.families import FAMILY_NAMES, tiny, tiny_family
 
 SDT, RESFORMER = "spike_driven_transformer", "spiking_resformer"
@@ -343,3 +344,15 @@ def test_a_model_built_in_float64_equals_the_float32_model_converted(family):
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
     x = image(built).double()
     torch.testing.assert_close(built(x), converted(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_every_neuron_of_a_model_has_its_papers_settings(family, neuron):
+    model = tiny(family, neuron=neuron)
+    settings = PAPER_NEURONS[model.paper]
+    neurons = [m for m in model.modules() if isinstance(m, MultiStepNeuron)]
+    assert neurons and all(type(m) is NEURON_TYPES[neuron] for m in neurons)
+    assert all(m.surrogate == settings["surrogate"] for m in neurons)
+    with pytest.raises(ValueError, match="unknown paper 'no_paper'; expected one of"):
+        neuron_factory(neuron, "no_paper")
