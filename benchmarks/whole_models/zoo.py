@@ -140,7 +140,7 @@ def build_weights(
         shared["authors"] = (authors, backend)
     zoo = timm.create_model(spec.timm_name or spec.name, **spec.create_kwargs).to(device)
     if authors is not None:
-        zoo.load_state_dict(spec.family.checkpoint_filter_fn(authors.net.state_dict(), zoo))
+        zoo.load_state_dict(spec.family.FAMILY.checkpoint_filter_fn(authors.net.state_dict(), zoo))
     else:
         set_batchnorm_statistics(zoo, calib)
     shared["spikezoo"] = zoo.eval()

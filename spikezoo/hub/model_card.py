@@ -4,25 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["CITATIONS", "model_card"]
+from spikezoo.models import family_of
 
-#: BibTeX of each paper, by ``paper_ids``.
-CITATIONS = {
-    "arXiv:2307.01694": """@inproceedings{yao2023spikedriven,
-  title     = {Spike-driven Transformer},
-  author    = {Yao, Man and Hu, Jiakui and Zhou, Zhaokun and Yuan, Li and Tian, Yonghong and
-               Xu, Bo and Li, Guoqi},
-  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
-  year      = {2023}
-}""",
-    "arXiv:2403.14302": """@inproceedings{shi2024spikingresformer,
-  title     = {SpikingResformer: Bridging ResNet and Vision Transformer in Spiking Neural
-               Networks},
-  author    = {Shi, Xinyu and Hao, Zecheng and Yu, Zhaofei},
-  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2024}
-}""",
-}
+__all__ = ["model_card"]
 
 
 def model_card(model: nn.Module, name: str, provenance: dict) -> str:
@@ -39,7 +23,7 @@ def model_card(model: nn.Module, name: str, provenance: dict) -> str:
         if top1 is not None
         else "the paper reports no accuracy for these weights"
     )
-    citation = CITATIONS.get(cfg.get("paper_ids", ""), "")
+    citation = family_of(model).citation
     lines = [
         "---",
         "library_name: timm",
@@ -78,8 +62,7 @@ def model_card(model: nn.Module, name: str, provenance: dict) -> str:
         f"- converted: {provenance['converted']} with spikezoo {provenance['spikezoo_version']}",
         "",
     ]
-    if citation:
-        lines += ["## Citation", "", "```bibtex", citation, "```", ""]
+    lines += ["## Citation", "", "```bibtex", citation, "```", ""]
     return "\n".join(lines)
 
 

@@ -1,11 +1,49 @@
-"""Each paper's neuron, the default of its layers."""
+"""Each paper's neuron settings: the one table that the layers' defaults and the models read."""
+
+from __future__ import annotations
 
 from functools import partial
+from types import MappingProxyType
 
-from spikezoo.neurons import MultiStepLIF
+from spikezoo.layers.temporal import NeuronFactory
+from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
 
-#: Spike-driven Transformer: LIF, tau 2, threshold 1, hard reset to 0, sigmoid surrogate (alpha 4).
-SDT_NEURON = partial(MultiStepLIF, surrogate="sigmoid")
+__all__ = ["NEURON_TYPES", "PAPER_NEURONS", "RESFORMER_NEURON", "SDT_NEURON", "neuron_factory"]
 
-#: SpikingResformer: the same LIF with the arctan surrogate (alpha 2).
-RESFORMER_NEURON = partial(MultiStepLIF, surrogate="atan")
+#: The neurons a model's ``neuron="..."`` argument names.
+NEURON_TYPES = MappingProxyType({"lif": MultiStepLIF, "plif": MultiStepPLIF})
+
+#: Each paper's neuron arguments, by paper. Both use LIF with tau 2, threshold 1 and a hard
+#: reset to 0 (the neurons' defaults); they differ in the surrogate gradient.
+PAPER_NEURONS = MappingProxyType(
+    {
+        # Spike-driven Transformer V1 and V2: sigmoid surrogate, alpha 4
+        "spike_driven_transformer": MappingProxyType({"surrogate": "sigmoid"}),
+        # SpikingResformer: arctan surrogate, alpha 2
+        "spiking_resformer": MappingProxyType({"surrogate": "atan"}),
+    }
+)
+
+
+def neuron_factory(neuron: str | NeuronFactory, paper: str) -> NeuronFactory:
+    """``"lif"`` / ``"plif"`` with ``paper``'s settings (:data:`PAPER_NEURONS`), or a user's
+    factory unchanged.
+
+    Raises ``ValueError`` for another neuron name or an unknown paper.
+    """
+    if paper not in PAPER_NEURONS:
+        raise ValueError(f"unknown paper {paper!r}; expected one of {sorted(PAPER_NEURONS)}")
+    if callable(neuron):
+        return neuron
+    if neuron not in NEURON_TYPES:
+        raise ValueError(
+            f"unknown neuron {neuron!r}; expected one of {sorted(NEURON_TYPES)} or a callable"
+        )
+    return partial(NEURON_TYPES[neuron], **PAPER_NEURONS[paper])
+
+
+#: Spike-driven Transformer's neuron, the default of its layers.
+SDT_NEURON = neuron_factory("lif", "spike_driven_transformer")
+
+#: SpikingResformer's neuron, the default of its layers.
+RESFORMER_NEURON = neuron_factory("lif", "spiking_resformer")

@@ -3,7 +3,8 @@
 
 from spikezoo.models._base import TIME_REDUCTIONS, SpikingVisionModel, neuron_factory
 from spikezoo.models._checkpoint import CheckpointMismatchError, guess_architecture
-from spikezoo.models._registry import FAMILIES, model_names
+from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig
+from spikezoo.models._registry import FAMILIES, families, family_of, model_names
 from spikezoo.models.spike_driven_transformer import SpikeDrivenTransformer
 from spikezoo.models.spike_driven_transformer_v2 import SpikeDrivenTransformerV2
 from spikezoo.models.spiking_resformer import SpikingResformer
@@ -17,11 +18,16 @@ __all__ = [
     "MODEL_NAMES",
     "TIME_REDUCTIONS",
     "CheckpointMismatchError",
+    "ModelFamily",
+    "ReferenceCount",
     "SpikeDrivenTransformer",
     "SpikeDrivenTransformerV2",
     "SpikingPretrainedCfg",
     "SpikingResformer",
     "SpikingVisionModel",
+    "TinyConfig",
+    "families",
+    "family_of",
     "guess_architecture",
     "neuron_factory",
 ]

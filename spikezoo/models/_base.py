@@ -1,23 +1,26 @@
-"""What every model family shares: time-major input, the spiking classification head, timm's
-model API (intermediates, classifier reset, grad checkpointing, weight-decay lists), the
-stochastic-depth schedule and the truncated-normal initialisation."""
+"""What every model family shares: the constructor arguments, time-major input, the spiking
+classification head(s), timm's model API (intermediates, classifier reset, grad checkpointing,
+parameter groups, weight-decay lists), the stochastic-depth schedule and the truncated-normal
+initialisation."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
 from functools import partial
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange, reduce
-from timm.layers import register_notrace_function, trunc_normal_
+from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from spikezoo import _checks
 from spikezoo.layers import NeuronFactory, freeze_firing_rates
-from spikezoo.neurons import MultiStepLIF, MultiStepNeuron, MultiStepPLIF
+from spikezoo.layers.defaults import neuron_factory
+from spikezoo.neurons import MultiStepNeuron
 from spikezoo.neurons.saved_spikes import compact_saved_spikes
 
 __all__ = [
@@ -30,19 +33,6 @@ __all__ = [
 
 #: How ``forward_intermediates`` turns ``[T, B, C, H, W]`` into a batch-first map.
 TIME_REDUCTIONS = ("mean", "last", "none")
-
-_NEURONS = {"lif": MultiStepLIF, "plif": MultiStepPLIF}
-
-
-def neuron_factory(neuron: str | NeuronFactory, surrogate: str) -> NeuronFactory:
-    """``"lif"`` / ``"plif"`` with the family's surrogate, or a user's factory unchanged."""
-    if callable(neuron):
-        return neuron
-    if neuron not in _NEURONS:
-        raise ValueError(
-            f"unknown neuron {neuron!r}; expected one of {sorted(_NEURONS)} or a callable"
-        )
-    return partial(_NEURONS[neuron], surrogate=surrogate)
 
 
 def drop_path_rates(drop_path_rate: float, count: int) -> list[float]:
@@ -70,36 +60,79 @@ def trunc_normal_init(
 
 
 class SpikingVisionModel(nn.Module):
-    """Base of the spikezoo classifiers.
-
-    A subclass defines ``forward_stem`` (``[T, B, C, H, W]`` input to the first feature map),
-    ``size_multiple``, the feature units (an ``nn.Sequential`` named by ``feature_units``: SDT
-    blocks or Resformer stages, each listed in ``self.feature_info``), ``self.head_lif`` (a
-    neuron or ``nn.Identity``) and ``num_features``, and builds ``self.head`` with
-    ``_make_head`` (a linear layer, with a bias unless ``head_bias`` is False).
+    """Base of the spikezoo classifiers: builds what every family shares around the family's
+    own feature extractor.
 
     Input is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times) or event frames
     ``[B, T, C, H, W]``. Output is ``[B, num_classes]``, the mean of the per-step logits, or
     the per-step logits ``[T, B, num_classes]`` when ``per_step_logits`` is set (TET losses).
+
+    Args (every family; keyword only):
+        img_size: nominal input size; must be a multiple of :attr:`size_multiple` (any such
+            size works at run time: there is no position embedding).
+        in_chans: input channels (3 for images, 2 for DVS event frames).
+        num_classes: classes of the linear head(s) (0: no head).
+        time_steps: T for static images (event input brings its own T).
+        neuron: ``"lif"``, ``"plif"`` (with the paper's surrogate, see
+            :data:`~spikezoo.layers.defaults.PAPER_NEURONS`) or a neuron factory.
+        drop_path_rate: stochastic depth, in [0, 1); how it is spread over the feature units
+            is the family's.
+        global_pool: ``"avg"`` or ``""`` (per-token logits).
+        per_step_logits: return ``[T, B, K]`` instead of the time average.
+        feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
+        device: device the parameters and buffers are created on (timm's factory argument).
+        dtype: floating-point dtype of the parameters and buffers (timm's factory argument).
+        **architecture: the family's own arguments, passed to :meth:`build_features`.
+
+    A family subclass defines :meth:`build_features` (which creates the stem and the feature
+    units, the ``nn.Sequential`` named by ``feature_units``, and sets ``num_features``,
+    ``feature_info`` and ``size_multiple``), :meth:`forward_stem` and the class attributes
+    below. The base then adds the head neuron, the classifier(s) named by
+    ``classifier_names``, and initialises the weights of ``init_layer_types``.
     """
 
-    feature_units: str
+    #: the attribute holding the feature units that ``forward_intermediates`` indexes
+    feature_units: ClassVar[str]
+    #: key of the family's neuron settings in :data:`~spikezoo.layers.defaults.PAPER_NEURONS`
+    paper: ClassVar[str]
+    #: whether a neuron fires on the pooled features before the linear head
+    head_neuron: ClassVar[bool] = True
     #: whether the linear classifier has a bias
-    head_bias: bool = True
+    head_bias: ClassVar[bool] = True
+    #: the layers initialised truncated-normal(0.02) with zero bias (the authors' init); the
+    #: others keep PyTorch's
+    init_layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d,)
+    #: the prefix of the stem's parameters, for :meth:`group_matcher`
+    stem_prefix: ClassVar[str] = "stem"
+    #: whether the feature units are stages of blocks (``units.<stage>.<block>``) rather than
+    #: blocks, for :meth:`group_matcher`
+    units_are_stages: ClassVar[bool] = True
     #: Keep the spikes saved for backward as bits (see :meth:`set_spike_compaction`).
     spike_compaction: bool = True
+    #: the linear heads (timm's cfg ``classifier``): ``head``, with extra ones in some families
+    classifier_names: tuple[str, ...] = ("head",)
+    #: H and W must be multiples of this number
+    size_multiple: int
+    num_features: int
     head_lif: nn.Module
     head: nn.Module
     feature_info: list[dict]
 
     def __init__(
         self,
-        in_chans: int,
-        num_classes: int,
-        time_steps: int,
-        global_pool: str,
-        per_step_logits: bool,
-        feature_time_reduction: str,
+        *,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        time_steps: int = 4,
+        neuron: str | NeuronFactory = "lif",
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        per_step_logits: bool = False,
+        feature_time_reduction: str = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **architecture: Any,
     ) -> None:
         super().__init__()
         _checks.choice("global_pool", global_pool, ("avg", ""))
@@ -111,6 +144,24 @@ class SpikingVisionModel(nn.Module):
         self.per_step_logits = per_step_logits
         self.feature_time_reduction = feature_time_reduction
         self.grad_checkpointing = False
+        _checks.fraction("drop_path_rate", drop_path_rate, upper_closed=False)
+        make_neuron = neuron_factory(neuron, self.paper)
+        # created where they live: a large model is never allocated on the CPU first
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.build_features(neuron=make_neuron, drop_path_rate=drop_path_rate, **architecture)
+            self.check_image_size(*to_2tuple(img_size))
+            self.head_lif = make_neuron() if self.head_neuron else nn.Identity()
+            for name in self.classifier_names:
+                setattr(self, name, self._make_head(self.num_features, num_classes))
+            self.apply(partial(trunc_normal_init, layer_types=self.init_layer_types))
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    def build_features(
+        self, neuron: NeuronFactory, drop_path_rate: float, **architecture: Any
+    ) -> None:
+        """Create the stem and the feature units from the family's own arguments."""
+        raise NotImplementedError
 
     # --- input -------------------------------------------------------------------------------
 
@@ -127,11 +178,6 @@ class SpikingVisionModel(nn.Module):
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` for a size the network cannot divide evenly."""
         _checks.image_size(height, width, self.size_multiple, type(self).__name__)
-
-    @property
-    def size_multiple(self) -> int:
-        """H and W must be multiples of this number."""
-        raise NotImplementedError
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """``[T, B, C, H, W]`` input -> the first feature map, the input of the feature units."""
@@ -279,9 +325,10 @@ class SpikingVisionModel(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the linear head (``num_classes=0``: none) and optionally the pooling.
+        """Replace every linear head of ``classifier_names`` (``num_classes=0``: none) and
+        optionally the pooling.
 
-        The new head takes the device, dtype and training mode of the model.
+        The new heads take the device, dtype and training mode of the model.
         """
         num_classes = _checks.num_classes(num_classes)
         if global_pool is not None:
@@ -289,13 +336,26 @@ class SpikingVisionModel(nn.Module):
             self.global_pool = global_pool
         self.num_classes = num_classes
         like = next(self.parameters())
-        head = self._make_head(self.num_features, num_classes)
-        self.head = head.to(device=like.device, dtype=like.dtype).train(self.training)
+        for name in self.classifier_names:
+            head = self._make_head(self.num_features, num_classes)
+            setattr(self, name, head.to(device=like.device, dtype=like.dtype).train(self.training))
 
     def _make_head(self, num_features: int, num_classes: int) -> nn.Module:
         if num_classes == 0:
             return nn.Identity()
         return nn.Linear(num_features, num_classes, bias=self.head_bias)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
+        units = self.feature_units
+        if self.units_are_stages:
+            blocks = rf"^{units}\.(\d+)" if coarse else rf"^{units}\.(\d+)\.(\d+)"
+            return dict(stem=rf"^{self.stem_prefix}", blocks=blocks)
+        return dict(
+            stem=rf"^{self.stem_prefix}",
+            blocks=[(rf"^{units}\.(\d+)", None), (r"^head_lif", (99999,))],
+        )
 
     # --- training helpers --------------------------------------------------------------------
 

@@ -133,10 +133,10 @@ def guess_architecture(state_dict: Mapping[str, Tensor]) -> str | None:
     import timm
 
     # imported here: the families import this module
-    from spikezoo.models._registry import family_modules, timm_module_name
+    from spikezoo.models._registry import families, timm_module_name
 
     best_score, best_name = 0.5, None
-    for family in family_modules():
+    for family in families():
         for name in timm.list_models(module=timm_module_name(family)):
             model = build_on_meta(partial(timm.create_model, name))
             score = shape_overlap(family.remap_state_dict(state_dict, model), model)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, resolve_pretrained_cfg
-from torch import nn
+from torch import Tensor, nn
 
-from spikezoo.models._registry import family_of
 from spikezoo.neurons import use_backend
 from spikezoo.weights import SpikingPretrainedCfg, pretrained_weights
 
@@ -52,15 +53,15 @@ def build_spiking_model(
     model_cls: type[nn.Module],
     variant: str,
     pretrained: bool,
-    num_feature_units: int,
+    checkpoint_filter_fn: Callable[[Mapping, nn.Module], dict[str, Tensor]],
     **kwargs,
 ) -> nn.Module:
     """timm's ``build_model_with_cfg``, with spikezoo's weight sources and safe file reading.
 
-    The one builder of every family's entry points. Checkpoints go through the
-    ``checkpoint_filter_fn`` of the module that defines ``model_cls``. ``num_feature_units`` is
-    the length of the model's ``feature_info``: a ``features_only`` model returns every unit's
-    map unless ``out_indices`` says otherwise.
+    The one builder of every family's entry points (through
+    :meth:`~spikezoo.models.ModelFamily.create`). Checkpoints go through
+    ``checkpoint_filter_fn``. A ``features_only`` model returns every feature unit's map unless
+    ``out_indices`` says otherwise.
 
     A ``pretrained_cfg`` given as a dict (``config.json`` of a ``local-dir:`` or ``hf-hub:``
     export) becomes a :class:`~spikezoo.weights.SpikingPretrainedCfg`. With
@@ -73,8 +74,8 @@ def build_spiking_model(
     if isinstance(kwargs.get("pretrained_cfg"), dict):
         kwargs["pretrained_cfg"] = SpikingPretrainedCfg(**kwargs["pretrained_cfg"])
     build = dict(
-        pretrained_filter_fn=family_of(model_cls).checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=num_feature_units),
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=None),
     )
     if not pretrained:
         return build_model_with_cfg(model_cls, variant, pretrained, **build, **kwargs)

@@ -9,36 +9,20 @@ reproduce their outputs exactly (see ``tests/models``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import torch
-from timm.layers import to_2tuple
 from timm.models import register_model
 from torch import Tensor, nn
 
 from spikezoo._checks import positive_int, positive_real
 from spikezoo.layers import SDSA, SPS, NeuronFactory, SpikingMLP
-from spikezoo.models._base import (
-    SpikingVisionModel,
-    drop_path_rates,
-    neuron_factory,
-    trunc_normal_init,
-)
-from spikezoo.models._checkpoint import (
-    RenameRule,
-    filter_checkpoint,
-    rename_keys,
-    unwrap_state_dict,
-)
-from spikezoo.models._pretrained import (
-    CIFAR100_NORM,
-    IMAGENET_CFG,
-    build_spiking_model,
-    spikezoo_default_cfgs,
-)
+from spikezoo.models._base import SpikingVisionModel, drop_path_rates
+from spikezoo.models._checkpoint import RenameRule
+from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig, rename_passes
+from spikezoo.models._pretrained import CIFAR100_NORM, IMAGENET_CFG, spikezoo_default_cfgs
 from spikezoo.weights import AuthorsFile
 
-__all__ = ["Block", "SpikeDrivenTransformer", "checkpoint_filter_fn", "remap_state_dict"]
+__all__ = ["FAMILY", "Block", "SpikeDrivenTransformer"]
 
 
 class Block(nn.Module):
@@ -63,89 +47,54 @@ class Block(nn.Module):
 
 
 class SpikeDrivenTransformer(SpikingVisionModel):
-    """Spike-driven Transformer.
+    """Spike-driven Transformer: SPS patch embedding, then ``depth`` blocks.
 
-    Args:
-        img_size: nominal input size; must be a multiple of the SPS reduction (any such size
-            works at run time: there is no position embedding).
-        in_chans: input channels (3 for images, 2 for DVS event frames).
-        num_classes: classes of the linear head (0: no head).
+    Args (besides those of every family, see :class:`~spikezoo.models.SpikingVisionModel`;
+    ``neuron="plif"`` has the sigmoid surrogate, alpha 4, and ``drop_path_rate`` increases
+    linearly over the blocks: the authors' code never applied it, so the published models
+    correspond to 0):
         embed_dim: width D (a multiple of 8 and of ``num_heads``).
         depth: number of encoder blocks L.
         num_heads: attention heads.
         mlp_ratio: MLP hidden width as a multiple of D.
-        time_steps: T for static images (event input brings its own T).
         pooling_stat: SPS max-pools, e.g. ``"1111"`` (ImageNet), ``"0011"`` (CIFAR).
         dvs: the authors' DVS max-pools in attention (event datasets).
-        neuron: ``"lif"``, ``"plif"`` (sigmoid surrogate, alpha 4) or a neuron factory.
-        drop_path_rate: stochastic depth, increasing linearly over the blocks. The authors'
-            code never applied it, so the published models correspond to 0.
-        global_pool: ``"avg"`` or ``""`` (per-token logits).
-        per_step_logits: return ``[T, B, K]`` instead of the time average.
-        feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
-        device: device of the parameters and buffers (timm's factory argument).
-        dtype: floating-point dtype of the parameters and buffers (timm's factory argument).
     """
 
     feature_units = "blocks"
+    paper = "spike_driven_transformer"
+    stem_prefix = "patch_embed"
+    units_are_stages = False
 
-    def __init__(
+    def build_features(
         self,
-        img_size: int | tuple[int, int] = 224,
-        in_chans: int = 3,
-        num_classes: int = 1000,
+        neuron: NeuronFactory,
+        drop_path_rate: float,
         embed_dim: int = 512,
         depth: int = 8,
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
-        time_steps: int = 4,
         pooling_stat: str | Sequence[bool] = "1111",
         dvs: bool = False,
-        neuron: str | NeuronFactory = "lif",
-        drop_path_rate: float = 0.0,
-        global_pool: str = "avg",
-        per_step_logits: bool = False,
-        feature_time_reduction: str = "mean",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(
-            in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
-        )
+        """SPS and the encoder blocks."""
         positive_int("depth", depth)
         positive_real("mlp_ratio", mlp_ratio)
         drop_rates = drop_path_rates(drop_path_rate, depth)
-        make_neuron = neuron_factory(neuron, surrogate="sigmoid")
         self.num_features = self.head_hidden_size = embed_dim
-        self.patch_embed = SPS(in_chans, embed_dim, pooling_stat, make_neuron)
-        self.check_image_size(*to_2tuple(img_size))
+        self.patch_embed = SPS(self.in_chans, embed_dim, pooling_stat, neuron)
+        self.size_multiple = self.patch_embed.reduction
         self.blocks = nn.Sequential(
-            *(Block(embed_dim, num_heads, mlp_ratio, dvs, make_neuron, rate) for rate in drop_rates)
+            *(Block(embed_dim, num_heads, mlp_ratio, dvs, neuron, rate) for rate in drop_rates)
         )
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=self.patch_embed.reduction, module=f"blocks.{i}")
             for i in range(depth)
         ]
-        self.head_lif = make_neuron()
-        self.head = self._make_head(embed_dim, num_classes)
-        # the authors' init: convs truncated-normal(0.02), zero bias; the head keeps torch's
-        self.apply(trunc_normal_init)
-        self.to(device=device, dtype=dtype)
-
-    @property
-    def size_multiple(self) -> int:
-        """H and W must be multiples of this number."""
-        return self.patch_embed.reduction
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """``[T, B, in_chans, H, W]`` -> the SPS's output map."""
         return self.patch_embed(x)
-
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
-        return dict(
-            stem=r"^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^head_lif", (99999,))]
-        )
 
 
 # --- the authors' checkpoints --------------------------------------------------------------
@@ -168,30 +117,6 @@ _AUTHORS_KEYS: list[RenameRule] = [
     (r"^block\.(\d+)\.mlp\.(fc[12])_lif\.", r"blocks.\1.mlp.\2.neuron."),
     (r"^block\.", "blocks."),
 ]
-
-
-def remap_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Rename the authors' SDT keys to spikezoo's (any subset); no checks."""
-    return rename_keys(unwrap_state_dict(state_dict), _AUTHORS_KEYS)
-
-
-def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformer) -> dict[str, Tensor]:
-    """Map the authors' SDT state dict (or a training checkpoint holding one) to spikezoo's.
-
-    Handles the timm-script layout ``{"state_dict": {"module.<key>": ...}}``, drops the
-    parameters the authors' forward never uses (``talking_heads``, ``attn_lif``, ``rpe_lif``),
-    and passes spikezoo's own state dicts through. Raises
-    :class:`~spikezoo.models.CheckpointMismatchError` if the result does not fit ``model``.
-    """
-    return filter_checkpoint(
-        state_dict, model, remap_state_dict, exempt=("head.", "patch_embed.proj.0.conv.")
-    )
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
-    return build_spiking_model(
-        SpikeDrivenTransformer, variant, pretrained, num_feature_units=kwargs["depth"], **kwargs
-    )
 
 
 # --- configurations ------------------------------------------------------------------------
@@ -258,40 +183,69 @@ default_cfgs = spikezoo_default_cfgs(
     },
 )
 
+FAMILY = ModelFamily(
+    model_cls=SpikeDrivenTransformer,
+    default_cfgs=default_cfgs,
+    authors_keys=rename_passes(_AUTHORS_KEYS),
+    citation="""@inproceedings{yao2023spikedriven,
+  title     = {Spike-driven Transformer},
+  author    = {Yao, Man and Hu, Jiakui and Zhou, Zhaokun and Yuan, Li and Tian, Yonghong and
+               Xu, Bo and Li, Guoqi},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2023}
+}""",
+    # the authors' models (shared/reference/ARCHITECTURE.md)
+    reference_counts=(
+        ReferenceCount("sdt_8_384", 16_816_024),
+        ReferenceCount("sdt_6_512", 23_373_352),
+        ReferenceCount("sdt_8_512", 29_689_384),
+        ReferenceCount("sdt_10_512", 36_005_416),
+        ReferenceCount("sdt_8_768", 66_338_632),
+        ReferenceCount("sdt_2_256_cifar", 2_566_954),
+        ReferenceCount("sdt_2_512_cifar", 10_233_418),
+        ReferenceCount("sdt_2_256_dvs128", 2_566_923),
+    ),
+    tiny=TinyConfig(
+        "sdt_8_384",
+        dict(embed_dim=32, depth=2, num_heads=4, num_classes=5, time_steps=2),
+        shallow=dict(depth=1),
+    ),
+)
+
 
 @register_model
 def sdt_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 8-384, ImageNet-1k (16.8M parameters)."""
     args = dict(embed_dim=384, depth=8)
-    return _create("sdt_8_384", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_8_384", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_6_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 6-512, ImageNet-1k (23.4M parameters)."""
     args = dict(embed_dim=512, depth=6)
-    return _create("sdt_6_512", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_6_512", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 8-512, ImageNet-1k (29.7M parameters)."""
     args = dict(embed_dim=512, depth=8)
-    return _create("sdt_8_512", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_8_512", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_10_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 10-512, ImageNet-1k (36.0M parameters)."""
     args = dict(embed_dim=512, depth=10)
-    return _create("sdt_10_512", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_10_512", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_8_768(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 8-768, ImageNet-1k (66.3M parameters)."""
     args = dict(embed_dim=768, depth=8)
-    return _create("sdt_8_768", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_8_768", pretrained, **dict(args, **kwargs))
 
 
 # num_classes and in_chans come from the pretrained tag (e.g. ".cifar100" builds 100 classes).
@@ -301,7 +255,7 @@ _CIFAR_ARGS = dict(img_size=32, depth=2, pooling_stat="0011")
 @register_model
 def sdt_2_256_cifar(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 2-256 for 32x32 CIFAR images."""
-    return _create(
+    return FAMILY.create(
         "sdt_2_256_cifar", pretrained, **dict(dict(_CIFAR_ARGS, embed_dim=256), **kwargs)
     )
 
@@ -309,7 +263,7 @@ def sdt_2_256_cifar(pretrained: bool = False, **kwargs) -> SpikeDrivenTransforme
 @register_model
 def sdt_2_512_cifar(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT 2-512 for 32x32 CIFAR images."""
-    return _create(
+    return FAMILY.create(
         "sdt_2_512_cifar", pretrained, **dict(dict(_CIFAR_ARGS, embed_dim=512), **kwargs)
     )
 
@@ -319,7 +273,7 @@ def sdt_2_256_dvs128(pretrained: bool = False, **kwargs) -> SpikeDrivenTransform
     """SDT 2-256 for DVS128 Gesture event frames ``[B, T, 2, 128, 128]`` (T=16)."""
     args = dict(img_size=128, embed_dim=256, depth=2)
     args.update(pooling_stat="0111", dvs=True, time_steps=16)
-    return _create("sdt_2_256_dvs128", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_2_256_dvs128", pretrained, **dict(args, **kwargs))
 
 
 @register_model
@@ -327,4 +281,4 @@ def sdt_2_256_cifar10dvs(pretrained: bool = False, **kwargs) -> SpikeDrivenTrans
     """SDT 2-256 for CIFAR10-DVS event frames ``[B, T, 2, 64, 64]`` (T=10)."""
     args = dict(img_size=64, embed_dim=256, depth=2)
     args.update(pooling_stat="0011", dvs=True, time_steps=10)
-    return _create("sdt_2_256_cifar10dvs", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_2_256_cifar10dvs", pretrained, **dict(args, **kwargs))

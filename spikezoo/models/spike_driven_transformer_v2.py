@@ -12,14 +12,13 @@ gradients (see ``tests/models``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 
 import torch
-from timm.layers import calculate_drop_path_rates, to_2tuple
+from timm.layers import calculate_drop_path_rates
 from timm.models import register_model
 from torch import Tensor, nn
 
-from spikezoo._checks import fraction, positive_int
+from spikezoo._checks import positive_int
 from spikezoo.layers import (
     ConvBN,
     LinearSpikingAttention,
@@ -27,17 +26,13 @@ from spikezoo.layers import (
     SpikingConvBlock,
     SpikingTokenMLP,
 )
-from spikezoo.models._base import SpikingVisionModel, neuron_factory, trunc_normal_init
-from spikezoo.models._checkpoint import (
-    RenameRule,
-    filter_checkpoint,
-    rename_keys,
-    unwrap_state_dict,
-)
-from spikezoo.models._pretrained import IMAGENET_CFG, build_spiking_model, spikezoo_default_cfgs
+from spikezoo.models._base import SpikingVisionModel
+from spikezoo.models._checkpoint import RenameRule
+from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig, rename_passes
+from spikezoo.models._pretrained import IMAGENET_CFG, spikezoo_default_cfgs
 from spikezoo.weights import AuthorsFile
 
-__all__ = ["Block", "SpikeDrivenTransformerV2", "checkpoint_filter_fn", "remap_state_dict"]
+__all__ = ["FAMILY", "Block", "SpikeDrivenTransformerV2"]
 
 #: Transformer blocks of the last two stages, fixed in the authors' code.
 BLOCKS_PER_STAGE = (6, 2)
@@ -82,79 +77,57 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
     4      ``embed_dims[3]``       2 transformer blocks   16
     ====== ======================= ====================== =========
 
-    Args:
-        img_size: nominal input size; a multiple of 16 (any such size works at run time).
-        in_chans: input channels.
-        num_classes: classes of the linear head(s) (0: no head).
+    Args (besides those of every family, see :class:`~spikezoo.models.SpikingVisionModel`;
+    ``neuron="plif"`` has the sigmoid surrogate, alpha 4; ``drop_path_rate`` acts on the
+    transformer blocks: block ``j`` of either stage takes ``drop_path_rate * j / 7`` (in
+    float32), the authors' schedule for ``depths=8``, which their code builds but never
+    applies, so their models correspond to 0):
         embed_dims: the four widths above.
         num_heads: attention heads of every transformer block.
         mlp_ratio: hidden width of the conv blocks' 3x3 pair and of the MLPs, as a multiple
             of the width (4 in the authors' code).
-        time_steps: T for static images (the authors' ``model.T``, set from ``--time_steps``).
         kd: add the distillation head ``head_kd`` beside ``head`` (the authors' ``--kd``).
             In training the model returns the pair ``(logits, logits_kd)``, as timm's
             distilled DeiT does with ``set_distilled_training``; in eval, their mean.
-        neuron: ``"lif"``, ``"plif"`` (sigmoid surrogate, alpha 4) or a neuron factory.
-        drop_path_rate: stochastic depth of the transformer blocks: block ``j`` of either
-            stage takes ``drop_path_rate * j / 7`` (in float32), the authors' schedule for
-            ``depths=8``. The authors' code builds it but never applies it, so their models
-            correspond to 0.
-        global_pool: ``"avg"`` or ``""`` (per-token logits).
-        per_step_logits: return ``[T, B, K]`` instead of the time average.
-        feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
-        device: device of the parameters and buffers (timm's factory argument).
-        dtype: floating-point dtype of the parameters and buffers (timm's factory argument).
     """
 
     feature_units = "stages"
+    paper = "spike_driven_transformer"
+    init_layer_types = (nn.Linear,)
+    size_multiple = 16
+    head_kd: nn.Module | None
 
-    def __init__(
+    def build_features(
         self,
-        img_size: int | tuple[int, int] = 224,
-        in_chans: int = 3,
-        num_classes: int = 1000,
+        neuron: NeuronFactory,
+        drop_path_rate: float,
         embed_dims: Sequence[int] = (128, 256, 512, 640),
         num_heads: int = 8,
         mlp_ratio: int = 4,
-        time_steps: int = 4,
         kd: bool = False,
-        neuron: str | NeuronFactory = "lif",
-        drop_path_rate: float = 0.0,
-        global_pool: str = "avg",
-        per_step_logits: bool = False,
-        feature_time_reduction: str = "mean",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(
-            in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
-        )
+        """The stem and the five stages; the distillation head's name with ``kd``."""
         if len(embed_dims) != 4:
             raise ValueError(f"embed_dims needs four widths, got {tuple(embed_dims)}")
         for i, dim in enumerate(embed_dims):
             positive_int(f"embed_dims[{i}]", dim, minimum=2 if i == 0 else 1)
         positive_int("mlp_ratio", mlp_ratio)
-        fraction("drop_path_rate", drop_path_rate, upper_closed=False)
-        make_neuron = neuron_factory(neuron, surrogate="sigmoid")
         self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.check_image_size(*to_2tuple(img_size))
 
         widths = (embed_dims[0] // 2, *embed_dims)
-        self.stem = ConvBN(in_chans, widths[0], 7, stride=2, bias=True)
+        self.stem = ConvBN(self.in_chans, widths[0], 7, stride=2, bias=True)
 
         def down(i: int, stride: int = 2) -> ConvBN:
-            return ConvBN(widths[i - 1], widths[i], 3, stride, bias=True, neuron=make_neuron)
+            return ConvBN(widths[i - 1], widths[i], 3, stride, bias=True, neuron=neuron)
 
         def conv_blocks(i: int, count: int) -> list[nn.Module]:
-            return [SpikingConvBlock(widths[i], mlp_ratio, make_neuron) for _ in range(count)]
+            return [SpikingConvBlock(widths[i], mlp_ratio, neuron) for _ in range(count)]
 
         # the authors' torch.linspace(0, drop_path_rate, depths=8), in float32
         rates = calculate_drop_path_rates(drop_path_rate, 8)
 
         def blocks(i: int, count: int) -> list[nn.Module]:
-            return [
-                Block(widths[i], num_heads, mlp_ratio, make_neuron, rates[j]) for j in range(count)
-            ]
+            return [Block(widths[i], num_heads, mlp_ratio, neuron, rates[j]) for j in range(count)]
 
         self.stages = nn.Sequential(
             nn.Sequential(*conv_blocks(0, 1)),
@@ -167,18 +140,9 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
             dict(num_chs=width, reduction=reduction, module=f"stages.{i}")
             for i, (width, reduction) in enumerate(zip(widths, (2, 4, 8, 16, 16), strict=True))
         ]
-        self.head_lif = make_neuron()
-        self.head = self._make_head(self.num_features, num_classes)
-        self.head_kd = self._make_head(self.num_features, num_classes) if kd else None
+        self.head_kd = None
+        self.classifier_names = ("head", "head_kd") if kd else ("head",)
         self.distilled_training = kd
-        # the authors' init: linear layers truncated-normal(0.02), zero bias; convs keep torch's
-        self.apply(partial(trunc_normal_init, layer_types=(nn.Linear,)))
-        self.to(device=device, dtype=dtype)
-
-    @property
-    def size_multiple(self) -> int:
-        """H and W must be multiples of this number."""
-        return 16
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """``[T, B, in_chans, H, W]`` -> the stem's output map (membranes, half the size)."""
@@ -210,21 +174,6 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
         if self.head_kd is None:
             raise ValueError("set_distilled_training needs a model built with kd=True")
         self.distilled_training = enable
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the linear head, and ``head_kd`` with ``kd`` (``num_classes=0``: none)."""
-        super().reset_classifier(num_classes, global_pool)
-        if self.head_kd is not None:
-            like = next(self.parameters())
-            head_kd = self._make_head(self.num_features, num_classes)
-            self.head_kd = head_kd.to(device=like.device, dtype=like.dtype).train(self.training)
-
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
-        )
 
 
 # --- the authors' checkpoints --------------------------------------------------------------
@@ -261,26 +210,10 @@ _AUTHORS_BLOCK_PARTS: list[RenameRule] = [
 ]
 
 
-def remap_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Rename the authors' Meta-SpikeFormer keys to spikezoo's (any subset); no checks."""
-    return rename_keys(
-        rename_keys(unwrap_state_dict(state_dict), _AUTHORS_MODULES), _AUTHORS_BLOCK_PARTS
-    )
-
-
-def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformerV2) -> dict[str, Tensor]:
-    """Map the authors' Meta-SpikeFormer state dict (or a training checkpoint) to spikezoo's.
-
-    Handles the ``main_finetune.py`` layout ``{"model": ..., "optimizer", "epoch", "scaler",
-    "args"}`` and passes spikezoo's own state dicts through. Raises ``ValueError`` when the
-    checkpoint has a distillation head and the model not (or the reverse): build it with
-    ``kd=True`` (``kd=False``). Raises :class:`~spikezoo.models.CheckpointMismatchError` if
-    the result does not fit ``model`` otherwise.
-    """
-    mapped = filter_checkpoint(
-        state_dict, model, remap_state_dict, exempt=("head.", "head_kd.", "stem.conv.")
-    )
-    has_kd = any(k.startswith("head_kd.") for k in mapped)
+def _check_distillation_head(state_dict: Mapping[str, Tensor], model: nn.Module) -> None:
+    """Raise ``ValueError`` when the checkpoint has a distillation head and the model not (or
+    the reverse): build it with ``kd=True`` (``kd=False``)."""
+    has_kd = any(k.startswith("head_kd.") for k in state_dict)
     if has_kd != (model.head_kd is not None):
         raise ValueError(
             "the checkpoint "
@@ -290,17 +223,6 @@ def checkpoint_filter_fn(state_dict: Mapping, model: SpikeDrivenTransformerV2) -
                 else "has no distillation head head_kd: create the model with kd=False"
             )
         )
-    return mapped
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
-    return build_spiking_model(
-        SpikeDrivenTransformerV2,
-        variant,
-        pretrained,
-        num_feature_units=5,
-        **kwargs,
-    )
 
 
 # --- configurations ------------------------------------------------------------------------
@@ -328,6 +250,7 @@ default_cfgs = spikezoo_default_cfgs(
     {
         "sdt_v2_8_384.in1k": dict(notes=_NOT_RELEASED),
         f"sdt_v2_8_512.{_KD_TAG}": dict(
+            classifier=("head", "head_kd"),
             top1=80.0,
             # main_finetune.py checkpoints ({"model": ..., "args": Namespace, ...}) in one
             # Google Drive folder, to be downloaded by hand
@@ -341,6 +264,35 @@ default_cfgs = spikezoo_default_cfgs(
         ),
         "sdt_v2_8_768.in1k": dict(notes=_NOT_RELEASED),
     },
+)
+
+FAMILY = ModelFamily(
+    model_cls=SpikeDrivenTransformerV2,
+    default_cfgs=default_cfgs,
+    authors_keys=rename_passes(_AUTHORS_MODULES, _AUTHORS_BLOCK_PARTS),
+    citation="""@inproceedings{yao2024spikedrivenv2,
+  title     = {Spike-driven Transformer V2: Meta Spiking Neural Network Architecture Inspiring
+               the Design of Next-generation Neuromorphic Chips},
+  author    = {Yao, Man and Hu, JiaKui and Hu, Tianxiang and Xu, Yifan and Zhou, Zhaokun and
+               Tian, Yonghong and Xu, Bo and Li, Guoqi},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2024}
+}""",
+    # the authors' models (shared/reference/ARCHITECTURE.md), without and with the kd head
+    reference_counts=(
+        ReferenceCount("sdt_v2_8_384", 31_333_864),
+        ReferenceCount("sdt_v2_8_512", 55_350_248),
+        ReferenceCount("sdt_v2_8_768", 123_741_160),
+        ReferenceCount("sdt_v2_8_384", 31_814_864, {"kd": True}),
+        ReferenceCount("sdt_v2_8_512", 55_991_248, {"kd": True}),
+        ReferenceCount("sdt_v2_8_768", 124_702_160, {"kd": True}),
+    ),
+    tiny=TinyConfig(
+        "sdt_v2_8_384",
+        dict(embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=5, time_steps=2),
+        shallow=None,  # always 6 + 2 transformer blocks (the authors' code)
+    ),
+    check_checkpoint=_check_distillation_head,
 )
 
 
@@ -359,7 +311,7 @@ def _built_for_kd_weights(pretrained: bool, pretrained_cfg: object) -> bool:
 def sdt_v2_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
     """Meta-SpikeFormer 8-384, ImageNet-1k (31.3M parameters; 31.8M with ``kd=True``)."""
     args = dict(embed_dims=(96, 192, 384, 480))
-    return _create("sdt_v2_8_384", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_v2_8_384", pretrained, **dict(args, **kwargs))
 
 
 @register_model
@@ -371,11 +323,11 @@ def sdt_v2_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2
     """
     kd = _built_for_kd_weights(pretrained, kwargs.get("pretrained_cfg"))
     args = dict(embed_dims=(128, 256, 512, 640), kd=kd)
-    return _create("sdt_v2_8_512", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_v2_8_512", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def sdt_v2_8_768(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2:
     """Meta-SpikeFormer 8-768, ImageNet-1k (123.7M parameters; 124.7M with ``kd=True``)."""
     args = dict(embed_dims=(192, 384, 768, 960))
-    return _create("sdt_v2_8_768", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("sdt_v2_8_768", pretrained, **dict(args, **kwargs))

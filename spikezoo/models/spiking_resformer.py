@@ -12,44 +12,31 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Sequence
 
-import torch
-from timm.layers import to_2tuple
 from timm.models import register_model
 from torch import Tensor, nn
 
 from spikezoo._checks import positive_int
 from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, NeuronFactory, PerStep
-from spikezoo.models._base import (
-    SpikingVisionModel,
-    drop_path_rates,
-    neuron_factory,
-    trunc_normal_init,
-)
-from spikezoo.models._checkpoint import RenameRule, filter_checkpoint, rename_key, unwrap_state_dict
-from spikezoo.models._pretrained import (
-    CIFAR100_NORM,
-    IMAGENET_CFG,
-    build_spiking_model,
-    spikezoo_default_cfgs,
-)
+from spikezoo.models._base import SpikingVisionModel, drop_path_rates
+from spikezoo.models._checkpoint import RenameRule, rename_key
+from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig
+from spikezoo.models._pretrained import CIFAR100_NORM, IMAGENET_CFG, spikezoo_default_cfgs
 from spikezoo.weights import AuthorsFile
 
-__all__ = ["SpikingResformer", "checkpoint_filter_fn", "remap_state_dict"]
+__all__ = ["FAMILY", "SpikingResformer"]
 
 STEMS = ("imagenet", "conv3x3")
 
 
 class SpikingResformer(SpikingVisionModel):
-    """SpikingResformer.
+    """SpikingResformer: a convolutional stem, then stages of (DSSA, GWSFFN) pairs.
 
-    Args:
-        img_size: nominal input size; a multiple of :attr:`size_multiple`. DSSA takes its
-            number of patches from the input, so other sizes (e.g. 288) work at run time.
-        in_chans: input channels.
-        num_classes: classes of the linear head (0: no head).
+    Args (besides those of every family, see :class:`~spikezoo.models.SpikingVisionModel`;
+    ``neuron="plif"`` has the arctan surrogate, alpha 2, ``drop_path_rate`` increases linearly
+    over the residual units, and DSSA takes its number of patches from the input, so other
+    sizes than ``img_size``, e.g. 288, work at run time):
         depths: (DSSA, GWSFFN) pairs per stage.
         embed_dims: width of each stage.
         num_heads: DSSA heads per stage.
@@ -57,42 +44,26 @@ class SpikingResformer(SpikingVisionModel):
         stem: ``"imagenet"`` (7x7 stride-2 conv, BN, 3x3 stride-2 max-pool) or ``"conv3x3"``
             (3x3 conv and BN, for 32x32 and event input).
         group_size: channels per group of the GWSFFN 3x3 convolution.
-        neuron: ``"lif"``, ``"plif"`` (arctan surrogate, alpha 2) or a neuron factory.
-        time_steps: T for static images (event input brings its own T).
-        drop_path_rate: stochastic depth, increasing linearly over the residual units.
-        global_pool: ``"avg"`` or ``""`` (per-token logits).
-        per_step_logits: return ``[T, B, K]`` instead of the time average.
-        feature_time_reduction: default ``time_reduction`` of ``forward_intermediates``.
-        device: device of the parameters and buffers (timm's factory argument).
-        dtype: floating-point dtype of the parameters and buffers (timm's factory argument).
     """
 
     feature_units = "stages"
+    paper = "spiking_resformer"
+    head_neuron = False
     head_bias = False
+    init_layer_types = (nn.Conv2d, nn.Linear)
 
-    def __init__(
+    def build_features(
         self,
-        img_size: int | tuple[int, int] = 224,
-        in_chans: int = 3,
-        num_classes: int = 1000,
+        neuron: NeuronFactory,
+        drop_path_rate: float,
         depths: Sequence[int] = (1, 2, 3),
         embed_dims: Sequence[int] = (64, 192, 384),
         num_heads: Sequence[int] = (1, 3, 6),
         patch_sizes: Sequence[int] = (4, 2, 1),
         stem: str = "imagenet",
         group_size: int = 64,
-        neuron: str | NeuronFactory = "lif",
-        time_steps: int = 4,
-        drop_path_rate: float = 0.0,
-        global_pool: str = "avg",
-        per_step_logits: bool = False,
-        feature_time_reduction: str = "mean",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(
-            in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
-        )
+        """The stem and the stages."""
         lengths = {len(depths), len(embed_dims), len(num_heads), len(patch_sizes)}
         if len(lengths) != 1:
             raise ValueError(
@@ -110,59 +81,40 @@ class SpikingResformer(SpikingVisionModel):
             for i, value in enumerate(values):
                 positive_int(f"{name}[{i}]", value, minimum)
         rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
-        make_neuron = neuron_factory(neuron, surrogate="atan")
         self.num_features = self.head_hidden_size = embed_dims[-1]
 
         if stem == "imagenet":
-            self.stem = ConvBN(in_chans, embed_dims[0], 7, stride=2)
+            self.stem = ConvBN(self.in_chans, embed_dims[0], 7, stride=2)
             self.stem_pool = PerStep(nn.MaxPool2d(3, 2, 1))
             stem_reduction = 4
         else:
-            self.stem = ConvBN(in_chans, embed_dims[0], 3)
+            self.stem = ConvBN(self.in_chans, embed_dims[0], 3)
             self.stem_pool = nn.Identity()
             stem_reduction = 1
         reductions = [stem_reduction * 2**i for i in range(len(depths))]
-        self._size_multiple = math.lcm(
+        self.size_multiple = math.lcm(
             *(r * p for r, p in zip(reductions, patch_sizes, strict=True))
         )
-        self.check_image_size(*to_2tuple(img_size))
 
         stages = []
         for i, (depth, dim, heads, patch) in enumerate(
             zip(depths, embed_dims, num_heads, patch_sizes, strict=True)
         ):
-            units = [Downsample(embed_dims[i - 1], dim, neuron=make_neuron)] if i > 0 else []
+            units = [Downsample(embed_dims[i - 1], dim, neuron=neuron)] if i > 0 else []
             for _ in range(depth):
                 rate = next(rates)
-                units.append(DSSA(dim, heads, patch, neuron=make_neuron, drop_path=rate))
-                units.append(GWSFFN(dim, group_size=group_size, neuron=make_neuron, drop_path=rate))
+                units.append(DSSA(dim, heads, patch, neuron=neuron, drop_path=rate))
+                units.append(GWSFFN(dim, group_size=group_size, neuron=neuron, drop_path=rate))
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
         self.feature_info = [
             dict(num_chs=dim, reduction=r, module=f"stages.{i}")
             for i, (dim, r) in enumerate(zip(embed_dims, reductions, strict=True))
         ]
-        self.head_lif = nn.Identity()
-        self.head = self._make_head(self.num_features, num_classes)
-        # the authors' init: conv and linear weights truncated-normal(0.02), zero biases
-        self.apply(partial(trunc_normal_init, layer_types=(nn.Conv2d, nn.Linear)))
-        self.to(device=device, dtype=dtype)
-
-    @property
-    def size_multiple(self) -> int:
-        """H and W must be multiples of this number."""
-        return self._size_multiple
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """``[T, B, in_chans, H, W]`` -> the convolutional stem's output map."""
         return self.stem_pool(self.stem(x))
-
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups (stem, blocks) for layer-wise learning-rate decay."""
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
-        )
 
 
 # --- the authors' checkpoints --------------------------------------------------------------
@@ -196,10 +148,10 @@ _AUTHORS_UNIT: dict[type, list[RenameRule]] = {
 }
 
 
-def remap_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Rename the authors' SpikingResformer keys to spikezoo's (any subset); no checks."""
+def _rename_authors_keys(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """The authors' names, and inside each residual unit those of its spikezoo module type."""
     mapped = {}
-    for key, value in unwrap_state_dict(state_dict).items():
+    for key, value in state_dict.items():
         key = rename_key(key, _AUTHORS_TOP_LEVEL)
         unit_key = re.match(r"^layers\.(\d+)\.(\d+)\.(.+)$", key)
         if unit_key:
@@ -211,21 +163,6 @@ def remap_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict
             key = f"stages.{stage}.{index}.{rename_key(rest, _AUTHORS_UNIT.get(type(unit), []))}"
         mapped[key] = value
     return mapped
-
-
-def checkpoint_filter_fn(state_dict: Mapping, model: SpikingResformer) -> dict[str, Tensor]:
-    """Map the authors' SpikingResformer state dict (or ``{"model": ...}``) to spikezoo's.
-
-    spikezoo's own state dicts pass through. Raises
-    :class:`~spikezoo.models.CheckpointMismatchError` if the result does not fit ``model``.
-    """
-    return filter_checkpoint(state_dict, model, remap_state_dict, exempt=("head.", "stem.conv."))
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> SpikingResformer:
-    return build_spiking_model(
-        SpikingResformer, variant, pretrained, num_feature_units=len(kwargs["depths"]), **kwargs
-    )
 
 
 # --- configurations ------------------------------------------------------------------------
@@ -275,6 +212,41 @@ default_cfgs = spikezoo_default_cfgs(
     },
 )
 
+FAMILY = ModelFamily(
+    model_cls=SpikingResformer,
+    default_cfgs=default_cfgs,
+    authors_keys=_rename_authors_keys,
+    citation="""@inproceedings{shi2024spikingresformer,
+  title     = {SpikingResformer: Bridging ResNet and Vision Transformer in Spiking Neural
+               Networks},
+  author    = {Shi, Xinyu and Hao, Zecheng and Yu, Zhaofei},
+  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2024}
+}""",
+    # the authors' models (shared/reference/ARCHITECTURE.md)
+    reference_counts=(
+        ReferenceCount("spikingresformer_ti", 11_180_992),
+        ReferenceCount("spikingresformer_s", 17_813_824),
+        ReferenceCount("spikingresformer_m", 35_601_472),
+        ReferenceCount("spikingresformer_l", 60_375_680),
+        ReferenceCount("spikingresformer_cifar", 10_793_152),
+        ReferenceCount("spikingresformer_dvsg", 2_709_830),
+    ),
+    tiny=TinyConfig(
+        "spikingresformer_ti",
+        dict(
+            embed_dims=(16, 32),
+            num_heads=(1, 2),
+            depths=(1, 1),
+            patch_sizes=(2, 1),
+            group_size=16,
+            num_classes=5,
+            time_steps=2,
+        ),
+        shallow=dict(depths=(1, 0)),
+    ),
+)
+
 _IMAGENET_STAGES = dict(depths=(1, 2, 3), patch_sizes=(4, 2, 1))
 
 
@@ -282,28 +254,28 @@ _IMAGENET_STAGES = dict(depths=(1, 2, 3), patch_sizes=(4, 2, 1))
 def spikingresformer_ti(pretrained: bool = False, **kwargs) -> SpikingResformer:
     """SpikingResformer-Ti, ImageNet-1k (11.2M parameters)."""
     args = dict(_IMAGENET_STAGES, embed_dims=(64, 192, 384), num_heads=(1, 3, 6))
-    return _create("spikingresformer_ti", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("spikingresformer_ti", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def spikingresformer_s(pretrained: bool = False, **kwargs) -> SpikingResformer:
     """SpikingResformer-S, ImageNet-1k (17.8M parameters)."""
     args = dict(_IMAGENET_STAGES, embed_dims=(64, 256, 512), num_heads=(1, 4, 8))
-    return _create("spikingresformer_s", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("spikingresformer_s", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def spikingresformer_m(pretrained: bool = False, **kwargs) -> SpikingResformer:
     """SpikingResformer-M, ImageNet-1k (35.6M parameters)."""
     args = dict(_IMAGENET_STAGES, embed_dims=(64, 384, 768), num_heads=(1, 6, 12))
-    return _create("spikingresformer_m", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("spikingresformer_m", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def spikingresformer_l(pretrained: bool = False, **kwargs) -> SpikingResformer:
     """SpikingResformer-L, ImageNet-1k (60.4M parameters)."""
     args = dict(_IMAGENET_STAGES, embed_dims=(128, 512, 1024), num_heads=(2, 8, 16))
-    return _create("spikingresformer_l", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("spikingresformer_l", pretrained, **dict(args, **kwargs))
 
 
 @register_model
@@ -311,7 +283,7 @@ def spikingresformer_cifar(pretrained: bool = False, **kwargs) -> SpikingResform
     """SpikingResformer-Ti* for 32x32 CIFAR images (3x3 stem)."""
     args = dict(_IMAGENET_STAGES, embed_dims=(64, 192, 384), num_heads=(1, 3, 6))
     args.update(img_size=32, stem="conv3x3")  # num_classes comes from the tag
-    return _create("spikingresformer_cifar", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("spikingresformer_cifar", pretrained, **dict(args, **kwargs))
 
 
 @register_model
@@ -320,4 +292,4 @@ def spikingresformer_dvsg(pretrained: bool = False, **kwargs) -> SpikingResforme
     args = dict(_IMAGENET_STAGES, embed_dims=(32, 96, 192), num_heads=(1, 3, 6))
     args.update(img_size=64, stem="conv3x3", group_size=32, neuron="plif")
     args.update(time_steps=16)
-    return _create("spikingresformer_dvsg", pretrained, **dict(args, **kwargs))
+    return FAMILY.create("spikingresformer_dvsg", pretrained, **dict(args, **kwargs))

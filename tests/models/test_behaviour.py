@@ -7,9 +7,12 @@ import timm
 import torch
 from timm.models import group_parameters
 from timm.optim import param_groups_weight_decay
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from spikezoo.layers import DSSA, freeze_firing_rates
-from spikezoo.neurons import MultiStepPLIF
+from spikezoo.layers.defaults import NEURON_TYPES, PAPER_NEURONS, neuron_factory
+from spikezoo.neurons import MultiStepNeuron, MultiStepPLIF
 from tests.models.families import FAMILY_NAMES, tiny, tiny_family
 
 SDT, RESFORMER = "spike_driven_transformer", "spiking_resformer"
@@ -302,3 +305,54 @@ def test_feature_indices_out_of_range_say_what_is_valid(family, case):
     with pytest.raises(ValueError, match=message):
         tiny(family, features_only=True, out_indices=indices)
     assert len(model.units) == count  # nothing was pruned
+
+
+class _Allocations(TorchDispatchMode):
+    """The bytes of every storage that an operation creates off the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                storage = t.untyped_storage()
+                self.storages[storage.data_ptr()] = storage.nbytes()
+        return out
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_a_full_size_model_built_on_meta_allocates_nothing_elsewhere(family):
+    with _Allocations() as allocations:
+        model = timm.create_model(tiny_family(family).entry_point, device="meta")
+    assert all(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    # timm's drop-path schedule (Meta-SpikeFormer) is 8 floats on the CPU; nothing else is
+    assert sum(allocations.storages.values()) <= 8 * 4
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_a_model_built_in_float64_equals_the_float32_model_converted(family):
+    torch.manual_seed(0)
+    built = tiny(family, dtype=torch.float64).eval()
+    torch.manual_seed(0)
+    converted = tiny(family).double().eval()
+    expected = converted.state_dict()
+    for key, value in built.state_dict().items():
+        assert value.dtype == expected[key].dtype, key
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    x = image(built).double()
+    torch.testing.assert_close(built(x), converted(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_every_neuron_of_a_model_has_its_papers_settings(family, neuron):
+    model = tiny(family, neuron=neuron)
+    settings = PAPER_NEURONS[model.paper]
+    neurons = [m for m in model.modules() if isinstance(m, MultiStepNeuron)]
+    assert neurons and all(type(m) is NEURON_TYPES[neuron] for m in neurons)
+    assert all(m.surrogate == settings["surrogate"] for m in neurons)
+    with pytest.raises(ValueError, match="unknown paper 'no_paper'; expected one of"):
+        neuron_factory(neuron, "no_paper")

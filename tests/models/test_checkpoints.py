@@ -78,7 +78,7 @@ def test_filter_unwraps_training_checkpoints_and_drops_unused_authors_tensors():
     case = load_case("sdt_imagenet_tiny")
     model = case.build()
     wrapped = {"state_dict": {f"module.{k}": v for k, v in case.state.items()}, "epoch": 3}
-    mapped = sdt.checkpoint_filter_fn(wrapped, model)
+    mapped = sdt.FAMILY.checkpoint_filter_fn(wrapped, model)
     assert mapped.keys() == model.state_dict().keys()
     assert not any("talking_heads." in k for k in mapped)
 
@@ -116,11 +116,43 @@ def test_the_meta_spikeformer_kd_tag_builds_the_distillation_head():
     assert tagged.pretrained_cfg["top1"] == 80.0
 
 
+def test_fine_tuning_the_kd_weights_to_10_classes_resets_both_heads(tmp_path):
+    # the tiny kd net's weights with the tag's 1000-class heads, in main_finetune.py's layout
+    case = load_case("v2/sdt2_kd_tiny")
+    _, args = case.model_args()
+    state = dict(case.state)
+    for head in ("head", "head_kd"):
+        state[f"{head}.weight"] = torch.randn(1000, args["embed_dims"][-1], dtype=torch.float64)
+        state[f"{head}.bias"] = torch.randn(1000, dtype=torch.float64)
+    torch.save({"model": state, "epoch": 299}, tmp_path / "kd.pth")
+    architecture = {k: v for k, v in args.items() if k not in ("num_classes", "kd")}
+
+    model = timm.create_model(
+        "sdt_v2_8_512.in1k_kd",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "kd.pth")),
+        num_classes=10,
+        **architecture,
+    )
+    assert model.pretrained_cfg["classifier"] == ("head", "head_kd")
+    assert model.head.out_features == model.head_kd.out_features == 10
+    expected = sdt_v2.FAMILY.checkpoint_filter_fn(state, model)
+    for key, value in model.state_dict().items():
+        if not key.startswith(("head.", "head_kd.")):
+            exact = expected[key].to(value.dtype)
+            torch.testing.assert_close(value, exact, rtol=0, atol=0, msg=key)
+    logits, logits_kd = model.train()(torch.rand(2, 3, 48, 48))
+    assert logits.shape == logits_kd.shape == (2, 10)
+
+    model.reset_classifier(3)
+    assert model.head.out_features == model.head_kd.out_features == 3
+
+
 def test_checkpoint_of_another_architecture_names_the_problems_and_the_likely_model():
     small = timm.create_model("sdt_2_256_cifar").state_dict()
     target = timm.create_model("sdt_2_512_cifar")
     with pytest.raises(CheckpointMismatchError) as info:
-        sdt.checkpoint_filter_fn(small, target)
+        sdt.FAMILY.checkpoint_filter_fn(small, target)
     error = info.value
     assert "blocks.0.attn.q.conv.weight: checkpoint (256, 256, 1, 1) vs model (512, 512, 1, 1)" in (
         error.mismatched
@@ -136,7 +168,7 @@ def test_authors_checkpoint_loaded_into_the_wrong_family_lists_missing_and_unexp
     case = load_case("sdt_cifar_tiny")
     model = load_case("resformer_cifar_tiny").build()
     with pytest.raises(CheckpointMismatchError) as info:
-        resformer.checkpoint_filter_fn(case.state, model)
+        resformer.FAMILY.checkpoint_filter_fn(case.state, model)
     error = info.value
     assert "stages.0.0.patch_proj.conv.weight" in error.missing
     assert "block.0.attn.q_conv.weight" in error.unexpected
@@ -154,7 +186,7 @@ def test_sdt_checkpoint_loaded_into_meta_spikeformer_names_the_likely_model():
     v1 = timm.create_model("sdt_2_256_cifar").state_dict()
     model = load_case("v2/sdt2_tiny").build()
     with pytest.raises(CheckpointMismatchError) as info:
-        sdt_v2.checkpoint_filter_fn(v1, model)
+        sdt_v2.FAMILY.checkpoint_filter_fn(v1, model)
     assert info.value.likely_model == "sdt_2_256_cifar"
     assert "stages.3.1.attn.q.0.conv1x1.weight" in info.value.missing
     assert "most likely belongs to 'sdt_2_256_cifar'" in str(info.value)
@@ -172,4 +204,4 @@ def test_distillation_head_must_match_kd(case_name, kd):
     model = case.build(kd=kd)
     expected = "create the model with kd=False" if kd else "create the model with kd=True"
     with pytest.raises(ValueError, match=expected):
-        sdt_v2.checkpoint_filter_fn(case.state, model)
+        sdt_v2.FAMILY.checkpoint_filter_fn(case.state, model)

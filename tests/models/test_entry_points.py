@@ -11,39 +11,14 @@ from timm.models import model_entrypoint
 from torch import nn
 
 import spikezoo.models
-from spikezoo.models import FAMILIES, MODEL_NAMES, SpikingVisionModel
+from spikezoo.models import FAMILIES, MODEL_NAMES, SpikingVisionModel, families
 from spikezoo.models._registry import family_of, timm_module_name
-from tests.models.families import FAMILY_NAMES, TINY, tiny
+from tests.models.families import FAMILY_NAMES, tiny
 
 ENTRY_POINTS = list(MODEL_NAMES)
 
-# The parameter counts of the authors' models (shared/reference/ARCHITECTURE.md).
-PARAMETERS = {
-    "sdt_8_384": 16_816_024,
-    "sdt_6_512": 23_373_352,
-    "sdt_8_512": 29_689_384,
-    "sdt_10_512": 36_005_416,
-    "sdt_8_768": 66_338_632,
-    "sdt_2_256_cifar": 2_566_954,
-    "sdt_2_512_cifar": 10_233_418,
-    "sdt_2_256_dvs128": 2_566_923,
-    "spikingresformer_ti": 11_180_992,
-    "spikingresformer_s": 17_813_824,
-    "spikingresformer_m": 35_601_472,
-    "spikingresformer_l": 60_375_680,
-    "spikingresformer_cifar": 10_793_152,
-    "spikingresformer_dvsg": 2_709_830,
-    "sdt_v2_8_384": 31_333_864,
-    "sdt_v2_8_512": 55_350_248,
-    "sdt_v2_8_768": 123_741_160,
-}
-
-# The same with the distillation head (Meta-SpikeFormer's kd=True).
-KD_PARAMETERS = {
-    "sdt_v2_8_384": 31_814_864,
-    "sdt_v2_8_512": 55_991_248,
-    "sdt_v2_8_768": 124_702_160,
-}
+# The parameter counts of the authors' models, as each family declares them.
+REFERENCE_COUNTS = [count for family in families() for count in family.reference_counts]
 
 
 def test_every_family_module_and_entry_point_is_registered():
@@ -51,8 +26,7 @@ def test_every_family_module_and_entry_point_is_registered():
     assert files == set(FAMILY_NAMES)  # a family file without its registry line is never imported
     ours = {n for n in timm.list_models() if model_entrypoint(n).__module__.startswith("spikezoo.")}
     assert ours == set(ENTRY_POINTS) and len(ENTRY_POINTS) == len(ours)
-    assert set(PARAMETERS) <= set(ENTRY_POINTS)
-    assert set(TINY) == set(FAMILY_NAMES)  # each family has a small network for the tests
+    assert {count.entry_point for count in REFERENCE_COUNTS} <= set(ENTRY_POINTS)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -60,23 +34,22 @@ def test_family_module_defines_what_the_shared_code_uses(family):
     module = importlib.import_module(family)
     names = timm.list_models(module=timm_module_name(family))
     assert names, "a family registers at least one entry point"
-    assert callable(module.checkpoint_filter_fn) and callable(module.remap_state_dict)
     for name in names:
         with torch.device("meta"):
             model = timm.create_model(name)
-        assert isinstance(model, SpikingVisionModel) and family_of(model) is module
+        assert isinstance(model, SpikingVisionModel) and family_of(model) is module.FAMILY
         assert timm.list_pretrained(f"{name}.*"), f"{name} has no tagged default cfg"
 
 
 @pytest.mark.parametrize(
-    ("name", "args", "count"),
-    [(name, {}, count) for name, count in PARAMETERS.items()]
-    + [(name, dict(kd=True), count) for name, count in KD_PARAMETERS.items()],
+    "reference",
+    REFERENCE_COUNTS,
+    ids=lambda count: "-".join([count.entry_point, *(f"{k}={v}" for k, v in count.args.items())]),
 )
-def test_parameter_count_equals_the_authors_model(name, args, count):
+def test_parameter_count_equals_the_authors_model(reference):
     with torch.device("meta"):
-        model = timm.create_model(name, **args)
-    assert sum(p.numel() for p in model.parameters()) == count
+        model = timm.create_model(reference.entry_point, **reference.args)
+    assert sum(p.numel() for p in model.parameters()) == reference.parameters
 
 
 def _small_input(model, batch=2):
@@ -129,7 +102,9 @@ def test_default_cfg(name):
     assert cfg["license"] and cfg["paper_ids"].startswith("arXiv:") and cfg["origin_url"]
     first_conv = model.get_submodule(cfg["first_conv"])
     assert isinstance(first_conv, nn.Conv2d) and first_conv.in_channels == model.in_chans
-    assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
+    classifiers = (cfg["classifier"],) if isinstance(cfg["classifier"], str) else cfg["classifier"]
+    assert model.get_submodule(classifiers[0]) is model.get_classifier()
+    assert set(model.classifier_names) <= set(classifiers)  # e.g. a kd tag's model without kd
     reduction = model.feature_info[-1]["reduction"]
     assert tuple(cfg["pool_size"]) == tuple(s // reduction for s in cfg["input_size"][1:])
     model.check_image_size(*cfg["input_size"][1:])

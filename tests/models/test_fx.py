@@ -9,8 +9,9 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._features_fx import create_feature_extractor, get_graph_node_names
 from torchvision.models import feature_extraction
 
+from spikezoo.models import TinyConfig
 from spikezoo.neurons import MultiStepNeuron
-from tests.models.families import FAMILY_NAMES, TinyFamily, tiny_family
+from tests.models.families import FAMILY_NAMES, tiny_family
 
 # DSSA writes its rate buffers in training mode only, so the two graphs differ, as they should
 pytestmark = pytest.mark.filterwarnings("ignore:The nodes obtained by tracing the model in train")
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The nodes obtained by tracing th
 # One small model per family, and SDT's event input (float64: a traced graph runs the same
 # kernels, and no last-bit difference may flip a spike either way)
 EXTRA_CASES = {
-    "sdt_dvs": TinyFamily(
+    "sdt_dvs": TinyConfig(
         "sdt_2_256_dvs128",
         dict(embed_dim=32, num_heads=4, num_classes=5, img_size=32, pooling_stat="0011"),
     ),

@@ -1,10 +1,13 @@
-"""A new model family is one file plus one line in the registry, and everything picks it up.
+"""A new model family is one declarative file plus one line in the registry, and everything
+picks it up.
 
-The test adds a toy family the way a contributor would: it writes the family module into a
-copy of the package and adds its line to ``FAMILIES``; a fresh interpreter then finds the new
-entry point in ``MODEL_NAMES``, ``spikezoo list`` and ``guess_architecture``, and loads an
-"authors'" checkpoint through the family's ``checkpoint_filter_fn``. The copy keeps timm's
-global registry of this process free of the toy.
+The tests add a toy family the way a contributor would: they write the family module into a
+copy of the package and add its line to ``FAMILIES``; a fresh interpreter then finds the new
+entry point in ``MODEL_NAMES``, ``spikezoo list``, ``spikezoo profile``, the model card and the
+checkpoint mismatch hints, and loads an "authors'" checkpoint through the family's
+``checkpoint_filter_fn``. The toy's attention layer declares its heads through the
+:class:`~spikezoo.layers.SpikingAttention` protocol, so it also gets per-head firing rates. The
+copy keeps timm's global registry of this process free of the toy.
 """
 
 import json
@@ -14,86 +17,142 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
+from torch import nn
 
 import spikezoo
-from spikezoo.models import MODEL_NAMES
+import spikezoo.layers
+from spikezoo.models import MODEL_NAMES, SpikeDrivenTransformer, _registry, family_of
+from spikezoo.models import spike_driven_transformer as sdt
 
-TOY_FAMILY = '''"""A toy family: a convolutional stem, then spiking conv blocks."""
+TOY_FAMILY = '''"""A toy family: a convolutional stem, then spiking blocks."""
 
 from timm.models import register_model
 from torch import nn
 
 from spikezoo.layers import ConvBN
-from spikezoo.models._base import SpikingVisionModel, neuron_factory, trunc_normal_init
-from spikezoo.models._checkpoint import filter_checkpoint, rename_keys, unwrap_state_dict
-from spikezoo.models._pretrained import IMAGENET_CFG, build_spiking_model, spikezoo_default_cfgs
+from spikezoo.models import ModelFamily, ReferenceCount, SpikingVisionModel, TinyConfig
+from spikezoo.models._family import rename_passes
+from spikezoo.models._pretrained import IMAGENET_CFG, spikezoo_default_cfgs
 
+{block}
 
 class ToyNet(SpikingVisionModel):
     feature_units = "blocks"
+    paper = "spike_driven_transformer"
+    head_neuron = False
     size_multiple = 1
 
-    def __init__(self, in_chans=3, num_classes=10, dim=8, time_steps=2, neuron="lif",
-                 global_pool="avg", per_step_logits=False, feature_time_reduction="mean",
-                 device=None, dtype=None):
-        super().__init__(
-            in_chans, num_classes, time_steps, global_pool, per_step_logits, feature_time_reduction
-        )
-        make_neuron = neuron_factory(neuron, surrogate="sigmoid")
+    def build_features(self, neuron, drop_path_rate, dim=8):
         self.num_features = self.head_hidden_size = dim
-        self.stem = ConvBN(in_chans, dim, 3)
-        self.blocks = nn.Sequential(*(ConvBN(dim, dim, 3, neuron=make_neuron) for _ in [0, 1]))
-        self.feature_info = [dict(num_chs=dim, reduction=1, module=f"blocks.{i}") for i in [0, 1]]
-        self.head_lif = nn.Identity()
-        self.head = self._make_head(dim, num_classes)
-        self.apply(trunc_normal_init)
-        self.to(device=device, dtype=dtype)
+        self.stem = ConvBN(self.in_chans, dim, 3)
+        self.blocks = nn.Sequential(*(ToyBlock(dim, neuron) for _ in range(2)))
+        self.feature_info = [dict(num_chs=dim, reduction=1, module=f"blocks.{{i}}") for i in [0, 1]]
 
     def forward_stem(self, x):
         return self.stem(x)
 
 
-def remap_state_dict(state_dict, model):
-    return rename_keys(unwrap_state_dict(state_dict), [(r"^conv_stem\\.", "stem.")])
-
-
-def checkpoint_filter_fn(state_dict, model):
-    return filter_checkpoint(state_dict, model, remap_state_dict, exempt=("head.",))
-
-
 default_cfgs = spikezoo_default_cfgs(
-    dict(IMAGENET_CFG, first_conv="stem.conv"),
-    {"toy_net.toy": dict(num_classes=10, input_size=(3, 8, 8), pool_size=(8, 8))},
+    dict(IMAGENET_CFG, first_conv="stem.conv", paper_name="Toy", paper_ids="arXiv:0000.00000"),
+    {{"toy_net.toy": dict(num_classes=10, input_size=(3, 8, 8), pool_size=(8, 8))}},
+)
+
+FAMILY = ModelFamily(
+    model_cls=ToyNet,
+    default_cfgs=default_cfgs,
+    authors_keys=rename_passes([(r"^conv_stem\\.", "stem.")]),
+    citation="@misc{{toy2026, title = {{A toy family}}}}",
+    reference_counts=(ReferenceCount("toy_net", {parameters}),),
+    tiny=TinyConfig("toy_net", dict(dim=4, num_classes=5, time_steps=2)),
 )
 
 
 @register_model
 def toy_net(pretrained=False, **kwargs):
-    return build_spiking_model(ToyNet, "toy_net", pretrained, num_feature_units=2, **kwargs)
+    return FAMILY.create("toy_net", pretrained, **kwargs)
 '''
+
+#: Blocks without attention: a spiking conv.
+CONV_BLOCK = """
+class ToyBlock(ConvBN):
+    def __init__(self, dim, neuron):
+        super().__init__(dim, dim, 3, neuron=neuron)
+"""
+
+#: Blocks with one new attention layer: a spiking gate per head, as the protocol declares it.
+ATTENTION_BLOCK = """
+from spikezoo.layers import SpikingAttention
+
+
+class ToyBlock(SpikingAttention):
+    head_layout = {"gate_lif": "channels"}
+    attention_map = ("gate_lif", 3)  # [T, B, heads, d, H, W]: average d
+
+    def __init__(self, dim, neuron):
+        super().__init__()
+        self.num_heads = 2
+        self.proj = ConvBN(dim, dim, 1, neuron=neuron)
+        self.gate_lif = neuron()
+
+    def forward(self, x):
+        return x + self.proj(x) * self.gate_lif(x)
+"""
 
 CHECKS = """
 import contextlib, io, json
 import timm, torch
+from spikezoo.analysis import FiringRateMonitor
 from spikezoo.cli import main
-from spikezoo.models import MODEL_NAMES, guess_architecture
+from spikezoo.hub.model_card import model_card
+from spikezoo.models import CheckpointMismatchError, MODEL_NAMES, family_of, guess_architecture
 
 model = timm.create_model("toy_net").eval()
 authors = {k.replace("stem.", "conv_stem.", 1): v for k, v in model.state_dict().items()}
 torch.save({"model": authors, "epoch": 3}, "toy.pth")
-loaded = timm.create_model("toy_net", pretrained=True, pretrained_cfg_overlay=dict(file="toy.pth"))
-listed = io.StringIO()
-with contextlib.redirect_stdout(listed):
+overlay = dict(file="toy.pth")
+loaded = timm.create_model("toy_net", pretrained=True, pretrained_cfg_overlay=overlay).eval()
+same = all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+other = timm.create_model("sdt_2_256_cifar")
+try:
+    family_of(other).checkpoint_filter_fn(authors, other)
+except CheckpointMismatchError as error:
+    hint = error.likely_model
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
     codes = [main(["list", "toy_*"]), main(["list", "--pretrained", "toy_*"])]
+listed = out.getvalue().split()
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    args = ["toy_net", "--format", "json", "--repeats", "1", "--device", "cpu"]
+    codes.append(main(["profile", *args]))
+profile = json.loads(out.getvalue())
+with FiringRateMonitor(loaded) as monitor:
+    loaded(torch.rand(1, 3, 8, 8))
+card = model_card(loaded, "toy_net.toy", dict(source="toy.pth", sha256="0", converted="today",
+                                              spikezoo_version="0"))
 print(json.dumps(dict(
     model_names=list(MODEL_NAMES),
-    listed=listed.getvalue().split(),
+    listed=listed,
     codes=codes,
+    profiled=profile["model"],
     guess=guess_architecture(authors),
-    loaded=all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items()),
-    logits=list(loaded.eval()(torch.rand(1, 3, 8, 8)).shape),
+    hint=hint,
+    loaded=same,
+    logits=list(loaded(torch.rand(1, 3, 8, 8)).shape),
+    parameters=sum(p.numel() for p in model.parameters()),
+    declared=[count.parameters for count in family_of(model).reference_counts],
+    heads=sorted({row[0] for row in monitor.rates().per_head().rows}),
+    cited="@misc{toy2026, title = {A toy family}}" in card,
 )))
 """
+
+#: ToyNet's parameter count at its default width (stem 3->8, two 8->8 3x3 conv blocks, head).
+TOY_PARAMETERS = 8 * 3 * 9 + 2 * 8 + 2 * (8 * 8 * 9 + 2 * 8) + 10 * 8 + 10
+#: The same with the attention blocks (1x1 projections instead of 3x3 convs).
+TOY_ATTENTION_PARAMETERS = 8 * 3 * 9 + 2 * 8 + 2 * (8 * 8 + 2 * 8) + 10 * 8 + 10
 
 
 def add_family(package: Path, name: str, source: str) -> None:
@@ -109,12 +168,13 @@ def add_family(package: Path, name: str, source: str) -> None:
     registry.write_text(text)
 
 
-def test_a_family_added_by_one_file_and_one_registry_line_shows_up_everywhere(tmp_path):
+def run_with_toy_family(tmp_path: Path, block: str, parameters: int) -> dict:
+    """Add the toy family with ``block`` to a copy of the package and run :data:`CHECKS`."""
     package = tmp_path / "spikezoo"
     shutil.copytree(
         Path(spikezoo.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
     )
-    add_family(package, "toy_family", TOY_FAMILY)
+    add_family(package, "toy_family", TOY_FAMILY.format(block=block, parameters=parameters))
     result = subprocess.run(
         [sys.executable, "-c", CHECKS],
         capture_output=True,
@@ -123,8 +183,43 @@ def test_a_family_added_by_one_file_and_one_registry_line_shows_up_everywhere(tm
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
-    found = json.loads(result.stdout.splitlines()[-1])
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def check_everywhere(found: dict, parameters: int) -> None:
     assert found["model_names"] == [*MODEL_NAMES, "toy_net"]
-    assert found["codes"] == [0, 0] and found["listed"] == ["toy_net", "toy_net.toy"]
+    assert found["codes"] == [0, 0, 0] and found["listed"] == ["toy_net", "toy_net.toy"]
+    assert found["profiled"] == "toy_net"
     assert found["guess"] == "toy_net"  # through the toy's own key mapping
+    assert found["hint"] == "toy_net"  # an error loading the toy's file elsewhere names it
     assert found["loaded"] and found["logits"] == [1, 10]
+    assert found["parameters"] == parameters and found["declared"] == [parameters]
+    assert found["cited"]
+
+
+def test_a_family_added_by_one_file_and_one_registry_line_shows_up_everywhere(tmp_path):
+    found = run_with_toy_family(tmp_path, CONV_BLOCK, TOY_PARAMETERS)
+    check_everywhere(found, TOY_PARAMETERS)
+    assert found["heads"] == []
+
+
+def test_a_family_with_a_new_attention_layer_gets_per_head_rates(tmp_path):
+    found = run_with_toy_family(tmp_path, ATTENTION_BLOCK, TOY_ATTENTION_PARAMETERS)
+    check_everywhere(found, TOY_ATTENTION_PARAMETERS)
+    assert found["heads"] == ["blocks.0.gate_lif", "blocks.1.gate_lif"]
+
+
+def test_family_of_finds_the_declaration_through_subclasses_and_refuses_other_models():
+    class Subclassed(SpikeDrivenTransformer):
+        pass
+
+    assert family_of(Subclassed) is sdt.FAMILY
+    with pytest.raises(LookupError, match="Linear belongs to no spikezoo model family"):
+        family_of(nn.Linear(2, 2))
+
+
+def test_a_registered_module_without_a_declaration_is_named(monkeypatch):
+    bare = ModuleType("spikezoo.models.bare_family")
+    monkeypatch.setattr(_registry, "family_modules", lambda: [bare])
+    with pytest.raises(TypeError, match="bare_family must declare FAMILY = ModelFamily"):
+        _registry.families()
