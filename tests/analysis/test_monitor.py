@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from spikezoo.analysis import FiringRateMonitor, Table, plot_firing_rates, spiking_neurons
 from spikezoo.layers import DSSA, SDSA
-from tests.analysis.tiny_models import TIME_STEPS, TINY_MODELS, spiking
+from tests.analysis.tiny_models import RESFORMER, SDT, spiking
+from tests.models.families import TIME_STEPS
 
 
 def record_spikes(model):
@@ -43,9 +44,9 @@ def heads_of(name, model):
     return None, None
 
 
-@pytest.mark.parametrize("family", sorted(TINY_MODELS))
+@pytest.mark.parametrize("family", [SDT, RESFORMER])
 def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
-    model = spiking(TINY_MODELS[family](), images)
+    model = spiking(family, images)
     spikes, handles = record_spikes(model)
     with FiringRateMonitor(model) as monitor, torch.no_grad():
         model(images[:1])
@@ -79,12 +80,12 @@ def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
         assert got.keys() == expected.keys()
         assert [got[k] for k in expected] == pytest.approx(list(expected.values()), abs=1e-12)
     assert {r["layer"] for r in per_head} == with_heads
-    assert len(with_heads) == (4 if family == "sdt" else 6)
+    assert len(with_heads) == (8 if family == SDT else 6)
     assert 0 < rates.mean_rate < 1
 
 
 def test_data_loader_with_progress_bar_and_table_formats(images, capsys):
-    model = spiking(TINY_MODELS["sdt"](), images)
+    model = spiking(SDT, images)
     loader = DataLoader(TensorDataset(images.repeat(3, 1, 1, 1), torch.zeros(6)), batch_size=2)
     monitor = FiringRateMonitor(model, layers=["blocks.0.attn.q_lif", "head_lif"])
     rates = monitor.run(loader, progress=True, max_batches=2)
@@ -111,13 +112,12 @@ def test_data_loader_with_progress_bar_and_table_formats(images, capsys):
 def test_monitor_refuses_what_it_cannot_record(images):
     with pytest.raises(ValueError, match="no spikezoo spiking neurons"):
         FiringRateMonitor(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
-    model = TINY_MODELS["sdt"]()
+    model = spiking(SDT, images)
     with pytest.raises(ValueError, match=r"not spikezoo neuron layers of the model: \['head'\]"):
         FiringRateMonitor(model, layers=["head"])
     monitor = FiringRateMonitor(model)
     with pytest.raises(RuntimeError, match="no forward pass was recorded"):
         monitor.rates()
-    spiking(model, images)
     with monitor, torch.no_grad():
         model(images)
         model.time_steps = 3
@@ -142,6 +142,6 @@ def test_optional_packages_are_named_when_missing(monkeypatch, images):
     with pytest.raises(ImportError, match=r"pip install 'spikezoo-vit\[analysis\]'"):
         Table(["a"], [[1]]).to_pandas()
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    rates = FiringRateMonitor(spiking(TINY_MODELS["sdt"](), images)).run(images, progress=False)
+    rates = FiringRateMonitor(spiking(SDT, images)).run(images, progress=False)
     with pytest.raises(ImportError, match=r"plots need matplotlib: pip install"):
         plot_firing_rates(rates)

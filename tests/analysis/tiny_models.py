@@ -1,26 +1,13 @@
-"""Tiny networks of both families, spiking on a fixed input."""
+"""The small networks of tests/models/families.py, made to spike on a fixed input."""
 
 import torch
 
 from spikezoo.cli.demo import calibrate_batchnorm
-from spikezoo.models import SpikeDrivenTransformer, SpikingResformer
 from spikezoo.neurons import MultiStepNeuron
+from tests.models.families import tiny
 
-TIME_STEPS = 2
-
-
-def tiny_sdt(**kwargs) -> SpikeDrivenTransformer:
-    args = dict(img_size=32, embed_dim=32, depth=1, num_heads=4, pooling_stat="0011")
-    return SpikeDrivenTransformer(**args, num_classes=10, time_steps=TIME_STEPS, **kwargs)
-
-
-def tiny_resformer(**kwargs) -> SpikingResformer:
-    args = dict(img_size=32, depths=(1, 1), embed_dims=(16, 32), num_heads=(1, 2))
-    args.update(patch_sizes=(2, 1), stem="conv3x3", group_size=16)
-    return SpikingResformer(**args, num_classes=10, time_steps=TIME_STEPS, **kwargs)
-
-
-TINY_MODELS = {"sdt": tiny_sdt, "resformer": tiny_resformer}
+#: The families whose attention layers the analysis tests name.
+SDT, RESFORMER = "spike_driven_transformer", "spiking_resformer"
 
 
 def eager(model: torch.nn.Module) -> torch.nn.Module:
@@ -31,7 +18,9 @@ def eager(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def spiking(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
-    """``model`` (eager) in eval mode with BN statistics taken from ``images``, so it spikes."""
-    calibrate_batchnorm(eager(model), images[:1])
+def spiking(family: str, images: torch.Tensor) -> torch.nn.Module:
+    """The small network of ``family`` (eager), in eval mode with BN statistics taken from
+    ``images``, so that it spikes."""
+    model = eager(tiny(family))
+    calibrate_batchnorm(model, images[:1])
     return model.eval()

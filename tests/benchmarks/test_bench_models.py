@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.analysis.tiny_models import TINY_MODELS, eager
+from tests.analysis.tiny_models import RESFORMER, SDT, eager
+from tests.models.families import tiny, tiny_family
 
 pytest.importorskip("spikingjelly.activation_based")
 pytest.importorskip("matplotlib")
@@ -37,13 +38,13 @@ def spike_count(model: torch.nn.Module, images: torch.Tensor, bench) -> tuple[to
     return bench.count_spikes(model, lambda: model(images))
 
 
-@pytest.mark.parametrize("family", ["sdt", "resformer"])
+@pytest.mark.parametrize("family", [SDT, RESFORMER])
 def test_spikingjelly2_peer_computes_what_spikezoo_computes(family, bench):
     from peers.sj2_models import build_sj2_model
 
     torch.manual_seed(0)
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    zoo = eager(TINY_MODELS[family]()).double()
+    zoo = eager(tiny(family)).double()
     bench.set_batchnorm_statistics(zoo, images)
     peer = build_sj2_model(zoo)
     with torch.no_grad():
@@ -76,7 +77,7 @@ FAKE_LIMITS = dict(
 def test_command_writes_json_markdown_and_plots(bench, tmp_path, monkeypatch):
     tiny = bench.ModelSpec(
         "tiny_sdt", 32, {"cpu": 1, "quick": 1}, bench.spike_driven_transformer,
-        create_kwargs=dict(embed_dim=32, depth=1, num_heads=4, time_steps=2, num_classes=10),
+        create_kwargs=dict(tiny_family(SDT).args, time_steps=2, num_classes=10),
         authors=False, timm_name="sdt_2_512_cifar",
     )  # fmt: skip
     monkeypatch.setitem(bench.MODELS, "tiny_sdt", tiny)
@@ -159,7 +160,7 @@ class _Shifted(torch.nn.Module):
 
 
 def test_agreement_flags_a_differing_or_failing_peer(bench):
-    zoo = eager(TINY_MODELS["sdt"]())
+    zoo = eager(tiny(SDT))
     images = torch.randn(1, 3, 32, 32)
     bench.set_batchnorm_statistics(zoo, images)
     runners = [bench.Runner("spikezoo", zoo)] + [

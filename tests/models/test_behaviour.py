@@ -71,6 +71,7 @@ def test_float64_channels_last_and_bf16_autocast(family):
 
 
 # Meta-SpikeFormer has no one-block network: compiling its 8 blocks takes over 20 minutes here
+@pytest.mark.slow
 @pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if tiny_family(f).shallow is not None])
 def test_torch_compile_matches_eager(family):
     # A fresh dynamo state: the families share SpikingVisionModel.forward, and a second model
