@@ -188,3 +188,13 @@ def test_factory_device_and_dtype_reach_every_tensor_and_new_heads(family):
     )
     with pytest.raises(TypeError, match="not_a_model_arg"):
         tiny(family, device="meta", not_a_model_arg=1)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_training_forward_on_the_meta_device(family):
+    # timm's default-cfg test runs forward_features on "meta": spike compaction must let it pass
+    model = tiny(family, device="meta").train()
+    size = 2 * model.size_multiple
+    features = model.forward_features(torch.randn(2, model.in_chans, size, size, device="meta"))
+    assert features.device.type == "meta" and features.requires_grad
+    assert model.forward_head(features).shape == (2, model.num_classes)
