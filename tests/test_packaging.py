@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "spikezoo"
 #: The console script's module, beside the package (it must not import the package).
@@ -73,3 +78,12 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert f"readme_test_command='{test_command}'" in ci
     assert f"{test_command} || status=$?" in ci  # the line CI executes
+
+
+def test_the_default_run_leaves_out_the_slow_tests_and_ci_runs_them():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    pytest_options = pyproject["tool"]["pytest"]["ini_options"]
+    assert '-m "not slow"' in pytest_options["addopts"]
+    assert any(marker.startswith("slow:") for marker in pytest_options["markers"])
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert "python -m pytest -m slow" in ci

@@ -57,9 +57,34 @@ class Table:
         """One ``{column: value}`` dict per row."""
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
-    def to_markdown(self, float_format: str = ".4g") -> str:
-        """A GitHub Markdown table; numbers right-aligned, floats as ``float_format``."""
-        cells = [[_format(value, float_format) for value in row] for row in self.rows]
+    def to_markdown(self, float_format: str = ".4g", max_rows: int | None = None) -> str:
+        """A GitHub Markdown table; numbers right-aligned, floats as ``float_format``.
+
+        With ``max_rows``, a longer table keeps its first and last rows (``max_rows`` in all,
+        around a row of ``…``) and ends with a line saying how many rows it left out.
+
+        Example:
+            >>> table = Table(["step", "rate"], [[t, t / 10] for t in range(5)])
+            >>> print(table.to_markdown(max_rows=2))
+            | step | rate |
+            |------|------|
+            |    0 |    0 |
+            |    … |    … |
+            |    4 |  0.4 |
+            <BLANKLINE>
+            3 of 5 rows left out.
+        """
+        if max_rows is not None and (
+            isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2
+        ):
+            raise ValueError(f"max_rows must be None or an integer >= 2, got {max_rows!r}")
+        rows, left_out = self.rows, 0
+        if max_rows is not None and len(rows) > max_rows:
+            head, tail = max_rows - max_rows // 2, max_rows // 2
+            rows, left_out = [*rows[:head], *rows[-tail:]], len(rows) - max_rows
+        cells = [[_format(value, float_format) for value in row] for row in rows]
+        if left_out:
+            cells.insert(head, ["…"] * len(self.columns))
         numeric = [
             all(isinstance(row[i], (int, float)) or row[i] is None for row in self.rows)
             and bool(self.rows)
@@ -77,7 +102,10 @@ class Table:
             return "| " + " | ".join(padded) + " |"
 
         rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-        return "\n".join([line(self.columns), rule, *(line(row) for row in cells)])
+        table = "\n".join([line(self.columns), rule, *(line(row) for row in cells)])
+        if left_out:
+            table += f"\n\n{left_out} of {len(self.rows)} rows left out."
+        return table
 
     def to_csv(self, path: str | None = None) -> str:
         """The table as CSV text (full float precision); also written to ``path`` if given."""

@@ -56,14 +56,19 @@ class ReferenceCount(NamedTuple):
 
 @dataclass(frozen=True)
 class TinyConfig:
-    """A small network of the family for tests and tutorials: two feature units or more,
-    5 classes, T=2."""
+    """A small network of the family for tests and tutorials: two feature units or more, and
+    little downsampling (32x32 images give 8x8 tokens or more)."""
 
     entry_point: str
+    #: the architecture arguments that shrink any entry point of the family (widths, depths,
+    #: heads, stem); classes and time steps are the caller's (read-only)
     args: Mapping[str, Any]
     #: overrides that leave one attention block at most (for slow tests such as torch.compile);
     #: ``None`` where the family has no such network
     shallow: Mapping[str, Any] | None = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", MappingProxyType(dict(self.args)))
 
 
 @dataclass(frozen=True, eq=False)  # one declaration per family: compared by identity

@@ -204,10 +204,12 @@ FAMILY = ModelFamily(
         ReferenceCount("sdt_2_256_cifar", 2_566_954),
         ReferenceCount("sdt_2_512_cifar", 10_233_418),
         ReferenceCount("sdt_2_256_dvs128", 2_566_923),
+        # the authors' DVS128 network with a 10-class head (their CIFAR10-DVS setting)
+        ReferenceCount("sdt_2_256_cifar10dvs", 2_566_666),
     ),
     tiny=TinyConfig(
         "sdt_8_384",
-        dict(embed_dim=32, depth=2, num_heads=4, num_classes=5, time_steps=2),
+        dict(embed_dim=32, depth=2, num_heads=4, pooling_stat="0011"),
         shallow=dict(depth=1),
     ),
 )

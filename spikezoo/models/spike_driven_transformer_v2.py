@@ -289,7 +289,7 @@ FAMILY = ModelFamily(
     ),
     tiny=TinyConfig(
         "sdt_v2_8_384",
-        dict(embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=5, time_steps=2),
+        dict(embed_dims=(8, 16, 32, 40), num_heads=2),
         shallow=None,  # always 6 + 2 transformer blocks (the authors' code)
     ),
     check_checkpoint=_check_distillation_head,

@@ -93,7 +93,7 @@ def pack_spikes(x: Tensor) -> PackedSpikes | None:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     bits_dtype = _BITS_DTYPES.get(x.dtype)
-    if bits_dtype is None or x.numel() == 0 or sys.byteorder != "little":
+    if bits_dtype is None or x.numel() == 0 or x.is_meta or sys.byteorder != "little":
         return None
     order = tuple(sorted(range(x.dim()), key=lambda d: -x.stride(d)))
     in_memory_order = x.permute(order)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from spikezoo.analysis import calibrate_batchnorm, set_batchnorm_statistics
-from tests.analysis.tiny_models import eager, tiny_sdt
+from tests.analysis.tiny_models import SDT, eager
+from tests.models.families import tiny
 
 
 def conv_bn(momentum: float = 0.1) -> nn.Sequential:
@@ -38,7 +39,7 @@ def test_calibrate_batchnorm_adds_the_three_mirror_images():
 
 def test_a_random_spiking_model_spikes_in_every_layer_after_calibration():
     torch.manual_seed(0)
-    model = eager(tiny_sdt())
+    model = eager(tiny(SDT))
     images = torch.rand(2, 3, 32, 32)
     rates = {}
     for name, neuron in model.spiking_neurons():

@@ -19,7 +19,8 @@ from spikezoo.analysis import (
 )
 from spikezoo.layers import DSSA, SDSA, LinearSpikingAttention, SpikingAttention, SpikingHadamard
 from spikezoo.neurons import MultiStepLIF
-from tests.analysis.tiny_models import ATTENTION_MODELS, TIME_STEPS, TINY_MODELS, spiking
+from tests.analysis.tiny_models import ATTENTION_FAMILIES, RESFORMER, SDT, SDT_V2, spiking
+from tests.models.families import TIME_STEPS
 
 
 def record_outputs(model, names):
@@ -55,9 +56,9 @@ def heads_of(name, model):
     return None, None
 
 
-@pytest.mark.parametrize("family", sorted(ATTENTION_MODELS))
+@pytest.mark.parametrize("family", ATTENTION_FAMILIES)
 def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
-    model = spiking(ATTENTION_MODELS[family](), images)
+    model = spiking(family, images, attention_scale=1.0 if family == SDT_V2 else None)
     products = [name for name, m in model.named_modules() if isinstance(m, SpikingHadamard)]
     spikes, handles = record_outputs(model, [name for name, _ in spiking_neurons(model)])
     product_outputs, product_handles = record_outputs(model, products)
@@ -70,7 +71,7 @@ def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
     assert rates.samples == 2
     assert [r.name for r in rates.records] == [name for name, _ in spiking_neurons(model)]
     assert [r.name for r in rates.products] == products
-    assert len(products) == (2 if family == "sdt" else 0)  # SDSA's k * v and q * kv
+    assert len(products) == (4 if family == SDT else 0)  # SDSA's k * v and q * kv, 2 blocks
     in_model_order = [
         name for name, _ in model.named_modules() if name in spikes or name in products
     ]
@@ -107,13 +108,13 @@ def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
         assert got.keys() == expected.keys()
         assert [got[k] for k in expected] == pytest.approx(list(expected.values()), abs=1e-12)
     assert {r["layer"] for r in per_head} == with_heads
-    # 4 neurons split by head in SDSA, 3 in each DSSA, 4 in each of the 8 linear attentions
-    assert len(with_heads) == {"sdt": 4, "resformer": 6, "sdt_v2": 32}[family]
+    # 4 neurons split by head in each of 2 SDSA, 3 in each DSSA, 4 in each of 8 linear attentions
+    assert len(with_heads) == {SDT: 8, RESFORMER: 6, SDT_V2: 32}[family]
     assert 0 < rates.mean_rate < 1
 
 
 def test_spike_products_of_sdsa_are_k_times_v_and_q_times_kv_of_its_neurons(images):
-    model = spiking(TINY_MODELS["sdt"](), images)
+    model = spiking(SDT, images)
     attn = model.blocks[0].attn
     neurons = ("q_lif", "k_lif", "v_lif", "kv_lif")
     prefix = "blocks.0.attn."
@@ -204,7 +205,7 @@ def test_a_new_attention_layer_gets_per_head_rates_and_maps_from_its_declaration
 
 
 def test_data_loader_with_progress_bar_and_table_formats(images, capsys):
-    model = spiking(TINY_MODELS["sdt"](), images)
+    model = spiking(SDT, images)
     loader = DataLoader(TensorDataset(images.repeat(3, 1, 1, 1), torch.zeros(6)), batch_size=2)
     monitor = FiringRateMonitor(model, layers=["blocks.0.attn.q_lif", "head_lif"])
     rates = monitor.run(loader, progress=True, max_batches=2)
@@ -231,13 +232,12 @@ def test_data_loader_with_progress_bar_and_table_formats(images, capsys):
 def test_monitor_refuses_what_it_cannot_record(images):
     with pytest.raises(ValueError, match="no spikezoo spiking neurons"):
         FiringRateMonitor(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
-    model = TINY_MODELS["sdt"]()
+    model = spiking(SDT, images)
     with pytest.raises(ValueError, match=r"not spikezoo neuron layers of the model: \['head'\]"):
         FiringRateMonitor(model, layers=["head"])
     monitor = FiringRateMonitor(model)
     with pytest.raises(RuntimeError, match="no forward pass was recorded"):
         monitor.rates()
-    spiking(model, images)
     with monitor, torch.no_grad():
         model(images)
         model.time_steps = 3
@@ -262,7 +262,7 @@ def test_optional_packages_are_named_when_missing(monkeypatch, images):
     with pytest.raises(ImportError, match=r"pip install 'spikezoo-vit\[analysis\]'"):
         Table(["a"], [[1]]).to_pandas()
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    rates = FiringRateMonitor(spiking(TINY_MODELS["sdt"](), images)).run(images, progress=False)
+    rates = FiringRateMonitor(spiking(SDT, images)).run(images, progress=False)
     with pytest.raises(ImportError, match=r"plots need matplotlib: pip install"):
         plot_firing_rates(rates)
 

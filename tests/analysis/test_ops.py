@@ -4,7 +4,6 @@ torch's FlopCounterMode."""
 import math
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +18,8 @@ from spikezoo.analysis import (
 )
 from spikezoo.layers import SpikingHadamard, SpikingMatmul, SpikingSum
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron
-from tests.analysis.tiny_models import TIME_STEPS, TINY_MODELS, eager, spiking
+from tests.analysis.tiny_models import RESFORMER, SDT, eager, spiking
+from tests.models.families import TIME_STEPS, build, small_and_full_size, tiny
 
 COUNTED = (nn.Conv2d, nn.Linear, SpikingMatmul, SpikingHadamard, SpikingSum)
 
@@ -76,9 +76,9 @@ def independent_count(module, inputs, out_shape):
     return int(x.count_nonzero()), 0
 
 
-@pytest.mark.parametrize("family", sorted(TINY_MODELS))
+@pytest.mark.parametrize("family", [SDT, RESFORMER])
 def test_per_layer_counts_equal_an_independent_ones_weight_count(family, images):
-    model = spiking(TINY_MODELS[family](), images)
+    model = spiking(family, images)
     records, handles = record_inputs(model)
     with OpCounter(model) as counter, torch.no_grad():
         model(images)
@@ -94,7 +94,7 @@ def test_per_layer_counts_equal_an_independent_ones_weight_count(family, images)
         assert (layer.sops, layer.macs) == tuple(map(sum, zip(*expected, strict=True))), layer.name
     inputs = {layer.name: layer.input for layer in report.layers}
     real = {name for name, kind in inputs.items() if kind == "real"}
-    expected_real = {"patch_embed.proj.0.conv"} if family == "sdt" else {"stem.conv", "head"}
+    expected_real = {"patch_embed.proj.0.conv"} if family == SDT else {"stem.conv", "head"}
     assert real == expected_real  # the first conv reads pixels; Resformer's head, membranes
     assert report.sops > 0 and report.samples == 2
 
@@ -142,9 +142,9 @@ def force_neurons(model, spike):
     ]
 
 
-@pytest.mark.parametrize("family", sorted(TINY_MODELS))
+@pytest.mark.parametrize("family", [SDT, RESFORMER])
 def test_always_firing_gives_fan_out_times_inputs_and_silence_gives_zero(family, images):
-    model = spiking(TINY_MODELS[family](), images)
+    model = spiking(family, images)
     forced = force_neurons(model, 1.0)
     records, handles = record_inputs(model)
     with OpCounter(model) as counter, torch.no_grad():
@@ -264,13 +264,13 @@ def test_spike_test_and_energy_presets():
 
 
 @pytest.mark.parametrize(
-    ("name", "size"),
-    [("sdt_8_768", 32), ("spikingresformer_s", 32), ("sdt_2_256_cifar", 32), ("sdt_v2_8_384", 32)],
+    "case",
+    small_and_full_size(["sdt_8_768", "spikingresformer_s", "sdt_2_256_cifar", "sdt_v2_8_384"]),
 )
-def test_dense_mac_totals_agree_with_flop_counter_mode(name, size):
+def test_dense_mac_totals_agree_with_flop_counter_mode(case):
     """At a reduced input size and T=1, to stay cheap: MACs scale with the resolution alike."""
-    model = eager(timm.create_model(name, time_steps=1)).eval()
-    images = torch.randn(1, 3, size, size)
+    model = eager(build(case, time_steps=1)).eval()
+    images = torch.randn(1, 3, 32, 32)
     with OpCounter(model) as counter, torch.no_grad():
         model(images)
     with FlopCounterMode(display=False) as flops, torch.no_grad():
@@ -282,15 +282,12 @@ def test_dense_mac_totals_agree_with_flop_counter_mode(name, size):
 def test_spike_product_modules_hold_no_state():
     for module in (SpikingMatmul(), SpikingHadamard(), SpikingSum(dim=-2)):
         assert module.state_dict() == {} and not list(module.parameters())
-    keys = TINY_MODELS["sdt"]().state_dict().keys() | TINY_MODELS["resformer"]().state_dict().keys()
+    keys = tiny(SDT).state_dict().keys() | tiny(RESFORMER).state_dict().keys()
     assert not [k for k in keys if any(p in k for p in ("matmul", "kv_product", "kv_sum", "mask"))]
 
 
 def test_meta_spikeformer_attention_and_repconv_are_counted_by_the_spike_rules(images):
-    model = timm.create_model(
-        "sdt_v2_8_384", embed_dims=(8, 16, 32, 40), num_heads=2, num_classes=10, time_steps=2
-    )
-    model = spiking(model, images)
+    model = spiking("spike_driven_transformer_v2", images)
     attn = model.stages[3][1].attn
     repconvs = {name: getattr(attn, name)[0].conv1x1 for name in ("q", "k", "v", "proj")}
     operands = {}

@@ -10,14 +10,14 @@ from torch import nn
 from spikezoo.analysis import FiringRateMonitor
 from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
 from spikezoo.layers import DSSA, SDSA, LinearSpikingAttention
-from tests.analysis.tiny_models import ATTENTION_MODELS, spiking
+from tests.analysis.tiny_models import ATTENTION_FAMILIES, RESFORMER, SDT, SDT_V2, spiking
 
 matplotlib.use("Agg")
 
 
-@pytest.mark.parametrize("family", sorted(ATTENTION_MODELS))
+@pytest.mark.parametrize("family", ATTENTION_FAMILIES)
 def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
-    model = spiking(ATTENTION_MODELS[family](), images)
+    model = spiking(family, images, attention_scale=1.0 if family == SDT_V2 else None)
     expected, handles = {}, []
     for name, module in model.named_modules():
         if isinstance(module, SDSA):
@@ -44,14 +44,16 @@ def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
     maps = attention_maps(model, images)
     for handle in handles:
         handle.remove()
-    grids = {"sdt": {"blocks.0.attn": (4, 8, 8)}, "resformer": {"stages.0.0": (1, 32, 32)}}
-    grids["resformer"]["stages.1.1"] = (2, 16, 16)
-    # Meta-SpikeFormer: 6 + 2 transformer blocks after each stage's downsampling, on 2 x 2 tokens
-    grids["sdt_v2"] = {f"stages.3.{i}.attn": (2, 2, 2) for i in range(1, 7)}
-    grids["sdt_v2"].update({f"stages.4.{i}.attn": (2, 2, 2) for i in (1, 2)})
+    grids = {
+        SDT: {"blocks.0.attn": (4, 8, 8), "blocks.1.attn": (4, 8, 8)},
+        RESFORMER: {"stages.0.0": (1, 32, 32), "stages.1.1": (2, 16, 16)},
+        # Meta-SpikeFormer: 6 + 2 transformer blocks after each stage's downsampling, 2 x 2 tokens
+        SDT_V2: {f"stages.3.{i}.attn": (2, 2, 2) for i in range(1, 7)},
+    }
+    grids[SDT_V2].update({f"stages.4.{i}.attn": (2, 2, 2) for i in (1, 2)})
     assert {name: tuple(m.shape) for name, m in maps.items()} == grids[family]
     for name, grid in maps.items():
-        if family == "sdt_v2":  # means of 0/1 over d = 16 or 20 channels: float32 rounding
+        if family == SDT_V2:  # means of 0/1 over d = 16 or 20 channels: float32 rounding
             torch.testing.assert_close(grid.flatten(1), expected[name], rtol=0, atol=1e-6)
         else:  # means over powers of two: exact
             assert torch.equal(grid.flatten(1), expected[name]), name

@@ -20,7 +20,15 @@ from spikezoo.analysis.inputs import (
 )
 from spikezoo.analysis.profile import profile_model
 from spikezoo.cli import main
+from tests.models.families import FAMILY_NAMES
+from tests.models.test_entry_points import PARAMETERS
 
+# The smallest model of each family by default, every other one under `slow`.
+SMALLEST = {min(timm.list_models(module=family), key=PARAMETERS.get) for family in FAMILY_NAMES}
+MODELS = [
+    name if name in SMALLEST else pytest.param(name, marks=pytest.mark.slow)
+    for name in spikezoo.models.MODEL_NAMES
+]
 FAST = ["--input-size", "32", "--time-steps", "1", "--backend", "torch", "--repeats", "1"]
 FAST += ["--device", "cpu"]
 
@@ -31,7 +39,7 @@ def profile(capsys, *args):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("name", spikezoo.models.MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_profile_runs_on_every_registered_model(name, capsys):
     code, out, err = profile(capsys, name, *FAST, "--format", "json")
     assert code == 0, err

@@ -1,40 +1,20 @@
-"""Tiny networks of the three families, spiking on a fixed input."""
+"""The small networks of tests/models/families.py, made to spike on a fixed input."""
 
 import torch
 
 from spikezoo.analysis import calibrate_batchnorm
 from spikezoo.layers import LinearSpikingAttention
-from spikezoo.models import SpikeDrivenTransformer, SpikeDrivenTransformerV2, SpikingResformer
 from spikezoo.neurons import set_backend
+from tests.models.families import tiny
 
-TIME_STEPS = 2
-
-
-def tiny_sdt(**kwargs) -> SpikeDrivenTransformer:
-    args = dict(img_size=32, embed_dim=32, depth=1, num_heads=4, pooling_stat="0011")
-    return SpikeDrivenTransformer(**args, num_classes=10, time_steps=TIME_STEPS, **kwargs)
-
-
-def tiny_resformer(**kwargs) -> SpikingResformer:
-    args = dict(img_size=32, depths=(1, 1), embed_dims=(16, 32), num_heads=(1, 2))
-    args.update(patch_sizes=(2, 1), stem="conv3x3", group_size=16)
-    return SpikingResformer(**args, num_classes=10, time_steps=TIME_STEPS, **kwargs)
-
-
-def tiny_sdt_v2(**kwargs) -> SpikeDrivenTransformerV2:
-    """Its attention scaled by 1 instead of 0.125: on 2 x 2 tokens the attention neurons then
-    fire (with 0.125 they stay silent)."""
-    args = dict(img_size=32, embed_dims=(8, 16, 32, 40), num_heads=2)
-    model = SpikeDrivenTransformerV2(**args, num_classes=10, time_steps=TIME_STEPS, **kwargs)
-    for module in model.modules():
-        if isinstance(module, LinearSpikingAttention):
-            module.scale = 1.0
-    return model
-
-
-TINY_MODELS = {"sdt": tiny_sdt, "resformer": tiny_resformer}
-#: every family with spiking attention (the operation tests run on TINY_MODELS only)
-ATTENTION_MODELS = {**TINY_MODELS, "sdt_v2": tiny_sdt_v2}
+#: The families whose attention layers the analysis tests name.
+SDT, RESFORMER, SDT_V2 = (
+    "spike_driven_transformer",
+    "spiking_resformer",
+    "spike_driven_transformer_v2",
+)
+#: Every family with spiking attention.
+ATTENTION_FAMILIES = [SDT, RESFORMER, SDT_V2]
 
 
 def eager(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,7 +22,18 @@ def eager(model: torch.nn.Module) -> torch.nn.Module:
     return set_backend(model, "torch")
 
 
-def spiking(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
-    """``model`` (eager) in eval mode with BN statistics taken from ``images``, so it spikes."""
-    calibrate_batchnorm(eager(model), images[:1])
+def spiking(family: str, images: torch.Tensor, attention_scale: float | None = None):
+    """The small network of ``family`` (eager), in eval mode with BN statistics taken from
+    ``images``, so that it spikes.
+
+    ``attention_scale`` replaces the scale of Meta-SpikeFormer's linear attention: on the
+    2 x 2 tokens of a 32 x 32 image its attention neurons fire with 1 and stay silent with the
+    authors' 0.125.
+    """
+    model = eager(tiny(family))
+    if attention_scale is not None:
+        for module in model.modules():
+            if isinstance(module, LinearSpikingAttention):
+                module.scale = attention_scale
+    calibrate_batchnorm(model, images[:1])
     return model.eval()

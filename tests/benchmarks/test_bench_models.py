@@ -14,7 +14,8 @@ import re
 import pytest
 import torch
 
-from tests.analysis.tiny_models import TINY_MODELS, eager
+from tests.analysis.tiny_models import RESFORMER, SDT, eager
+from tests.models.families import tiny, tiny_family
 
 pytest.importorskip("spikingjelly.activation_based")
 pytest.importorskip("matplotlib")
@@ -42,13 +43,13 @@ def spike_count(
     return agreement.count_spikes(model, lambda: model(images))
 
 
-@pytest.mark.parametrize("family", ["sdt", "resformer"])
+@pytest.mark.parametrize("family", [SDT, RESFORMER])
 def test_spikingjelly2_peer_computes_what_spikezoo_computes(family, zoo, agreement):
     from peers.sj2_models import build_sj2_model
 
     torch.manual_seed(0)
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    model = eager(TINY_MODELS[family]()).double()
+    model = eager(tiny(family)).double()
     zoo.set_batchnorm_statistics(model, images)
     peer = build_sj2_model(model)
     with torch.no_grad():
@@ -85,7 +86,7 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
 
     tiny = zoo.ModelSpec(
         "tiny_sdt", 32, {"cpu": 1, "quick": 1}, spike_driven_transformer,
-        create_kwargs=dict(embed_dim=32, depth=1, num_heads=4, time_steps=2, num_classes=10),
+        create_kwargs=dict(tiny_family(SDT).args, time_steps=2, num_classes=10),
         authors=False, timm_name="sdt_2_512_cifar",
     )  # fmt: skip
     monkeypatch.setitem(zoo.MODELS, "tiny_sdt", tiny)
@@ -173,7 +174,7 @@ class _Shifted(torch.nn.Module):
 
 
 def test_agreement_flags_a_differing_or_failing_peer(zoo, agreement):
-    model = eager(TINY_MODELS["sdt"]())
+    model = eager(tiny(SDT))
     images = torch.randn(1, 3, 32, 32)
     zoo.set_batchnorm_statistics(model, images)
     runners = [zoo.Runner("spikezoo", model)] + [

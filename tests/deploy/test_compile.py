@@ -12,6 +12,8 @@ from tests.deploy.test_optimize import randomise_norms, record_spikes, threshold
 from tests.models.families import FAMILY_NAMES, tiny, tiny_family
 from tests.models.test_behaviour import image
 
+pytestmark = pytest.mark.slow  # whole-model compilation
+
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():

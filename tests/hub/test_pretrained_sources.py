@@ -21,6 +21,7 @@ from tests.hub.hub_helpers import (
     point_hub_at,
     tiny_authors_file,
 )
+from tests.models.families import tiny_family
 
 FAMILIES = ["sdt", "resformer"]
 DRIVE_ID = "tiny-authors-file"
@@ -218,14 +219,15 @@ def _spikezoo_cache() -> Path:
     return Path(os.environ["SPIKEZOO_CACHE"])
 
 
-CIFAR = dict(name="sdt_2_256_cifar.cifar10", embed_dim=64, num_heads=4)
+CIFAR_TAG = "sdt_2_256_cifar.cifar10"
+TINY_SDT = tiny_family("spike_driven_transformer").args
 
 
 def test_hub_unreachable(monkeypatch, tmp_path):
     point_hub_at(monkeypatch, "http://127.0.0.1:9", tmp_path)  # nothing listens on port 9
     monkeypatch.setenv("SPIKEZOO_CACHE", str(tmp_path / "spikezoo"))
     with pytest.raises(WeightsNotFoundError) as info:
-        timm.create_model(CIFAR["name"], pretrained=True, embed_dim=64, num_heads=4)
+        timm.create_model(CIFAR_TAG, pretrained=True, **TINY_SDT)
     message = _one_line(info.value)
     assert "cannot reach the Hub for spikezoo/sdt_2_256_cifar.cifar10/config.json (" in message
     assert "no authors' weights" in message
@@ -235,7 +237,7 @@ def test_hub_unreachable(monkeypatch, tmp_path):
 def test_hub_404_means_not_published_and_is_asked_once(weights_env):
     hub, _ = weights_env
     with pytest.raises(WeightsNotFoundError) as info:
-        timm.create_model(CIFAR["name"], pretrained=True, embed_dim=64, num_heads=4)
+        timm.create_model(CIFAR_TAG, pretrained=True, **TINY_SDT)
     message = _one_line(info.value)
     assert "Hub repository spikezoo/sdt_2_256_cifar.cifar10 does not exist (not published)" in (
         message
@@ -246,14 +248,14 @@ def test_hub_404_means_not_published_and_is_asked_once(weights_env):
 
 def test_sdt_tag_error_says_where_the_authors_file_is(weights_env):
     with pytest.raises(WeightsNotFoundError) as info:
-        timm.create_model("sdt_8_768.in1k", pretrained=True, embed_dim=64, depth=1)
+        timm.create_model("sdt_8_768.in1k", pretrained=True, **TINY_SDT)
     message = _one_line(info.value)
     assert "https://drive.google.com/file/d/1R-MaeFV8d2Y0pIGBSjklOGWhaF8dLHf4/view" in message
     assert "authors' file: " in message and "answered HTTP 404" in message
 
 
 def test_meta_spikeformer_error_names_the_drive_folder_and_the_convert_command(weights_env):
-    tiny = dict(embed_dims=(8, 16, 32, 40), num_heads=2, kd=True)
+    tiny = dict(tiny_family("spike_driven_transformer_v2").args, kd=True)
     with pytest.raises(WeightsNotFoundError) as info:
         timm.create_model("sdt_v2_8_512.in1k_kd", pretrained=True, **tiny)
     message = _one_line(info.value)
@@ -334,7 +336,7 @@ def test_offline_without_cache_fails_at_once(weights_env, monkeypatch):
     hub, _ = weights_env
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsNotFoundError) as info:
-        timm.create_model(CIFAR["name"], pretrained=True, embed_dim=64, num_heads=4)
+        timm.create_model(CIFAR_TAG, pretrained=True, **TINY_SDT)
     assert "not cached, and HF_HUB_OFFLINE=1 forbids downloads" in _one_line(info.value)
     assert _file_requests(hub) == []
 

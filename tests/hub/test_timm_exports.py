@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.hub.hub_helpers import assert_same_state, logits, tiny_authors_file
+from tests.models.families import tiny_family
 
-TINY_CIFAR = dict(embed_dim=64, num_heads=4)
+TINY_CIFAR = tiny_family("spike_driven_transformer").args
 
 
 @pytest.mark.parametrize("time_steps", [None, 3])

@@ -13,9 +13,11 @@ from torch import nn
 import spikezoo.models
 from spikezoo.models import FAMILIES, MODEL_NAMES, SpikingVisionModel, families
 from spikezoo.models._registry import family_of, timm_module_name
-from tests.models.families import FAMILY_NAMES, tiny
+from tests.models.families import FAMILY_NAMES, build, small_and_full_size, tiny
 
 ENTRY_POINTS = list(MODEL_NAMES)
+# The full-size models are `slow`; their parameter counts are checked on the meta device.
+CASES = small_and_full_size(ENTRY_POINTS)
 
 # The parameter counts of the authors' models, as each family declares them.
 REFERENCE_COUNTS = [count for family in families() for count in family.reference_counts]
@@ -26,7 +28,7 @@ def test_every_family_module_and_entry_point_is_registered():
     assert files == set(FAMILY_NAMES)  # a family file without its registry line is never imported
     ours = {n for n in timm.list_models() if model_entrypoint(n).__module__.startswith("spikezoo.")}
     assert ours == set(ENTRY_POINTS) and len(ENTRY_POINTS) == len(ours)
-    assert {count.entry_point for count in REFERENCE_COUNTS} <= set(ENTRY_POINTS)
+    assert {count.entry_point for count in REFERENCE_COUNTS} == set(ENTRY_POINTS)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -66,9 +68,9 @@ def _train_step(model, x):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_forward_backward_and_grad_checkpointing(name):
-    model = timm.create_model(name, time_steps=2).train()
+@pytest.mark.parametrize("case", CASES)
+def test_forward_backward_and_grad_checkpointing(case):
+    model = build(case, time_steps=2).train()
     twin = copy.deepcopy(model)
     x = _small_input(model, batch=1)
 
@@ -113,9 +115,9 @@ def test_default_cfg(name):
         assert tagged.top1 is None or 50 < tagged.top1 < 100
 
 
-@pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_reset_classifier_and_pre_logits(name):
-    model = timm.create_model(name, time_steps=1).eval()
+@pytest.mark.parametrize("case", CASES)
+def test_reset_classifier_and_pre_logits(case):
+    model = build(case, time_steps=1).eval()
     x = _small_input(model, batch=1)
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -127,9 +129,9 @@ def test_reset_classifier_and_pre_logits(name):
         assert model(x).shape == (1, tokens, 7)
 
 
-@pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_features_only(name):
-    model = timm.create_model(name, features_only=True, time_steps=1, out_indices=(0, -1))
+@pytest.mark.parametrize("case", CASES)
+def test_features_only(case):
+    model = build(case, features_only=True, time_steps=1, out_indices=(0, -1))
     x = _small_input(model.model, batch=1)
     features = model(x)
     assert len(features) == 2
@@ -138,9 +140,9 @@ def test_features_only(name):
         assert feature.shape == (1, info["num_chs"], size, size)
 
 
-@pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_in_chans_1(name):
-    model = timm.create_model(name, in_chans=1, time_steps=1)
+@pytest.mark.parametrize("case", CASES)
+def test_in_chans_1(case):
+    model = build(case, in_chans=1, time_steps=1)
     out = model(_small_input(model, batch=1))
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
 
@@ -160,3 +162,13 @@ def test_factory_device_and_dtype_reach_every_tensor_and_new_heads(family):
     )
     with pytest.raises(TypeError, match="not_a_model_arg"):
         tiny(family, device="meta", not_a_model_arg=1)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_training_forward_on_the_meta_device(family):
+    # timm's default-cfg test runs forward_features on "meta": spike compaction must let it pass
+    model = tiny(family, device="meta").train()
+    size = 2 * model.size_multiple
+    features = model.forward_features(torch.randn(2, model.in_chans, size, size, device="meta"))
+    assert features.device.type == "meta" and features.requires_grad
+    assert model.forward_head(features).shape == (2, model.num_classes)

@@ -3,34 +3,26 @@
 import copy
 
 import pytest
-import timm
 import torch
 from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._features_fx import create_feature_extractor, get_graph_node_names
 from torchvision.models import feature_extraction
 
-from spikezoo.models import TinyConfig
 from spikezoo.neurons import MultiStepNeuron
-from tests.models.families import FAMILY_NAMES, tiny_family
+from tests.models.families import FAMILY_NAMES, tiny
 
 # DSSA writes its rate buffers in training mode only, so the two graphs differ, as they should
 pytestmark = pytest.mark.filterwarnings("ignore:The nodes obtained by tracing the model in train")
 
-# One small model per family, and SDT's event input (float64: a traced graph runs the same
-# kernels, and no last-bit difference may flip a spike either way)
-EXTRA_CASES = {
-    "sdt_dvs": TinyConfig(
-        "sdt_2_256_dvs128",
-        dict(embed_dim=32, num_heads=4, num_classes=5, img_size=32, pooling_stat="0011"),
-    ),
-}
+# One small model per family, and SDT's event input as (family, entry point) (float64: a traced
+# graph runs the same kernels, and no last-bit difference may flip a spike either way)
+EXTRA_CASES = {"sdt_dvs": ("spike_driven_transformer", "sdt_2_256_dvs128")}
 CASES = [*FAMILY_NAMES, *EXTRA_CASES]
 
 
 def build(case, **overrides):
-    config = EXTRA_CASES.get(case) or tiny_family(case)
-    args = dict(config.args, time_steps=2, **overrides)
-    return timm.create_model(config.entry_point, **args).double()
+    family, entry_point = EXTRA_CASES.get(case, (case, None))
+    return tiny(family, entry_point, **overrides).double()
 
 
 def image(model, batch=2):

@@ -8,13 +8,16 @@ import torch.nn.functional as F
 
 from spikezoo.analysis import measure_saved_tensors
 from spikezoo.neurons import set_backend
-from tests.analysis.tiny_models import TINY_MODELS, eager
+from tests.analysis.tiny_models import RESFORMER, SDT, eager
+from tests.models import families
+
+TINY_MODELS = [SDT, RESFORMER]
 
 
 def tiny(family, dtype):
-    model = eager(TINY_MODELS[family]()).to(dtype).train()
+    model = eager(families.tiny(family)).to(dtype).train()
     images = torch.randn(2, 3, 32, 32, dtype=dtype)
-    return model, images, torch.tensor([1, 7])
+    return model, images, torch.tensor([1, families.NUM_CLASSES - 1])
 
 
 def training_step(model, images, labels):
@@ -102,7 +105,7 @@ def test_saved_bytes_drop_to_a_bit_per_spike(family):
 
 
 def test_set_spike_compaction_takes_a_bool():
-    model, _, _ = tiny("sdt", torch.float32)
+    model, _, _ = tiny(SDT, torch.float32)
     with pytest.raises(TypeError, match="enable must be True or False, got int 1"):
         model.set_spike_compaction(1)
     assert model.spike_compaction
@@ -124,7 +127,7 @@ def test_gradients_are_bitwise_on_cuda(family, backend, monkeypatch):
 
 
 def test_per_block_rows_add_up_to_the_total():
-    model, images, _ = tiny("sdt", torch.float32)
+    model, images, _ = tiny(SDT, torch.float32)
     report = measure_saved_tensors(model, images, compact=True)
     for table in (report.per_block(1), report.per_block(2), report.per_layer()):
         *rows, total = table.to_dicts()
@@ -140,7 +143,7 @@ def test_per_block_rows_add_up_to_the_total():
 
 
 def test_measure_saved_tensors_refuses_bad_arguments():
-    model, images, _ = tiny("sdt", torch.float32)
+    model, images, _ = tiny(SDT, torch.float32)
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
         measure_saved_tensors("sdt", images)
     with pytest.raises(TypeError, match=r"inputs\[0\] must be a torch\.Tensor, got list"):

@@ -119,6 +119,7 @@ def test_chunk_lengths(steps, lengths):
     assert inductor.chunk_lengths(steps) == lengths
 
 
+@pytest.mark.slow  # compiles every chunk graph
 def test_a_hundred_sequence_lengths_compile_a_bounded_number_of_graphs():
     """T = 1..100 through ``"inductor"``, forward and backward: a handful of graphs in all.
 

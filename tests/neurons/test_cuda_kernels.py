@@ -59,6 +59,7 @@ def test_every_configuration_has_its_own_kernels():
     assert all(name.startswith("spikezoo::") for name in names)
 
 
+@pytest.mark.slow  # a minute per architecture
 @pytest.mark.parametrize("arch", ["sm_75", "sm_90"])
 def test_nvcc_compiles_every_kernel_without_warnings(arch, tmp_path):
     """sm_75 is the oldest architecture CUDA 13 compiles for; sm_90 is Hopper."""

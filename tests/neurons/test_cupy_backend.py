@@ -22,7 +22,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 import spikezoo  # noqa: F401  (registers the models)
@@ -42,6 +41,7 @@ from tests.cuda_cases import (
     make_config,
     random_case,
 )
+from tests.models.families import tiny
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -409,7 +409,7 @@ def test_emulated_backend_compiles_once_per_configuration(emulated_cupy):
 
 
 def test_emulated_backend_runs_a_model_forward_and_backward(emulated_cupy, monkeypatch):
-    model = timm.create_model("sdt_2_256_cifar", time_steps=2).eval()
+    model = tiny("spike_driven_transformer").eval()
     assert_model_cupy_matches_torch(model, torch.randn(2, 3, 32, 32), monkeypatch)
     assert sum(len(kernel.launches) for kernel in emulated_cupy.kernels.values()) > 20
 

@@ -60,6 +60,7 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
+@pytest.mark.slow  # torchrun: three processes
 def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path):
     ddp = _torchrun(tmp_path / "ddp", *VIT, "data.batch_size=32")
     single = train(
@@ -93,6 +94,7 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # torchrun: three processes, a minute
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
 def test_killing_a_rank_keeps_the_last_good_checkpoint(tmp_path):
     process = _torchrun(tmp_path, *TINY, "data.batch_size=16", "run.epochs=50")

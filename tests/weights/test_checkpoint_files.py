@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from spikezoo.weights import CheckpointFileError, read_checkpoint, save_state_dict
+from tests.models.families import tiny_family
 from tests.reference import REFERENCE_DIR
 
-TINY = dict(embed_dim=64, num_heads=4)
+TINY = tiny_family("spike_driven_transformer").args
 
 
 def _random_bytes(path):
