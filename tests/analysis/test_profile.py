@@ -20,10 +20,14 @@ from spikezoo.analysis.inputs import (
 )
 from spikezoo.analysis.profile import profile_model
 from spikezoo.cli import main
+from spikezoo.models import families
 from tests.models.families import FAMILY_NAMES
-from tests.models.test_entry_points import PARAMETERS
 
 # The smallest model of each family by default, every other one under `slow`.
+#: the authors' parameter count of every entry point, from the families' declarations
+PARAMETERS = {
+    c.entry_point: c.parameters for f in families() for c in f.reference_counts if not c.args
+}
 SMALLEST = {min(timm.list_models(module=family), key=PARAMETERS.get) for family in FAMILY_NAMES}
 MODELS = [
     name if name in SMALLEST else pytest.param(name, marks=pytest.mark.slow)

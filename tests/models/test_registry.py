@@ -24,6 +24,7 @@ from torch import nn
 
 import spikezoo
 import spikezoo.layers
+import spikezoo_cli
 from spikezoo.models import MODEL_NAMES, SpikeDrivenTransformer, _registry, family_of
 from spikezoo.models import spike_driven_transformer as sdt
 
@@ -174,6 +175,7 @@ def run_with_toy_family(tmp_path: Path, block: str, parameters: int) -> dict:
     shutil.copytree(
         Path(spikezoo.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
     )
+    shutil.copy(Path(spikezoo_cli.__file__), tmp_path)  # the console script the CLI imports
     add_family(package, "toy_family", TOY_FAMILY.format(block=block, parameters=parameters))
     result = subprocess.run(
         [sys.executable, "-c", CHECKS],

@@ -3,12 +3,11 @@
 import re
 
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 
 from spikezoo.models._registry import family_of
-from tests.models.families import FAMILY_NAMES, tiny, tiny_family
+from tests.models.families import FAMILY_NAMES, NUM_CLASSES, tiny
 
 
 def old_spikezoo_state(model: torch.nn.Module) -> dict:
@@ -30,13 +29,7 @@ def test_an_old_plif_checkpoint_loads_through_the_filter_and_load_state_dict(fam
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in mapped.items())
 
     save_file(old, str(tmp_path / "old.safetensors"))
-    config = tiny_family(family)
-    overlay = dict(file=str(tmp_path / "old.safetensors"), num_classes=config.args["num_classes"])
-    pretrained = timm.create_model(
-        config.entry_point,
-        pretrained=True,
-        pretrained_cfg_overlay=overlay,
-        **dict(config.args, neuron="plif"),
-    )
+    overlay = dict(file=str(tmp_path / "old.safetensors"), num_classes=NUM_CLASSES)
+    pretrained = tiny(family, pretrained=True, pretrained_cfg_overlay=overlay, neuron="plif")
     loaded = pretrained.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())

@@ -44,7 +44,9 @@ def counted(monkeypatch):
         calls.append("forward")
         return eager.forward(*args)
 
-    backends.register_backend(Backend("counted", forward, eager.backward, lambda x: None))
+    backends.register_backend(
+        Backend("counted", forward, eager.backward, lambda x: None), auto=False
+    )
     return calls
 
 
