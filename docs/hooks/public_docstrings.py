@@ -20,18 +20,23 @@ from mkdocs.exceptions import PluginError
 
 HOOKS = Path(__file__).parent
 PACKAGE = "spikezoo"
+#: The console-script module beside the package: ``spikezoo.cli`` re-exports its ``COMMANDS``.
+CONSOLE_SCRIPT = "spikezoo_cli"
 API_PAGES = "api"
 RENDERED = re.compile(r"^::: *(\w+(?:\.\w+)*) *$", re.MULTILINE)
 
 
-def load_package(root: Path) -> griffe.Module:
-    """spikezoo as mkdocstrings sees it, with the ``#:`` comments as docstrings."""
-    return griffe.load(
-        PACKAGE,
+def load_modules(root: Path) -> griffe.ModulesCollection:
+    """spikezoo and its console script as mkdocstrings sees them, with the ``#:`` comments as
+    docstrings."""
+    loader = griffe.GriffeLoader(
         search_paths=[str(root)],
         extensions=griffe.load_extensions(str(HOOKS / "comment_docstrings.py")),
-        resolve_aliases=True,
     )
+    loader.load(CONSOLE_SCRIPT)
+    loader.load(PACKAGE)
+    loader.resolve_aliases()
+    return loader.modules_collection
 
 
 def rendered_modules(docs_dir: Path) -> set[str]:
@@ -55,7 +60,8 @@ def undocumented(module: griffe.Module) -> list[str]:
 
 def documentation_problems(root: Path, docs_dir: Path) -> list[str]:
     """One line per public subpackage without API page and per public name without docstring."""
-    package = load_package(root)
+    modules = load_modules(root)
+    package = modules[PACKAGE]
     rendered = rendered_modules(docs_dir)
     problems = [
         f"{module.path} has no API page (add docs/{API_PAGES}/{name}.md with '::: {module.path}')"
@@ -63,8 +69,7 @@ def documentation_problems(root: Path, docs_dir: Path) -> list[str]:
         if not name.startswith("_") and module.exports is not None and module.path not in rendered
     ]
     for path in sorted(rendered):
-        module = package if path == PACKAGE else package[path.removeprefix(f"{PACKAGE}.")]
-        problems += [f"{name} has no docstring" for name in undocumented(module)]
+        problems += [f"{name} has no docstring" for name in undocumented(modules[path])]
     return problems
 
 
