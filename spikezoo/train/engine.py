@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from spikezoo.neurons import set_backend
+from spikezoo.neurons import MultiStepNeuron, set_backend
 from spikezoo.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -97,7 +97,8 @@ def build_model(config: Config, datasets: Datasets) -> nn.Module:
             input_size=(kwargs["in_chans"], size, size),
         )
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    if config.model.neuron_backend != "auto":
+    spiking = any(isinstance(module, MultiStepNeuron) for module in model.modules())
+    if config.model.neuron_backend != "auto" and spiking:  # a non-spiking baseline has none
         set_backend(model, config.model.neuron_backend)
     return model
 
