@@ -234,3 +234,15 @@ def test_cli_unknown_device_is_one_line(capsys, tmp_path):
     assert main(["train", "run.device=tpu", f"run.output={tmp_path}"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "spikezoo train: error: run.device must be 'auto', 'cpu' or 'cuda', got 'tpu'"
+
+
+def test_a_non_spiking_baseline_builds_with_the_recipes_neuron_backend():
+    """The digits recipe names ``neuron_backend: torch``; a plain timm model has no neurons."""
+    from spikezoo.train import build_model
+    from spikezoo.train.data import Datasets
+
+    config = load_recipe("digits", ["model.name=resnet10t", "model.kwargs={}"])
+    assert config.model.neuron_backend == "torch"
+    datasets = Datasets(train=[], eval=[], num_classes=10, in_chans=1)
+    model = build_model(config, datasets)
+    assert model.get_classifier().out_features == 10
