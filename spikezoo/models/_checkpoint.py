@@ -20,7 +20,6 @@ __all__ = [
     "guess_architecture",
     "rename_key",
     "rename_keys",
-    "unwrap_state_dict",
 ]
 
 #: ``(pattern, replacement)`` for :func:`re.sub` on a key; replacement ``None`` drops the key.

@@ -15,13 +15,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor, nn
 
-from spikezoo.models._checkpoint import (
-    RenameRule,
-    filter_checkpoint,
-    rename_keys,
-    unwrap_state_dict,
-)
+from spikezoo.models._checkpoint import RenameRule, filter_checkpoint, rename_keys
 from spikezoo.models._pretrained import build_spiking_model
+from spikezoo.weights import unwrap_state_dict
 
 if TYPE_CHECKING:
     from timm.models._pretrained import DefaultCfg

@@ -39,6 +39,7 @@ from spikezoo.train.distributed import (
 )
 from spikezoo.train.logs import RunLog, plot_curves
 from spikezoo.train.losses import build_loss
+from spikezoo.weights import unwrap_state_dict
 
 if TYPE_CHECKING:
     from timm.data import Mixup
@@ -105,8 +106,6 @@ def build_model(config: Config, datasets: Datasets) -> nn.Module:
 
 def _head_classes(path: str | Path) -> int:
     """Classes of a checkpoint's head: its ``num_classes`` entry or ``head.weight`` rows."""
-    from spikezoo.models._checkpoint import unwrap_state_dict
-
     if not Path(path).is_file():
         raise CheckpointError(f"finetune.checkpoint '{path}' does not exist")
     try:
