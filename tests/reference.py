@@ -28,6 +28,7 @@ CASES = (
     "resformer_dvsg_tiny",
     "v2/sdt2_tiny",
     "v2/sdt2_kd_tiny",
+    "families/sdt3_tiny",
 )
 
 
@@ -58,6 +59,9 @@ class ReferenceCase:
         1e-6 of the largest gradient of the same block (stem, head or ``stages.i.j``) instead
         of 1e-9.
         """
+        if self.name.startswith("families/sdt3"):
+            # E-SpikeFormer (families/README.md): 1e-9 plus 1e-9 of the largest gradient
+            return 1e-9 + 1e-9 * max(g.abs().max().item() for g in grads.values())
         if not self.name.startswith("v2/"):
             return 1e-9
         block = _block(key)
@@ -67,6 +71,16 @@ class ReferenceCase:
     def model_args(self) -> tuple[str, dict]:
         """The timm entry point and keyword arguments that build this case's network."""
         c = self.config
+        if self.name == "families/sdt3_tiny":
+            k = c["kwargs"]
+            return "sdt_v3_t", dict(
+                img_size=k["img_size_h"],
+                in_chans=k["in_channels"],
+                num_classes=k["num_classes"],
+                embed_dim=k["embed_dim"],
+                num_heads=k["num_heads"],
+                mlp_ratio=k["mlp_ratios"],
+            )
         if self.name.startswith("v2/"):
             k = c["kwargs"]
             return "sdt_v2_8_384", dict(

@@ -26,6 +26,7 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
 from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.dssa import DSSA, Downsample, freeze_firing_rates
+from spikezoo.layers.e_spikeformer import IntegerLinearAttention, SpikingSepConv
 from spikezoo.layers.metaformer import (
     BNAndPad,
     LinearSpikingAttention,
@@ -53,6 +54,7 @@ __all__ = [
     "Downsample",
     "DropPath",
     "HeadLayout",
+    "IntegerLinearAttention",
     "LinearSpikingAttention",
     "LoadsRenamedChildren",
     "NeuronFactory",
@@ -64,6 +66,7 @@ __all__ = [
     "SpikingHadamard",
     "SpikingMLP",
     "SpikingMatmul",
+    "SpikingSepConv",
     "SpikingSum",
     "SpikingTokenMLP",
     "check_tbchw",
