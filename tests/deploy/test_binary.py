@@ -153,5 +153,5 @@ def test_the_model_itself_is_left_as_it_was_and_other_input_is_refused():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="Sequential has no integer neurons"):
         expand_to_binary(nn.Sequential(nn.Linear(3, 2)))
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
         expand_to_binary("sdt_v3_t")
