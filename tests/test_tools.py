@@ -29,9 +29,10 @@ def test_the_summary_gives_the_first_run_and_the_range_of_the_warm_runs():
     )
 
 
-def test_the_script_times_spikezoo_list():
+def test_the_script_times_spikezoo_list_and_keeps_what_it_printed(tmp_path):
+    script = str(ROOT / "tools" / "time_readme.py")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "time_readme.py"), "list", "--repeats", "1"],
+        [sys.executable, script, "list", "--repeats", "1", "--output", str(tmp_path)],
         capture_output=True,
         text=True,
     )
@@ -39,6 +40,7 @@ def test_the_script_times_spikezoo_list():
     command, machine = result.stdout.splitlines()
     assert command.startswith("`spikezoo list`: first run ") and "; later runs " in command
     assert machine.startswith("measured on ") and "load average" in machine
+    assert "sdt_8_384" in (tmp_path / "list.txt").read_text().split()
 
 
 def test_an_unknown_command_is_refused():

@@ -2,6 +2,7 @@
 
     python tools/time_readme.py                      # every command, 3 warm runs each
     python tools/time_readme.py --repeats 5 list     # only `spikezoo list`
+    python tools/time_readme.py --output out profile # and keep what it printed, out/profile.txt
 
 Each command runs as ``python -m spikezoo_cli ...`` (the console script's module) with this
 interpreter, in a temporary folder, with the environment as it is. The first run of a command
@@ -40,8 +41,8 @@ class Timing:
     cpu: float
 
 
-def run_once(argv: list[str], cache_dir: Path, cwd: Path) -> Timing:
-    """Run ``spikezoo argv`` once with ``cache_dir`` as the compile cache; its timing.
+def run_once(argv: list[str], cache_dir: Path, cwd: Path) -> tuple[Timing, str]:
+    """Run ``spikezoo argv`` once with ``cache_dir`` as the compile cache; its timing and stdout.
 
     Raises ``RuntimeError`` with the command's stderr if it fails.
     """
@@ -60,16 +61,20 @@ def run_once(argv: list[str], cache_dir: Path, cwd: Path) -> Timing:
     if result.returncode != 0:
         raise RuntimeError(f"spikezoo {' '.join(argv)} failed: {result.stderr.strip()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Timing(wall, cpu)
+    return Timing(wall, cpu), result.stdout
 
 
-def time_command(argv: list[str], repeats: int) -> tuple[Timing, list[Timing]]:
-    """The first run (fresh compile cache) and ``repeats`` warm runs of ``spikezoo argv``."""
+def time_command(argv: list[str], repeats: int) -> tuple[Timing, list[Timing], str]:
+    """The first run (fresh compile cache) and ``repeats`` warm runs of ``spikezoo argv``, and
+    what the last run printed."""
     with tempfile.TemporaryDirectory() as scratch:
         cache_dir, cwd = Path(scratch) / "inductor-cache", Path(scratch)
-        first = run_once(argv, cache_dir, cwd)
-        warm = [run_once(argv, cache_dir, cwd) for _ in range(repeats)]
-    return first, warm
+        first, printed = run_once(argv, cache_dir, cwd)
+        warm = []
+        for _ in range(repeats):
+            timing, printed = run_once(argv, cache_dir, cwd)
+            warm.append(timing)
+    return first, warm, printed
 
 
 def seconds(value: float) -> str:
@@ -109,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("commands", nargs="*", help=f"some of {', '.join(COMMANDS)} (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="warm runs per command")
+    parser.add_argument(
+        "--output", type=Path, help="folder for what each command printed (NAME.txt)"
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.commands if name not in COMMANDS]
     if unknown:
@@ -116,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 0:
         parser.error(f"--repeats must be >= 0, got {args.repeats}")
     for name in args.commands or COMMANDS:
-        first, warm = time_command(COMMANDS[name], args.repeats)
+        first, warm, printed = time_command(COMMANDS[name], args.repeats)
         print(summary_line(COMMANDS[name], first, warm), flush=True)
+        if args.output is not None:
+            args.output.mkdir(parents=True, exist_ok=True)
+            (args.output / f"{name}.txt").write_text(printed)
     print(machine_line())
     return 0
 

@@ -79,11 +79,12 @@ def backend_for_work(forward_passes: int, device: torch.device | str) -> str:
     """The backend for a job of ``forward_passes`` forward passes of a model on ``device``.
 
     Where ``"auto"`` would compile the neurons' time loops (``"inductor"``: 15-25 s on a
-    2-core CPU the first time, seconds more even with PyTorch's compile cache warm), a job of
-    at most :data:`EAGER_MAX_FORWARD_PASSES` passes runs them eagerly (``"torch"``), which
-    costs it far less than the compile would save. Every other job gets ``"auto"``: more
-    passes, a device where ``"auto"`` picks a backend that is not compiled by torch (CuPy on
-    CUDA), or ``SPIKEZOO_BACKEND`` set (it then decides, as it does for ``"auto"``).
+    2-core CPU the first time, seconds even with PyTorch's compile cache warm), a job of at
+    most :data:`EAGER_MAX_FORWARD_PASSES` passes runs them eagerly (``"torch"``): the eager
+    loops cost it less than the compile. Every other job gets ``"auto"``: more passes, a
+    device where ``"auto"`` picks a backend that torch does not compile (CuPy on CUDA), or
+    ``SPIKEZOO_BACKEND`` set (it then decides, as it does for ``"auto"``). Raises
+    ``ValueError`` for a negative ``forward_passes``.
     """
     if forward_passes < 0:
         raise ValueError(f"forward_passes must be >= 0, got {forward_passes}")
