@@ -27,7 +27,7 @@ from spikezoo.layers import SPS, SSA, NeuronFactory, SpikingMLP
 from spikezoo.models._base import SpikingVisionModel, drop_path_rates
 from spikezoo.models._checkpoint import RenameRule, as_conv1x1
 from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig, rename_passes
-from spikezoo.models._pretrained import CIFAR100_NORM, IMAGENET_CFG, spikezoo_default_cfgs
+from spikezoo.models._pretrained import IMAGENET_CFG, spikezoo_default_cfgs
 
 __all__ = ["FAMILY", "Block", "Spikformer"]
 
@@ -201,9 +201,6 @@ default_cfgs = spikezoo_default_cfgs(
         "spikformer_8_768.in1k": dict(top1=74.81, notes=_NOT_RELEASED),
         "spikformer_4_384_cifar.cifar10": dict(
             num_classes=10, top1=95.19, **_cifar, **CIFAR10_NORM
-        ),
-        "spikformer_4_384_cifar.cifar100": dict(
-            num_classes=100, top1=77.86, **_cifar, **CIFAR100_NORM
         ),
         "spikformer_2_256_cifar10dvs.cifar10_dvs": dict(
             num_classes=10, top1=80.9, notes=_NOT_RELEASED, **DVS_CFG
