@@ -7,7 +7,8 @@ residual stream carries membrane potentials and every convolution reads spikes. 
 tokenizer is the SPS without a residual position embedding (``rpe="plain"``). The computation
 is the authors' (zhouchenlin2096/Spikingformer) to the last spike (see ``tests/models``).
 
-The CIFAR10-DVS file's neurons have ``tau=1.5``; its entry point builds them
+The neurons of the event-data files (CIFAR10-DVS, DVS128 Gesture) have ``tau=1.5``; their entry
+points build them
 (:data:`~spikezoo.layers.SPIKINGFORMER_DVS_NEURON`).
 """
 
@@ -103,6 +104,9 @@ default_cfgs = spikezoo_default_cfgs(
         "spikingformer_2_256_cifar10dvs.cifar10_dvs": dict(
             num_classes=10, top1=81.3, notes=_NOT_RELEASED, **DVS_CFG
         ),
+        "spikingformer_2_256_dvs128.dvs128_gesture": dict(
+            num_classes=11, top1=98.3, notes=_NOT_RELEASED, **DVS_CFG
+        ),
     },
 )
 
@@ -128,6 +132,8 @@ FAMILY = ModelFamily(
         ReferenceCount("spikingformer_8_768", 66_363_208, unused=8 * 4 * 768),
         ReferenceCount("spikingformer_4_384_cifar", 9_326_266, unused=4 * 4 * 384),
         ReferenceCount("spikingformer_2_256_cifar10dvs", 2_568_714, unused=2 * 4 * 256),
+        # dvs128-gesture/model.py: the CIFAR10-DVS network with 11 classes
+        ReferenceCount("spikingformer_2_256_dvs128", 2_568_971, unused=2 * 4 * 256),
     ),
     tiny=TinyConfig(
         "spikingformer_8_384",
@@ -172,3 +178,11 @@ def spikingformer_2_256_cifar10dvs(pretrained: bool = False, **kwargs) -> Spikin
     args = dict(img_size=128, in_chans=2, embed_dim=256, depth=2, num_heads=16)
     args.update(kv_first=False, time_steps=16, neuron=SPIKINGFORMER_DVS_NEURON)
     return FAMILY.create("spikingformer_2_256_cifar10dvs", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def spikingformer_2_256_dvs128(pretrained: bool = False, **kwargs) -> Spikingformer:
+    """Spikingformer 2-256 for DVS128 Gesture event frames ``[B, T, 2, 128, 128]`` (T=16)."""
+    args = dict(img_size=128, in_chans=2, embed_dim=256, depth=2, num_heads=16)
+    args.update(kv_first=False, time_steps=16, neuron=SPIKINGFORMER_DVS_NEURON)
+    return FAMILY.create("spikingformer_2_256_dvs128", pretrained, **dict(args, **kwargs))
