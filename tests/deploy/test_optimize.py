@@ -27,7 +27,13 @@ from tests.reference import CASES, load_case
 #: The BatchNorms each family keeps (every other one is folded): Meta-SpikeFormer's RepConv pads
 #: with values computed from its BatchNorm's statistics, so the four RepConvs of each attention
 #: block keep theirs.
-KEPT = {"spike_driven_transformer": 0, "spiking_resformer": 0, "spike_driven_transformer_v2": 64}
+KEPT = {
+    "spike_driven_transformer": 0,
+    "spiking_resformer": 0,
+    "spike_driven_transformer_v2": 64,
+    "spikformer": 0,
+    "spikingformer": 0,
+}
 
 
 def randomise_norms(model: nn.Module) -> nn.Module:
