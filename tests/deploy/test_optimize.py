@@ -32,6 +32,8 @@ KEPT = {
     "spiking_resformer": 0,
     "spike_driven_transformer_v2": 64,
     "spike_driven_transformer_v3": 0,
+    "spikformer": 0,
+    "spikingformer": 0,
 }
 
 
