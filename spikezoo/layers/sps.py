@@ -87,6 +87,6 @@ class SPS(nn.Module):
         """``[T, B, in_chans, H, W]`` -> ``[T, B, embed_dim, H/r, W/r]`` membrane potentials."""
         check_sps_input(x, self.in_chans, self.pooling)
         for proj, lif, pool in zip(self.proj[:-1], self.proj_lif, self.pool[:-1], strict=True):
-            x = pool(lif(proj(x)))
+            x = pool(proj.conv_bn_fire(x, lif))
         feat = self.pool[-1](self.proj[-1](x))
         return feat + self.rpe(feat)
