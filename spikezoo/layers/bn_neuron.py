@@ -65,10 +65,12 @@ def batch_norm_fire(y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module) -> Tensor:
 
     In training with gradients enabled, autograd keeps ``y`` (and the parameters) only; the
     normalised input and the neuron's membranes are recomputed in the backward pass.
-    Elsewhere (evaluation, ``torch.no_grad``, inside ``torch.compile``) it is the plain pair.
+    Elsewhere (evaluation, ``torch.no_grad``, inside ``torch.compile``, under ``torch.fx``
+    tracing) it is the plain pair.
     """
     fuse = (
-        bn.training
+        isinstance(y, Tensor)  # not a torch.fx proxy: a traced graph records the plain pair
+        and bn.training
         and torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and (y.requires_grad or any(p.requires_grad for p in bn.parameters()))

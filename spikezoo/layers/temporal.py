@@ -125,7 +125,7 @@ class ConvBN(LoadsRenamedChildren):
         BatchNorm and ``neuron`` are fused (:func:`~spikezoo.layers.bn_neuron.batch_norm_fire`):
         only the convolution's output is kept for backward.
         """
-        if not self.fuse_bn_neuron:
+        if not self.fuse_bn_neuron or not isinstance(x, Tensor):  # torch.fx: the plain pair
             return neuron(self(x))
         check_tbchw(x, self.in_chans, type(self).__name__)
         if self.neuron is not None:
