@@ -24,6 +24,7 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 """
 
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
+from spikezoo.layers.bn_neuron import batch_norm_fire, set_bn_neuron_fusion
 from spikezoo.layers.defaults import (
     RESFORMER_NEURON,
     SDT_NEURON,
@@ -78,10 +79,12 @@ __all__ = [
     "SpikingSepConv",
     "SpikingSum",
     "SpikingTokenMLP",
+    "batch_norm_fire",
     "check_tbchw",
     "dilate",
     "freeze_firing_rates",
     "parse_pooling",
     "per_step",
     "rename_old_keys",
+    "set_bn_neuron_fusion",
 ]

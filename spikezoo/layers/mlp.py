@@ -54,11 +54,12 @@ class SpikingMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, dim, H, W]`` -> same shape (residual)."""
         check_tbchw(x, self.dim, "SpikingMLP")
-        h = self.fc1(x)
         if self.inner_shortcut:
-            h = h + x
-            x = h
-        out = self.fc2(h)
+            h = self.fc1(x) + x
+            return h + self.drop_path(self.fc2(h))
+        # fc1's BatchNorm feeds fc2's neuron directly: fused, then fc2 without its neuron
+        spikes = self.fc1.conv_bn_fire(x, self.fc2.neuron)
+        out = self.fc2.conv_bn(spikes)
         if self.out_lif is not None:
             out = self.out_lif(out)
         return x + self.drop_path(out)

@@ -103,10 +103,7 @@ class SPS(nn.Module):
         """``[T, B, in_chans, H, W]`` -> ``[T, B, embed_dim, H/r, W/r]`` (see the modes above)."""
         check_sps_input(x, self.in_chans, self.pooling)
         for i, (proj, pool) in enumerate(zip(self.proj, self.pool, strict=True)):
-            x = proj(x)
-            if i < len(self.proj_lif):
-                x = self.proj_lif[i](x)
-            x = pool(x)
+            x = pool(proj.conv_bn_fire(x, self.proj_lif[i]) if i < len(self.proj_lif) else proj(x))
         if self.rpe_mode == "plain":
             return self.rpe(x)
         position = self.rpe(x)
