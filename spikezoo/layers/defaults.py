@@ -8,12 +8,19 @@ from types import MappingProxyType
 from spikezoo.layers.temporal import NeuronFactory
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
 
-__all__ = ["NEURON_TYPES", "PAPER_NEURONS", "RESFORMER_NEURON", "SDT_NEURON", "neuron_factory"]
+__all__ = [
+    "NEURON_TYPES",
+    "PAPER_NEURONS",
+    "QKFORMER_NEURON",
+    "RESFORMER_NEURON",
+    "SDT_NEURON",
+    "neuron_factory",
+]
 
 #: The neurons a model's ``neuron="..."`` argument names.
 NEURON_TYPES = MappingProxyType({"lif": MultiStepLIF, "plif": MultiStepPLIF})
 
-#: Each paper's neuron arguments, by paper. Both use LIF with tau 2, threshold 1 and a hard
+#: Each paper's neuron arguments, by paper. All use LIF with tau 2, threshold 1 and a hard
 #: reset to 0 (the neurons' defaults); they differ in the surrogate gradient.
 PAPER_NEURONS = MappingProxyType(
     {
@@ -21,6 +28,8 @@ PAPER_NEURONS = MappingProxyType(
         "spike_driven_transformer": MappingProxyType({"surrogate": "sigmoid"}),
         # SpikingResformer: arctan surrogate, alpha 2
         "spiking_resformer": MappingProxyType({"surrogate": "atan"}),
+        # QKFormer: spikingjelly's MultiStepLIFNode(tau=2, detach_reset=True), sigmoid alpha 4
+        "qkformer": MappingProxyType({"surrogate": "sigmoid"}),
     }
 )
 
@@ -47,3 +56,6 @@ SDT_NEURON = neuron_factory("lif", "spike_driven_transformer")
 
 #: SpikingResformer's neuron, the default of its layers.
 RESFORMER_NEURON = neuron_factory("lif", "spiking_resformer")
+
+#: QKFormer's neuron, the default of its layers.
+QKFORMER_NEURON = neuron_factory("lif", "qkformer")

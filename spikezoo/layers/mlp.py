@@ -15,8 +15,12 @@ class SpikingMLP(nn.Module):
     """The Spike-driven Transformer MLP: ``[T, B, dim, H, W]`` -> same shape (residual).
 
     ``h = BN(conv1x1(LIF(x)))`` widens to ``hidden_dim``, ``o = BN(conv1x1(LIF(h)))`` narrows
-    back; the result is ``x + o``. When ``hidden_dim == dim`` the authors also add the
+    back; the result is ``x + o``. When ``hidden_dim == dim`` the SDT authors also add the
     membrane shortcut inside: ``h = h + x``, and the result is ``h + o``.
+
+    With ``neuron_after=True`` each neuron fires on its BN output instead (QKFormer's MLP):
+    ``h = LIF(BN(conv1x1(x)))``, ``o = LIF(BN(conv1x1(h)))``, and the result is ``x + o``, the
+    input plus spikes; there is no inner shortcut.
     """
 
     def __init__(
@@ -25,13 +29,14 @@ class SpikingMLP(nn.Module):
         hidden_dim: int | None = None,
         neuron: NeuronFactory = SDT_NEURON,
         drop_path: float = 0.0,
+        neuron_after: bool = False,
     ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
         hidden_dim = 4 * dim if hidden_dim is None else positive_int("hidden_dim", hidden_dim)
-        self.inner_shortcut = hidden_dim == dim
-        self.fc1 = ConvBN(dim, hidden_dim, bias=True, neuron=neuron)
-        self.fc2 = ConvBN(hidden_dim, dim, bias=True, neuron=neuron)
+        self.inner_shortcut = hidden_dim == dim and not neuron_after
+        self.fc1 = ConvBN(dim, hidden_dim, bias=True, neuron=neuron, neuron_after=neuron_after)
+        self.fc2 = ConvBN(hidden_dim, dim, bias=True, neuron=neuron, neuron_after=neuron_after)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
