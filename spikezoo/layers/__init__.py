@@ -24,7 +24,12 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 """
 
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
-from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
+from spikezoo.layers.defaults import (
+    RESFORMER_NEURON,
+    SDT_NEURON,
+    SPIKFORMER_NEURON,
+    SPIKINGFORMER_DVS_NEURON,
+)
 from spikezoo.layers.dssa import DSSA, Downsample, freeze_firing_rates
 from spikezoo.layers.metaformer import (
     BNAndPad,
@@ -39,6 +44,7 @@ from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_ke
 from spikezoo.layers.sdsa import SDSA, dilate
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
 from spikezoo.layers.sps import SPS, parse_pooling
+from spikezoo.layers.ssa import SSA
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, PerStep, check_tbchw, per_step
 
 __all__ = [
@@ -47,7 +53,10 @@ __all__ = [
     "RESFORMER_NEURON",
     "SDSA",
     "SDT_NEURON",
+    "SPIKFORMER_NEURON",
+    "SPIKINGFORMER_DVS_NEURON",
     "SPS",
+    "SSA",
     "BNAndPad",
     "ConvBN",
     "Downsample",

@@ -14,21 +14,27 @@ __all__ = [
     "QKFORMER_NEURON",
     "RESFORMER_NEURON",
     "SDT_NEURON",
+    "SPIKFORMER_NEURON",
+    "SPIKINGFORMER_DVS_NEURON",
     "neuron_factory",
 ]
 
 #: The neurons a model's ``neuron="..."`` argument names.
 NEURON_TYPES = MappingProxyType({"lif": MultiStepLIF, "plif": MultiStepPLIF})
 
-#: Each paper's neuron arguments, by paper. All use LIF with tau 2, threshold 1 and a hard
-#: reset to 0 (the neurons' defaults); they differ in the surrogate gradient.
+#: Each paper's neuron arguments, by paper. All use LIF with tau 2, threshold 1, a hard reset to
+#: 0 and a detached reset (the neurons' defaults); they differ in the surrogate gradient.
 PAPER_NEURONS = MappingProxyType(
     {
         # Spike-driven Transformer V1 and V2: sigmoid surrogate, alpha 4
         "spike_driven_transformer": MappingProxyType({"surrogate": "sigmoid"}),
         # SpikingResformer: arctan surrogate, alpha 2
         "spiking_resformer": MappingProxyType({"surrogate": "atan"}),
-        # QKFormer: spikingjelly's MultiStepLIFNode(tau=2, detach_reset=True), sigmoid alpha 4
+        # Spikformer and Spikingformer: spikingjelly's MultiStepLIFNode(tau=2.0,
+        # detach_reset=True), whose surrogate is its default, sigmoid with alpha 4
+        "spikformer": MappingProxyType({"surrogate": "sigmoid"}),
+        "spikingformer": MappingProxyType({"surrogate": "sigmoid"}),
+        # QKFormer: the same MultiStepLIFNode(tau=2.0, detach_reset=True)
         "qkformer": MappingProxyType({"surrogate": "sigmoid"}),
     }
 )
@@ -56,6 +62,13 @@ SDT_NEURON = neuron_factory("lif", "spike_driven_transformer")
 
 #: SpikingResformer's neuron, the default of its layers.
 RESFORMER_NEURON = neuron_factory("lif", "spiking_resformer")
+
+#: Spikformer's neuron, the default of its layers (SSA).
+SPIKFORMER_NEURON = neuron_factory("lif", "spikformer")
+
+#: The neuron of Spikingformer's CIFAR10-DVS file, whose LIFs have ``tau=1.5`` (its
+#: ``tau_thr``) instead of 2.
+SPIKINGFORMER_DVS_NEURON = partial(neuron_factory("lif", "spikingformer"), tau=1.5)
 
 #: QKFormer's neuron, the default of its layers.
 QKFORMER_NEURON = neuron_factory("lif", "qkformer")
