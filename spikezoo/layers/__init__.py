@@ -25,6 +25,7 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
 from spikezoo.layers.defaults import (
+    QKFORMER_NEURON,
     RESFORMER_NEURON,
     SDT_NEURON,
     SPIKFORMER_NEURON,
@@ -40,6 +41,7 @@ from spikezoo.layers.metaformer import (
     SpikingTokenMLP,
 )
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
+from spikezoo.layers.qkformer import SEWPatchEmbedding, TokenQKAttention
 from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_keys
 from spikezoo.layers.sdsa import SDSA, dilate
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
@@ -50,6 +52,7 @@ from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, PerStep, c
 __all__ = [
     "DSSA",
     "GWSFFN",
+    "QKFORMER_NEURON",
     "RESFORMER_NEURON",
     "SDSA",
     "SDT_NEURON",
@@ -67,6 +70,7 @@ __all__ = [
     "NeuronFactory",
     "PerStep",
     "RepConv",
+    "SEWPatchEmbedding",
     "SepConv",
     "SpikingAttention",
     "SpikingConvBlock",
@@ -75,6 +79,7 @@ __all__ = [
     "SpikingMatmul",
     "SpikingSum",
     "SpikingTokenMLP",
+    "TokenQKAttention",
     "check_tbchw",
     "dilate",
     "freeze_firing_rates",

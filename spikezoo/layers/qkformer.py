@@ -169,5 +169,7 @@ class TokenQKAttention(SpikingAttention):
             for t in (self.q(x), self.k(x))
         )
         mask = self.mask_neuron(self.q_sum(q))
-        out = rearrange(self.token_mask(mask, k), "t b heads d (h w) -> t b (heads d) h w", h=height)
+        out = rearrange(
+            self.token_mask(mask, k), "t b heads d (h w) -> t b (heads d) h w", h=height
+        )
         return x + self.drop_path(self.proj(out))

@@ -128,7 +128,7 @@ def _cached_or_published(
 
 def _not_found(cfg: PretrainedCfg, name: str, repo_id: str, tried: list[str]) -> str:
     authors = getattr(cfg, "authors_file", None)
-    where = f"the authors' file is at {authors.page}" if authors else "no authors' weights"
+    where = f"the authors' file is at {authors.where()}" if authors else "no authors' weights"
     command = f"spikezoo convert FILE --model {name} --out DIR --install"
     tried_text = "; ".join(tried) or f"not cached, and {repo_id or 'no Hub repository'} not asked"
     return (
