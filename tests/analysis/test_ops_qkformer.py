@@ -18,12 +18,17 @@ def _hand_set_attention() -> TokenQKAttention:
     return attn
 
 
+def _counts(counter: OpCounter) -> dict[str, tuple[str, int, int]]:
+    """Per layer: (input kind, MACs, SOPs), summed over the calls."""
+    return {layer.name: (layer.input, layer.macs, layer.sops) for layer in counter.report().layers}
+
+
 def test_token_qk_attention_sops_match_a_hand_count():
     attn = _hand_set_attention()
     x = torch.ones(1, 1, 4, 2, 2, dtype=torch.float64)  # T=1, B=1, N=4 tokens: 16 spikes
     with OpCounter(attn) as counter, torch.no_grad():
         attn(x)
-    counts = {layer.name: (layer.input, layer.macs, layer.sops) for layer in counter.report().layers}
+    counts = _counts(counter)
     # q, k: 16 input spikes x 4 output channels. q's head sums: 2 heads x 2 channels x 4
     # tokens = 16 spikes summed; each head sums to 2, so the mask neuron (threshold 0.5,
     # v = 2 / 2) lets all 4 tokens of both heads through: mask * k keeps k's 8 spikes
@@ -42,7 +47,7 @@ def test_sew_sums_make_the_qk_projections_cost_macs():
     x = torch.full((1, 1, 4, 2, 2), 2.0, dtype=torch.float64)  # a SEW sum: two spikes each
     with OpCounter(attn) as counter, torch.no_grad():
         attn(x)
-    counts = {layer.name: (layer.input, layer.macs, layer.sops) for layer in counter.report().layers}
+    counts = _counts(counter)
     # 16 outputs x 4 input channels each; the spikes after the neurons are as above
     assert counts["q.conv"] == counts["k.conv"] == ("real", 16 * 4, 0)
     assert counts["token_mask"] == ("spikes", 0, 8)
