@@ -4,7 +4,7 @@ over the flattened T*B axis."""
 import pytest
 import torch
 
-from spikezoo.layers import SSA, SEWPatchEmbedding, TokenQKAttention
+from spikezoo.layers import SSA, SEWPatchEmbedding, SpikingMLP, TokenQKAttention
 
 
 def test_sew_embedding_sums_two_spike_maps_and_halves_per_pool():
@@ -107,3 +107,14 @@ def test_ssa_keeps_rows_and_columns_of_a_non_square_map():
     x = (torch.rand(2, 2, 8, 3, 5, dtype=torch.float64) > 0.5).double()
     with torch.no_grad():
         torch.testing.assert_close(ssa(x.transpose(-1, -2)), ssa(x).transpose(-1, -2))
+
+
+def test_mlp_with_the_neuron_after_bn_adds_spikes_and_has_no_inner_shortcut():
+    mlp = SpikingMLP(8, 8, neuron_after=True).double()  # hidden == dim: SDT's quirk stays out
+    x = torch.rand(2, 3, 8, 4, 4, dtype=torch.float64) * 3
+    spikes = mlp.fc2.neuron(_conv_bn(mlp.fc2, mlp.fc1.neuron(_conv_bn(mlp.fc1, x))))
+    torch.testing.assert_close(mlp(x), x + spikes, rtol=0, atol=0)
+
+
+def _conv_bn(unit, x):
+    return unit.bn(unit.conv(x.flatten(0, 1))).unflatten(0, x.shape[:2])
