@@ -66,8 +66,8 @@ RESFORMER_NEURON = neuron_factory("lif", "spiking_resformer")
 #: Spikformer's neuron, the default of its layers (SSA).
 SPIKFORMER_NEURON = neuron_factory("lif", "spikformer")
 
-#: The neuron of Spikingformer's CIFAR10-DVS file, whose LIFs have ``tau=1.5`` (its
-#: ``tau_thr``) instead of 2.
+#: The neuron of Spikingformer's event-data files (CIFAR10-DVS, DVS128 Gesture), whose LIFs
+#: have ``tau=1.5`` instead of 2.
 SPIKINGFORMER_DVS_NEURON = partial(neuron_factory("lif", "spikingformer"), tau=1.5)
 
 #: QKFormer's neuron, the default of its layers.

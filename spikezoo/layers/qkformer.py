@@ -95,9 +95,8 @@ class SEWPatchEmbedding(nn.Module):
         )
         self.neurons = nn.ModuleList(neuron() for _ in widths)
         stride = 2 ** sum(self.pooling[shortcut_from:])
-        self.shortcut = ConvBN(
-            channels[shortcut_from], widths[-1], 1, stride, neuron=neuron, neuron_after=True
-        )
+        self.shortcut = ConvBN(channels[shortcut_from], widths[-1], 1, stride)
+        self.shortcut_lif = neuron()
 
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, in_chans, H, W]`` -> ``[T, B, widths[-1], H/r, W/r]``, main + shortcut
@@ -110,7 +109,7 @@ class SEWPatchEmbedding(nn.Module):
             x = neuron(pool(conv(x)))
             if i == self.shortcut_from:
                 branch = x
-        return x + self.shortcut(branch)
+        return x + self.shortcut_lif(self.shortcut(branch))
 
 
 class TokenQKAttention(SpikingAttention):
@@ -134,11 +133,9 @@ class TokenQKAttention(SpikingAttention):
         torch.Size([2, 1, 32, 4, 4])
     """
 
-    head_layout = MappingProxyType(
-        {"q.neuron": "channels", "k.neuron": "channels", "mask_neuron": "axis"}
-    )
+    head_layout = MappingProxyType({"q_lif": "channels", "k_lif": "channels", "mask_lif": "axis"})
     #: the token mask, ``[T, B, heads, 1, N]``
-    attention_map = ("mask_neuron", 3)
+    attention_map = ("mask_lif", 3)
 
     def __init__(
         self,
@@ -152,12 +149,15 @@ class TokenQKAttention(SpikingAttention):
         self.dim = positive_int("dim", dim)
         self.num_heads = positive_int("num_heads", num_heads)
         divides("num_heads", self.num_heads, "dim", self.dim)
-        self.q = ConvBN(dim, dim, neuron=neuron, neuron_after=True)
-        self.k = ConvBN(dim, dim, neuron=neuron, neuron_after=True)
+        self.q = ConvBN(dim, dim)
+        self.q_lif = neuron()
+        self.k = ConvBN(dim, dim)
+        self.k_lif = neuron()
         self.q_sum = SpikingSum(dim=3)
-        self.mask_neuron = neuron(v_threshold=positive_real("mask_threshold", mask_threshold))
+        self.mask_lif = neuron(v_threshold=positive_real("mask_threshold", mask_threshold))
         self.token_mask = SpikingHadamard()
-        self.proj = ConvBN(dim, dim, bias=True, neuron=neuron, neuron_after=True)
+        self.proj = ConvBN(dim, dim, bias=True)
+        self.proj_lif = neuron()
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -166,10 +166,10 @@ class TokenQKAttention(SpikingAttention):
         height = x.shape[-2]
         q, k = (
             rearrange(t, "t b (heads d) h w -> t b heads d (h w)", heads=self.num_heads)
-            for t in (self.q(x), self.k(x))
+            for t in (self.q_lif(self.q(x)), self.k_lif(self.k(x)))
         )
-        mask = self.mask_neuron(self.q_sum(q))
+        mask = self.mask_lif(self.q_sum(q))
         out = rearrange(
             self.token_mask(mask, k), "t b heads d (h w) -> t b (heads d) h w", h=height
         )
-        return x + self.drop_path(self.proj(out))
+        return x + self.drop_path(self.proj_lif(self.proj(out)))

@@ -14,7 +14,7 @@ from einops import rearrange, reduce
 from timm.layers import drop_path, register_notrace_function
 from torch import Tensor, nn
 
-from spikezoo._checks import boolean, fraction, positive_int
+from spikezoo._checks import fraction, positive_int
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 
 __all__ = ["ConvBN", "DropPath", "NeuronFactory", "PerStep", "check_tbchw", "per_step"]
@@ -59,13 +59,11 @@ class PerStep(nn.Module):
 
 
 class ConvBN(LoadsRenamedChildren):
-    """Per-step ``Conv2d`` + ``BatchNorm2d``, optionally preceded (or followed) by a neuron.
+    """Per-step ``Conv2d`` + ``BatchNorm2d``, optionally preceded by a spiking neuron.
 
     ``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']``. With ``neuron`` given, the
     input is a membrane potential that the neuron turns into spikes first (``self.neuron``;
-    state dicts that still call it ``lif`` load too); with ``neuron_after=True`` the neuron
-    fires on the BN output instead, and the unit returns spikes (Spikformer's and QKFormer's
-    conv-BN-LIF order).
+    state dicts that still call it ``lif`` load too).
 
     Args:
         in_chans: input channels.
@@ -76,7 +74,6 @@ class ConvBN(LoadsRenamedChildren):
         groups: convolution groups; must divide both channel counts.
         bias: give the convolution a bias.
         neuron: factory of the neuron that fires before the convolution, or ``None``.
-        neuron_after: fire the neuron on the BN output rather than on the input.
     """
 
     renamed_children: ClassVar[dict[str, str]] = {"lif": "neuron"}
@@ -91,11 +88,9 @@ class ConvBN(LoadsRenamedChildren):
         groups: int = 1,
         bias: bool = False,
         neuron: NeuronFactory | None = None,
-        neuron_after: bool = False,
     ) -> None:
         super().__init__()
         self.in_chans = positive_int("in_chans", in_chans)
-        self.neuron_after = boolean("neuron_after", neuron_after)
         positive_int("out_chans", out_chans)
         positive_int("kernel_size", kernel_size)
         positive_int("stride", stride)
@@ -110,11 +105,9 @@ class ConvBN(LoadsRenamedChildren):
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']``."""
         check_tbchw(x, self.in_chans, type(self).__name__)
-        if self.neuron is None:
-            return per_step(self._conv_bn, x)
-        if self.neuron_after:
-            return self.neuron(per_step(self._conv_bn, x))
-        return per_step(self._conv_bn, self.neuron(x))
+        if self.neuron is not None:
+            x = self.neuron(x)
+        return per_step(self._conv_bn, x)
 
     def _conv_bn(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x))

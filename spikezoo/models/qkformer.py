@@ -160,7 +160,9 @@ class QKFormer(SpikingVisionModel):
                 else:
                     attention = TokenQKAttention(width, stage_heads, neuron=neuron, drop_path=rate)
                 hidden = int(width * mlp_ratio)
-                mlp = SpikingMLP(width, hidden, neuron, drop_path=rate, neuron_after=True)
+                mlp = SpikingMLP(
+                    width, hidden, neuron, rate, pre_activation=False, inner_shortcut=False
+                )
                 units += [attention, mlp]
             stages.append(nn.Sequential(*units))
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))

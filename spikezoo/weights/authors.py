@@ -35,7 +35,7 @@ class AuthorsFile:
     only a ``page`` (e.g. a Drive folder) to download from by hand.
 
     ``sha256`` is the digest a download must have; ``None`` where nobody has recorded it yet.
-    ``password`` is what the page asks before it hands the file over (Baidu Netdisk shares).
+    ``password`` is the extraction code a page asks for (Baidu Netdisk shares).
     """
 
     page: str
@@ -44,7 +44,7 @@ class AuthorsFile:
     password: str | None = None
 
     def where(self) -> str:
-        """The page, with the password it asks for, for messages."""
+        """Where the file is, for a person: the page, with its password if it has one."""
         return self.page + (f" (password {self.password})" if self.password else "")
 
     @classmethod

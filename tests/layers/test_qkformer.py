@@ -4,7 +4,7 @@ over the flattened T*B axis."""
 import pytest
 import torch
 
-from spikezoo.layers import SSA, SEWPatchEmbedding, SpikingMLP, TokenQKAttention
+from spikezoo.layers import SSA, SEWPatchEmbedding, TokenQKAttention
 
 
 def test_sew_embedding_sums_two_spike_maps_and_halves_per_pool():
@@ -45,12 +45,12 @@ def test_sew_embedding_names_the_sizes_it_needs():
 def test_token_attention_mask_is_one_spike_per_head_and_token():
     attn = TokenQKAttention(16, num_heads=4)
     outputs = {}
-    attn.mask_neuron.register_forward_hook(lambda m, a, out: outputs.update(mask=out))
+    attn.mask_lif.register_forward_hook(lambda m, a, out: outputs.update(mask=out))
     x = torch.rand(3, 2, 16, 4, 5) * 2
     assert attn(x).shape == x.shape
     assert outputs["mask"].shape == (3, 2, 4, 1, 20)  # [T, B, heads, 1, N]
     assert attn.read_attention_map(outputs["mask"]).shape == (3, 2, 4, 20)
-    assert attn.split_heads("q.neuron", torch.zeros(3, 2, 16, 4, 5)).shape == (3, 2, 4, 4, 4, 5)
+    assert attn.split_heads("q_lif", torch.zeros(3, 2, 16, 4, 5)).shape == (3, 2, 4, 4, 4, 5)
 
 
 def test_token_attention_checks_its_arguments_and_input():
@@ -107,14 +107,3 @@ def test_ssa_keeps_rows_and_columns_of_a_non_square_map():
     x = (torch.rand(2, 2, 8, 3, 5, dtype=torch.float64) > 0.5).double()
     with torch.no_grad():
         torch.testing.assert_close(ssa(x.transpose(-1, -2)), ssa(x).transpose(-1, -2))
-
-
-def test_mlp_with_the_neuron_after_bn_adds_spikes_and_has_no_inner_shortcut():
-    mlp = SpikingMLP(8, 8, neuron_after=True).double()  # hidden == dim: SDT's quirk stays out
-    x = torch.rand(2, 3, 8, 4, 4, dtype=torch.float64) * 3
-    spikes = mlp.fc2.neuron(_conv_bn(mlp.fc2, mlp.fc1.neuron(_conv_bn(mlp.fc1, x))))
-    torch.testing.assert_close(mlp(x), x + spikes, rtol=0, atol=0)
-
-
-def _conv_bn(unit, x):
-    return unit.bn(unit.conv(x.flatten(0, 1))).unflatten(0, x.shape[:2])
