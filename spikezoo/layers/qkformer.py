@@ -126,6 +126,13 @@ class TokenQKAttention(SpikingAttention):
     operation counter sees them. ``mask_threshold`` is the firing threshold of the token-mask
     neuron (0.5 in the paper). The input need not be spikes (QKFormer feeds SEW sums).
 
+    Args:
+        dim: channels; a multiple of ``num_heads``.
+        num_heads: heads; each sums its ``d`` channels of q into one mask per token.
+        mask_threshold: firing threshold of the token-mask neuron ``mask_lif``.
+        neuron: factory of the spiking neurons.
+        drop_path: stochastic depth of the residual branch (the authors' code applies none).
+
     Example:
         >>> import torch
         >>> attn = TokenQKAttention(dim=32, num_heads=4)
