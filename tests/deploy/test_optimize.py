@@ -31,6 +31,8 @@ KEPT = {
     "spike_driven_transformer": 0,
     "spiking_resformer": 0,
     "spike_driven_transformer_v2": 64,
+    "spikformer": 0,
+    "spikingformer": 0,
     "qkformer": 0,
 }
 

@@ -23,7 +23,7 @@ from tests.hub.hub_helpers import (
 )
 from tests.models.families import tiny_family
 
-FAMILIES = ["sdt", "resformer"]
+FAMILIES = ["sdt", "resformer", "spikformer"]
 DRIVE_ID = "tiny-authors-file"
 
 
