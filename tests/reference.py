@@ -35,6 +35,9 @@ CASES = (
     "families/spikingformer_tiny",
     "families/spikingformer_cifar_tiny",
     "families/spikingformer_dvs_tiny",
+    "families/qkformer_tiny",
+    "families/qkformer_cifar_tiny",
+    "families/qkformer_dvs_tiny",
 )
 
 #: The entry point that builds each file of ``families/`` (``shared/reference/families``).
@@ -139,6 +142,8 @@ class ReferenceCase:
                 pooling_stat=k["pooling_stat"],
                 dvs=k.get("dvs_mode", False),
             )
+        if self.name.startswith("families/qkformer"):
+            return _qkformer_args(c)
         return "spikingresformer_ti", dict(
             img_size=c["img_size"],
             num_classes=c["num_classes"],
@@ -155,6 +160,28 @@ class ReferenceCase:
     def build(self, **overrides) -> torch.nn.Module:
         name, args = self.model_args()
         return timm.create_model(name, **dict(args, **overrides)).double()
+
+
+def _qkformer_args(config: dict) -> tuple[str, dict]:
+    """QKFormer's three files; the CIFAR and DVS ones hard-wire their heads (8 and 16) and
+    the DVS one its 1 + 1 blocks, whatever their arguments say."""
+    k = config["kwargs"]
+    layout = {
+        "qkformer/imagenet/qkformer.py": "imagenet",
+        "qkformer/cifar10/model.py": "cifar",
+        "qkformer/dvs128-gesture/model.py": "dvs",
+    }[config["file"]]
+    return "qkformer_10_384", dict(
+        layout=layout,
+        img_size=k["img_size_h"],
+        in_chans=k["in_channels"],
+        num_classes=k["num_classes"],
+        embed_dim=k["embed_dims"],
+        depth=2 if layout == "dvs" else k["depths"],
+        num_heads={"imagenet": k["num_heads"], "cifar": 8, "dvs": 16}[layout],
+        mlp_ratio=k["mlp_ratios"],
+        time_steps=k["T"],
+    )
 
 
 def _block(key: str) -> str:

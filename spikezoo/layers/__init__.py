@@ -26,6 +26,7 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
 from spikezoo.layers.bn_neuron import batch_norm_fire, set_bn_neuron_fusion
 from spikezoo.layers.defaults import (
+    QKFORMER_NEURON,
     RESFORMER_NEURON,
     SDT_NEURON,
     SPIKFORMER_NEURON,
@@ -42,6 +43,7 @@ from spikezoo.layers.metaformer import (
     SpikingTokenMLP,
 )
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
+from spikezoo.layers.qkformer import SEWPatchEmbedding, TokenQKAttention
 from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_keys
 from spikezoo.layers.sdsa import SDSA, dilate
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
@@ -52,6 +54,7 @@ from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, PerStep, c
 __all__ = [
     "DSSA",
     "GWSFFN",
+    "QKFORMER_NEURON",
     "RESFORMER_NEURON",
     "SDSA",
     "SDT_NEURON",
@@ -70,6 +73,7 @@ __all__ = [
     "NeuronFactory",
     "PerStep",
     "RepConv",
+    "SEWPatchEmbedding",
     "SepConv",
     "SpikingAttention",
     "SpikingConvBlock",
@@ -79,6 +83,7 @@ __all__ = [
     "SpikingSepConv",
     "SpikingSum",
     "SpikingTokenMLP",
+    "TokenQKAttention",
     "batch_norm_fire",
     "check_tbchw",
     "dilate",

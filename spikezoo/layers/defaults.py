@@ -11,6 +11,7 @@ from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
 __all__ = [
     "NEURON_TYPES",
     "PAPER_NEURONS",
+    "QKFORMER_NEURON",
     "RESFORMER_NEURON",
     "SDT_NEURON",
     "SPIKFORMER_NEURON",
@@ -33,6 +34,8 @@ PAPER_NEURONS = MappingProxyType(
         # detach_reset=True), whose surrogate is its default, sigmoid with alpha 4
         "spikformer": MappingProxyType({"surrogate": "sigmoid"}),
         "spikingformer": MappingProxyType({"surrogate": "sigmoid"}),
+        # QKFormer: the same MultiStepLIFNode(tau=2.0, detach_reset=True)
+        "qkformer": MappingProxyType({"surrogate": "sigmoid"}),
     }
 )
 
@@ -66,3 +69,6 @@ SPIKFORMER_NEURON = neuron_factory("lif", "spikformer")
 #: The neuron of Spikingformer's event-data files (CIFAR10-DVS, DVS128 Gesture), whose LIFs
 #: have ``tau=1.5`` instead of 2.
 SPIKINGFORMER_DVS_NEURON = partial(neuron_factory("lif", "spikingformer"), tau=1.5)
+
+#: QKFormer's neuron, the default of its layers.
+QKFORMER_NEURON = neuron_factory("lif", "qkformer")

@@ -48,6 +48,11 @@ class SSA(SpikingAttention):
         attn_threshold: firing threshold of the neuron after the product (0.5).
         neuron: factory of the spiking neurons.
         drop_path: stochastic depth of the residual branch (the authors' code applies none).
+        proj_neuron_over_batch: run the projection's neuron over the flattened ``T*B`` axis,
+            as QKFormer's stage-3 SSA does (its released weights were trained so): the
+            membrane carries from sample to sample within a step and from step to step, so a
+            sample's output depends on the others in its batch. ``False`` (the default) is the
+            per-step neuron, for training new models. Post-activation only.
 
     Example:
         >>> import torch
@@ -73,6 +78,7 @@ class SSA(SpikingAttention):
         attn_threshold: float = 0.5,
         neuron: NeuronFactory = SPIKFORMER_NEURON,
         drop_path: float = 0.0,
+        proj_neuron_over_batch: bool = False,
     ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
@@ -81,6 +87,12 @@ class SSA(SpikingAttention):
         self.scale = positive_real("scale", scale)
         self.kv_first = boolean("kv_first", kv_first)
         self.pre_activation = boolean("pre_activation", pre_activation)
+        self.proj_neuron_over_batch = boolean("proj_neuron_over_batch", proj_neuron_over_batch)
+        if pre_activation and proj_neuron_over_batch:
+            raise ValueError(
+                "proj_neuron_over_batch=True needs the projection's neuron, which "
+                "pre_activation=True leaves out"
+            )
         self.shortcut_lif = neuron() if pre_activation else None
         self.q = ConvBN(dim, dim, bias=qkv_bias)
         self.q_lif = neuron()
@@ -112,6 +124,8 @@ class SSA(SpikingAttention):
             out = self.token_product(self.pair_product(q, k.transpose(-2, -1)), v)
         out = rearrange(out * self.scale, "t b heads (h w) d -> t b (heads d) h w", h=height)
         out = self.proj(self.attn_lif(out))
-        if self.proj_lif is not None:
+        if self.proj_neuron_over_batch:
+            out = self.proj_lif(out.flatten(0, 1)).unflatten(0, out.shape[:2])
+        elif self.proj_lif is not None:
             out = self.proj_lif(out)
         return x + self.drop_path(out)

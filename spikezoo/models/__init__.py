@@ -5,6 +5,7 @@ from spikezoo.models._base import TIME_REDUCTIONS, SpikingVisionModel, neuron_fa
 from spikezoo.models._checkpoint import CheckpointMismatchError, guess_architecture
 from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig
 from spikezoo.models._registry import FAMILIES, families, family_of, model_names
+from spikezoo.models.qkformer import QKFormer
 from spikezoo.models.spike_driven_transformer import SpikeDrivenTransformer
 from spikezoo.models.spike_driven_transformer_v2 import SpikeDrivenTransformerV2
 from spikezoo.models.spikformer import Spikformer
@@ -21,6 +22,7 @@ __all__ = [
     "TIME_REDUCTIONS",
     "CheckpointMismatchError",
     "ModelFamily",
+    "QKFormer",
     "ReferenceCount",
     "SpikeDrivenTransformer",
     "SpikeDrivenTransformerV2",

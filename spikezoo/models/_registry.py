@@ -47,6 +47,7 @@ FAMILIES: tuple[str, ...] = (
     "spikezoo.models.spike_driven_transformer_v3",
     "spikezoo.models.spikformer",
     "spikezoo.models.spikingformer",
+    "spikezoo.models.qkformer",
 )
 
 

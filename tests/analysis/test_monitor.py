@@ -24,6 +24,7 @@ from spikezoo.layers import (
     LinearSpikingAttention,
     SpikingAttention,
     SpikingHadamard,
+    TokenQKAttention,
 )
 from spikezoo.neurons import MultiStepLIF
 from tests.analysis.tiny_models import ATTENTION_FAMILIES, RESFORMER, SDT, SDT_V2, spiking
@@ -48,6 +49,7 @@ HEAD_AXES = {
     DSSA: {"in_lif": "channels", "attn_lif": "axis", "proj.neuron": "channels"},
     LinearSpikingAttention: dict.fromkeys(("q_lif", "k_lif", "v_lif", "attn_lif"), "channels"),
     SSA: dict.fromkeys(("q_lif", "k_lif", "v_lif", "attn_lif"), "channels"),
+    TokenQKAttention: {"q_lif": "channels", "k_lif": "channels", "mask_lif": "axis"},
 }
 
 
@@ -79,7 +81,8 @@ def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
     assert rates.samples == 2
     assert [r.name for r in rates.records] == [name for name, _ in spiking_neurons(model)]
     assert [r.name for r in rates.products] == products
-    assert len(products) == (4 if family == SDT else 0)  # SDSA's k * v and q * kv, 2 blocks
+    # SDSA's k * v and q * kv in 2 blocks; QKFormer's mask * k in 2 token attentions
+    assert len(products) == {SDT: 4, "qkformer": 2}.get(family, 0)
     in_model_order = [
         name for name, _ in model.named_modules() if name in spikes or name in products
     ]
@@ -117,8 +120,8 @@ def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
         assert [got[k] for k in expected] == pytest.approx(list(expected.values()), abs=1e-12)
     assert {r["layer"] for r in per_head} == with_heads
     # 4 neurons split by head in each of 2 SDSA, 3 in each DSSA, 4 in each of 8 linear
-    # attentions, 4 in each of 2 SSA
-    heads = {SDT: 8, RESFORMER: 6, SDT_V2: 32, "spikformer": 8, "spikingformer": 8}
+    # attentions, 4 in each of 2 SSA; QKFormer: 3 in each of 2 token attentions, 4 in its SSA
+    heads = {SDT: 8, RESFORMER: 6, SDT_V2: 32, "spikformer": 8, "spikingformer": 8, "qkformer": 10}
     assert len(with_heads) == heads[family]
     assert 0 < rates.mean_rate < 1
 

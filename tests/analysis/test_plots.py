@@ -9,7 +9,7 @@ from torch import nn
 
 from spikezoo.analysis import FiringRateMonitor
 from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
-from spikezoo.layers import DSSA, SDSA, SSA, LinearSpikingAttention
+from spikezoo.layers import DSSA, SDSA, SSA, LinearSpikingAttention, TokenQKAttention
 from tests.analysis.tiny_models import ATTENTION_FAMILIES, RESFORMER, SDT, SDT_V2, spiking
 
 matplotlib.use("Agg")
@@ -47,6 +47,12 @@ def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
                 expected[name] = rearrange(out[:, 0], "t h n d -> h (t d) n").mean(1)
 
             handles.append(module.token_product.register_forward_hook(keep_ssa))
+        if isinstance(module, TokenQKAttention):
+
+            def keep_token_mask(m, inputs, out, name=name):  # [T, B, heads, 1, N]
+                expected[name] = rearrange(out[:, 0], "t h one n -> h (t one) n").mean(1)
+
+            handles.append(module.mask_lif.register_forward_hook(keep_token_mask))
     maps = attention_maps(model, images)
     for handle in handles:
         handle.remove()
@@ -57,6 +63,8 @@ def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
         SDT_V2: {f"stages.3.{i}.attn": (2, 2, 2) for i in range(1, 7)},
         "spikformer": {"blocks.0.attn": (4, 8, 8), "blocks.1.attn": (4, 8, 8)},
         "spikingformer": {"blocks.0.attn": (4, 8, 8), "blocks.1.attn": (4, 8, 8)},
+        # token masks of stages 1 and 2, then the SSA of stage 3 (2 heads each)
+        "qkformer": {"stages.0.0": (2, 32, 32), "stages.1.1": (2, 16, 16), "stages.2.1": (2, 8, 8)},
     }
     grids[SDT_V2].update({f"stages.4.{i}.attn": (2, 2, 2) for i in (1, 2)})
     assert {name: tuple(m.shape) for name, m in maps.items()} == grids[family]
@@ -75,7 +83,10 @@ def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
     assert len(bars.patches) == len(rates.layers) == len(rates.records) + len(rates.products)
     products = [bar for bar in bars.patches if bar.get_facecolor() == to_rgba("tab:orange")]
     assert len(products) == len(rates.products)
-    assert heat.images[0].get_array().shape == (len(rates.layers), 2)
+    # QKFormer's stage-3 projection neuron runs over T*B (the authors' quirk): with 2 images
+    # its time loop has 2 x 2 steps, which the heat map shows as its columns
+    steps = 4 if family == "qkformer" else 2
+    assert heat.images[0].get_array().shape == (len(rates.layers), steps)
 
 
 def test_plot_inputs_are_checked():

@@ -47,6 +47,7 @@ def tiny_authors_file(family: str) -> TinyAuthorsFile:
         "sdt": ("sdt_imagenet_tiny", "sdt_imagenet_tiny.pth.tar"),
         "resformer": ("resformer_imagenet_tiny", "resformer_imagenet_tiny.pth"),
         "spikformer": ("families/spikformer_tiny", "families/spikformer_tiny.pth.tar"),
+        "qkformer": ("families/qkformer_tiny", "families/qkformer_tiny.pth"),
     }[family]
     entry, args = load_case(case_name).model_args()
     num_classes = args.pop("num_classes")

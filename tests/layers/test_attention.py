@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from spikezoo.layers import DSSA, SDSA, SSA, LinearSpikingAttention, SpikingAttention
+from spikezoo.layers import (
+    DSSA,
+    SDSA,
+    SSA,
+    LinearSpikingAttention,
+    SpikingAttention,
+    TokenQKAttention,
+)
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron
 
 T, B, H, W = 2, 2, 4, 4
@@ -17,6 +24,7 @@ LAYERS = {
     "LinearSpikingAttention": lambda: LinearSpikingAttention(16, num_heads=4),
     "SSA": lambda: SSA(16, num_heads=4),
     "SSA_pre_activation": lambda: SSA(16, num_heads=2, kv_first=False, pre_activation=True),
+    "TokenQKAttention": lambda: TokenQKAttention(16, num_heads=4),
 }
 
 

@@ -19,9 +19,11 @@ from spikezoo.layers import (
     LinearSpikingAttention,
     RepConv,
     SepConv,
+    SEWPatchEmbedding,
     SpikingConvBlock,
     SpikingMLP,
     SpikingTokenMLP,
+    TokenQKAttention,
 )
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
 
@@ -55,6 +57,12 @@ LAYERS = {
     "linear_attention": (lambda: LinearSpikingAttention(16, 4), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
     "token_mlp": (lambda: SpikingTokenMLP(16, 32), (2, 2, 16, 5, 7), (2, 2, 16, 5, 7)),
     "rep_conv": (lambda: RepConv(8, 16), (2, 8, 5, 7), (2, 16, 5, 7)),
+    "token_qk_attention": (lambda: TokenQKAttention(16, 4), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
+    "sew_embedding": (
+        lambda: SEWPatchEmbedding(8, (16, 16), (True, False)),
+        (2, 1, 8, 6, 10),
+        (2, 1, 16, 3, 5),
+    ),
 }
 
 

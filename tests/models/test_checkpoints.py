@@ -22,6 +22,8 @@ ORIGINAL_FILES = [
     ("v2/sdt2_tiny", "v2/sdt2_tiny.pth"),  # main_finetune.py: {"model", "args", ...}
     # timm train.py CheckpointSaver: {"state_dict", "epoch", "arch", "optimizer", "args", ...}
     ("families/spikformer_tiny", "families/spikformer_tiny.pth.tar"),
+    # QKFormer's main_finetune.py: {"model", "optimizer", "epoch", "scaler", "args"}
+    ("families/qkformer_tiny", "families/qkformer_tiny.pth"),
 ]
 
 
