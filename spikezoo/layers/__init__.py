@@ -35,6 +35,7 @@ from spikezoo.layers.metaformer import (
     SpikingTokenMLP,
 )
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
+from spikezoo.layers.pointwise import PointwiseProjection, SpikingPointwiseBlock
 from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_keys
 from spikezoo.layers.sdsa import SDSA, dilate
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
@@ -57,6 +58,7 @@ __all__ = [
     "LoadsRenamedChildren",
     "NeuronFactory",
     "PerStep",
+    "PointwiseProjection",
     "RepConv",
     "SepConv",
     "SpikingAttention",
@@ -64,6 +66,7 @@ __all__ = [
     "SpikingHadamard",
     "SpikingMLP",
     "SpikingMatmul",
+    "SpikingPointwiseBlock",
     "SpikingSum",
     "SpikingTokenMLP",
     "check_tbchw",
