@@ -31,6 +31,7 @@ CASES = (
     "resformer_dvsg_tiny",
     "v2/sdt2_tiny",
     "v2/sdt2_kd_tiny",
+    "families/sdt3_tiny",
     "families/sdt3_large_tiny",
     "families/sdt3_base_tiny",
 )
@@ -63,8 +64,8 @@ class ReferenceCase:
         1e-6 of the largest gradient of the same block (stem, head or ``stages.i.j``) instead
         of 1e-9.
         """
-        if self._is_e_spikeformer_large:
-            # biases before training-mode BNs: rounding noise of the size of the largest gradient
+        if self.name.startswith("families/sdt3"):
+            # E-SpikeFormer (families/README.md): 1e-9 plus 1e-9 of the largest gradient
             return 1e-9 + 1e-9 * max(g.abs().max().item() for g in grads.values())
         if not self.name.startswith("v2/"):
             return 1e-9
@@ -75,6 +76,16 @@ class ReferenceCase:
     def model_args(self) -> tuple[str, dict]:
         """The timm entry point and keyword arguments that build this case's network."""
         c = self.config
+        if self.name == "families/sdt3_tiny":
+            k = c["kwargs"]
+            return "sdt_v3_t", dict(
+                img_size=k["img_size_h"],
+                in_chans=k["in_channels"],
+                num_classes=k["num_classes"],
+                embed_dim=k["embed_dim"],
+                num_heads=k["num_heads"],
+                mlp_ratio=k["mlp_ratios"],
+            )
         if self._is_e_spikeformer_large:
             k = c["kwargs"]
             return "sdt_v3_12_512" if k["choice"] == "base" else "sdt_v3_12_768", dict(

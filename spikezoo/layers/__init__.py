@@ -26,6 +26,7 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
 from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.dssa import DSSA, Downsample, freeze_firing_rates
+from spikezoo.layers.e_spikeformer import IntegerLinearAttention, SpikingSepConv
 from spikezoo.layers.metaformer import (
     BNAndPad,
     LinearSpikingAttention,
@@ -54,6 +55,7 @@ __all__ = [
     "Downsample",
     "DropPath",
     "HeadLayout",
+    "IntegerLinearAttention",
     "LinearSpikingAttention",
     "LoadsRenamedChildren",
     "NeuronFactory",
@@ -67,6 +69,7 @@ __all__ = [
     "SpikingMLP",
     "SpikingMatmul",
     "SpikingPointwiseBlock",
+    "SpikingSepConv",
     "SpikingSum",
     "SpikingTokenMLP",
     "check_tbchw",

@@ -176,8 +176,9 @@ class SpikingConvBlock(nn.Module):
         dim: channels.
         mlp_ratio: hidden width of the 3x3 pair as a multiple of ``dim`` (4 in every model).
         neuron: factory of the spiking neurons.
-        separable: start with the :class:`SepConv` branch (E-SpikeFormer's large models have
-            none).
+        separable: the separable convolution's class, called ``separable(dim, neuron=neuron)``
+            (E-SpikeFormer: :class:`~spikezoo.layers.SpikingSepConv`); ``None``: no separable
+            branch (E-SpikeFormer's large models).
         bias: give the 3x3 convolutions a bias (E-SpikeFormer's large models do).
     """
 
@@ -186,13 +187,13 @@ class SpikingConvBlock(nn.Module):
         dim: int,
         mlp_ratio: int = 4,
         neuron: NeuronFactory = SDT_NEURON,
-        separable: bool = True,
+        separable: Callable[..., nn.Module] | None = SepConv,
         bias: bool = False,
     ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
         hidden = dim * positive_int("mlp_ratio", mlp_ratio)
-        self.sep_conv = SepConv(dim, neuron=neuron) if separable else None
+        self.sep_conv = separable(dim, neuron=neuron) if separable is not None else None
         self.conv1 = ConvBN(dim, hidden, 3, bias=bias, neuron=neuron)
         self.conv2 = ConvBN(hidden, dim, 3, bias=bias, neuron=neuron)
 

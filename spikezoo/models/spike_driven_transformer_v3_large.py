@@ -37,7 +37,7 @@ from spikezoo.models._distillation import DistilledHeads, check_distillation_hea
 from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig, rename_passes
 from spikezoo.models._pretrained import IMAGENET_CFG, spikezoo_default_cfgs
 from spikezoo.models.spike_driven_transformer_v2 import _AUTHORS_MODULES
-from spikezoo.neurons.integer import IntegerNeuron
+from spikezoo.neurons import IntegerNeuron
 from spikezoo.weights import AuthorsFile
 
 __all__ = ["FAMILY", "Block", "SpikeDrivenTransformerV3Large", "integer_neurons"]
@@ -48,8 +48,9 @@ LAYER_SCALE_INIT = 1e-6
 
 def integer_neurons(levels: int) -> NeuronFactory:
     """The large models' neurons: ``floor(clamp(x, 0, levels) + 0.5) / levels`` (rounding half
-    up, as the authors' ``Model_Large`` spells it)."""
-    return partial(IntegerNeuron, levels=levels, norm=levels, rounding="half_up")
+    up, as the authors' ``Model_Large`` spells it), the gradient passing on ``0 < x < levels``.
+    Called with ``norm=1``, they give the spike counts themselves."""
+    return partial(IntegerNeuron, levels, rounding="half_up", gradient_window="open")
 
 
 def _attention_projection(dim: int) -> nn.Sequential:
@@ -124,13 +125,16 @@ class SpikeDrivenTransformerV3Large(DistilledHeads, SpikingVisionModel):
 
     The conv blocks are :class:`~spikezoo.layers.SpikingConvBlock` without the separable
     branch and with biases. ``head`` reads the pooled membranes of the last stage (no head
-    neuron); ``head_kd`` (``kd=True``) reads their integer spike counts, ``IF(x) * D`` in
-    ``0..D``.
+    neuron); ``head_kd`` (``kd=True``) reads their integer spike counts, ``0..D``.
 
     Args (besides those of every family, see :class:`~spikezoo.models.SpikingVisionModel`;
-    ``neuron`` is not one of them: the neurons are integer neurons of ``levels``;
-    ``drop_path_rate`` rises linearly over the transformer blocks, in float32 as the
-    authors' ``torch.linspace``):
+    the default ``neuron`` is :class:`~spikezoo.neurons.IntegerNeuron` with ``levels`` levels,
+    ``norm = levels``, ``floor(x + 0.5)`` and the open gradient window, the authors'
+    (:func:`integer_neurons`); ``"lif"``/``"plif"`` build binary multi-step neurons instead,
+    SDT's surrogate; ``drop_path_rate`` rises linearly over the transformer blocks, in float32
+    as the authors' ``torch.linspace``; unlike the authors' code, which applies stochastic
+    depth to ``[T, B, C, N]`` along T and so drops a time step of the whole batch, spikezoo
+    drops per sample, as timm does):
         levels: D, the integer spike levels (the "1x4" weights: 4, "1x8": 8).
         embed_dim: the three widths of stages 1-3 (stage 0 has half the first).
         depth: transformer blocks.
@@ -150,20 +154,27 @@ class SpikeDrivenTransformerV3Large(DistilledHeads, SpikingVisionModel):
     size_multiple = 16
     levels: int
 
-    def __init__(self, *, levels: int = 4, **kwargs: Any) -> None:
-        if "neuron" in kwargs:
-            raise ValueError(
-                f"{type(self).__name__} has integer neurons set by levels=, not neuron= "
-                f"(got neuron={kwargs['neuron']!r})"
-            )
+    def __init__(
+        self,
+        *,
+        time_steps: int = 1,
+        neuron: str | NeuronFactory | None = None,
+        levels: int = 4,
+        **kwargs: Any,
+    ) -> None:
         levels = positive_int("levels", levels)
-        super().__init__(neuron=integer_neurons(levels), levels=levels, **kwargs)
+        integer = neuron is None
+        neuron = integer_neurons(levels) if integer else neuron
+        super().__init__(time_steps=time_steps, neuron=neuron, **kwargs)
+        self.levels = levels
+        if integer and self.head_kd_neuron is not None:
+            # the spike counts 0..levels themselves (the authors' Multispike(norm=1))
+            self.head_kd_neuron = integer_neurons(levels)(norm=1)
 
     def build_features(
         self,
         neuron: NeuronFactory,
         drop_path_rate: float,
-        levels: int = 4,
         embed_dim: Sequence[int] = (196, 384, 768),
         depth: int = 12,
         num_heads: int = 8,
@@ -171,14 +182,13 @@ class SpikeDrivenTransformerV3Large(DistilledHeads, SpikingVisionModel):
         pointwise_branch: bool = False,
         kd: bool = False,
     ) -> None:
-        """The stem, the four stages and, with ``kd``, the distillation head's neuron."""
+        """The stem, the four stages and, with ``kd``, the neuron that ``head_kd`` reads."""
         if len(embed_dim) != 3:
             raise ValueError(f"embed_dim needs three widths, got {tuple(embed_dim)}")
         for i, dim in enumerate(embed_dim):
             positive_int(f"embed_dim[{i}]", dim, minimum=2 if i == 0 else 1)
         positive_int("depth", depth)
         positive_int("mlp_ratio", mlp_ratio)
-        self.levels = levels
         self.num_features = self.head_hidden_size = embed_dim[-1]
 
         widths = (embed_dim[0] // 2, *embed_dim)
@@ -210,16 +220,15 @@ class SpikeDrivenTransformerV3Large(DistilledHeads, SpikingVisionModel):
             for i, (width, reduction) in enumerate(zip(widths, (2, 4, 8, 16), strict=True))
         ]
         self.build_distillation_head(kd)
-        # the spike counts 0..levels themselves (the authors' Multispike(norm=1))
-        self.head_kd_neuron = neuron(norm=1) if kd else None
+        self.head_kd_neuron = neuron() if kd else None
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """``[T, B, in_chans, H, W]`` -> the stem's output map (membranes, half the size)."""
         return self.stem(x)
 
     def head_kd_input(self, x: Tensor) -> Tensor:
-        """The integer spike counts of the pooled membranes ``x [T, B, C]`` that ``head``
-        reads."""
+        """The spikes (with integer neurons: the counts ``0..levels``) of the pooled membranes
+        ``x [T, B, C]`` that ``head`` reads."""
         return self.head_kd_neuron(x)
 
 

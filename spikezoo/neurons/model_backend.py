@@ -1,7 +1,8 @@
 """One neuron backend for a whole model: :func:`set_backend`, or :func:`use_backend` for a block.
 
 Every :class:`~spikezoo.neurons.MultiStepNeuron` inside the model gets the backend, whatever
-layer holds it::
+layer holds it (integer neurons, :class:`~spikezoo.neurons.IntegerNeuron`, are one elementwise
+op with no backends: a model of them only is left as it is)::
 
     spikezoo.neurons.set_backend(model, "torch")  # from now on
     with spikezoo.neurons.use_backend(model, "torch"):  # in this block only
@@ -17,6 +18,7 @@ from typing import TypeVar
 from torch import nn
 
 from spikezoo.neurons.backends import validate_backend
+from spikezoo.neurons.base import SpikingNeuron
 from spikezoo.neurons.modules import MultiStepNeuron
 
 __all__ = ["set_backend", "use_backend"]
@@ -27,13 +29,12 @@ ModelT = TypeVar("ModelT", bound=nn.Module)
 def _neurons(model: nn.Module) -> list[MultiStepNeuron]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    neurons = [module for module in model.modules() if isinstance(module, MultiStepNeuron)]
-    if not neurons:
+    if not any(isinstance(module, SpikingNeuron) for module in model.modules()):
         raise ValueError(
-            f"model must contain spikezoo neurons (MultiStepNeuron), got a "
+            f"model must contain spikezoo neurons (SpikingNeuron), got a "
             f"{type(model).__name__} without any"
         )
-    return neurons
+    return [module for module in model.modules() if isinstance(module, MultiStepNeuron)]
 
 
 def set_backend(model: ModelT, backend: str) -> ModelT:
