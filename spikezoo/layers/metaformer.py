@@ -169,7 +169,7 @@ class SpikingConvBlock(nn.Module):
 
     ::
 
-        x = x + SepConv(x)                                  # with separable=True
+        x = x + separable(x)                                # unless separable is None
         x = x + BN(conv3x3(LIF(BN(conv3x3(LIF(x))))))      # dim -> mlp_ratio*dim -> dim
 
     Args:

@@ -199,7 +199,7 @@ class SpikeDrivenTransformerV3Large(DistilledHeads, SpikingVisionModel):
 
         def conv_blocks(i: int, count: int) -> list[nn.Module]:
             return [
-                SpikingConvBlock(widths[i], mlp_ratio, neuron, separable=False, bias=True)
+                SpikingConvBlock(widths[i], mlp_ratio, neuron, separable=None, bias=True)
                 for _ in range(count)
             ]
 
