@@ -67,10 +67,10 @@ class SpikingPointwiseBlock(nn.Module):
     def __init__(self, dim: int, neuron: NeuronFactory, hidden_ratio: float = 1.0) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
-        self.neuron = neuron()
+        self.input_neuron = neuron()
         self.projection = PointwiseProjection(dim, dim, hidden_ratio)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, dim, H, W]`` -> same shape."""
         check_tbchw(x, self.dim, "SpikingPointwiseBlock")
-        return x + per_step(self.projection, self.neuron(x))
+        return x + per_step(self.projection, self.input_neuron(x))

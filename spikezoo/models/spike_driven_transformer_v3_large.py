@@ -244,7 +244,7 @@ _AUTHORS_BLOCK_PARTS: list[RenameRule] = [
     (r"\.layer_scale2$", ".mlp.layer_scale"),
     (r"\.mlp\.(fc[12])_conv\.", r".mlp.\1.0."),
     (r"\.mlp\.(fc[12])_bn\.", r".mlp.\1.1."),
-    (r"\.rep_conv\.", ".rep_conv.projection."),
+    (r"\.rep_conv\.(conv[12])\.", r".rep_conv.projection.\1."),
 ]
 
 # --- configurations ------------------------------------------------------------------------
