@@ -319,7 +319,7 @@ FAMILY = ModelFamily(
         ReferenceCount("sdt_v3_12_768", 171_740_714, {"kd": True}),
     ),
     tiny=TinyConfig(
-        "sdt_v3_12_512", dict(embed_dim=(16, 32, 32), depth=2, num_heads=2), shallow=dict(depth=1)
+        "sdt_v3_12_512", dict(embed_dim=(8, 16, 32), depth=2, num_heads=2), shallow=dict(depth=1)
     ),
     check_checkpoint=check_distillation_head,
 )
