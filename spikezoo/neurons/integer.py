@@ -162,7 +162,10 @@ class IntegerSpikes(Tensor):
 
     @classmethod
     def wrap(cls, spikes: Tensor, levels: int, norm: float) -> IntegerSpikes:
-        """``spikes`` (a tensor of values ``n / norm``) tagged with ``levels`` and ``norm``."""
+        """``spikes`` (a tensor of values ``n / norm``) tagged with ``levels`` and ``norm``;
+        a tensor tagged already is returned as it is."""
+        if isinstance(spikes, IntegerSpikes):
+            return spikes
         tagged = spikes.as_subclass(cls)
         tagged.levels, tagged.norm = levels, norm
         return tagged
@@ -185,7 +188,7 @@ class IntegerSpikes(Tensor):
         source = args[0] if args and isinstance(args[0], IntegerSpikes) else None
         if source is None or func not in _STRUCTURAL_OPS:
             return _plain(result)
-        return _retag(result, source.levels, source.norm)
+        return _retag(result, source)
 
     def __repr__(self) -> str:
         plain = self.as_subclass(Tensor)
@@ -203,9 +206,10 @@ def _plain(result: Any) -> Any:
     return result
 
 
-def _retag(result: Any, levels: int, norm: float) -> Any:
+def _retag(result: Any, source: IntegerSpikes) -> Any:
+    """``result`` tagged like ``source`` (with its class)."""
     if isinstance(result, Tensor):
-        return IntegerSpikes.wrap(result, levels, norm)
+        return type(source).wrap(result.as_subclass(Tensor), source.levels, source.norm)
     if isinstance(result, (tuple, list)):
-        return type(result)(_retag(item, levels, norm) for item in result)
+        return type(result)(_retag(item, source) for item in result)
     return result
