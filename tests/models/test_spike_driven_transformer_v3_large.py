@@ -7,9 +7,12 @@ import pytest
 import timm
 import torch
 
+from spikezoo.analysis import OpCounter
+from spikezoo.deploy import expand_to_binary
 from spikezoo.hub import convert_checkpoint
 from spikezoo.models import spike_driven_transformer_v3_large as large
 from spikezoo.neurons import IntegerNeuron
+from tests.deploy.test_binary import assert_counts_are_robust
 from tests.models.families import tiny
 from tests.reference import load_case
 
@@ -168,3 +171,35 @@ def test_a_kd_checkpoint_needs_a_kd_model():
     model = case.build(kd=False)
     with pytest.raises(ValueError, match="create the model with kd=True"):
         large.FAMILY.checkpoint_filter_fn(case.state, model)
+
+
+def _reference_model(name):
+    case = load_case(name)
+    model = case.build()
+    model.load_state_dict(large.FAMILY.checkpoint_filter_fn(case.state, model))
+    return model.eval(), case.tensors["input"], case.tensors["logits_eval"]
+
+
+@pytest.mark.parametrize("name", ["families/sdt3_large_tiny", "families/sdt3_base_tiny"])
+def test_the_binary_expansion_gives_the_reference_logits(name):
+    model, x, reference = _reference_model(name)
+    binary = expand_to_binary(model)
+    assert_counts_are_robust(model, binary, x)
+    with torch.no_grad():
+        torch.testing.assert_close(binary(x), reference, rtol=0, atol=1e-9)
+
+
+def test_the_integer_sop_count_equals_the_binary_expansions():
+    torch.manual_seed(0)
+    model = tiny(FAMILY, kd=True).double().eval()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64) * 2
+    binary = expand_to_binary(model)
+    assert_counts_are_robust(model, binary, x)
+    with torch.no_grad(), OpCounter(model) as integer, OpCounter(binary) as expanded:
+        model(x)
+        binary(x)
+    integer_layers, binary_layers = integer.report().layers, expanded.report().layers
+    assert len(integer_layers) == len(binary_layers)
+    for int_layer, bin_layer in zip(integer_layers, binary_layers, strict=True):
+        assert (int_layer.sops, int_layer.macs) == (bin_layer.sops, bin_layer.macs), int_layer.name
+    assert integer.report().sops == expanded.report().sops > 0
