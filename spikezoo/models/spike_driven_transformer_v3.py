@@ -99,7 +99,8 @@ class SpikeDrivenTransformerV3(SpikingVisionModel):
         num_heads: attention heads of every transformer block.
         mlp_ratio: hidden width of the conv blocks' 3x3 pair and of the MLPs, as a multiple
             of the width (4 in the authors' code).
-        levels: D, the most spikes one neuron fires in one step (4 in the released weights).
+        levels: D, the most spikes one neuron fires in one step (4 in the released weights),
+            for the default integer neurons; a ``neuron`` given sets its own.
     """
 
     feature_units = "stages"
