@@ -32,6 +32,8 @@ KEPT = {
     "spiking_resformer": 0,
     "spike_driven_transformer_v2": 64,
     "spike_driven_transformer_v3": 0,
+    # the BatchNorm after each attention projection's own last BatchNorm (2 blocks x q, k, v, proj)
+    "spike_driven_transformer_v3_large": 8,
 }
 
 
