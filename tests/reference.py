@@ -1,7 +1,8 @@
 """The authors' reference vectors (tests/data/reference, copied from shared/reference).
 
 Each file was produced by the authors' code in float64 with random weights; see
-``tests/data/reference/README.md`` (and ``v2/README.md`` for Meta-SpikeFormer).
+``tests/data/reference/README.md`` (``v2/README.md`` for Meta-SpikeFormer, ``families/README.md``
+for the later families).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -17,6 +19,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 import spikezoo  # noqa: F401  (registers the models)
+from spikezoo.layers import DropPath
 
 REFERENCE_DIR = Path(__file__).parent / "data" / "reference"
 CASES = (
@@ -38,6 +41,8 @@ CASES = (
     "families/qkformer_tiny",
     "families/qkformer_cifar_tiny",
     "families/qkformer_dvs_tiny",
+    "families/sdt3_large_tiny",
+    "families/sdt3_base_tiny",
 )
 
 #: The entry point that builds each file of ``families/`` (``shared/reference/families``).
@@ -116,6 +121,20 @@ class ReferenceCase:
                 depth=k["depths"],
                 time_steps=time_steps,
             )
+        if self._is_e_spikeformer_large:
+            k = c["kwargs"]
+            return "sdt_v3_12_512" if k["choice"] == "base" else "sdt_v3_12_768", dict(
+                img_size=k["img_size_h"],
+                num_classes=k["num_classes"],
+                embed_dim=k["embed_dim"],
+                depth=k["depths"],
+                num_heads=k["num_heads"],
+                time_steps=k["T"],
+                kd=k["kd"],
+                levels=c["integer_spike_levels"],
+                # the authors' default, whose draws the vectors hold (see build)
+                drop_path_rate=0.1,
+            )
         if self.name.startswith("v2/"):
             k = c["kwargs"]
             return "sdt_v2_8_384", dict(
@@ -157,9 +176,27 @@ class ReferenceCase:
             time_steps=c["T"],
         )
 
+    @property
+    def _is_e_spikeformer_large(self) -> bool:
+        return self.config.get("file", "").endswith("Model_Large/spikformer.py")
+
     def build(self, **overrides) -> torch.nn.Module:
         name, args = self.model_args()
-        return timm.create_model(name, **dict(args, **overrides)).double()
+        model = timm.create_model(name, **dict(args, **overrides)).double()
+        if self._is_e_spikeformer_large:
+            # the training-mode vectors were drawn with every stochastic-depth branch kept
+            for module in model.modules():
+                if isinstance(module, DropPath) and module.drop_prob > 0:
+                    module.forward = partial(_kept_branch, module)
+        return model
+
+
+def _kept_branch(module: DropPath, x: Tensor) -> Tensor:
+    """``module`` when its draw keeps the branch: in training ``x`` times ``1 / keep`` (as
+    timm's ``drop_path`` scales it), else ``x``."""
+    if not module.training:
+        return x
+    return x * (x.new_ones(()) / (1 - module.drop_prob))
 
 
 def _qkformer_args(config: dict) -> tuple[str, dict]:

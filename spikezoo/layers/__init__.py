@@ -43,6 +43,7 @@ from spikezoo.layers.metaformer import (
     SpikingTokenMLP,
 )
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
+from spikezoo.layers.pointwise import PointwiseProjection, SpikingPointwiseBlock
 from spikezoo.layers.qkformer import SEWPatchEmbedding, TokenQKAttention
 from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_keys
 from spikezoo.layers.sdsa import SDSA, dilate
@@ -72,6 +73,7 @@ __all__ = [
     "LoadsRenamedChildren",
     "NeuronFactory",
     "PerStep",
+    "PointwiseProjection",
     "RepConv",
     "SEWPatchEmbedding",
     "SepConv",
@@ -80,6 +82,7 @@ __all__ = [
     "SpikingHadamard",
     "SpikingMLP",
     "SpikingMatmul",
+    "SpikingPointwiseBlock",
     "SpikingSepConv",
     "SpikingSum",
     "SpikingTokenMLP",

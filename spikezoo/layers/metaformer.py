@@ -169,7 +169,7 @@ class SpikingConvBlock(nn.Module):
 
     ::
 
-        x = x + SepConv(x)
+        x = x + separable(x)                                # unless separable is None
         x = x + BN(conv3x3(LIF(BN(conv3x3(LIF(x))))))      # dim -> mlp_ratio*dim -> dim
 
     Args:
@@ -177,7 +177,9 @@ class SpikingConvBlock(nn.Module):
         mlp_ratio: hidden width of the 3x3 pair as a multiple of ``dim`` (4 in every model).
         neuron: factory of the spiking neurons.
         separable: the separable convolution's class, called ``separable(dim, neuron=neuron)``
-            (E-SpikeFormer: :class:`~spikezoo.layers.SpikingSepConv`).
+            (E-SpikeFormer: :class:`~spikezoo.layers.SpikingSepConv`); ``None``: no separable
+            branch (E-SpikeFormer's large models).
+        bias: give the 3x3 convolutions a bias (E-SpikeFormer's large models do).
     """
 
     def __init__(
@@ -185,18 +187,20 @@ class SpikingConvBlock(nn.Module):
         dim: int,
         mlp_ratio: int = 4,
         neuron: NeuronFactory = SDT_NEURON,
-        separable: Callable[..., nn.Module] = SepConv,
+        separable: Callable[..., nn.Module] | None = SepConv,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
         hidden = dim * positive_int("mlp_ratio", mlp_ratio)
-        self.sep_conv = separable(dim, neuron=neuron)
-        self.conv1 = ConvBN(dim, hidden, 3, neuron=neuron)
-        self.conv2 = ConvBN(hidden, dim, 3, neuron=neuron)
+        self.sep_conv = separable(dim, neuron=neuron) if separable is not None else None
+        self.conv1 = ConvBN(dim, hidden, 3, bias=bias, neuron=neuron)
+        self.conv2 = ConvBN(hidden, dim, 3, bias=bias, neuron=neuron)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, dim, H, W]`` -> same shape."""
-        x = x + self.sep_conv(x)
+        if self.sep_conv is not None:
+            x = x + self.sep_conv(x)
         return x + self.conv2(self.conv1(x))
 
 
@@ -208,7 +212,7 @@ class LinearSpikingAttention(SpikingAttention):
 
         q, k, v = LIF(P_q(s)), LIF(P_k(s)), LIF(P_v(s))     # [T, B, heads, N, d] spikes
         out = LIF_0.5((q @ (k^T @ v)) * scale)              # k^T @ v: [T, B, heads, d, d]
-        return x + P_proj(out)
+        return x + gamma * P_proj(out)                      # gamma: layer scale (or 1)
 
     ``k^T @ v`` first keeps the cost linear in N (no ``N x N`` tensor). The two products go
     through :class:`~spikezoo.layers.SpikingMatmul`, so the operation counter sees them.
@@ -217,9 +221,14 @@ class LinearSpikingAttention(SpikingAttention):
         dim: channels C.
         num_heads: attention heads; must divide ``dim``.
         scale: factor on ``q @ (k^T @ v)`` (the authors' 0.125 for every width).
-        attn_threshold: firing threshold of the attention neuron (0.5).
+        attn_threshold: firing threshold of the attention neuron (0.5); ``None``: the
+            neuron's own.
         neuron: factory of the spiking neurons.
         drop_path: stochastic depth of the residual branch, in ``[0, 1)``.
+        projection: builds ``P`` for a width: a per-frame module ``[N, dim, H, W]`` -> same
+            shape (default ``BN(RepConv(x))``, Meta-SpikeFormer's).
+        layer_scale: initial value of the learnable per-channel scale ``gamma`` on the
+            branch (E-SpikeFormer's large models: 1e-6); ``None``: no scale.
     """
 
     head_layout = MappingProxyType(
@@ -238,26 +247,30 @@ class LinearSpikingAttention(SpikingAttention):
         dim: int,
         num_heads: int = 8,
         scale: float = 0.125,
-        attn_threshold: float = 0.5,
+        attn_threshold: float | None = 0.5,
         neuron: NeuronFactory = SDT_NEURON,
         drop_path: float = 0.0,
+        projection: Callable[[int], nn.Module] | None = None,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
         self.num_heads = positive_int("num_heads", num_heads)
         divides("num_heads", self.num_heads, "dim", self.dim)
         self.scale = scale
+        projection = projection or _projection
         self.shortcut_lif = neuron()
-        self.q = _projection(dim)
+        self.q = projection(dim)
         self.q_lif = neuron()
-        self.k = _projection(dim)
+        self.k = projection(dim)
         self.k_lif = neuron()
-        self.v = _projection(dim)
+        self.v = projection(dim)
         self.v_lif = neuron()
         self.kv_matmul = SpikingMatmul()
         self.q_matmul = SpikingMatmul()
-        self.attn_lif = neuron(v_threshold=attn_threshold)
-        self.proj = _projection(dim)
+        self.attn_lif = neuron() if attn_threshold is None else neuron(v_threshold=attn_threshold)
+        self.proj = projection(dim)
+        self.layer_scale = _layer_scale(dim, layer_scale)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -280,7 +293,7 @@ class LinearSpikingAttention(SpikingAttention):
         )
         out = self.q_matmul(q, self.kv_matmul(k.transpose(-2, -1), v)) * self.scale
         out = self.attn_lif(rearrange(out, "t b heads (h w) d -> t b (heads d) h w", h=height))
-        return x + self.drop_path(per_step(self.proj, out))
+        return x + self.drop_path(_scaled(per_step(self.proj, out), self.layer_scale))
 
     def extra_repr(self) -> str:
         """The head count and scale, for ``print(module)``."""
@@ -292,19 +305,31 @@ def _projection(dim: int) -> nn.Sequential:
     return nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim))
 
 
+def _layer_scale(dim: int, init: float | None) -> nn.Parameter | None:
+    """A learnable per-channel scale ``[dim]`` starting at ``init``; ``None`` without one."""
+    return None if init is None else nn.Parameter(torch.full((dim,), float(init)))
+
+
+def _scaled(branch: Tensor, layer_scale: Tensor | None) -> Tensor:
+    """``branch [T, B, C, H, W]`` times the per-channel ``layer_scale [C]`` (if any)."""
+    return branch if layer_scale is None else branch * layer_scale.view(-1, 1, 1)
+
+
 class SpikingTokenMLP(nn.Module):
     """Meta-SpikeFormer's MLP over the ``N = H*W`` tokens, residual.
 
     ``[T, B, dim, H, W]`` -> same shape::
 
-        h = BN1d(fc1(LIF(x)))           # dim -> hidden_dim, per token (Conv1d with bias)
-        return x + BN1d(fc2(LIF(h)))    # back to dim
+        h = BN1d(fc1(LIF(x)))                   # dim -> hidden_dim, per token (Conv1d with bias)
+        return x + gamma * BN1d(fc2(LIF(h)))    # back to dim; gamma: layer scale (or 1)
 
     Args:
         dim: channels.
         hidden_dim: hidden width (default ``4 * dim``).
         neuron: factory of the spiking neurons.
         drop_path: stochastic depth of the residual branch, in ``[0, 1)``.
+        layer_scale: initial value of a learnable per-channel scale on the branch
+            (E-SpikeFormer's large models: 1e-6); ``None``: no scale.
     """
 
     def __init__(
@@ -313,6 +338,7 @@ class SpikingTokenMLP(nn.Module):
         hidden_dim: int | None = None,
         neuron: NeuronFactory = SDT_NEURON,
         drop_path: float = 0.0,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
@@ -321,6 +347,7 @@ class SpikingTokenMLP(nn.Module):
         self.fc1 = nn.Sequential(nn.Conv1d(dim, hidden_dim, 1), nn.BatchNorm1d(hidden_dim))
         self.fc2_lif = neuron()
         self.fc2 = nn.Sequential(nn.Conv1d(hidden_dim, dim, 1), nn.BatchNorm1d(dim))
+        self.layer_scale = _layer_scale(dim, layer_scale)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -330,4 +357,5 @@ class SpikingTokenMLP(nn.Module):
         tokens = rearrange(x, "t b c h w -> t b c (h w)")
         tokens = per_step(self.fc1, self.fc1_lif(tokens))
         tokens = per_step(self.fc2, self.fc2_lif(tokens))
-        return x + self.drop_path(rearrange(tokens, "t b c (h w) -> t b c h w", h=height))
+        branch = rearrange(tokens, "t b c (h w) -> t b c h w", h=height)
+        return x + self.drop_path(_scaled(branch, self.layer_scale))

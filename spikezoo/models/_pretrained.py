@@ -6,7 +6,12 @@ from collections.abc import Callable, Mapping
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, resolve_pretrained_cfg
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_pretrained_cfg,
+    resolve_pretrained_cfg,
+)
 from torch import Tensor, nn
 
 from spikezoo.neurons import use_backend
@@ -18,6 +23,7 @@ __all__ = [
     "build_spiking_model",
     "check_finite_forward",
     "spikezoo_default_cfgs",
+    "weights_model_args",
 ]
 
 #: ImageNet-1k evaluation as both authors' scripts do it (timm loader, bicubic, crop 0.95), T=4.
@@ -71,6 +77,10 @@ def build_spiking_model(
     freshly downloaded authors' file must also give finite outputs in one forward pass
     (:func:`check_finite_forward`) before it is kept in spikezoo's cache.
     """
+    for name, value in weights_model_args(
+        variant, pretrained, kwargs.get("pretrained_cfg")
+    ).items():
+        kwargs.setdefault(name, value)
     if isinstance(kwargs.get("pretrained_cfg"), dict):
         kwargs["pretrained_cfg"] = SpikingPretrainedCfg(**kwargs["pretrained_cfg"])
     build = dict(
@@ -96,6 +106,36 @@ def build_spiking_model(
             module.pretrained_cfg.pop("state_dict", None)
             module.pretrained_cfg["source"] = cfg.source
     return model
+
+
+def weights_model_args(variant: str, pretrained: bool, pretrained_cfg: object) -> dict:
+    """The architecture arguments (a cfg's ``model_args``) of the weights an entry point is
+    asked for: those of the tag that ``pretrained_cfg`` names (a tag, or a cfg or a cfg's dict,
+    such as a ``config.json`` export's, with their own ``model_args`` or a ``tag``), or with
+    ``pretrained=True`` and no ``pretrained_cfg``, of ``variant``'s default tag; none when no
+    weights are asked for.
+
+    Weights of the same shapes can need other arguments (E-SpikeFormer's 1x4 and 1x8 spike
+    levels), so they come from the tag's cfg, never from the checkpoint.
+    """
+    if pretrained_cfg is None:
+        if not pretrained:
+            return {}
+        registered = get_pretrained_cfg(variant)
+    elif isinstance(pretrained_cfg, str):
+        registered = get_pretrained_cfg(f"{variant}.{pretrained_cfg}")
+    else:
+        if isinstance(pretrained_cfg, Mapping):
+            own, tag = pretrained_cfg.get("model_args"), pretrained_cfg.get("tag")
+        else:
+            own = getattr(pretrained_cfg, "model_args", None)
+            tag = getattr(pretrained_cfg, "tag", None)
+        if own is not None:
+            return dict(own)
+        if not tag:
+            return {}
+        registered = get_pretrained_cfg(f"{variant}.{tag}")
+    return dict(getattr(registered, "model_args", None) or {})
 
 
 def check_finite_forward(model: nn.Module, what: str) -> None:

@@ -48,6 +48,7 @@ FAMILIES: tuple[str, ...] = (
     "spikezoo.models.spikformer",
     "spikezoo.models.spikingformer",
     "spikezoo.models.qkformer",
+    "spikezoo.models.spike_driven_transformer_v3_large",
 )
 
 

@@ -11,9 +11,8 @@ gradients (see ``tests/models``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import torch
 from timm.layers import calculate_drop_path_rates
 from timm.models import register_model
 from torch import Tensor, nn
@@ -28,6 +27,7 @@ from spikezoo.layers import (
 )
 from spikezoo.models._base import SpikingVisionModel
 from spikezoo.models._checkpoint import RenameRule
+from spikezoo.models._distillation import DistilledHeads, check_distillation_head
 from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig, rename_passes
 from spikezoo.models._pretrained import IMAGENET_CFG, spikezoo_default_cfgs
 from spikezoo.weights import AuthorsFile
@@ -61,7 +61,7 @@ class Block(nn.Module):
         return self.mlp(self.attn(x))
 
 
-class SpikeDrivenTransformerV2(SpikingVisionModel):
+class SpikeDrivenTransformerV2(DistilledHeads, SpikingVisionModel):
     """Meta-SpikeFormer (Spike-driven Transformer V2).
 
     Stem: 7x7 stride-2 conv + BN on the pixels. Five feature stages (``stages``), each opened
@@ -95,7 +95,6 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
     paper = "spike_driven_transformer"
     init_layer_types = (nn.Linear,)
     size_multiple = 16
-    head_kd: nn.Module | None
 
     def build_features(
         self,
@@ -140,40 +139,11 @@ class SpikeDrivenTransformerV2(SpikingVisionModel):
             dict(num_chs=width, reduction=reduction, module=f"stages.{i}")
             for i, (width, reduction) in enumerate(zip(widths, (2, 4, 8, 16, 16), strict=True))
         ]
-        self.head_kd = None
-        self.classifier_names = ("head", "head_kd") if kd else ("head",)
-        self.distilled_training = kd
+        self.build_distillation_head(kd)
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """``[T, B, in_chans, H, W]`` -> the stem's output map (membranes, half the size)."""
         return self.stem(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """``[T, B, C, H, W]`` -> logits ``[B, K]`` (``[T, B, K]`` with ``per_step_logits``).
-
-        With ``kd``: ``(logits, logits_kd)`` in training (unless ``set_distilled_training``
-        turned it off), the mean of both heads otherwise.
-        """
-        if self.head_kd is None or pre_logits:
-            return super().forward_head(x, pre_logits)
-        with self._compaction():
-            x = self.head_input(x)
-            logits, logits_kd = self.head(x), self.head_kd(x)
-        if not self.per_step_logits:
-            logits, logits_kd = logits.mean(0), logits_kd.mean(0)
-        if self.training and self.distilled_training:
-            return logits, logits_kd
-        return (logits + logits_kd) / 2
-
-    @torch.jit.ignore
-    def set_distilled_training(self, enable: bool = True) -> None:
-        """With ``kd``: whether training-mode calls return both heads (the default) or their mean.
-
-        Raises ``ValueError`` on a model built without ``kd``.
-        """
-        if self.head_kd is None:
-            raise ValueError("set_distilled_training needs a model built with kd=True")
-        self.distilled_training = enable
 
 
 # --- the authors' checkpoints --------------------------------------------------------------
@@ -210,21 +180,6 @@ _AUTHORS_BLOCK_PARTS: list[RenameRule] = [
 ]
 
 
-def _check_distillation_head(state_dict: Mapping[str, Tensor], model: nn.Module) -> None:
-    """Raise ``ValueError`` when the checkpoint has a distillation head and the model not (or
-    the reverse): build it with ``kd=True`` (``kd=False``)."""
-    has_kd = any(k.startswith("head_kd.") for k in state_dict)
-    if has_kd != (model.head_kd is not None):
-        raise ValueError(
-            "the checkpoint "
-            + (
-                "has the distillation head head_kd: create the model with kd=True"
-                if has_kd
-                else "has no distillation head head_kd: create the model with kd=False"
-            )
-        )
-
-
 # --- configurations ------------------------------------------------------------------------
 
 _DEFAULTS = dict(
@@ -251,6 +206,7 @@ default_cfgs = spikezoo_default_cfgs(
         "sdt_v2_8_384.in1k": dict(notes=_NOT_RELEASED),
         f"sdt_v2_8_512.{_KD_TAG}": dict(
             classifier=("head", "head_kd"),
+            model_args=dict(kd=True),
             top1=80.0,
             # main_finetune.py checkpoints ({"model": ..., "args": Namespace, ...}) in one
             # Google Drive folder, to be downloaded by hand
@@ -292,19 +248,8 @@ FAMILY = ModelFamily(
         dict(embed_dims=(8, 16, 32, 40), num_heads=2),
         shallow=None,  # always 6 + 2 transformer blocks (the authors' code)
     ),
-    check_checkpoint=_check_distillation_head,
+    check_checkpoint=check_distillation_head,
 )
-
-
-def _built_for_kd_weights(pretrained: bool, pretrained_cfg: object) -> bool:
-    """Whether ``sdt_v2_8_512`` is asked for the ``in1k_kd`` weights (its default tag)."""
-    if isinstance(pretrained_cfg, str):
-        return pretrained_cfg == _KD_TAG
-    if isinstance(pretrained_cfg, Mapping):
-        return pretrained_cfg.get("tag") == _KD_TAG
-    if pretrained_cfg is not None:
-        return getattr(pretrained_cfg, "tag", None) == _KD_TAG
-    return pretrained
 
 
 @register_model
@@ -321,8 +266,7 @@ def sdt_v2_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformerV2
     ``kd`` defaults to ``True`` for the ``in1k_kd`` weights (``"sdt_v2_8_512.in1k_kd"``, or
     ``pretrained=True`` without a tag).
     """
-    kd = _built_for_kd_weights(pretrained, kwargs.get("pretrained_cfg"))
-    args = dict(embed_dims=(128, 256, 512, 640), kd=kd)
+    args = dict(embed_dims=(128, 256, 512, 640))
     return FAMILY.create("sdt_v2_8_512", pretrained, **dict(args, **kwargs))
 
 

@@ -26,6 +26,10 @@ class SpikingPretrainedCfg(PretrainedCfg):
     #: where the authors published these weights; ``None`` where they released none. A dict
     #: (a cfg read back from ``model.pretrained_cfg`` or JSON) becomes an :class:`AuthorsFile`.
     authors_file: AuthorsFile | None = None
+    #: architecture arguments these weights need that their shapes do not show (e.g.
+    #: ``kd=True``, or the integer spike levels); entry points built for these weights get
+    #: them unless the caller passes their own (``spikezoo.models._pretrained.weights_model_args``).
+    model_args: dict | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.authors_file, dict):

@@ -35,6 +35,8 @@ KEPT = {
     "spikformer": 0,
     "spikingformer": 0,
     "qkformer": 0,
+    # the BatchNorm after each attention projection's own last BatchNorm (2 blocks x q, k, v, proj)
+    "spike_driven_transformer_v3_large": 8,
 }
 
 

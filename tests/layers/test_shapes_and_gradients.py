@@ -17,15 +17,24 @@ from spikezoo.layers import (
     Downsample,
     DropPath,
     LinearSpikingAttention,
+    PointwiseProjection,
     RepConv,
     SepConv,
     SEWPatchEmbedding,
     SpikingConvBlock,
     SpikingMLP,
+    SpikingPointwiseBlock,
     SpikingTokenMLP,
     TokenQKAttention,
 )
+from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
+
+
+def _pointwise_projected(dim):
+    """E-SpikeFormer large's attention projection: BN(two pointwise conv + BN)."""
+    return torch.nn.Sequential(PointwiseProjection(dim, dim), torch.nn.BatchNorm2d(dim))
+
 
 # (layer factory, input shape, output shape)
 LAYERS = {
@@ -62,6 +71,30 @@ LAYERS = {
         lambda: SEWPatchEmbedding(8, (16, 16), (True, False)),
         (2, 1, 8, 6, 10),
         (2, 1, 16, 3, 5),
+    ),
+    "plain_conv_block": (
+        lambda: SpikingConvBlock(8, separable=None, bias=True),
+        (2, 2, 8, 5, 7),
+        (2, 2, 8, 5, 7),
+    ),
+    "scaled_linear_attention": (
+        lambda: LinearSpikingAttention(
+            16, 4, attn_threshold=None, projection=_pointwise_projected, layer_scale=0.5
+        ),
+        (1, 2, 16, 5, 7),
+        (1, 2, 16, 5, 7),
+    ),
+    "scaled_token_mlp": (
+        lambda: SpikingTokenMLP(16, 32, layer_scale=0.5),
+        (2, 2, 16, 5, 7),
+        (2, 2, 16, 5, 7),
+    ),
+    "pointwise_projection": (lambda: PointwiseProjection(8, 16), (2, 8, 5, 7), (2, 16, 5, 7)),
+    "pointwise_tokens": (lambda: PointwiseProjection(8, 4, 1.0), (3, 8, 35), (3, 4, 35)),
+    "pointwise_block": (
+        lambda: SpikingPointwiseBlock(16, SDT_NEURON),
+        (2, 2, 16, 5, 7),
+        (2, 2, 16, 5, 7),
     ),
 }
 
@@ -138,6 +171,11 @@ def test_sdsa_key_value_neuron_fires_at_half():
             r"Downsample expects input \[T, B, C, H, W\], got shape \(2, 16, 4, 4\)",
         ),
         (lambda: Downsample(16, 32), (1, 2, 8, 4, 4), "Downsample expects C=16 channels, got 8"),
+        (
+            lambda: SpikingPointwiseBlock(16, SDT_NEURON),
+            (1, 2, 8, 4, 4),
+            "SpikingPointwiseBlock expects C=16 channels, got 8",
+        ),
     ],
 )
 def test_bad_input_names_the_numbers(make, shape, message):
@@ -181,6 +219,11 @@ def test_bad_input_names_the_numbers(make, shape, message):
         (lambda: ConvBN(16, 8, kernel_size=0), "kernel_size must be an integer >= 1, got 0"),
         (lambda: ConvBN(16, 8, padding=-1), "padding must be an integer >= 0, got -1"),
         (lambda: DropPath(1.0), r"drop_prob must be a number in \[0, 1\), got 1.0"),
+        (lambda: PointwiseProjection(8, 8, 0), "hidden_ratio must be positive, got 0"),
+        (
+            lambda: PointwiseProjection(1, 8, 0.5),
+            r"int\(in_chans \* hidden_ratio\) must be an integer >= 1, got 0",
+        ),
     ],
 )
 def test_bad_configuration_names_the_numbers(make, message):
@@ -221,3 +264,16 @@ def test_bn_and_pad_fills_the_border_with_the_bn_of_zero_from_running_statistics
     layer.eval()
     with torch.no_grad():
         torch.testing.assert_close(layer(x), bn(F.pad(x, [1, 1, 1, 1])))
+
+
+@pytest.mark.parametrize("make", [SpikingTokenMLP, LinearSpikingAttention])
+def test_a_layer_scale_multiplies_the_residual_branch(make):
+    x = torch.randn(2, 2, 16, 3, 3) * 3
+    layer = make(16, layer_scale=0.0)
+    assert layer.layer_scale.shape == (16,)
+    assert layer(x).equal(x)
+    with torch.no_grad():
+        layer.layer_scale.fill_(1.0)
+    unscaled = make(16)
+    unscaled.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "layer_scale"})
+    torch.testing.assert_close(layer(x), unscaled(x), rtol=0, atol=0)

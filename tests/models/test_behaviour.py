@@ -329,8 +329,9 @@ def test_a_full_size_model_built_on_meta_allocates_nothing_elsewhere(family):
     with _Allocations() as allocations:
         model = timm.create_model(tiny_family(family).entry_point, device="meta")
     assert all(t.is_meta for t in [*model.parameters(), *model.buffers()])
-    # timm's drop-path schedule (Meta-SpikeFormer) is 8 floats on the CPU; nothing else is
-    assert sum(allocations.storages.values()) <= 8 * 4
+    # timm's drop-path schedule is up to 12 floats on the CPU (Meta-SpikeFormer 8, E-SpikeFormer
+    # large 12); nothing else is
+    assert sum(allocations.storages.values()) <= 12 * 4
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

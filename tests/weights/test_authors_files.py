@@ -17,9 +17,22 @@ def _tags_with_authors_files() -> dict[str, AuthorsFile]:
 def test_the_released_weights_are_the_tags_with_authors_files():
     authors = _tags_with_authors_files()
     downloadable = sorted(tag for tag, file in authors.items() if file.drive_id)
+    e_spikeformer_large = [
+        f"sdt_v3_12_{width}.in1k_{levels}"
+        for width, levels in [
+            (512, "1x4"),
+            (512, "1x8"),
+            (768, "1x4"),
+            (768, "1x8"),
+            (768, "1x8_384"),
+        ]
+    ]
     assert downloadable == sorted(
-        [f"sdt_{size}.in1k" for size in ("8_384", "6_512", "8_512", "10_512", "8_768")]
-        + [f"sdt_v3_{size}.in1k" for size in ("s", "m", "l")]
+        [
+            *(f"sdt_{size}.in1k" for size in ("8_384", "6_512", "8_512", "10_512", "8_768")),
+            *(f"sdt_v3_{size}.in1k" for size in "sml"),  # E-SpikeFormer base
+            *e_spikeformer_large,
+        ]
     )
     by_hand = sorted(tag for tag, file in authors.items() if not file.drive_id)
     resformers = [f"spikingresformer_{size}.in1k" for size in ("ti", "s", "m", "l")]
