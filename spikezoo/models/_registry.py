@@ -45,10 +45,10 @@ FAMILIES: tuple[str, ...] = (
     "spikezoo.models.spiking_resformer",
     "spikezoo.models.spike_driven_transformer_v2",
     "spikezoo.models.spike_driven_transformer_v3",
+    "spikezoo.models.spike_driven_transformer_v3_large",
     "spikezoo.models.spikformer",
     "spikezoo.models.spikingformer",
     "spikezoo.models.qkformer",
-    "spikezoo.models.spike_driven_transformer_v3_large",
 )
 
 
