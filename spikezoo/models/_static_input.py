@@ -75,25 +75,27 @@ def _norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def _run_one_step(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """Forward pre-hook: a time-constant ``[T, B, ...]`` input becomes its first step."""
     x = args[0]
-    if not (isinstance(x, Tensor) and is_time_constant(x)):
-        return None
-    for m in (module, *_norms(module)):
-        setattr(m, _REPEATS, x.shape[0])
-    return (x[:1], *args[1:])
+    constant = isinstance(x, Tensor) and is_time_constant(x)
+    # a call that raised between the hooks left its state behind: not for this call
+    stale = module.__dict__.get(_REPEATS) is not None
+    if constant or stale:
+        for m in (module, *_norms(module)):
+            m.__dict__[_REPEATS] = x.shape[0] if constant else None
+    return (x[:1], *args[1:]) if constant else None
 
 
 def _expand_over_time(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
     """Forward hook: the one-step output ``[1, B, ...]`` expanded to ``[T, B, ...]``."""
-    if _REPEATS not in module.__dict__:
+    repeats = module.__dict__.get(_REPEATS)
+    if repeats is None:
         return None
-    repeats = module.__dict__.pop(_REPEATS)
-    for norm in _norms(module):
-        norm.__dict__.pop(_REPEATS, None)
+    for m in (module, *_norms(module)):
+        m.__dict__[_REPEATS] = None
     return output.expand(repeats, *output.shape[1:])
 
 
 def _updates_running_stats(norm: nn.modules.batchnorm._BatchNorm) -> bool:
-    return norm.training and norm.track_running_stats and _REPEATS in norm.__dict__
+    return norm.training and norm.track_running_stats and norm.__dict__.get(_REPEATS) is not None
 
 
 def _remember_running_stats(norm: nn.modules.batchnorm._BatchNorm, args: tuple) -> None:
@@ -116,7 +118,7 @@ def _update_running_stats_for_all_steps(
     running_mean, running_var = norm.__dict__.pop(_BEFORE)
     x = args[0]
     var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], correction=0)
-    count = x.numel() // x.shape[1] * getattr(norm, _REPEATS)
+    count = x.numel() // x.shape[1] * norm.__dict__[_REPEATS]
     # momentum None: the cumulative average, over num_batches_tracked (just advanced)
     momentum = norm.momentum
     factor = 1.0 / float(norm.num_batches_tracked) if momentum is None else momentum

@@ -159,3 +159,22 @@ def test_set_static_encoding_takes_a_bool():
     model = tiny(FAMILY_NAMES[0])
     with pytest.raises(TypeError, match="enable must be True or False, got str"):
         model.set_static_encoding("no")
+
+
+def test_a_call_that_raised_leaves_no_state_behind():
+    model, plain = _twins(CHEAP_FAMILY, train=True)
+    x = image(model).double()
+    stem = model.get_submodule(model.static_stem[0])
+    # raises after the stem ran on one step, before its output is expanded
+    handle = stem.register_forward_hook(lambda *args: 1 / 0, prepend=True)
+    with pytest.raises(ZeroDivisionError):
+        model(x)
+    handle.remove()
+    plain.load_state_dict(model.state_dict())
+    frames = torch.stack([x, 2.0 * x, 0.5 * x], dim=1)  # the next call: 3 frames, every step
+    with torch.no_grad():
+        torch.testing.assert_close(model(frames), plain(frames), rtol=0, atol=0)
+    for (key, value), other in zip(
+        model.state_dict().items(), plain.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(value, other, rtol=0, atol=0, msg=key)
