@@ -16,6 +16,7 @@ from torch import Tensor
 from whole_models.agreement import check_agreement
 from whole_models.calls import make_call
 from whole_models.roofline import layer_profile, machine_limits
+from whole_models.share import available, time_outside_conv_matmul
 from whole_models.zoo import MODELS, TASKS, ModelSpec, Runner, build_runners, build_weights
 
 PACKAGES = ("spikezoo-vit", "timm", "spikingjelly", "cupy-cuda12x", "cupy-cuda13x")
@@ -118,9 +119,12 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, device: torch.device)
                 for name, timing in timings.items()
                 if args.memory and timing.measurement is not None
             }
-            variants.append(
-                dict(task=task, dtype=dtype, mode=mode, results=_variant_result(timings, peaks))
-            )
+            results = _variant_result(timings, peaks)
+            if mode == "eager" and available(device):
+                for name, timing in timings.items():
+                    if timing.measurement is not None:
+                        results[name]["profile"] = time_outside_conv_matmul(calls[name])
+            variants.append(dict(task=task, dtype=dtype, mode=mode, results=results))
             all_timings.append(timings)
     print(compare(all_timings), flush=True)
     profile = {}

@@ -13,7 +13,8 @@ MiB = 2**20
 
 TIMING_HEADER = [
     "implementation", "dtype", "mode", "task", "ms per call (min-max)", "images/s",
-    "speedup of spikezoo", "peak MiB", "spikezoo memory ratio", "first call s",
+    "speedup of spikezoo", "peak MiB", "spikezoo memory ratio", "outside conv/matmul",
+    "first call s",
 ]  # fmt: skip
 LAYER_HEADER = [
     "layer", "type", "ms", "GFLOP", "MB moved", "GFLOP/s", "GB/s", "bound", "fraction of roof",
@@ -36,6 +37,19 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _share(entry: dict) -> str:
+    return f"{entry['profile']['share_outside']:.0%}" if "profile" in entry else "-"
+
+
+def _spikezoo_shares(model: dict) -> list[str]:
+    """``"<task> <dtype>: <share>"`` for spikezoo's profiled (eager) rows."""
+    return [
+        f"{v['task']} {v['dtype']} {_share(v['results']['spikezoo'])}"
+        for v in model["variants"]
+        if "profile" in v["results"].get("spikezoo", {})
+    ]
+
+
 def _diff(verdict: dict) -> str:
     if verdict["max_abs_logit_diff"] is None:
         return f"failed: {verdict.get('error', '')}"
@@ -52,7 +66,7 @@ def _timing_rows(model: dict) -> list[list[str]]:
                 [
                     *(name, variant["dtype"], variant["mode"], variant["task"], _ms(entry), rate),
                     *(_ratio(entry.get("speedup_of_spikezoo")), _mib(entry)),
-                    *(_ratio(entry.get("spikezoo_memory_ratio")), first),
+                    *(_ratio(entry.get("spikezoo_memory_ratio")), _share(entry), first),
                 ]
             )
     return rows
@@ -97,13 +111,23 @@ def markdown(report: dict) -> str:
         f"{settings['repeats']} interleaved rounds, milliseconds per call (min-max). Speedup: "
         "the peer's median / spikezoo's (above 1: spikezoo is faster). Memory: peak MiB "
         f"allocated during one call above what was live before it ({settings['memory_method']}); "
-        "ratio = spikezoo / peer.",
+        "ratio = spikezoo / peer. Outside conv/matmul (eager rows, CPU): the share of one "
+        "profiled call's wall time spent outside the outermost `aten` convolution and "
+        "`mm`/`bmm`/`addmm` operators, their backward included (`torch.profiler`; the "
+        "profiler's cost per operator counts as outside).",
         "",
     ]
     for model in report["models"]:
         size = model["img_size"]
         lines += [f"### {model['model']} ({size}x{size}, batch {model['batch']})", ""]
         lines += [table(TIMING_HEADER, _timing_rows(model)), ""]
+        shares = _spikezoo_shares(model)
+        if shares:
+            lines += [
+                "Time outside convolutions and matmuls, spikezoo (eager): " + ", ".join(shares)
+                + ".",
+                "",
+            ]  # fmt: skip
         lines += ["Agreement with spikezoo (float32, eval, the benchmark input):", ""]
         agreement = [
             [name, _diff(v), str(v["spikes"]), str(v["same_spikes"]), str(v["agree"])]

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from spikezoo import _checks
 from spikezoo.layers import NeuronFactory, freeze_firing_rates
 from spikezoo.layers.defaults import neuron_factory
+from spikezoo.models._static_input import encode_static_input_once
 from spikezoo.neurons import SpikingNeuron
 from spikezoo.neurons.saved_spikes import compact_saved_spikes
 
@@ -107,8 +108,14 @@ class SpikingVisionModel(nn.Module):
     #: whether the feature units are stages of blocks (``units.<stage>.<block>``) rather than
     #: blocks, for :meth:`group_matcher`
     units_are_stages: ClassVar[bool] = True
+    #: the stem's leading modules that act on each step alone (convolution, BatchNorm, pooling:
+    #: no neuron), by attribute path in the order :meth:`forward_stem` runs them; for a static
+    #: image they run once and their output is broadcast over T (see :meth:`set_static_encoding`)
+    static_stem: ClassVar[tuple[str, ...]] = ()
     #: Keep the spikes saved for backward as bits (see :meth:`set_spike_compaction`).
     spike_compaction: bool = True
+    #: Run :attr:`static_stem` once for a static image (see :meth:`set_static_encoding`).
+    static_encoding: bool = True
     #: the linear heads (timm's cfg ``classifier``): ``head``, with extra ones in some families
     classifier_names: tuple[str, ...] = ("head",)
     #: H and W must be multiples of this number
@@ -154,6 +161,7 @@ class SpikingVisionModel(nn.Module):
             for name in self.classifier_names:
                 setattr(self, name, self._make_head(self.num_features, num_classes))
             self.apply(partial(trunc_normal_init, layer_types=self.init_layer_types))
+        encode_static_input_once(self, self.static_stem)
         if dtype is not None:
             self.to(dtype=dtype)
 
@@ -168,12 +176,22 @@ class SpikingVisionModel(nn.Module):
     def to_time_major(self, x: Tensor) -> Tensor:
         """``[B, C, H, W]`` (repeated ``time_steps`` times) or ``[B, T, C, H, W]`` -> time-major.
 
-        Raises ``ValueError`` for another shape, channel count or size, and ``TypeError`` for
-        an integer image.
+        A static image becomes an expanded view (stride 0 along T, no copy) where
+        :attr:`static_stem` runs it once, else a copy per step. Raises ``ValueError`` for
+        another shape, channel count or size, and ``TypeError`` for an integer image.
         """
         return time_major_input(
-            x, self.in_chans, self.time_steps, self.size_multiple, type(self).__name__
+            x,
+            self.in_chans,
+            self.time_steps,
+            self.size_multiple,
+            type(self).__name__,
+            expand=self._encodes_static_input_once(),
         )
+
+    def _encodes_static_input_once(self) -> bool:
+        # torch.compile traces every step (the hooks' per-call state would break its graph)
+        return bool(self.static_stem) and self.static_encoding and not torch.compiler.is_compiling()
 
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` for a size the network cannot divide evenly."""
@@ -378,6 +396,20 @@ class SpikingVisionModel(nn.Module):
             )
         self.spike_compaction = enable
 
+    @torch.jit.ignore
+    def set_static_encoding(self, enable: bool = True) -> None:
+        """Run the stem's time-independent part (:attr:`static_stem`) once for a static image
+        and broadcast its output over the T steps (on by default): the same outputs, gradients
+        and BatchNorm statistics, to rounding, as running it on every step (``False``).
+
+        Raises ``TypeError`` if ``enable`` is not a bool.
+        """
+        if not isinstance(enable, bool):
+            raise TypeError(
+                f"enable must be True or False, got {type(enable).__name__} {enable!r:.60}"
+            )
+        self.static_encoding = enable
+
     def _compaction(self) -> contextlib.AbstractContextManager:
         """Spike compaction where it applies: gradients enabled, eager (not compiling)."""
         active = (
@@ -445,12 +477,13 @@ def _load_buffers(modules: list[nn.Module], values: list[list[Tensor]]) -> None:
 
 @register_notrace_function  # torch.fx cannot branch on the shape of its proxies
 def time_major_input(
-    x: Tensor, in_chans: int, time_steps: int, size_multiple: int, model: str
+    x: Tensor, in_chans: int, time_steps: int, size_multiple: int, model: str, expand: bool = False
 ) -> Tensor:
     """Check a model's input and lay it out time-major: ``[T, B, C, H, W]``.
 
-    ``x`` is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times) or event frames
-    ``[B, T, C, H, W]``. ``model`` names the model in the error messages.
+    ``x`` is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times: a copy, or with
+    ``expand`` a view with stride 0 along T) or event frames ``[B, T, C, H, W]``. ``model``
+    names the model in the error messages.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
@@ -472,6 +505,8 @@ def time_major_input(
         )
     _checks.image_size(x.shape[-2], x.shape[-1], size_multiple, model)
     if x.dim() == 4:
+        if expand:
+            return x.unsqueeze(0).expand(time_steps, -1, -1, -1, -1)
         return x.unsqueeze(0).repeat(time_steps, 1, 1, 1, 1)
     return x.transpose(0, 1)
 

@@ -64,6 +64,7 @@ class SpikeDrivenTransformer(SpikingVisionModel):
     feature_units = "blocks"
     paper = "spike_driven_transformer"
     stem_prefix = "patch_embed"
+    static_stem = ("patch_embed.proj.0",)
     units_are_stages = False
 
     def build_features(

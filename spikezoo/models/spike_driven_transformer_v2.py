@@ -95,6 +95,7 @@ class SpikeDrivenTransformerV2(DistilledHeads, SpikingVisionModel):
     paper = "spike_driven_transformer"
     init_layer_types = (nn.Linear,)
     size_multiple = 16
+    static_stem = ("stem",)
 
     def build_features(
         self,

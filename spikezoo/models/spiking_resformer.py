@@ -51,6 +51,7 @@ class SpikingResformer(SpikingVisionModel):
     head_neuron = False
     head_bias = False
     init_layer_types = (nn.Conv2d, nn.Linear)
+    static_stem = ("stem", "stem_pool")
 
     def build_features(
         self,

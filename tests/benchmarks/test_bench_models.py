@@ -127,6 +127,9 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
         assert peer["first_call_s"] > 0 and peer["calls_per_round"] >= 1
         assert peer["speedup_of_spikezoo"] == pytest.approx(peer["median_s"] / zoo["median_s"])
         assert zoo["peak_bytes"] > 0
+        for entry in (peer, zoo):  # profiled: some time in convolutions, some outside
+            assert 0 < entry["profile"]["conv_matmul_s"] < entry["profile"]["wall_s"]
+            assert 0 < entry["profile"]["share_outside"] < 1
         assert peer["spikezoo_memory_ratio"] == pytest.approx(
             zoo["peak_bytes"] / peer["peak_bytes"]
         )
@@ -140,6 +143,8 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
     assert "### tiny_sdt (32x32, batch 1)" in text
     assert "| spikingjelly2 | fp32 | eager | train |" in re.sub(" +", " ", text)
     assert "load average" in text and report["environment"]["load_after"] is not None
+    assert "outside conv/matmul" in text
+    assert "Time outside convolutions and matmuls, spikezoo (eager): infer fp32 " in text
     assert "![tiny_sdt_roofline](p/tiny_sdt_roofline.png)" in text
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "tiny_sdt.png",
@@ -192,3 +197,16 @@ def test_agreement_flags_a_differing_or_failing_peer(zoo, agreement):
         max_abs_logit_diff=None, spikes=None, same_spikes=None, agree=False,
         error="RuntimeError: kernel failed",
     )  # fmt: skip
+
+
+def test_share_outside_counts_convolutions_and_matmuls_once(benchmarks_path):
+    from whole_models.share import time_outside_conv_matmul
+
+    x = torch.randn(8, 16, 32, 32)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+    elementwise = time_outside_conv_matmul(lambda: (x * 2).relu())
+    assert elementwise["conv_matmul_s"] == 0 and elementwise["share_outside"] == 1
+    both = time_outside_conv_matmul(lambda: conv(x).relu().flatten(1) @ torch.ones(16384, 4))
+    # conv2d -> convolution -> ... nest: counted once, so never more than the call itself
+    assert 0 < both["conv_matmul_s"] < both["wall_s"]
+    assert 0 < both["share_outside"] < 1

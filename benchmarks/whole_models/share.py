@@ -1,0 +1,59 @@
+"""How much of a call's time is spent outside convolutions and matrix products.
+
+One call runs under ``torch.profiler`` (CPU activity). The time inside convolutions and matrix
+products is the summed duration of the outermost ``aten`` operators that compute them:
+``aten::*conv*`` (``conv2d``, ``convolution``, ``convolution_backward``, ...), ``aten::mm``,
+``aten::bmm``, ``aten::addmm``, ``aten::baddbmm``; what they call inside (oneDNN's kernels) is
+not counted twice. The share outside is ``1 - inside / wall``, where ``wall`` is the call's
+time under the profiler: everything else (neurons, BatchNorm, pooling, element-wise and layout
+work, the optimizer step) and the profiler's own cost per operator, which makes the share an
+upper bound. On CUDA the operators' CPU time is their launch, not their run: the share is
+measured on the CPU only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+#: The operators counted as convolution or matrix product.
+CONV_MATMUL = re.compile(r"aten::(\w*conv\w*|mm|bmm|addmm|baddbmm)")
+
+
+def _counted(event) -> bool:
+    return CONV_MATMUL.fullmatch(event.name) is not None
+
+
+def _outermost(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if _counted(parent):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def time_outside_conv_matmul(call: Callable[[], object]) -> dict:
+    """Profile one ``call()``: its wall time, the time in convolutions and matrix products, and
+    the share outside them (a fraction of the wall time)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        call()
+        wall_s = time.perf_counter() - start
+    inside_s = 1e-6 * sum(
+        event.time_range.elapsed_us()
+        for event in prof.events()
+        if _counted(event) and _outermost(event)
+    )
+    return dict(
+        wall_s=wall_s, conv_matmul_s=inside_s, share_outside=max(0.0, 1 - inside_s / wall_s)
+    )
+
+
+def available(device: torch.device) -> bool:
+    """Whether the share is measured on ``device`` (the CPU only)."""
+    return device.type == "cpu"
