@@ -18,7 +18,22 @@ from spikezoo._checks import fraction, positive_int
 from spikezoo.layers.bn_neuron import batch_norm_fire
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 
-__all__ = ["ConvBN", "DropPath", "NeuronFactory", "PerStep", "check_tbchw", "per_step"]
+__all__ = [
+    "ConvBN",
+    "DropPath",
+    "NeuronFactory",
+    "PerStep",
+    "check_tbchw",
+    "is_time_constant",
+    "per_step",
+]
+
+
+def is_time_constant(x: Tensor) -> bool:
+    """Whether ``x [T, ...]`` is one step expanded over T > 1 (stride 0 along T): a static
+    image that the model encodes once (see ``SpikingVisionModel.set_static_encoding``)."""
+    return x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0
+
 
 # einops reads a tensor's shape, which a torch.fx proxy has not: timm's FX tracer (features_only
 # with feature_cls="fx", create_feature_extractor) records these calls without tracing into them.
@@ -125,7 +140,9 @@ class ConvBN(LoadsRenamedChildren):
         BatchNorm and ``neuron`` are fused (:func:`~spikezoo.layers.bn_neuron.batch_norm_fire`):
         only the convolution's output is kept for backward.
         """
-        if not self.fuse_bn_neuron or not isinstance(x, Tensor):  # torch.fx: the plain pair
+        # torch.fx proxies and a static image (which the model encodes once, through this
+        # layer's own forward) take the plain pair
+        if not self.fuse_bn_neuron or not isinstance(x, Tensor) or is_time_constant(x):
             return neuron(self(x))
         check_tbchw(x, self.in_chans, type(self).__name__)
         if self.neuron is not None:

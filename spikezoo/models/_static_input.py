@@ -26,18 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spikezoo.layers.temporal import is_time_constant
 from spikezoo.neurons import SpikingNeuron
 
-__all__ = ["encode_static_input_once", "is_time_constant"]
+__all__ = ["encode_static_input_once"]
 
 # the attributes the hooks keep on a module during one call
 _REPEATS = "_static_time_steps"
 _BEFORE = "_static_running_stats"
-
-
-def is_time_constant(x: Tensor) -> bool:
-    """Whether ``x [T, ...]`` is one step expanded over T > 1 (stride 0 along T)."""
-    return x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0
 
 
 def encode_static_input_once(model: nn.Module, paths: Sequence[str]) -> None:

@@ -92,6 +92,7 @@ class QKFormer(SpikingVisionModel):
 
     feature_units = "stages"
     paper = "qkformer"
+    static_stem = ("stem.convs.0", "stem.pools.0")
     head_neuron = False
     init_layer_types = (nn.Linear,)
 

@@ -107,6 +107,7 @@ class SpikeDrivenTransformerV3(SpikingVisionModel):
     paper = "spike_driven_transformer"
     init_layer_types = (nn.Linear,)
     size_multiple = 16
+    static_stem = ("stem",)
 
     def __init__(
         self,

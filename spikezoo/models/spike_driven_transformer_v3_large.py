@@ -152,6 +152,7 @@ class SpikeDrivenTransformerV3Large(DistilledHeads, SpikingVisionModel):
     head_neuron = False
     init_layer_types = (nn.Linear,)
     size_multiple = 16
+    static_stem = ("stem",)
     levels: int
 
     def __init__(

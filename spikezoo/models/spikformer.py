@@ -99,6 +99,7 @@ class Spikformer(SpikingVisionModel):
     paper = "spikformer"
     stem_prefix = "patch_embed"
     units_are_stages = False
+    static_stem = ("patch_embed.proj.0",)
     head_neuron = False
     #: the authors initialise only the linear head (truncated normal); convolutions keep
     #: PyTorch's initialisation
