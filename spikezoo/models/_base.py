@@ -169,11 +169,10 @@ class SpikingVisionModel(nn.Module):
         """``[B, C, H, W]`` (repeated ``time_steps`` times) or ``[B, T, C, H, W]`` -> time-major.
 
         Raises ``ValueError`` for another shape, channel count or size, and ``TypeError`` for
-        an integer image.
+        an integer image or one of another dtype than the weights (outside autocast).
         """
-        return time_major_input(
-            x, self.in_chans, self.time_steps, self.size_multiple, type(self).__name__
-        )
+        name, dtype = type(self).__name__, next(self.parameters()).dtype
+        return time_major_input(x, self.in_chans, self.time_steps, self.size_multiple, name, dtype)
 
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` for a size the network cannot divide evenly."""
@@ -445,12 +444,18 @@ def _load_buffers(modules: list[nn.Module], values: list[list[Tensor]]) -> None:
 
 @register_notrace_function  # torch.fx cannot branch on the shape of its proxies
 def time_major_input(
-    x: Tensor, in_chans: int, time_steps: int, size_multiple: int, model: str
+    x: Tensor,
+    in_chans: int,
+    time_steps: int,
+    size_multiple: int,
+    model: str,
+    weights_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Check a model's input and lay it out time-major: ``[T, B, C, H, W]``.
 
     ``x`` is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times) or event frames
-    ``[B, T, C, H, W]``. ``model`` names the model in the error messages.
+    ``[B, T, C, H, W]``. ``model`` names the model in the error messages. ``weights_dtype``
+    (the model's parameters') must be ``x``'s dtype unless autocast is on for ``x``'s device.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
@@ -464,6 +469,16 @@ def time_major_input(
             f"{model} expects a floating-point image, got dtype {x.dtype}; convert it first, "
             "e.g. x.float() / 255 for 8-bit pixels, then normalise as the model's "
             "pretrained_cfg (mean, std) says"
+        )
+    if (
+        weights_dtype is not None
+        and x.dtype != weights_dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    ):
+        raise TypeError(
+            f"{model} has {weights_dtype} weights, got a {x.dtype} input; give both one dtype "
+            f"(e.g. model.to({x.dtype}), or x.to({weights_dtype})), or run under "
+            "torch.autocast for mixed precision"
         )
     if x.shape[-3] != in_chans:
         raise ValueError(
