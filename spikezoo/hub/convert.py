@@ -47,7 +47,7 @@ __all__ = [
 _PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 
 #: The fields of a pretrained cfg that say what input and output the weights expect.
-DATA_FIELDS = ("input_size", "mean", "std", "num_classes")
+_DATA_FIELDS = ("input_size", "mean", "std", "num_classes")
 
 #: Fields of a tag's cfg that describe the paper's or the authors' weights, not weights trained
 #: with spikezoo: cleared in the cfg of a converted training checkpoint.
@@ -206,7 +206,7 @@ def _name_for_run(source: Path, run: TrainingRun, model_name: str | None) -> str
     registered = timm.models.get_pretrained_cfg(model_name).to_dict()
     different = [
         field
-        for field in DATA_FIELDS
+        for field in _DATA_FIELDS
         if _comparable(registered.get(field)) != _comparable(run.data_cfg[field])
     ]
     if different:
