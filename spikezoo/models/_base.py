@@ -15,6 +15,7 @@ from einops import rearrange, reduce
 from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_tracing
 from torch.utils.checkpoint import checkpoint
 
 from spikezoo import _checks
@@ -171,9 +172,11 @@ class SpikingVisionModel(nn.Module):
         Raises ``ValueError`` for another shape, channel count or size, and ``TypeError`` for
         an integer image or one of another dtype than the weights (outside autocast).
         """
-        # the parameter itself, not its dtype: a traced graph reads it at run time
-        name, weight = type(self).__name__, next(self.parameters())
-        return time_major_input(x, self.in_chans, self.time_steps, self.size_multiple, name, weight)
+        # An FX graph would keep the dtype it was traced with (and reading a parameter there
+        # would keep deploy from folding it): traced graphs check the layout only.
+        dtype = None if is_fx_tracing() else next(self.parameters()).dtype
+        name = type(self).__name__
+        return time_major_input(x, self.in_chans, self.time_steps, self.size_multiple, name, dtype)
 
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` for a size the network cannot divide evenly."""
@@ -450,13 +453,13 @@ def time_major_input(
     time_steps: int,
     size_multiple: int,
     model: str,
-    weight: Tensor | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Check a model's input and lay it out time-major: ``[T, B, C, H, W]``.
 
     ``x`` is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times) or event frames
-    ``[B, T, C, H, W]``. ``model`` names the model in the error messages. ``weight`` (a
-    parameter of the model) must have ``x``'s dtype unless autocast is on for ``x``'s device.
+    ``[B, T, C, H, W]``. ``model`` names the model in the error messages. ``weights_dtype``
+    (the model's parameters') must be ``x``'s dtype unless autocast is on for ``x``'s device.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
@@ -472,13 +475,13 @@ def time_major_input(
             "pretrained_cfg (mean, std) says"
         )
     if (
-        weight is not None
-        and x.dtype != weight.dtype
+        weights_dtype is not None
+        and x.dtype != weights_dtype
         and not torch.is_autocast_enabled(x.device.type)
     ):
         raise TypeError(
-            f"{model} has {weight.dtype} weights, got a {x.dtype} input; give both one dtype "
-            f"(e.g. model.to({x.dtype}), or x.to({weight.dtype})), or run under "
+            f"{model} has {weights_dtype} weights, got a {x.dtype} input; give both one dtype "
+            f"(e.g. model.to({x.dtype}), or x.to({weights_dtype})), or run under "
             "torch.autocast for mixed precision"
         )
     if x.shape[-3] != in_chans:
