@@ -5,19 +5,42 @@ package before any module inside it. This module imports neither: it knows the c
 name and help line (:data:`COMMANDS`), answers ``spikezoo``, ``spikezoo --help`` and
 ``spikezoo --version`` by itself, and hands every command to :func:`spikezoo.cli.main`, which
 parses the command's arguments and runs it.
+
+Two more things answer here, before torch is imported:
+
+- ``spikezoo list`` and ``spikezoo list PATTERN`` read the model names from the family modules'
+  source (:func:`model_names_from_source`) instead of importing them; ``--pretrained`` and a
+  pattern that matches nothing go to the full command.
+- :func:`progress` shows on a terminal what a command is doing while it does it, the import of
+  torch and the models included.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import fnmatch
 import importlib
 import importlib.util
+import re
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
-from typing import NoReturn
+from pathlib import Path
+from typing import NoReturn, TextIO
 
-__all__ = ["COMMANDS", "DISTRIBUTION", "build_parser", "main", "shadowing_folder"]
+__all__ = [
+    "COMMANDS",
+    "DISTRIBUTION",
+    "build_parser",
+    "main",
+    "model_names_from_source",
+    "progress",
+    "shadowing_folder",
+]
 
 #: The distribution that installs the command (its version is ``spikezoo --version``).
 DISTRIBUTION = "spikezoo-vit"
@@ -117,11 +140,116 @@ class _OverviewParser(argparse.ArgumentParser):
         raise _HandOver(message)
 
 
+@contextmanager
+def progress(command: str, doing: str, stream: TextIO | None = None) -> Iterator[None]:
+    """While the block runs, say on a terminal what ``command`` is ``doing`` and for how long.
+
+    Where ``stream`` (default ``sys.stderr``) is a terminal, one line,
+    ``spikezoo profile: building sdt_8_384 ... 4 s``, is redrawn every 0.2 s by a background
+    thread and erased when the block ends, so that the terminal keeps only the command's
+    output and errors. Anywhere else (a pipe, a file, a test's capture) nothing is written,
+    as git and pip do: a log then holds the output, the notes and the errors, one line each.
+    Nothing ever goes to stdout, so ``--format csv`` stays parseable.
+    """
+    stream = sys.stderr if stream is None else stream
+    if not stream.isatty():
+        yield
+        return
+    finished = threading.Event()
+    start = time.monotonic()
+
+    def redraw() -> None:
+        frames = "|/-\\"
+        tick = 0
+        while True:
+            elapsed = time.monotonic() - start
+            stream.write(f"\r\x1b[K{command}: {doing} {frames[tick % 4]} {elapsed:.0f} s")
+            stream.flush()
+            tick += 1
+            if finished.wait(0.2):
+                break
+        stream.write("\r\x1b[K")
+        stream.flush()
+
+    thread = threading.Thread(target=redraw, name="spikezoo-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        thread.join()
+
+
+def _natural_key(name: str) -> list[int | str]:
+    """The sort key timm's ``list_models`` orders names by (runs of digits compare as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+def _registered_functions(source: str) -> list[str]:
+    """The top-level functions of ``source`` decorated with timm's ``register_model``."""
+    names = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for decorator in node.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+            if name == "register_model":
+                names.append(node.name)
+    return names
+
+
+def model_names_from_source() -> list[str] | None:
+    """The names ``spikezoo list`` prints, read from the source without importing spikezoo.
+
+    The families are the module paths of ``FAMILIES`` in ``spikezoo/models/_registry.py``; a
+    family's models are its functions decorated with ``@register_model``, in timm's order.
+    ``None`` where a source file is missing (an install without ``.py`` files): the caller
+    then imports the registry. ``tests/cli/test_startup.py`` checks that the result equals
+    :data:`spikezoo.models.MODEL_NAMES`.
+    """
+    spec = importlib.util.find_spec("spikezoo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = Path(next(iter(spec.submodule_search_locations)))
+    registry = package / "models" / "_registry.py"
+    if not registry.is_file():
+        return None
+    families: tuple[str, ...] = ()
+    for node in ast.parse(registry.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(getattr(target, "id", None) == "FAMILIES" for target in targets):
+                families = ast.literal_eval(node.value)
+    names = []
+    for module_path in families:
+        source = package.parent.joinpath(*module_path.split(".")).with_suffix(".py")
+        if not source.is_file():
+            return None
+        names.extend(
+            sorted(_registered_functions(source.read_text(encoding="utf-8")), key=_natural_key)
+        )
+    return names or None
+
+
+def _list_from_source(unplaced: Sequence[str]) -> bool:
+    """Answer ``spikezoo list [PATTERN]`` from the source; ``False``: the full command must."""
+    if len(unplaced) > 1 or any(argument.startswith("-") for argument in unplaced):
+        return False
+    names = model_names_from_source()
+    matches = fnmatch.filter(names or [], unplaced[0] if unplaced else "*")
+    if not matches:
+        return False
+    print("\n".join(matches))
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``spikezoo`` command line on ``argv`` (default ``sys.argv[1:]``); the exit code.
 
-    ``spikezoo``, ``--help`` and ``--version`` are answered here; everything else (a command,
-    or arguments the overview cannot place) goes to :func:`spikezoo.cli.main`.
+    ``spikezoo``, ``--help``, ``--version`` and a plain ``spikezoo list [PATTERN]`` are
+    answered here; everything else (a command, or arguments the overview cannot place) goes
+    to :func:`spikezoo.cli.main`.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     shadowed = shadowing_folder()
@@ -136,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args is not None and args.command is None and not unplaced:
         overview.print_help()
         return 0
-    from spikezoo.cli import main as run_command
+    if args is not None and args.command == "list" and _list_from_source(unplaced):
+        return 0
+    command = "spikezoo" if args is None or args.command is None else f"spikezoo {args.command}"
+    with progress(command, "loading torch, timm and the models"):
+        from spikezoo.cli import main as run_command
 
     return run_command(argv)
 

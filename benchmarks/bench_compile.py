@@ -26,7 +26,13 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from harness.environment import command_line, environment, finish, load_text  # noqa: E402
+from harness.environment import (  # noqa: E402
+    command_line,
+    environment,
+    finish,
+    load_text,
+    threads_text,
+)
 from harness.markdown import table, write_generated  # noqa: E402
 from harness.process import ChildFailed, PeakMemory, run_in_fresh_process  # noqa: E402
 from harness.timing import time_once  # noqa: E402
@@ -86,7 +92,7 @@ def markdown(report: dict) -> str:
     """The results as a markdown table."""
     env = report["environment"]
     lines = [
-        f"- run: {env['date']}, {env['device']}, {env['threads']} threads; {load_text(env)}",
+        f"- run: {env['date']}, {env['device']}, {threads_text(env['threads'])}; {load_text(env)}",
         f"- command: `{env['command']}`",
         f"- torch {env['versions']['torch']}, N = {report['neurons']} neurons, float32, "
         f"forward + backward, median of {report['repeats']} fresh process(es) per T",

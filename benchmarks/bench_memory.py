@@ -1,8 +1,10 @@
-"""Training memory of spikezoo models with and without spike compaction.
+"""Training memory of spikezoo models with a memory saving switched on and off.
 
-For each model and batch size, every repetition runs two fresh processes (``harness.process``),
-one with spike compaction on (the default) and one with it off
-(``model.set_spike_compaction(False)``), in alternating order. Each process builds the model and
+``--switch`` picks the saving: ``compaction`` (spikes saved as bits,
+``model.set_spike_compaction``) or ``bn-neuron-fusion`` (each BatchNorm fused with the neuron
+after it, ``spikezoo.layers.set_bn_neuron_fusion``; spike compaction stays on). For each model
+and batch size, every repetition runs two fresh processes (``harness.process``), one with the
+saving on (the default) and one with it off, in alternating order. Each process builds the model and
 an optimizer, runs ``--steps`` training steps (forward, cross-entropy on random labels, backward,
 optimizer step) on random images and reports the rise of its peak memory over those steps: on a
 CPU the resident high-water mark (Linux ``VmHWM``, reset just before the first step), with
@@ -16,6 +18,7 @@ prints the per-block table of saved tensors.
     python benchmarks/bench_memory.py                    # both default models, 3 repeats
     python benchmarks/bench_memory.py --models sdt_2_512_cifar:16 --repeats 5 --blocks
     python benchmarks/bench_memory.py --json memory.json --markdown docs/benchmarks.md
+    python benchmarks/bench_memory.py --switch bn-neuron-fusion --models sdt_2_512_cifar:16
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from harness.timing import time_once  # noqa: E402
 
 MiB = 2**20
 DEFAULT_MODELS = "sdt_2_512_cifar:16,spikingresformer_cifar:8"
-HEADER = ["model", "compaction", "peak MiB", "base MiB", "peak - base", "saved MiB", "step s"]
+SWITCHES = ("compaction", "bn-neuron-fusion")
+HEADER = ["model", "switch", "peak MiB", "base MiB", "peak - base", "saved MiB", "step s"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     parser.add_argument(
         "--device", default="cpu", help="cpu, or cuda: peak = torch.cuda.max_memory_allocated"
+    )
+    parser.add_argument(
+        "--switch", choices=SWITCHES, default="compaction", help="the saving turned on and off"
     )
     parser.add_argument("--blocks", action="store_true", help="print the per-block tables")
     parser.add_argument("--json", type=Path, help="write every measurement here")
@@ -80,9 +87,19 @@ def build(name: str, batch: int, seed: int = 0):
     return model, images, labels
 
 
+def set_switch(model, switch: str, enabled: bool) -> None:
+    """Turn the saving ``switch`` (one of :data:`SWITCHES`) on or off in ``model``."""
+    from spikezoo.layers import set_bn_neuron_fusion
+
+    if switch == "compaction":
+        model.set_spike_compaction(enabled)
+    else:
+        set_bn_neuron_fusion(model, enabled)
+
+
 def train_steps(
-    memory: PeakMemory, model: str, batch: int, compaction: bool, steps: int, threads: int,
-    optimizer: str, device: str,
+    memory: PeakMemory, model: str, batch: int, switch: str, enabled: bool, steps: int,
+    threads: int, optimizer: str, device: str,
 ) -> dict:  # fmt: skip
     """In a fresh process: ``steps`` training steps; the base memory and each step's seconds."""
     import torch
@@ -90,7 +107,7 @@ def train_steps(
 
     torch.set_num_threads(threads)
     net, images, labels = (t.to(device) for t in build(model, batch))
-    net.set_spike_compaction(compaction)
+    set_switch(net, switch, enabled)
     params = net.parameters()
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
@@ -109,17 +126,21 @@ def train_steps(
     return dict(base_bytes=base, step_s=[time_once(step) for _ in range(steps)])
 
 
-def saved_tensor_reports(name: str, batch: int, threads: int) -> dict:
-    """``measure_saved_tensors`` of one forward pass, compaction off (False) and on (True)."""
+def saved_tensor_reports(name: str, batch: int, threads: int, switch: str) -> dict:
+    """``measure_saved_tensors`` of one forward pass, the saving off (False) and on (True)."""
     import torch
 
     from spikezoo.analysis import measure_saved_tensors
 
     torch.set_num_threads(threads)
     model, images, _ = build(name, batch)
-    return {
-        compact: measure_saved_tensors(model, images, compact=compact) for compact in (False, True)
-    }
+    if switch == "compaction":
+        return {on: measure_saved_tensors(model, images, compact=on) for on in (False, True)}
+    reports = {}
+    for on in (False, True):
+        set_switch(model, switch, on)
+        reports[on] = measure_saved_tensors(model, images, compact=True)
+    return reports
 
 
 def _summary(values: list[float]) -> str:
@@ -128,17 +149,17 @@ def _summary(values: list[float]) -> str:
 
 def bench_model(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, list[list]]:
     """Fresh processes with compaction on and off: the record and the table rows."""
-    reports = saved_tensor_reports(name, batch, args.threads)
+    reports = saved_tensor_reports(name, batch, args.threads, args.switch)
     settings = dict(
         model=name, batch=batch, steps=args.steps, threads=args.threads,
-        optimizer=args.optimizer, device=args.device,
+        optimizer=args.optimizer, device=args.device, switch=args.switch,
     )  # fmt: skip
     # one unrecorded run first: the neuron kernels compile into the on-disk cache
-    run_in_fresh_process("bench_memory:train_steps", settings | dict(compaction=True))
+    run_in_fresh_process("bench_memory:train_steps", settings | dict(enabled=True))
     runs: dict[str, list[dict]] = {"on": [], "off": []}
     for repeat in range(args.repeats):
         for switch in ("on", "off") if repeat % 2 == 0 else ("off", "on"):
-            kwargs = settings | dict(compaction=switch == "on")
+            kwargs = settings | dict(enabled=switch == "on")
             result = run_in_fresh_process("bench_memory:train_steps", kwargs)
             runs[switch].append(
                 dict(
@@ -154,7 +175,8 @@ def bench_model(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, 
     for switch in ("on", "off"):
         rows.append(
             [
-                f"{name} b{batch}", switch, _summary(peaks[switch]), _summary(bases[switch]),
+                f"{name} b{batch}", f"{args.switch} {switch}", _summary(peaks[switch]),
+                _summary(bases[switch]),
                 f"{statistics.median(rises[switch]):.0f}",
                 f"{reports[switch == 'on'].kept_nbytes / MiB:.0f}",
                 f"{statistics.median(steps[switch]):.2f}" if steps[switch] else "-",

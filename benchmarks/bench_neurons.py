@@ -29,6 +29,13 @@ in a rotating order, so background load hits all of them alike. The table gives 
 min/max) of the rounds and the ratio ``spikezoo / peer`` of the medians (below 1: spikezoo is
 faster); the JSON also has the median of the per-round (paired) ratios.
 
+Roofline: a plain tensor add ``x + g`` (reads two ``[T, N]`` float32 tensors, writes a fresh
+one) runs in the same interleaved rounds; its median gives the memory bandwidth this machine
+reaches in this run. The least traffic of a LIF forward+backward is six such tensors (forward:
+read ``x``, write the spikes and the charged membranes; backward: read the gradient and the
+membranes, write ``dx``); each spikezoo row reports that traffic over its median time as a
+fraction of the add's bandwidth (1.00: at the add's roofline).
+
 Memory: (a) bytes of the tensors autograd keeps for backward, seen by
 ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, so views and repeats count once);
 (b) the peak resident memory of one forward+backward in a fresh process per implementation
@@ -57,7 +64,13 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from harness.environment import command_line, environment, finish, load_text  # noqa: E402
+from harness.environment import (  # noqa: E402
+    command_line,
+    environment,
+    finish,
+    load_text,
+    threads_text,
+)
 from harness.markdown import table, write_generated  # noqa: E402
 from harness.process import ChildFailed, PeakMemory, run_in_fresh_process  # noqa: E402
 from harness.timing import Timing, compare, interleaved, paired_ratio, time_once  # noqa: E402
@@ -71,6 +84,11 @@ SPIKEZOO = ("spikezoo-torch", "spikezoo-inductor")
 PACKAGES = ("spikezoo-vit", "spikingjelly", "snntorch")
 MiB = 2**20
 WARMUP_N = 65536  # neurons in the RSS child's warm-up call (above ATen's parallel grain size)
+TENSOR_ADD = "tensor-add"
+#: [T, N] float32 tensors a LIF forward+backward must read or write at least (see the docstring).
+LIF_TENSORS_MOVED = 6
+#: ... and a tensor add (two read, one written).
+ADD_TENSORS_MOVED = 3
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -230,10 +248,10 @@ def saved_for_backward(impl: Impl, leaf: torch.Tensor) -> dict:
 
 
 def dynamo_frames() -> int:
-    """How many frames dynamo has compiled in this process."""
+    """How many graphs dynamo has compiled in this process."""
     from torch._dynamo.utils import counters
 
-    return int(sum(counters["frames"].values()))
+    return int(counters["stats"]["unique_graphs"])
 
 
 def rss_call(memory: PeakMemory, impl: str, t: int, n: int, threads: int, seed: int) -> dict:
@@ -313,24 +331,36 @@ def bench_case(t: int, n: int, impl_names: list[str], args: argparse.Namespace) 
     impls = [make_impl(name) for name in impl_names]
     x, g = make_inputs(t, n, args.seed)
     calls = {impl.name: partial(fwd_bwd, impl, impl.prepare(x), g) for impl in impls}
+    calls[TENSOR_ADD] = partial(torch.add, x, g)
+    frames_before = dynamo_frames()
     timings = interleaved(
         calls, repeats=args.repeats, threads=args.threads, warmup_rounds=args.warmup,
         min_block_s=args.min_block, label="MultiStepLIF fwd+bwd", sub_label=f"T={t}, N={n}",
     )  # fmt: skip
+    compiled_frames = dynamo_frames() - frames_before
     del calls
     gc.collect()
     agreement = check_agreement(impls, x, g)
     saved = {impl.name: saved_for_backward(impl, impl.prepare(x)) for impl in impls}
     del x, g
     gc.collect()
+    tensor_bytes = t * n * 4
+    add = timings[TENSOR_ADD]
+    add_bandwidth = ADD_TENSORS_MOVED * tensor_bytes / add.median_s if add.measurement else None
     rows = {}
     for name in impl_names:
         rows[name] = _row(name, timings) | saved[name] | agreement["impls"][name]
+        if name in SPIKEZOO and add_bandwidth and "median_s" in rows[name]:
+            bandwidth = LIF_TENSORS_MOVED * tensor_bytes / rows[name]["median_s"]
+            rows[name]["bandwidth_bytes_per_s"] = bandwidth
+            rows[name]["fraction_of_add_bandwidth"] = bandwidth / add_bandwidth
         if args.rss_runs > 0:
             rows[name]["rss"] = measure_rss(name, t, n, args)
     return {
-        "T": t, "N": n, "input_bytes": t * n * 4, "reference": agreement["reference"],
+        "T": t, "N": n, "input_bytes": tensor_bytes, "reference": agreement["reference"],
         "firing_rate": agreement["firing_rate"], "rows": rows, "timings": timings,
+        "tensor_add": add.to_dict() | {"bandwidth_bytes_per_s": add_bandwidth},
+        "dynamo_frames_compiled": compiled_frames,
     }  # fmt: skip
 
 
@@ -353,7 +383,8 @@ def _case_table(case: dict) -> str:
     ratio_cols = [sz for sz in SPIKEZOO if sz in rows]
     header = ["implementation", "median ms", "min-max ms"]
     header += [f"{sz} / this" for sz in ratio_cols]
-    header += ["saved for bwd MiB", "peak RSS delta MiB", "spikes vs ref", "max abs dx diff"]
+    header += ["of add bandwidth", "saved for bwd MiB", "peak RSS delta MiB"]
+    header += ["spikes vs ref", "max abs dx diff"]
     cells = []
     for name, row in rows.items():
         spikes = (
@@ -369,6 +400,9 @@ def _case_table(case: dict) -> str:
                     f"{row[f'ratio_{sz}']:.2f}" if f"ratio_{sz}" in row else "-"
                     for sz in ratio_cols
                 ),
+                f"{row['fraction_of_add_bandwidth']:.2f}"
+                if "fraction_of_add_bandwidth" in row
+                else "-",
                 mb(row["saved_bytes"]),
                 _rss_text(row.get("rss", {})),
                 spikes,
@@ -393,11 +427,29 @@ def _case_notes(case: dict) -> list[str]:
             notes.append(f"{name}: RSS child failed: {rss['error'][-300:]}")
         if "error" in row:
             notes.append(f"{name}: failed: {row['error']}")
+    add = case["tensor_add"]
+    if add.get("bandwidth_bytes_per_s"):
+        notes.append(
+            f"tensor add `x + g` in the same rounds: {add['median_s'] * 1e3:.2f} ms, "
+            f"{add['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; a LIF forward+backward moves at "
+            f"least {LIF_TENSORS_MOVED * case['input_bytes'] / 1e6:.0f} MB"
+        )
     row = case["rows"].get("spikezoo-inductor", {})
-    if "first_call_s" in row:
+    if "first_call_s" in row and not case["dynamo_frames_compiled"]:
         text = (
-            f"spikezoo-inductor first call {row['first_call_s']:.2f} s "
-            f"(steady {row['median_s']:.4f} s)"
+            "spikezoo-inductor compiled nothing for this size: the kernels compiled for an "
+            f"earlier size in this process serve it (steady {row['median_s'] * 1e3:.2f} ms)"
+        )
+        if "warmup_first_call_s" in row.get("rss", {}):
+            text += (
+                f"; first call in a fresh process with the disk cache filled: "
+                f"{row['rss']['warmup_first_call_s']:.2f} s"
+            )
+        notes.append(text)
+    elif "first_call_s" in row:
+        text = (
+            f"spikezoo-inductor first call {row['first_call_s']:.2f} s, compiling "
+            f"{case['dynamo_frames_compiled']} graph(s) (steady {row['median_s'] * 1e3:.2f} ms)"
         )
         if "warmup_first_call_s" in row.get("rss", {}):
             text += (
@@ -412,7 +464,7 @@ def markdown(report: dict) -> str:
     """The report: the run's context, then one table per size."""
     env = report["environment"]
     lines = [
-        f"- run: {env['date']}; {env['device']}, torch threads: {env['threads']}; {load_text(env)}",
+        f"- run: {env['date']}; {env['device']}, {threads_text(env['threads'])}; {load_text(env)}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"- command: `{env['command']}`",
         f"- neuron: LIF tau={TAU}, v_threshold={V_THRESHOLD}, hard reset to {V_RESET}, "
@@ -420,6 +472,9 @@ def markdown(report: dict) -> str:
         f"- time: forward + backward (`torch.utils.benchmark.Timer`), median of "
         f"{report['settings']['repeats']} interleaved rounds after `blocked_autorange`'s "
         "warm-up; ratio = spikezoo median / this median (below 1: spikezoo is faster)",
+        f"- of add bandwidth: the least traffic of LIF forward+backward ({LIF_TENSORS_MOVED} "
+        "[T, N] float32 tensors) over the median time, as a fraction of the bandwidth a tensor "
+        "add `x + g` reached in the same rounds (1.00: at the add's memory roofline)",
         "- saved for bwd: unique storages packed by torch.autograd.graph.saved_tensors_hooks "
         "during the forward pass",
         f"- peak RSS delta: rise of the resident high-water mark over one forward+backward in a "
@@ -461,7 +516,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--sizes", default="4x2000000,4x16384",
+        "--sizes", default="4x2000000,16x500000,4x16384",
         help="comma-separated TxN cases (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--repeats", type=int, default=15, help="measured rounds (default 15)")

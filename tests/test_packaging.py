@@ -87,3 +87,13 @@ def test_the_default_run_leaves_out_the_slow_tests_and_ci_runs_them():
     assert any(marker.startswith("slow:") for marker in pytest_options["markers"])
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert "python -m pytest -m slow" in ci
+
+
+def test_the_cpu_install_resolves_torch_together_with_spikezoo():
+    """One pip command sees PyTorch's CPU index beside PyPI, so torch and torchvision come from
+    there in versions spikezoo accepts; a torch-only first step could take any cached wheel."""
+    _, _, cpu_install, *_ = quick_start_commands()
+    pip_lines = [line for line in cpu_install.splitlines() if line.startswith("pip install")]
+    assert pip_lines == [
+        "pip install . --extra-index-url https://download.pytorch.org/whl/cpu   # or spikezoo-vit"
+    ]

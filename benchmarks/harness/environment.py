@@ -59,6 +59,11 @@ def environment(device: str, threads: int, command: str, packages: Sequence[str]
     )  # fmt: skip
 
 
+def threads_text(threads: int) -> str:
+    """``"1 torch thread"``, ``"2 torch threads"``."""
+    return f"{threads} torch thread{'' if threads == 1 else 's'}"
+
+
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     """How to rerun ``benchmarks/<script>`` with ``argv`` (default: this process's arguments)."""
     return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])

@@ -143,9 +143,9 @@ class AuthorsModel(nn.Module):
         return out.mean(0)  # SpikingResformer: per-step logits [T, B, K]
 
 
-# Constructor arguments of the authors' code for the four benchmarked models (their configs:
-# SDT conf/imagenet/8_384_300E_t4.yml and conf/cifar10/2_512_300E_t4.yml; SpikingResformer
-# models/spikingresformer.py and configs/).
+# Constructor arguments of the authors' code for the benchmarked models (their configs:
+# SDT conf/imagenet/8_384_300E_t4.yml, 8_768_300E_t4.yml and conf/cifar10/2_512_300E_t4.yml;
+# SpikingResformer models/spikingresformer.py and configs/).
 _SDT = dict(patch_size=16, in_channels=3, num_heads=8, mlp_ratios=4, T=4, spike_mode="lif")
 AUTHORS_CONFIGS: dict[str, tuple[str, str, dict]] = {
     "sdt_8_384": (
@@ -173,6 +173,24 @@ AUTHORS_CONFIGS: dict[str, tuple[str, str, dict]] = {
             num_classes=10,
             pooling_stat="0011",
         ),
+    ),
+    "sdt_8_768": (
+        "sdt",
+        "sdt",
+        dict(
+            _SDT,
+            img_size_h=224,
+            img_size_w=224,
+            embed_dims=768,
+            depths=8,
+            num_classes=1000,
+            pooling_stat="1111",
+        ),
+    ),
+    "spikingresformer_s": (
+        "spikingresformer",
+        "spikingresformer_s",
+        dict(T=4, num_classes=1000, img_size=224),
     ),
     "spikingresformer_ti": (
         "spikingresformer",

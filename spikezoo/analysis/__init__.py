@@ -32,6 +32,7 @@ from spikezoo.analysis.ops import (
     OpReport,
     is_spike_tensor,
     register_op_rule,
+    spike_counts,
 )
 from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
 from spikezoo.analysis.profile import ModelProfile, profile_model
@@ -71,6 +72,7 @@ __all__ = [
     "register_op_rule",
     "sample_image_path",
     "set_batchnorm_statistics",
+    "spike_counts",
     "spike_products",
     "spiking_neurons",
 ]

@@ -14,7 +14,7 @@ from spikezoo.analysis._batches import HookSession
 from spikezoo.analysis.report import PerLayerReport, Table
 from spikezoo.layers.attention import SpikingAttention
 from spikezoo.layers.spike_products import SpikingHadamard
-from spikezoo.neurons import MultiStepNeuron
+from spikezoo.neurons import SpikingNeuron
 
 __all__ = [
     "FiringRateMonitor",
@@ -25,9 +25,9 @@ __all__ = [
 ]
 
 
-def spiking_neurons(model: nn.Module) -> list[tuple[str, MultiStepNeuron]]:
-    """Every spikezoo neuron layer (:class:`~spikezoo.neurons.MultiStepNeuron`) with its name."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, MultiStepNeuron)]
+def spiking_neurons(model: nn.Module) -> list[tuple[str, SpikingNeuron]]:
+    """Every spikezoo neuron layer (:class:`~spikezoo.neurons.SpikingNeuron`) with its name."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
 
 
 def spike_products(model: nn.Module) -> list[tuple[str, SpikingHadamard]]:
@@ -45,8 +45,9 @@ class NeuronRecord:
     Attributes:
         name: the module's qualified name.
         neuron: the module's class name.
-        spikes: ``[T]`` spikes per time step (float64, exact counts); for a spike product, its
-            non-zero outputs (its spikes when both operands are spikes).
+        spikes: ``[T]`` spikes per time step (float64, exact counts; an integer neuron's value
+            ``n / norm`` counts ``n`` spikes); for a spike product, its non-zero outputs (its
+            spikes when both operands are spikes).
         neurons: neurons (outputs) per time step summed over calls (batch x features).
         head_spikes: ``[T, heads]`` spikes per step and head, or ``None`` for a neuron that its
             attention layer does not split into heads, and for spike products.
@@ -67,7 +68,8 @@ class NeuronRecord:
 
     @property
     def rate(self) -> float:
-        """Spikes per neuron and step, averaged over T, the batch and the layer."""
+        """Spikes per neuron and step, averaged over T, the batch and the layer (up to ``D``
+        for an integer neuron of ``D`` levels)."""
         return self.spikes.sum().item() / (self.neurons * self.time_steps)
 
     @property
@@ -158,7 +160,9 @@ class FiringRates(PerLayerReport):
 class FiringRateMonitor(HookSession):
     """Context manager recording the spikes of every spikezoo neuron layer and spike product.
 
-    Works for any model that contains :class:`~spikezoo.neurons.MultiStepNeuron` layers. It also
+    Works for any model that contains spikezoo neuron layers
+    (:class:`~spikezoo.neurons.SpikingNeuron`); an integer neuron's value ``n / norm`` counts as
+    ``n`` spikes (:meth:`~spikezoo.neurons.SpikingNeuron.spike_counts`). It also
     records the spike products (:func:`spike_products`), the spikes that attention computes by
     multiplying spikes, and inside every :class:`~spikezoo.layers.SpikingAttention` it splits
     the counts of the neurons its ``head_layout`` names by head. Counting never changes the
@@ -186,7 +190,7 @@ class FiringRateMonitor(HookSession):
         neurons = dict(spiking_neurons(model))
         if not neurons:
             raise ValueError(
-                f"{type(model).__name__} has no spikezoo spiking neurons (MultiStepNeuron "
+                f"{type(model).__name__} has no spikezoo spiking neurons (SpikingNeuron "
                 "layers): there are no firing rates to record"
             )
         products = dict(spike_products(model))
@@ -229,7 +233,10 @@ class FiringRateMonitor(HookSession):
         def hook(module: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
             spikes = output[0] if isinstance(output, tuple) else output
             with torch.no_grad():
-                self._add(name, spikes.detach())
+                spikes = spikes.detach()
+                if isinstance(module, SpikingNeuron):
+                    spikes = module.spike_counts(spikes)
+                self._add(name, spikes)
 
         return hook
 
@@ -283,7 +290,7 @@ def _head_splitters(model: nn.Module) -> dict[str, tuple[SpikingAttention, str]]
         for relative in layer.head_layout:
             neuron = layer.declared_submodule(relative)
             name = f"{prefix}.{relative}" if prefix else relative
-            if not isinstance(neuron, MultiStepNeuron):
+            if not isinstance(neuron, SpikingNeuron):
                 raise ValueError(
                     f"{type(layer).__name__}.head_layout names neuron layers; {name} is a "
                     f"{type(neuron).__name__}"

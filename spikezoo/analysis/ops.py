@@ -8,6 +8,12 @@ and :class:`~spikezoo.layers.SpikingSum`) and looks at what each one actually re
   SOPs: the layer applied to its actual input with every weight replaced by 1, summed (the
   definition of SpikingResformer's ``SOPMonitor``). For a product of two tensors the non-spike
   operand is replaced by ones; when both operands are spikes, the product is summed as it is.
+* the output of an integer neuron (:class:`~spikezoo.neurons.IntegerNeuron`, values
+  ``n / norm``) is **integer spikes**: a value ``n / norm`` counts as ``n`` spikes, so the layer
+  costs the SOPs above computed on the counts ``n``, exactly what the same layer costs on the
+  ``n`` binary spikes of the binary expansion (:func:`spikezoo.deploy.expand_to_binary`).
+  While counting, the integer neurons tag their outputs (:class:`~spikezoo.neurons.IntegerSpikes`)
+  so that a layer knows its input's ``norm`` however many reshapes lie in between.
 * any other input is **real-valued** and the layer costs its full MAC count, as a dense ANN
   layer would.
 
@@ -32,6 +38,7 @@ from spikezoo.analysis._batches import HookSession
 from spikezoo.analysis.energy import DEFAULT_ENERGY, EnergyModel, get_energy_model
 from spikezoo.analysis.report import PerLayerReport, Table
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
+from spikezoo.neurons import IntegerNeuron, IntegerSpikes
 
 __all__ = [
     "OP_RULES",
@@ -41,6 +48,7 @@ __all__ = [
     "OpReport",
     "is_spike_tensor",
     "register_op_rule",
+    "spike_counts",
 ]
 
 
@@ -55,6 +63,26 @@ def is_spike_tensor(x: Tensor) -> bool:
     if x.dtype == torch.bool:
         return True
     return bool(((x == 0) | (x == 1)).all())
+
+
+def spike_counts(x: Tensor) -> Tensor | None:
+    """The spikes each value of a layer's input ``x`` stands for, or ``None`` for real values.
+
+    An integer neuron's tagged output (:class:`~spikezoo.neurons.IntegerSpikes`) gives its
+    counts ``n``; a tensor of 0s and 1s (:func:`is_spike_tensor`) is its own count.
+
+    Example:
+        >>> import torch
+        >>> from spikezoo.neurons import IntegerNeuron
+        >>> neuron = IntegerNeuron(levels=4)
+        >>> spike_counts(neuron.tag(neuron(torch.tensor([0.6, 3.2])))).tolist()
+        [1.0, 3.0]
+        >>> spike_counts(torch.tensor([0.25, 0.75])) is None  # untagged: real values
+        True
+    """
+    if isinstance(x, IntegerSpikes):
+        return x.counts()
+    return x if is_spike_tensor(x) else None
 
 
 @dataclass(frozen=True)
@@ -85,7 +113,7 @@ def _rate(x: Tensor) -> float:
 
 
 def _count(x: Tensor) -> int:
-    """The number of ones in a spike tensor, exact (a float64 sum of 0/1 values)."""
+    """The number of spikes in a tensor of spike counts, exact (a float64 sum of integers)."""
     return int(x.sum(dtype=torch.float64).item())
 
 
@@ -106,9 +134,9 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 def _conv_rule(module: nn.modules.conv._ConvNd, inputs: tuple, output: Tensor) -> OpCount:
     """Convolution: SOPs = ``sum(conv(x, ones))``; MACs = outputs x (C_in / groups) x kernel."""
-    x = inputs[0]
     dense = output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    if not is_spike_tensor(x):
+    x = spike_counts(inputs[0])
+    if x is None:
         return _real_input_cost(dense)
     if x.dim() == len(module.kernel_size) + 1:  # unbatched input
         x = x.unsqueeze(0)
@@ -131,9 +159,9 @@ def _conv_rule(module: nn.modules.conv._ConvNd, inputs: tuple, output: Tensor) -
 
 def _linear_rule(module: nn.Linear, inputs: tuple, output: Tensor) -> OpCount:
     """Linear: SOPs = ``sum(x @ ones.T)`` = spikes x out_features; MACs = outputs x in_features."""
-    x = inputs[0]
     dense = output.numel() * module.in_features
-    if not is_spike_tensor(x):
+    x = spike_counts(inputs[0])
+    if x is None:
         return _real_input_cost(dense)
     return _spike_input_cost(_count(x) * module.out_features, dense, _rate(x))
 
@@ -147,37 +175,37 @@ def _matmul_rule(module: nn.Module, inputs: tuple, output: Tensor) -> OpCount:
             f"{tuple(left.shape)} and {tuple(right.shape)}"
         )
     dense = output.numel() * left.shape[-1]
-    left_spikes, right_spikes = is_spike_tensor(left), is_spike_tensor(right)
+    left_counts, right_counts = spike_counts(left), spike_counts(right)
     batch = output.shape[:-2]
-    if left_spikes and right_spikes:
-        return _spike_input_cost(_count(output), dense, _rate(left) * _rate(right))
-    if right_spikes:  # ones [M, K] @ right: every spike reaches the M rows
-        spikes = _count(right.expand(*batch, *right.shape[-2:]))
-        return _spike_input_cost(spikes * left.shape[-2], dense, _rate(right))
-    if left_spikes:  # left @ ones [K, N]: every spike reaches the N columns
-        spikes = _count(left.expand(*batch, *left.shape[-2:]))
-        return _spike_input_cost(spikes * right.shape[-1], dense, _rate(left))
+    if left_counts is not None and right_counts is not None:  # one op per pair of spikes
+        sops = _count(left_counts @ right_counts)
+        return _spike_input_cost(sops, dense, _rate(left_counts) * _rate(right_counts))
+    if right_counts is not None:  # ones [M, K] @ right: every spike reaches the M rows
+        spikes = _count(right_counts.expand(*batch, *right.shape[-2:]))
+        return _spike_input_cost(spikes * left.shape[-2], dense, _rate(right_counts))
+    if left_counts is not None:  # left @ ones [K, N]: every spike reaches the N columns
+        spikes = _count(left_counts.expand(*batch, *left.shape[-2:]))
+        return _spike_input_cost(spikes * right.shape[-1], dense, _rate(left_counts))
     return _real_input_cost(dense)
 
 
 def _hadamard_rule(module: nn.Module, inputs: tuple, output: Tensor) -> OpCount:
     """``a * b``: one operation per non-zero product of two spike tensors, per spike otherwise."""
-    a, b = inputs
     dense = output.numel()
-    a_spikes, b_spikes = is_spike_tensor(a), is_spike_tensor(b)
-    if a_spikes and b_spikes:
-        return _spike_input_cost(_count(output), dense, _rate(a) * _rate(b))
-    if a_spikes or b_spikes:
-        spikes = a if a_spikes else b
+    a, b = (spike_counts(operand) for operand in inputs)
+    if a is not None and b is not None:  # one op per pair of spikes
+        return _spike_input_cost(_count(a * b), dense, _rate(a) * _rate(b))
+    if a is not None or b is not None:
+        spikes = a if a is not None else b
         return _spike_input_cost(_count(spikes.expand(output.shape)), dense, _rate(spikes))
     return _real_input_cost(dense)
 
 
 def _sum_rule(module: nn.Module, inputs: tuple, output: Tensor) -> OpCount:
     """A sum: one accumulate per spike summed (ones-weight rule); one MAC per real value."""
-    x = inputs[0]
-    if not is_spike_tensor(x):
-        return _real_input_cost(x.numel())
+    x = spike_counts(inputs[0])
+    if x is None:
+        return _real_input_cost(inputs[0].numel())
     return _spike_input_cost(_count(x), x.numel(), _rate(x))
 
 
@@ -390,7 +418,12 @@ class OpCounter(HookSession):
         self.samples = 0
 
     def _register_hooks(self) -> list[RemovableHandle]:
-        return [
+        tags = [
+            module.register_forward_hook(_tag_integer_spikes)
+            for module in self.model.modules()
+            if isinstance(module, IntegerNeuron)
+        ]
+        return tags + [
             module.register_forward_hook(self._hook(name, rule))
             for name, module, rule in self._targets
         ]
@@ -424,6 +457,11 @@ class OpCounter(HookSession):
         """The counts so far, per layer (layers that never ran are left out)."""
         layers = [layer for layer in self._layers.values() if layer.calls]
         return OpReport(layers, self.samples, self.energy)
+
+
+def _tag_integer_spikes(neuron: IntegerNeuron, inputs: tuple, output: Tensor) -> Tensor:
+    """Forward hook: the integer neuron's output, tagged with its levels and norm."""
+    return neuron.tag(output)
 
 
 def _classifier(model: nn.Module, classifier: str | nn.Module | None) -> nn.Module | None:

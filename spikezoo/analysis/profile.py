@@ -95,7 +95,7 @@ def profile_model(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if not spiking_neurons(model):
         raise ValueError(
-            f"{type(model).__name__} has no spikezoo spiking neurons (MultiStepNeuron layers): "
+            f"{type(model).__name__} has no spikezoo spiking neurons (SpikingNeuron layers): "
             "there are no spikes, firing rates or SOPs to report"
         )
     with torch.no_grad(), FiringRateMonitor(model) as monitor, OpCounter(model, energy) as counter:

@@ -2,8 +2,9 @@
 
 Each command is a module named in :data:`spikezoo_cli.COMMANDS` (with its one-line help) that
 defines ``add_arguments(parser)`` and ``run(args) -> int``. The console script is
-:func:`spikezoo_cli.main`, outside this package so that ``spikezoo --help`` and ``--version``
-answer without importing torch; it hands each command to :func:`main` here. A command reports
+:func:`spikezoo_cli.main`, outside this package so that ``spikezoo --help``, ``--version`` and
+a plain ``spikezoo list`` answer without importing torch; it hands each other command to
+:func:`main` here, showing on a terminal that torch is loading meanwhile. A command reports
 a problem by raising :class:`~spikezoo.cli.errors.CommandError`: ``main`` prints it as one line
 on stderr with its hint and returns a non-zero exit code.
 """

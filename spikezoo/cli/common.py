@@ -1,4 +1,5 @@
-"""Helpers shared by the commands: model names, argument types and the first-run note."""
+"""Helpers shared by the commands: model names, argument types, the neuron backend a command
+runs, and the first-run note."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import TYPE_CHECKING
 from spikezoo.cli.errors import CommandError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 __all__ = [
     "COMPILE_NOTE",
     "LIST_HINT",
     "TAGS_HINT",
+    "choose_backend",
     "close_names",
     "did_you_mean",
     "note_compilation",
@@ -42,6 +45,31 @@ def note_compilation(command: str, model: nn.Module) -> None:
     neurons = [m for m in model.modules() if isinstance(m, MultiStepNeuron)]
     if any(neuron.backend != "torch" for neuron in neurons):
         print(f"spikezoo {command}: {COMPILE_NOTE}", file=sys.stderr, flush=True)
+
+
+def choose_backend(
+    model: nn.Module, requested: str | None, forward_passes: int, device: torch.device
+) -> str:
+    """Give every neuron of ``model`` its backend and return the backend's name.
+
+    ``requested`` (a command's ``--backend``) wins. Without it the work decides: a command of a
+    few forward passes runs its neurons eagerly rather than wait for ``torch.compile``
+    (:func:`spikezoo.neurons.model_backend.backend_for_work`). An unknown name is a
+    CommandError.
+    """
+    from spikezoo.neurons import MultiStepNeuron, set_backend
+    from spikezoo.neurons.backends import validate_backend
+    from spikezoo.neurons.model_backend import backend_for_work
+
+    backend = requested if requested is not None else backend_for_work(forward_passes, device)
+    try:
+        validate_backend(backend)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    # A model without neurons has no backend to set; the command's own check says what is wrong.
+    if any(isinstance(module, MultiStepNeuron) for module in model.modules()):
+        set_backend(model, backend)
+    return backend
 
 
 def spikezoo_names(pretrained: bool = False) -> list[str]:

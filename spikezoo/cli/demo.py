@@ -7,12 +7,19 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from spikezoo.cli.common import note_compilation, positive_int, resolve_model_name
+from spikezoo.cli.common import (
+    choose_backend,
+    note_compilation,
+    positive_int,
+    resolve_model_name,
+)
 from spikezoo.cli.errors import CommandError
+from spikezoo_cli import progress
 
 if TYPE_CHECKING:
     import torch
 
+COMMAND = "spikezoo demo"
 DEFAULT_MODEL = "sdt_2_256_cifar"
 
 
@@ -77,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from spikezoo.analysis import calibrate_batchnorm
 
     torch.manual_seed(0)
-    model = create_model(name, args.pretrained, args.time_steps)
+    with progress(COMMAND, f"building {name}"):
+        model = create_model(name, args.pretrained, args.time_steps)
+    # The calibration pass (random weights only) and the classifying pass.
+    backend = choose_backend(model, None, 1 + int(not args.pretrained), torch.device("cpu"))
     config = resolve_data_config({}, model=model)
     channels, height, width = config["input_size"]
     mean = torch.tensor(config["mean"]).view(-1, 1, 1)
@@ -85,22 +95,25 @@ def run(args: argparse.Namespace) -> int:
     image = ((default_image(channels, height, width) - mean) / std).unsqueeze(0)
 
     note_compilation("demo", model)
+    compiling = "" if backend == "torch" else " (the neurons' kernels compile first)"
     if not args.pretrained:
-        calibrate_batchnorm(model, image)
+        with progress(COMMAND, f"calibrating BatchNorm on the input{compiling}"):
+            calibrate_batchnorm(model, image)
 
     rates: dict[str, float] = {}
     for layer_name, neuron in model.spiking_neurons():
         neuron.register_forward_hook(
             lambda _m, _i, out, n=layer_name: rates.__setitem__(n, out.float().mean().item())
         )
-    start = time.perf_counter()
-    with torch.no_grad():
+    with progress(COMMAND, "classifying the input"), torch.no_grad():
+        start = time.perf_counter()
         probs = model(image).softmax(-1)[0]
-    elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
 
     params = sum(p.numel() for p in model.parameters())
     weights = "pretrained" if args.pretrained else "random weights, BN calibrated on the input"
     print(f"{name}: {params / 1e6:.2f}M parameters, T={model.time_steps}, {weights}")
+    print(f"neurons on the {backend} backend")
     print(f"input: built-in pattern {tuple(image.shape)}; forward {elapsed * 1e3:.0f} ms")
     print("top-5 classes:")
     top = probs.topk(min(5, probs.numel()))

@@ -8,12 +8,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spikezoo.cli.common import note_compilation, positive_int, resolve_model_name
+from spikezoo.cli.common import (
+    choose_backend,
+    note_compilation,
+    positive_int,
+    resolve_model_name,
+)
 from spikezoo.cli.errors import CommandError
+from spikezoo_cli import progress
 
 if TYPE_CHECKING:
     from spikezoo.analysis.profile import ModelProfile
 
+COMMAND = "spikezoo profile"
 FORMATS = ("table", "json", "csv")
 RANDOM_WEIGHTS_NOTE = (
     "random weights (BatchNorm statistics calibrated on the input so that the network spikes): "
@@ -37,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        help="neuron backend for every neuron: auto, torch, inductor (default: as built)",
+        help="neuron backend for every neuron: auto, torch, inductor (default: torch, eager, "
+        "for up to 20 forward passes, else auto)",
     )
     parser.add_argument("--device", help="where to run, e.g. cpu, cuda:0 (default: cuda if any)")
     parser.add_argument(
@@ -70,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     torch.manual_seed(0)
-    model = _create_model(name, args).to(device)
-    if args.backend is not None:
-        _set_backend(model, args.backend)
+    with progress(COMMAND, f"building {name}"):
+        model = _create_model(name, args).to(device)
+    calibrated = not (args.pretrained or args.checkpoint)
+    # A calibration pass (if any), the counted pass, then the timed ones.
+    passes = int(calibrated) + 1 + args.repeats
+    backend = choose_backend(model, args.backend, passes, device)
     try:
         if args.input_size is not None:
             model.check_image_size(args.input_size, args.input_size)
@@ -81,22 +92,27 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{image_path}: {error}" if args.image else str(error)) from None
     sample = sample.to(device)
     note_compilation("profile", model)
-    if not (args.pretrained or args.checkpoint):
-        calibrate_batchnorm(model, sample)
+    compiling = "" if backend == "torch" else " (the neurons' kernels compile first)"
+    if calibrated:
+        with progress(COMMAND, f"calibrating BatchNorm on the image{compiling}"):
+            calibrate_batchnorm(model, sample)
     inputs = sample.expand(args.batch_size, *sample.shape[1:]).contiguous()
+    passes_timed = "1 forward pass" if args.repeats == 1 else f"{args.repeats} forward passes"
+    doing = f"counting operations, timing {passes_timed}"
     try:
-        profile = profile_model(model, inputs, energy, args.repeats)
+        with progress(COMMAND, doing + ("" if calibrated else compiling)):
+            profile = profile_model(model, inputs, energy, args.repeats)
     except ValueError as error:
         raise CommandError(f"{name}: {error}") from None
 
-    weights = _weights(args)
-    source = f"{image_path}" if args.image else f"{image_path.name} (built-in)"
+    image_name = f"{image_path}" if args.image else f"{image_path.name} (built-in)"
+    run = dict(model=name, weights=_weights(args), image=image_name, neuron_backend=backend)
     if args.format == "json":
-        print(json.dumps({"model": name, "weights": weights, "image": source, **profile.to_dict()}))
+        print(json.dumps({**run, **profile.to_dict()}))
     elif args.format == "csv":
-        sys.stdout.write(_csv(name, weights, source, profile))
+        sys.stdout.write(_csv(run, profile))
     else:
-        print(_table(name, weights, source, profile, args.repeats))
+        print(_table(run, profile, args.repeats))
     return 0
 
 
@@ -137,15 +153,6 @@ def _device(name: str | None):
     return device
 
 
-def _set_backend(model, backend: str) -> None:
-    from spikezoo.neurons import set_backend
-
-    try:
-        set_backend(model, backend)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
-
-
 def _weights(args: argparse.Namespace) -> str:
     if args.checkpoint is not None:
         return f"checkpoint {args.checkpoint}"
@@ -159,12 +166,13 @@ def _si(value: float, unit: str = "") -> str:
     return f"{value:.3g} {unit}".rstrip()
 
 
-def _table(name: str, weights: str, source: str, profile: ModelProfile, repeats: int) -> str:
+def _table(run: dict[str, str], profile: ModelProfile, repeats: int) -> str:
+    """The table ``--format table`` prints; ``run`` holds model, weights, image, neuron_backend."""
     ops, energy = profile.ops, profile.ops.energy
-    weights_line = RANDOM_WEIGHTS_NOTE if weights == "random" else weights
+    weights_line = RANDOM_WEIGHTS_NOTE if run["weights"] == "random" else run["weights"]
     lines = [
-        f"{name}: {weights_line}",
-        f"input       {source} -> {list(profile.input_shape)}, T={profile.time_steps}",
+        f"{run['model']}: {weights_line}",
+        f"input       {run['image']} -> {list(profile.input_shape)}, T={profile.time_steps}",
         f"parameters  {_si(profile.parameters)}",
         f"MACs        {_si(ops.macs)}  (real-valued inputs, full cost)",
         f"SOPs        {_si(ops.sops)}  (accumulates triggered by spikes)",
@@ -176,7 +184,7 @@ def _table(name: str, weights: str, source: str, profile: ModelProfile, repeats:
         f"dense       {_si(ops.dense_macs)} MACs as a non-spiking network over T steps "
         f"({energy.e_mac * ops.dense_macs * 1e-9:.4f} mJ)",
         f"throughput  {profile.throughput:.3g} images/s (batch {profile.input_shape[0]}, "
-        f"{profile.device}, median of {repeats})",
+        f"{profile.device}, median of {repeats}), neurons on the {run['neuron_backend']} backend",
         f"mean firing rate {profile.rates.mean_rate:.4f}; per layer (mean over T, batch and "
         "neurons, then per time step):",
         profile.rates.per_layer().to_markdown(".4f"),
@@ -184,11 +192,11 @@ def _table(name: str, weights: str, source: str, profile: ModelProfile, repeats:
     return "\n".join(lines)
 
 
-def _csv(name: str, weights: str, source: str, profile: ModelProfile) -> str:
+def _csv(run: dict[str, str], profile: ModelProfile) -> str:
+    """The rows ``--format csv`` prints: section, layer, metric, value."""
     from spikezoo.analysis import Table
 
-    rows = [["summary", "", "model", name], ["summary", "", "weights", weights]]
-    rows.append(["summary", "", "image", source])
+    rows = [["summary", "", key, value] for key, value in run.items()]
     rows.extend(
         ["summary", "", key, json.dumps(value) if isinstance(value, list) else value]
         for key, value in profile.summary().items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from spikezoo.cli.train import add_recipe_arguments, failure, load_config
+from spikezoo_cli import progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     try:
-        metrics = validate(config, args.checkpoint)
+        with progress("spikezoo validate", f"evaluating {args.checkpoint}"):
+            metrics = validate(config, args.checkpoint)
     except (RecipeError, DatasetError, CheckpointError) as error:
         raise failure(error) from error
     print(f"loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%")

@@ -1,4 +1,5 @@
-"""Inference deployment: one call folds BatchNorm, picks the memory layout and compiles.
+"""Inference deployment: one call folds BatchNorm, picks the memory layout and compiles;
+:func:`expand_to_binary` runs integer spikes as binary spikes over virtual time steps.
 
 >>> import timm, torch, spikezoo
 >>> from spikezoo.deploy import optimize
@@ -11,6 +12,12 @@
 torch.Size([1, 10])
 """
 
+from spikezoo.deploy.binary import (
+    EXPANDED_LAYERS,
+    BinaryOnlySpikes,
+    VirtualSteps,
+    expand_to_binary,
+)
 from spikezoo.deploy.fold import (
     FoldedBatchNorm,
     FoldedPair,
@@ -21,11 +28,15 @@ from spikezoo.deploy.fold import (
 from spikezoo.deploy.optimize import DeployReport, default_channels_last, optimize
 
 __all__ = [
+    "EXPANDED_LAYERS",
+    "BinaryOnlySpikes",
     "DeployReport",
     "FoldReport",
     "FoldedBatchNorm",
     "FoldedPair",
+    "VirtualSteps",
     "default_channels_last",
+    "expand_to_binary",
     "fold_batchnorm",
     "foldable_pairs",
     "optimize",

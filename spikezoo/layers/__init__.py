@@ -24,8 +24,15 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 """
 
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
-from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
+from spikezoo.layers.bn_neuron import batch_norm_fire, set_bn_neuron_fusion
+from spikezoo.layers.defaults import (
+    RESFORMER_NEURON,
+    SDT_NEURON,
+    SPIKFORMER_NEURON,
+    SPIKINGFORMER_DVS_NEURON,
+)
 from spikezoo.layers.dssa import DSSA, Downsample, freeze_firing_rates
+from spikezoo.layers.e_spikeformer import IntegerLinearAttention, SpikingSepConv
 from spikezoo.layers.metaformer import (
     BNAndPad,
     LinearSpikingAttention,
@@ -39,6 +46,7 @@ from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_ke
 from spikezoo.layers.sdsa import SDSA, dilate
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
 from spikezoo.layers.sps import SPS, parse_pooling
+from spikezoo.layers.ssa import SSA
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, PerStep, check_tbchw, per_step
 
 __all__ = [
@@ -47,12 +55,16 @@ __all__ = [
     "RESFORMER_NEURON",
     "SDSA",
     "SDT_NEURON",
+    "SPIKFORMER_NEURON",
+    "SPIKINGFORMER_DVS_NEURON",
     "SPS",
+    "SSA",
     "BNAndPad",
     "ConvBN",
     "Downsample",
     "DropPath",
     "HeadLayout",
+    "IntegerLinearAttention",
     "LinearSpikingAttention",
     "LoadsRenamedChildren",
     "NeuronFactory",
@@ -64,12 +76,15 @@ __all__ = [
     "SpikingHadamard",
     "SpikingMLP",
     "SpikingMatmul",
+    "SpikingSepConv",
     "SpikingSum",
     "SpikingTokenMLP",
+    "batch_norm_fire",
     "check_tbchw",
     "dilate",
     "freeze_firing_rates",
     "parse_pooling",
     "per_step",
     "rename_old_keys",
+    "set_bn_neuron_fusion",
 ]

@@ -8,6 +8,7 @@ and :class:`SpikingTokenMLP` for the late ones. Every block is residual on membr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import ClassVar
 
@@ -175,13 +176,21 @@ class SpikingConvBlock(nn.Module):
         dim: channels.
         mlp_ratio: hidden width of the 3x3 pair as a multiple of ``dim`` (4 in every model).
         neuron: factory of the spiking neurons.
+        separable: the separable convolution's class, called ``separable(dim, neuron=neuron)``
+            (E-SpikeFormer: :class:`~spikezoo.layers.SpikingSepConv`).
     """
 
-    def __init__(self, dim: int, mlp_ratio: int = 4, neuron: NeuronFactory = SDT_NEURON) -> None:
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: int = 4,
+        neuron: NeuronFactory = SDT_NEURON,
+        separable: Callable[..., nn.Module] = SepConv,
+    ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
         hidden = dim * positive_int("mlp_ratio", mlp_ratio)
-        self.sep_conv = SepConv(dim, neuron=neuron)
+        self.sep_conv = separable(dim, neuron=neuron)
         self.conv1 = ConvBN(dim, hidden, 3, neuron=neuron)
         self.conv2 = ConvBN(hidden, dim, 3, neuron=neuron)
 

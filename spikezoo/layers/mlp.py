@@ -1,10 +1,10 @@
-"""Spiking feed-forward blocks: the SDT MLP and SpikingResformer's group-wise FFN."""
+"""Spiking feed-forward blocks: the SDT / Spikformer MLP and SpikingResformer's group-wise FFN."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from spikezoo._checks import positive_int
+from spikezoo._checks import boolean, positive_int
 from spikezoo.layers.defaults import RESFORMER_NEURON, SDT_NEURON
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
@@ -12,11 +12,24 @@ __all__ = ["GWSFFN", "SpikingMLP"]
 
 
 class SpikingMLP(nn.Module):
-    """The Spike-driven Transformer MLP: ``[T, B, dim, H, W]`` -> same shape (residual).
+    """The spiking MLP of the Spike-driven Transformer, Spikformer and Spikingformer:
+    ``[T, B, dim, H, W]`` -> same shape (residual).
 
-    ``h = BN(conv1x1(LIF(x)))`` widens to ``hidden_dim``, ``o = BN(conv1x1(LIF(h)))`` narrows
-    back; the result is ``x + o``. When ``hidden_dim == dim`` the authors also add the
-    membrane shortcut inside: ``h = h + x``, and the result is ``h + o``.
+    Pre-activation (SDT, Spikingformer): ``h = BN(conv1x1(LIF(x)))`` widens to ``hidden_dim``,
+    ``o = BN(conv1x1(LIF(h)))`` narrows back; the result is ``x + o``, a membrane potential.
+    With ``inner_shortcut`` and ``hidden_dim == dim`` the SDT authors also add the membrane
+    shortcut inside: ``h = h + x``, and the result is ``h + o``.
+
+    Post-activation (Spikformer, ``pre_activation=False``): ``o = LIF(BN(conv1x1(LIF(BN(
+    conv1x1(x))))))``, spikes, and the result is ``x + o``.
+
+    Args:
+        dim: input and output channels.
+        hidden_dim: hidden channels (default ``4 * dim``).
+        neuron: factory of the spiking neurons.
+        drop_path: stochastic depth of the residual branch.
+        pre_activation: neurons before the convolutions (see above).
+        inner_shortcut: the SDT authors' inner shortcut when ``hidden_dim == dim``.
     """
 
     def __init__(
@@ -25,23 +38,31 @@ class SpikingMLP(nn.Module):
         hidden_dim: int | None = None,
         neuron: NeuronFactory = SDT_NEURON,
         drop_path: float = 0.0,
+        pre_activation: bool = True,
+        inner_shortcut: bool = True,
     ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
         hidden_dim = 4 * dim if hidden_dim is None else positive_int("hidden_dim", hidden_dim)
-        self.inner_shortcut = hidden_dim == dim
-        self.fc1 = ConvBN(dim, hidden_dim, bias=True, neuron=neuron)
+        self.inner_shortcut = boolean("inner_shortcut", inner_shortcut) and hidden_dim == dim
+        boolean("pre_activation", pre_activation)
+        self.fc1 = ConvBN(dim, hidden_dim, bias=True, neuron=neuron if pre_activation else None)
         self.fc2 = ConvBN(hidden_dim, dim, bias=True, neuron=neuron)
+        self.out_lif = None if pre_activation else neuron()
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, dim, H, W]`` -> same shape (residual)."""
         check_tbchw(x, self.dim, "SpikingMLP")
-        h = self.fc1(x)
         if self.inner_shortcut:
-            h = h + x
-            x = h
-        return x + self.drop_path(self.fc2(h))
+            h = self.fc1(x) + x
+            return h + self.drop_path(self.fc2(h))
+        # fc1's BatchNorm feeds fc2's neuron directly: fused, then fc2 without its neuron
+        spikes = self.fc1.conv_bn_fire(x, self.fc2.neuron)
+        out = self.fc2.conv_bn(spikes)
+        if self.out_lif is not None:
+            out = self.out_lif(out)
+        return x + self.drop_path(out)
 
 
 class GWSFFN(nn.Module):

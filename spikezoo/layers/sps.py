@@ -1,4 +1,5 @@
-"""Spiking patch splitting (SPS), the Spike-driven Transformer's patch embedding."""
+"""Spiking patch splitting (SPS): the patch embedding of the Spike-driven Transformer,
+Spikformer and Spikingformer."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from collections.abc import Sequence
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from spikezoo._checks import positive_int
+from spikezoo._checks import choice, positive_int
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.temporal import ConvBN, NeuronFactory, PerStep, check_tbchw
 
-__all__ = ["SPS", "parse_pooling"]
+__all__ = ["RPE_MODES", "SPS", "parse_pooling"]
 
 
 def parse_pooling(pooling: str | Sequence[bool]) -> tuple[bool, ...]:
@@ -45,14 +46,24 @@ def check_sps_input(x: Tensor, in_chans: int, pooling: tuple[bool, ...]) -> None
         )
 
 
+#: How the fifth, ``embed_dim -> embed_dim`` conv stage of :class:`SPS` ends the embedding.
+RPE_MODES = ("membrane", "spikes", "plain")
+
+
 class SPS(nn.Module):
     """Spiking patch splitting: ``[T, B, in_chans, H, W]`` -> ``[T, B, embed_dim, H/r, W/r]``.
 
-    Four 3x3 conv+BN stages widen the input to ``embed_dim/8, /4, /2, 1``; the first three
-    fire spikes (``proj_lif``). After stage ``i`` a 3x3 stride-2 max-pool halves the resolution
-    when ``pooling_stat[i]`` is set, so ``r = 2 ** (number of set flags)``. The last stage's
-    membrane potential ``feat`` gets a spiking relative position embedding added:
-    ``feat + BN(conv(LIF(feat)))``.
+    Four 3x3 conv+BN stages widen the input to ``embed_dim/8, /4, /2, 1``, each firing spikes
+    (``proj_lif``) except the last with ``rpe="membrane"``. After stage ``i`` a 3x3 stride-2
+    max-pool halves the resolution when ``pooling_stat[i]`` is set, so
+    ``r = 2 ** (number of set flags)``. A fifth 3x3 conv+BN stage (``rpe``) follows:
+
+    * ``"membrane"`` (Spike-driven Transformer): the last stage's pooled membrane potential
+      ``feat`` gets a spiking relative position embedding, ``feat + BN(conv(LIF(feat)))``;
+    * ``"spikes"`` (Spikformer): the last stage fires too, and its pooled spikes ``s`` get
+      ``s + LIF(BN(conv(s)))`` (values 0, 1, 2);
+    * ``"plain"`` (Spikingformer's spiking tokenizer): ``BN(conv(s))``, a membrane potential,
+      without residual.
 
     Args:
         in_chans: input channels (3 for images, 2 for DVS event frames).
@@ -60,6 +71,7 @@ class SPS(nn.Module):
         pooling_stat: which stages pool, ``"1111"`` (ImageNet, r=16), ``"0011"`` (CIFAR, r=4),
             ``"0111"`` (DVS128 Gesture, r=8), or a sequence of four booleans.
         neuron: factory for the spiking neurons.
+        rpe: how the fifth stage ends the embedding, one of :data:`RPE_MODES` (above).
     """
 
     def __init__(
@@ -68,25 +80,33 @@ class SPS(nn.Module):
         embed_dim: int = 512,
         pooling_stat: str | Sequence[bool] = "1111",
         neuron: NeuronFactory = SDT_NEURON,
+        rpe: str = "membrane",
     ) -> None:
         super().__init__()
         self.in_chans = in_chans = positive_int("in_chans", in_chans)
         if positive_int("embed_dim", embed_dim) % 8:
             raise ValueError(f"embed_dim must be a multiple of 8, got {embed_dim}")
+        self.rpe_mode = choice("rpe", rpe, RPE_MODES)
         self.pooling = parse_pooling(pooling_stat)
         self.reduction = 2 ** sum(self.pooling)
         widths = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
         self.proj = nn.ModuleList(ConvBN(widths[i], widths[i + 1], 3) for i in range(4))
-        self.proj_lif = nn.ModuleList(neuron() for _ in range(3))
+        firing_stages = 3 if rpe == "membrane" else 4
+        self.proj_lif = nn.ModuleList(neuron() for _ in range(firing_stages))
         self.pool = nn.ModuleList(
             PerStep(nn.MaxPool2d(3, 2, 1)) if p else nn.Identity() for p in self.pooling
         )
-        self.rpe = ConvBN(embed_dim, embed_dim, 3, neuron=neuron)
+        self.rpe = ConvBN(embed_dim, embed_dim, 3, neuron=neuron if rpe == "membrane" else None)
+        self.rpe_lif = neuron() if rpe == "spikes" else None
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[T, B, in_chans, H, W]`` -> ``[T, B, embed_dim, H/r, W/r]`` membrane potentials."""
+        """``[T, B, in_chans, H, W]`` -> ``[T, B, embed_dim, H/r, W/r]`` (see the modes above)."""
         check_sps_input(x, self.in_chans, self.pooling)
-        for proj, lif, pool in zip(self.proj[:-1], self.proj_lif, self.pool[:-1], strict=True):
-            x = pool(lif(proj(x)))
-        feat = self.pool[-1](self.proj[-1](x))
-        return feat + self.rpe(feat)
+        for i, (proj, pool) in enumerate(zip(self.proj, self.pool, strict=True)):
+            x = pool(proj.conv_bn_fire(x, self.proj_lif[i]) if i < len(self.proj_lif) else proj(x))
+        if self.rpe_mode == "plain":
+            return self.rpe(x)
+        position = self.rpe(x)
+        if self.rpe_lif is not None:
+            position = self.rpe_lif(position)
+        return x + position

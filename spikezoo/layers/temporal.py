@@ -15,6 +15,7 @@ from timm.layers import drop_path, register_notrace_function
 from torch import Tensor, nn
 
 from spikezoo._checks import fraction, positive_int
+from spikezoo.layers.bn_neuron import batch_norm_fire
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 
 __all__ = ["ConvBN", "DropPath", "NeuronFactory", "PerStep", "check_tbchw", "per_step"]
@@ -78,6 +79,10 @@ class ConvBN(LoadsRenamedChildren):
 
     renamed_children: ClassVar[dict[str, str]] = {"lif": "neuron"}
 
+    #: :meth:`conv_bn_fire` fuses BatchNorm with the neuron after it in training (see
+    #: :mod:`spikezoo.layers.bn_neuron`); ``False`` runs them as two modules.
+    fuse_bn_neuron: bool = True
+
     def __init__(
         self,
         in_chans: int,
@@ -107,7 +112,25 @@ class ConvBN(LoadsRenamedChildren):
         check_tbchw(x, self.in_chans, type(self).__name__)
         if self.neuron is not None:
             x = self.neuron(x)
+        return self.conv_bn(x)
+
+    def conv_bn(self, x: Tensor) -> Tensor:
+        """The layer after its neuron: ``x [T, B, in_chans, H, W]`` (its spikes) -> BN(conv(x))."""
         return per_step(self._conv_bn, x)
+
+    def conv_bn_fire(self, x: Tensor, neuron: nn.Module) -> Tensor:
+        """``neuron(self(x))``: the spikes of the neuron that reads this layer's output.
+
+        ``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']`` spikes. In training, the
+        BatchNorm and ``neuron`` are fused (:func:`~spikezoo.layers.bn_neuron.batch_norm_fire`):
+        only the convolution's output is kept for backward.
+        """
+        if not self.fuse_bn_neuron or not isinstance(x, Tensor):  # torch.fx: the plain pair
+            return neuron(self(x))
+        check_tbchw(x, self.in_chans, type(self).__name__)
+        if self.neuron is not None:
+            x = self.neuron(x)
+        return batch_norm_fire(per_step(self.conv, x), self.bn, neuron)
 
     def _conv_bn(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x))

@@ -7,7 +7,9 @@ from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig
 from spikezoo.models._registry import FAMILIES, families, family_of, model_names
 from spikezoo.models.spike_driven_transformer import SpikeDrivenTransformer
 from spikezoo.models.spike_driven_transformer_v2 import SpikeDrivenTransformerV2
+from spikezoo.models.spikformer import Spikformer
 from spikezoo.models.spiking_resformer import SpikingResformer
+from spikezoo.models.spikingformer import Spikingformer
 from spikezoo.weights import SpikingPretrainedCfg
 
 #: Every spikezoo entry point registered with timm, family by family in :data:`FAMILIES` order.
@@ -22,9 +24,11 @@ __all__ = [
     "ReferenceCount",
     "SpikeDrivenTransformer",
     "SpikeDrivenTransformerV2",
+    "Spikformer",
     "SpikingPretrainedCfg",
     "SpikingResformer",
     "SpikingVisionModel",
+    "Spikingformer",
     "TinyConfig",
     "families",
     "family_of",

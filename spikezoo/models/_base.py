@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from spikezoo import _checks
 from spikezoo.layers import NeuronFactory, freeze_firing_rates
 from spikezoo.layers.defaults import neuron_factory
-from spikezoo.neurons import MultiStepNeuron
+from spikezoo.neurons import SpikingNeuron
 from spikezoo.neurons.saved_spikes import compact_saved_spikes
 
 __all__ = [
@@ -394,13 +394,13 @@ class SpikingVisionModel(nn.Module):
         return {
             f"{name}.{param_name}" if name else param_name
             for name, module in self.named_modules()
-            if isinstance(module, MultiStepNeuron)
+            if isinstance(module, SpikingNeuron)
             for param_name, _ in module.named_parameters(recurse=False)
         }
 
-    def spiking_neurons(self) -> list[tuple[str, MultiStepNeuron]]:
+    def spiking_neurons(self) -> list[tuple[str, SpikingNeuron]]:
         """Every neuron layer with its name: the places to hook for firing-rate analysis."""
-        return [(n, m) for n, m in self.named_modules() if isinstance(m, MultiStepNeuron)]
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, SpikingNeuron)]
 
 
 def _recompute_in_the_same_state(

@@ -15,6 +15,7 @@ from spikezoo.weights import unwrap_state_dict
 __all__ = [
     "CheckpointMismatchError",
     "RenameRule",
+    "as_conv1x1",
     "check_state_dict",
     "filter_checkpoint",
     "guess_architecture",
@@ -64,6 +65,28 @@ def rename_keys(state_dict: Mapping[str, Tensor], rules: list[RenameRule]) -> di
         if new_key is not None:
             renamed[new_key] = value
     return renamed
+
+
+def as_conv1x1(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """``state_dict`` with the weights of ``Linear`` (``[out, in]``) and 1x1 ``Conv1d``
+    (``[out, in, 1]``) layers reshaped to the ``[out, in, 1, 1]`` of ``model``'s 1x1 ``Conv2d``
+    of the same key; every other tensor unchanged (a :data:`~spikezoo.models.KeyMapping` pass
+    after renaming)."""
+    shapes = {key: value.shape for key, value in model.state_dict().items()}
+    fitted = {}
+    for key, value in state_dict.items():
+        shape = shapes.get(key)
+        if (
+            shape is not None
+            and value.dim() in (2, 3)
+            and len(shape) == 4
+            and tuple(shape[2:]) == (1, 1)
+            and value.shape[:2] == shape[:2]
+            and value.numel() == shape.numel()
+        ):
+            value = value.reshape(shape)
+        fitted[key] = value
+    return fitted
 
 
 def filter_checkpoint(

@@ -48,6 +48,9 @@ class ReferenceCount(NamedTuple):
     parameters: int
     #: arguments of the entry point, e.g. ``{"kd": True}``
     args: Mapping[str, Any] = MappingProxyType({})
+    #: of ``parameters``, those the authors' class creates but its forward never uses (e.g.
+    #: LayerNorms it never applies): spikezoo does not build them
+    unused: int = 0
 
 
 @dataclass(frozen=True)

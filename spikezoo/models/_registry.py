@@ -44,6 +44,9 @@ FAMILIES: tuple[str, ...] = (
     "spikezoo.models.spike_driven_transformer",
     "spikezoo.models.spiking_resformer",
     "spikezoo.models.spike_driven_transformer_v2",
+    "spikezoo.models.spike_driven_transformer_v3",
+    "spikezoo.models.spikformer",
+    "spikezoo.models.spikingformer",
 )
 
 

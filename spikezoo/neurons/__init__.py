@@ -1,5 +1,7 @@
-"""Multi-step spiking neurons: stateless layers over time-major ``[T, ...]`` input."""
+"""Spiking neurons: stateless multi-step layers over time-major ``[T, ...]`` input, and integer
+neurons (0..D spikes in one step)."""
 
+from spikezoo.neurons.base import SpikingNeuron
 from spikezoo.neurons.functional import (
     BACKENDS,
     multistep_if,
@@ -7,6 +9,7 @@ from spikezoo.neurons.functional import (
     multistep_neuron,
     multistep_plif,
 )
+from spikezoo.neurons.integer import IntegerNeuron, IntegerSpikes
 from spikezoo.neurons.model_backend import set_backend, use_backend
 from spikezoo.neurons.modules import MultiStepIF, MultiStepLIF, MultiStepNeuron, MultiStepPLIF
 from spikezoo.neurons.saved_spikes import PackedSpikes, compact_saved_spikes, pack_spikes
@@ -14,11 +17,14 @@ from spikezoo.neurons.surrogate import Surrogate, get_surrogate, register_surrog
 
 __all__ = [
     "BACKENDS",
+    "IntegerNeuron",
+    "IntegerSpikes",
     "MultiStepIF",
     "MultiStepLIF",
     "MultiStepNeuron",
     "MultiStepPLIF",
     "PackedSpikes",
+    "SpikingNeuron",
     "Surrogate",
     "compact_saved_spikes",
     "get_surrogate",

@@ -5,8 +5,9 @@ models need no ``reset_net`` and work with ``torch.compile``, DDP and gradient c
 For streaming, pass the previous chunk's final membrane as ``v_init`` and ask for
 ``return_state=True``.
 
-Every spikezoo neuron is a :class:`MultiStepNeuron`, so analysis tools find them all with
-``[m for m in model.modules() if isinstance(m, MultiStepNeuron)]`` and hook their outputs.
+Every binary spikezoo neuron is a :class:`MultiStepNeuron`, and every neuron (the integer
+:class:`~spikezoo.neurons.IntegerNeuron` too) a :class:`~spikezoo.neurons.SpikingNeuron`, so
+analysis tools find them all with ``isinstance(m, SpikingNeuron)`` and hook their outputs.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from torch import Tensor, nn
 
 from spikezoo import _checks
 from spikezoo.neurons import functional as F
+from spikezoo.neurons.base import SpikingNeuron
 from spikezoo.neurons.surrogate import get_surrogate
 
 __all__ = ["MultiStepIF", "MultiStepLIF", "MultiStepNeuron", "MultiStepPLIF"]
 
 
 @register_notrace_module  # torch.fx keeps neurons (and subclasses) whole: their loops branch
-class MultiStepNeuron(nn.Module):
+class MultiStepNeuron(SpikingNeuron):
     """Base class of spikezoo's neurons; subclasses define the leak through :meth:`decay`.
 
     Args:

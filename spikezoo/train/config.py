@@ -230,7 +230,8 @@ class RunConfig(_Section):
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         amp: automatic mixed precision (float16 on CUDA, bfloat16 on CPU).
         deterministic: ask torch for deterministic algorithms.
-        progress: show a progress bar per epoch (rank 0).
+        progress: show a progress bar per epoch (rank 0); the one-line summary of each epoch
+            is printed either way.
         tensorboard: write TensorBoard events when ``tensorboard`` is installed.
         plot: plot the curves to ``curves.png`` at the end (when matplotlib is installed).
         eval_every: validate every this many epochs (and after the last).

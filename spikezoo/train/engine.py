@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from spikezoo._optional import optional_dependency
 from spikezoo.neurons import MultiStepNeuron, set_backend
+from spikezoo.neurons.model_backend import backend_for_work
 from spikezoo.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -99,10 +100,14 @@ def build_model(config: Config, datasets: Datasets) -> nn.Module:
             input_size=(kwargs["in_chans"], size, size),
         )
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    spiking = any(isinstance(module, MultiStepNeuron) for module in model.modules())
-    if config.model.neuron_backend != "auto" and spiking:  # a non-spiking baseline has none
+    if config.model.neuron_backend != "auto" and _is_spiking(model):
         set_backend(model, config.model.neuron_backend)
     return model
+
+
+def _is_spiking(model: nn.Module) -> bool:
+    """Whether ``model`` has spikezoo neurons (a non-spiking baseline has none)."""
+    return any(isinstance(module, MultiStepNeuron) for module in model.modules())
 
 
 def _head_classes(path: str | Path) -> int:
@@ -479,13 +484,12 @@ def _open_log(run: _Run, resumed: bool, start_epoch: int) -> RunLog | None:
 
 
 def _log_epoch(run: _Run, log: RunLog | None, epoch: int, metrics: dict) -> None:
-    """Rank 0: a ``log.csv`` row and, with ``run.progress``, a summary line on stdout."""
+    """Rank 0: a ``log.csv`` row and a summary line on stdout, with or without ``run.progress``."""
     if log is None:
         return
     log.log(epoch + 1, metrics)
-    if run.config.run.progress:
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        print(f"epoch {epoch + 1}/{run.epochs}: {summary}", flush=True)
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    print(f"epoch {epoch + 1}/{run.epochs}: {summary}", flush=True)
 
 
 def _close_log(run: _Run, log: RunLog | None) -> None:
@@ -533,6 +537,9 @@ def validate(config: Config, checkpoint: str | Path) -> dict[str, float]:
         config.finetune.checkpoint = str(checkpoint)
         model = build_model(config, datasets).to(context.device)
         _, eval_loader, _ = build_loaders(datasets, config.data, context, config.run.seed)
+        if config.model.neuron_backend == "auto" and _is_spiking(model):
+            # A few batches run faster eagerly than after compiling the neurons' kernels.
+            set_backend(model, backend_for_work(len(eval_loader), context.device))
         return evaluate(model, eval_loader, context, config.run.amp)
     finally:
         if context.distributed:

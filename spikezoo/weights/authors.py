@@ -35,11 +35,17 @@ class AuthorsFile:
     only a ``page`` (e.g. a Drive folder) to download from by hand.
 
     ``sha256`` is the digest a download must have; ``None`` where nobody has recorded it yet.
+    ``password`` is the extraction code a page asks for (Baidu Netdisk shares).
     """
 
     page: str
     drive_id: str | None = None
     sha256: str | None = None
+    password: str | None = None
+
+    def where(self) -> str:
+        """Where the file is, for a person: the page, with its password if it has one."""
+        return self.page + (f" (password {self.password})" if self.password else "")
 
     @classmethod
     def on_drive(cls, file_id: str, sha256: str | None = None) -> AuthorsFile:

@@ -116,7 +116,7 @@ def weight_sources(cfg: PretrainedCfg) -> list[str]:
     elif authors is not None and authors.drive_id is not None:
         sources.append(f"the authors' file {authors.page}")
     elif authors is not None:
-        sources.append(f"the authors' page {authors.page}, to download from by hand")
+        sources.append(f"the authors' page {authors.where()}, to download from by hand")
     repo_id, _, revision = (cfg.hf_hub_id or "").partition("@")
     if repo_id:
         cached = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision or None)
@@ -171,6 +171,6 @@ def _not_found(cfg: PretrainedCfg, name: str, repo_id: str, tried: list[str]) ->
             f"checkpoint with '{command}'"
         )
     return (
-        f"no weights for {name} ({tried_text}); the authors' file is at {authors.page}; "
+        f"no weights for {name} ({tried_text}); the authors' file is at {authors.where()}; "
         f"convert a downloaded file with '{command}'"
     )

@@ -17,7 +17,14 @@ from spikezoo.analysis import (
     plot_firing_rates,
     spiking_neurons,
 )
-from spikezoo.layers import DSSA, SDSA, LinearSpikingAttention, SpikingAttention, SpikingHadamard
+from spikezoo.layers import (
+    DSSA,
+    SDSA,
+    SSA,
+    LinearSpikingAttention,
+    SpikingAttention,
+    SpikingHadamard,
+)
 from spikezoo.neurons import MultiStepLIF
 from tests.analysis.tiny_models import ATTENTION_FAMILIES, RESFORMER, SDT, SDT_V2, spiking
 from tests.models.families import TIME_STEPS
@@ -40,6 +47,7 @@ HEAD_AXES = {
     SDSA: {"q_lif": "channels", "k_lif": "channels", "v_lif": "channels", "kv_lif": "axis"},
     DSSA: {"in_lif": "channels", "attn_lif": "axis", "proj.neuron": "channels"},
     LinearSpikingAttention: dict.fromkeys(("q_lif", "k_lif", "v_lif", "attn_lif"), "channels"),
+    SSA: dict.fromkeys(("q_lif", "k_lif", "v_lif", "attn_lif"), "channels"),
 }
 
 
@@ -108,8 +116,10 @@ def test_rates_per_layer_step_and_head_are_those_of_the_spikes(family, images):
         assert got.keys() == expected.keys()
         assert [got[k] for k in expected] == pytest.approx(list(expected.values()), abs=1e-12)
     assert {r["layer"] for r in per_head} == with_heads
-    # 4 neurons split by head in each of 2 SDSA, 3 in each DSSA, 4 in each of 8 linear attentions
-    assert len(with_heads) == {SDT: 8, RESFORMER: 6, SDT_V2: 32}[family]
+    # 4 neurons split by head in each of 2 SDSA, 3 in each DSSA, 4 in each of 8 linear
+    # attentions, 4 in each of 2 SSA
+    heads = {SDT: 8, RESFORMER: 6, SDT_V2: 32, "spikformer": 8, "spikingformer": 8}
+    assert len(with_heads) == heads[family]
     assert 0 < rates.mean_rate < 1
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from spikezoo.analysis import FiringRateMonitor
 from spikezoo.analysis.plots import attention_maps, plot_attention, plot_firing_rates
-from spikezoo.layers import DSSA, SDSA, LinearSpikingAttention
+from spikezoo.layers import DSSA, SDSA, SSA, LinearSpikingAttention
 from tests.analysis.tiny_models import ATTENTION_FAMILIES, RESFORMER, SDT, SDT_V2, spiking
 
 matplotlib.use("Agg")
@@ -41,6 +41,12 @@ def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
                 expected[name] = spikes.mean(1)
 
             handles.append(module.attn_lif.register_forward_hook(keep_linear))
+        if isinstance(module, SSA):
+
+            def keep_ssa(m, inputs, out, name=name):  # q @ k^T @ v: [T, B, heads, N, d]
+                expected[name] = rearrange(out[:, 0], "t h n d -> h (t d) n").mean(1)
+
+            handles.append(module.token_product.register_forward_hook(keep_ssa))
     maps = attention_maps(model, images)
     for handle in handles:
         handle.remove()
@@ -49,6 +55,8 @@ def test_attention_maps_are_the_spike_rates_of_each_head(family, images):
         RESFORMER: {"stages.0.0": (1, 32, 32), "stages.1.1": (2, 16, 16)},
         # Meta-SpikeFormer: 6 + 2 transformer blocks after each stage's downsampling, 2 x 2 tokens
         SDT_V2: {f"stages.3.{i}.attn": (2, 2, 2) for i in range(1, 7)},
+        "spikformer": {"blocks.0.attn": (4, 8, 8), "blocks.1.attn": (4, 8, 8)},
+        "spikingformer": {"blocks.0.attn": (4, 8, 8), "blocks.1.attn": (4, 8, 8)},
     }
     grids[SDT_V2].update({f"stages.4.{i}.attn": (2, 2, 2) for i in (1, 2)})
     assert {name: tuple(m.shape) for name, m in maps.items()} == grids[family]

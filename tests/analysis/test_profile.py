@@ -61,9 +61,7 @@ def test_profile_runs_on_every_registered_model(name, capsys):
     first = result["layers"][0]
     assert first["input"] == ("spikes" if is_event_model(model) else "real")
     assert (first["macs"] > 0) == (first["input"] == "real")
-    neurons = [
-        n for n, m in model.named_modules() if isinstance(m, spikezoo.neurons.MultiStepNeuron)
-    ]
+    neurons = [n for n, m in model.named_modules() if isinstance(m, spikezoo.neurons.SpikingNeuron)]
     products = [
         n for n, m in model.named_modules() if isinstance(m, spikezoo.layers.SpikingHadamard)
     ]

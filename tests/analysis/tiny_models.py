@@ -14,7 +14,7 @@ SDT, RESFORMER, SDT_V2 = (
     "spike_driven_transformer_v2",
 )
 #: Every family with spiking attention.
-ATTENTION_FAMILIES = [SDT, RESFORMER, SDT_V2]
+ATTENTION_FAMILIES = [SDT, RESFORMER, SDT_V2, "spikformer", "spikingformer"]
 
 
 def eager(model: torch.nn.Module) -> torch.nn.Module:

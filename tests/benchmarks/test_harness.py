@@ -107,3 +107,26 @@ def test_bench_neurons_tables_on_a_tiny_input(tmp_path):
     assert case["rows"]["spikezoo-torch"]["spikes_identical"]
     assert case["rows"]["spikingjelly"]["ratio_spikezoo-torch"] > 0
     assert "**T = 2, N = 64**" in page.read_text() and "| spikezoo-torch" in page.read_text()
+    # the roofline: a tensor add in the same rounds, and the neuron's fraction of its bandwidth
+    assert case["tensor_add"]["bandwidth_bytes_per_s"] > 0
+    assert case["rows"]["spikezoo-torch"]["fraction_of_add_bandwidth"] > 0
+    assert "fraction_of_add_bandwidth" not in case["rows"]["spikingjelly"]
+    assert "tensor add `x + g` in the same rounds" in page.read_text()
+    assert "1 torch thread;" in page.read_text()
+
+
+@pytest.mark.slow  # compiles the inductor kernels
+def test_bench_neurons_says_when_a_size_compiled_nothing(tmp_path):
+    """The second size reuses the first size's kernels: no "first call 0.00 s" compile time."""
+    import bench_neurons
+
+    report = bench_neurons.main(
+        [
+            "--sizes", "4x64,4x96", "--repeats", "1", "--warmup", "0", "--rss-runs", "0",
+            "--threads", "1", "--impls", "spikezoo-inductor", "--reuse-compile-cache",
+        ]
+    )  # fmt: skip
+    first, second = report["cases"]
+    assert first["dynamo_frames_compiled"] > 0 and second["dynamo_frames_compiled"] == 0
+    notes = bench_neurons._case_notes(second)
+    assert any("compiled nothing for this size" in note for note in notes)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import spikezoo
+import spikezoo_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 #: What pip writes into the ``spikezoo`` console script for ``[project.scripts]``.
@@ -123,3 +124,32 @@ def test_a_folder_named_spikezoo_that_shadows_the_package_is_named(tmp_path):
 def test_the_installed_package_is_not_reported_as_shadowed():
     result = run_python("-c", "import spikezoo_cli; print(spikezoo_cli.shadowing_folder())")
     assert result.returncode == 0 and result.stdout == "None\n", result.stderr
+
+
+def test_list_answers_from_the_source_without_importing_torch(console_script):
+    result = run_python("-X", "importtime", str(console_script), "list")
+    assert result.returncode == 0, result.stderr
+    modules = imported_modules(result.stderr)
+    assert "argparse" in modules  # the log is read correctly
+    assert not modules & {"spikezoo", "torch", "timm", "numpy"}
+    assert result.stdout.split() == list(spikezoo.models.MODEL_NAMES)
+
+
+def test_the_names_read_from_the_source_are_the_registry():
+    assert spikezoo_cli.model_names_from_source() == list(spikezoo.models.MODEL_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("argv", "out", "err"),
+    [
+        (["list", "spikingresformer_[st]*"], "spikingresformer_s\nspikingresformer_ti\n", ""),
+        # a pattern that matches nothing is worded by the full command, with its hint
+        (["list", "sdt_9*"], "", "spikezoo list: error: no spikezoo model matches 'sdt_9*'"),
+        (["list", "--pretrained", "sdt_8_768*"], "sdt_8_768.in1k\n", ""),
+    ],
+)
+def test_list_from_the_source_and_the_full_command_agree(argv, out, err, capsys):
+    code = spikezoo_cli.main(argv)
+    captured = capsys.readouterr()
+    assert (code == 0) == (not err)
+    assert captured.out == out and captured.err.startswith(err)

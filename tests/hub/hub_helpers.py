@@ -46,6 +46,7 @@ def tiny_authors_file(family: str) -> TinyAuthorsFile:
     case_name, file_name = {
         "sdt": ("sdt_imagenet_tiny", "sdt_imagenet_tiny.pth.tar"),
         "resformer": ("resformer_imagenet_tiny", "resformer_imagenet_tiny.pth"),
+        "spikformer": ("families/spikformer_tiny", "families/spikformer_tiny.pth.tar"),
     }[family]
     entry, args = load_case(case_name).model_args()
     num_classes = args.pop("num_classes")

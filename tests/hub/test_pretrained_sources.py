@@ -23,7 +23,7 @@ from tests.hub.hub_helpers import (
 )
 from tests.models.families import tiny_family
 
-FAMILIES = ["sdt", "resformer"]
+FAMILIES = ["sdt", "resformer", "spikformer"]
 DRIVE_ID = "tiny-authors-file"
 
 
@@ -261,6 +261,17 @@ def test_meta_spikeformer_error_names_the_drive_folder_and_the_convert_command(w
     message = _one_line(info.value)
     assert "https://drive.google.com/drive/folders/12JcIRG8BF6JcgPsXIetSS14udtHXeSSx" in message
     assert "'spikezoo convert FILE --model sdt_v2_8_512.in1k_kd --out DIR --install'" in message
+
+
+def test_spikingformer_error_names_the_baidu_page_its_password_and_the_convert_command(
+    weights_env,
+):
+    tiny = tiny_family("spikingformer").args
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model("spikingformer_8_768.in1k", pretrained=True, **tiny)
+    message = _one_line(info.value)
+    assert "https://pan.baidu.com/s/1LsECpFOxh30O3vHWow8OGQ (password abcd)" in message
+    assert "'spikezoo convert FILE --model spikingformer_8_768.in1k --out DIR --install'" in message
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikezoo.layers import DSSA, SDSA, LinearSpikingAttention, SpikingAttention
+from spikezoo.layers import DSSA, SDSA, SSA, LinearSpikingAttention, SpikingAttention
 from spikezoo.neurons import MultiStepLIF, MultiStepNeuron
 
 T, B, H, W = 2, 2, 4, 4
@@ -15,6 +15,8 @@ LAYERS = {
     "SDSA": lambda: SDSA(16, num_heads=4),
     "DSSA": lambda: DSSA(16, num_heads=2, patch_size=2),
     "LinearSpikingAttention": lambda: LinearSpikingAttention(16, num_heads=4),
+    "SSA": lambda: SSA(16, num_heads=4),
+    "SSA_pre_activation": lambda: SSA(16, num_heads=2, kv_first=False, pre_activation=True),
 }
 
 

@@ -11,6 +11,7 @@ from spikezoo.layers import (
     GWSFFN,
     SDSA,
     SPS,
+    SSA,
     BNAndPad,
     ConvBN,
     Downsample,
@@ -28,10 +29,23 @@ from spikezoo.neurons import MultiStepLIF, MultiStepPLIF
 LAYERS = {
     "sps": (lambda: SPS(3, 32, "0101"), (1, 2, 3, 12, 20), (1, 2, 32, 3, 5)),
     "sps_no_pool": (lambda: SPS(2, 16, "0000"), (2, 1, 2, 5, 7), (2, 1, 16, 5, 7)),
+    "sps_spike_rpe": (lambda: SPS(3, 16, "0011", rpe="spikes"), (2, 2, 3, 8, 4), (2, 2, 16, 2, 1)),
+    "sps_plain": (lambda: SPS(3, 16, "0110", rpe="plain"), (2, 2, 3, 8, 12), (2, 2, 16, 2, 3)),
+    "ssa": (lambda: SSA(16, 4), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
+    "ssa_pre_activation": (
+        lambda: SSA(16, 2, kv_first=False, pre_activation=True, qkv_bias=True),
+        (3, 2, 16, 5, 7),
+        (3, 2, 16, 5, 7),
+    ),
     "sdsa": (lambda: SDSA(16, 4), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
     "sdsa_dvs": (lambda: SDSA(16, 2, dvs=True), (3, 2, 16, 5, 7), (3, 2, 16, 5, 7)),
     "mlp": (lambda: SpikingMLP(16, 64), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
     "mlp_same_width": (lambda: SpikingMLP(16, 16), (2, 2, 16, 3, 3), (2, 2, 16, 3, 3)),
+    "mlp_post_activation": (
+        lambda: SpikingMLP(16, 16, pre_activation=False, inner_shortcut=False),
+        (2, 2, 16, 3, 3),
+        (2, 2, 16, 3, 3),
+    ),
     "dssa": (lambda: DSSA(16, 2, patch_size=1), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
     "dssa_patch": (lambda: DSSA(16, 1, patch_size=3), (2, 2, 16, 6, 9), (2, 2, 16, 6, 9)),
     "gwsffn": (lambda: GWSFFN(16, group_size=16, num_conv=2), (1, 2, 16, 5, 7), (1, 2, 16, 5, 7)),
@@ -57,7 +71,7 @@ def test_shape_and_every_parameter_gets_a_gradient(name):
         assert param.grad is not None, param_name
 
 
-@pytest.mark.parametrize("name", ["sdsa", "dssa", "gwsffn", "mlp"])
+@pytest.mark.parametrize("name", ["sdsa", "dssa", "gwsffn", "mlp", "ssa"])
 def test_a_custom_neuron_factory_is_used_everywhere(name):
     make, in_shape, _ = LAYERS[name]
     plif = functools.partial(MultiStepPLIF, surrogate="atan", init_tau=3.0)
@@ -74,6 +88,7 @@ def _args(name):
         "dssa": dict(dim=16, num_heads=2),
         "gwsffn": dict(dim=16, group_size=16),
         "mlp": dict(dim=16, hidden_dim=64),
+        "ssa": dict(dim=16, num_heads=4),
     }[name]
 
 
@@ -93,6 +108,8 @@ def test_sdsa_key_value_neuron_fires_at_half():
             r"expects input \[T, B, C, H, W\], got shape \(2, 16, 4, 4\)",
         ),
         (lambda: SDSA(16, 4), (1, 2, 8, 4, 4), "expects C=16 channels, got 8"),
+        (lambda: SSA(16, 4), (2, 16, 4, 4), r"SSA expects input \[T, B, C, H, W\], got shape"),
+        (lambda: SSA(16, 4), (1, 2, 8, 4, 4), "SSA expects C=16 channels, got 8"),
         (
             lambda: DSSA(16, 2, patch_size=4),
             (1, 2, 16, 6, 8),
@@ -127,6 +144,12 @@ def test_bad_input_names_the_numbers(make, shape, message):
         (lambda: DSSA(30, 4), r"dim \(30\) must be divisible by num_heads \(4\)"),
         (lambda: GWSFFN(24, group_size=64), r"group_size \(64\) must divide .* = 24\*4 = 96"),
         (lambda: SPS(3, 20), "embed_dim must be a multiple of 8, got 20"),
+        (
+            lambda: SPS(3, 16, rpe="spike"),
+            r"rpe must be one of \['membrane', 'spikes', 'plain'\], got 'spike'",
+        ),
+        (lambda: SSA(30, 4), r"dim \(30\) must be divisible by num_heads \(4\)"),
+        (lambda: SSA(16, 4, scale=0), "scale must be a positive number, got 0"),
         (lambda: SPS(3, 16, "011"), "pooling_stat must be four '0'/'1' characters, got '011'"),
         (lambda: SPS(3, 16, [True, False]), "pooling_stat must have four flags, got 2"),
         (

@@ -20,6 +20,8 @@ ORIGINAL_FILES = [
     ("sdt_imagenet_tiny", "sdt_imagenet_tiny.pth.tar"),
     ("resformer_imagenet_tiny", "resformer_imagenet_tiny.pth"),
     ("v2/sdt2_tiny", "v2/sdt2_tiny.pth"),  # main_finetune.py: {"model", "args", ...}
+    # timm train.py CheckpointSaver: {"state_dict", "epoch", "arch", "optimizer", "args", ...}
+    ("families/spikformer_tiny", "families/spikformer_tiny.pth.tar"),
 ]
 
 

@@ -15,6 +15,7 @@ from spikezoo.neurons import (
     use_backend,
 )
 from spikezoo.neurons.backends import Backend, eager
+from spikezoo.neurons.model_backend import EAGER_MAX_FORWARD_PASSES, backend_for_work
 
 
 class Net(nn.Module):
@@ -104,3 +105,29 @@ def test_a_model_without_neurons_is_refused(model, error, message):
         set_backend(model, "torch")
     with pytest.raises(error, match=message):
         enter_use_backend(model, "torch")
+
+
+def test_a_job_of_a_few_forward_passes_runs_eagerly_on_a_cpu(monkeypatch):
+    monkeypatch.delenv("SPIKEZOO_BACKEND", raising=False)
+    assert backend_for_work(0, "cpu") == "torch"
+    assert backend_for_work(EAGER_MAX_FORWARD_PASSES, "cpu") == "torch"
+    assert backend_for_work(EAGER_MAX_FORWARD_PASSES + 1, "cpu") == "auto"  # the compile pays
+
+
+def test_spikezoo_backend_decides_a_job_of_few_passes_as_it_decides_auto(monkeypatch):
+    monkeypatch.setenv("SPIKEZOO_BACKEND", "inductor")
+    assert backend_for_work(1, "cpu") == "auto"
+
+
+def test_a_negative_number_of_forward_passes_is_refused():
+    with pytest.raises(ValueError, match="forward_passes must be >= 0, got -1"):
+        backend_for_work(-1, "cpu")
+
+
+def test_a_job_of_few_passes_keeps_auto_where_auto_compiles_nothing_with_torch(monkeypatch):
+    monkeypatch.delenv("SPIKEZOO_BACKEND", raising=False)
+    # As on a CUDA device with CuPy: "auto" runs CuPy kernels, not torch.compile.
+    monkeypatch.setattr(
+        "spikezoo.neurons.model_backend.resolve_backend", lambda _b, _x: ("cupy", "torch")
+    )
+    assert backend_for_work(1, "cpu") == "auto"

@@ -187,6 +187,9 @@ def test_committed_recipes_cover_the_papers():
         "sdt_dvs128_gesture",
         "sdt_cifar10_dvs",
         "resformer_dvs128_gesture",
+        "spikformer_cifar10",
+        "spikingformer_cifar10",
+        "spikingformer_cifar100",
     } <= recipes
 
 

@@ -18,7 +18,8 @@ def test_the_released_weights_are_the_tags_with_authors_files():
     authors = _tags_with_authors_files()
     downloadable = sorted(tag for tag, file in authors.items() if file.drive_id)
     assert downloadable == sorted(
-        f"sdt_{size}.in1k" for size in ("8_384", "6_512", "8_512", "10_512", "8_768")
+        [f"sdt_{size}.in1k" for size in ("8_384", "6_512", "8_512", "10_512", "8_768")]
+        + [f"sdt_v3_{size}.in1k" for size in ("s", "m", "l")]
     )
     by_hand = sorted(tag for tag, file in authors.items() if not file.drive_id)
     resformers = [f"spikingresformer_{size}.in1k" for size in ("ti", "s", "m", "l")]

@@ -2,16 +2,18 @@
 
 ``torch.compile`` unrolls a Python loop, so compiling a whole sequence would cost time in
 proportion to T and recompile for every new T. Instead the loops of
-:mod:`spikezoo.neurons.dynamics` are compiled for two chunk lengths only, :data:`CHUNK` steps
-and a single step, and a sequence runs as consecutive chunks: full chunks of :data:`CHUNK`
-steps, then single steps for the remainder (``T = 4`` is one chunk, ``T = 6`` is 4 + 1 + 1,
-``T = 1024`` is 256 chunks). Each chunk compiles into one kernel (C++/OpenMP on the CPU,
-Triton on CUDA), once per configuration, chunk length, dtype and device, with the number of
-neurons dynamic; PyTorch caches the kernels on disk. So a configuration compiles at most six
-graphs per loop, whatever the sequence lengths: two chunk lengths, each in at most three
+:mod:`spikezoo.neurons.dynamics` are compiled for the chunk lengths of :data:`CHUNKS` only
+(16, 4 and 1 steps), and a sequence runs as consecutive chunks, longest first (``T = 4`` and
+``T = 16`` are one chunk each, ``T = 6`` is 4 + 1 + 1, ``T = 1024`` is 64 chunks of 16). Each
+chunk compiles into one kernel (C++/OpenMP on the CPU, Triton on CUDA) that reads every
+input and writes every output once, with the membrane in registers between its steps; it
+compiles once per configuration, chunk length, dtype and device, with the number of neurons
+dynamic, and PyTorch caches the kernels on disk. So a configuration compiles at most nine
+graphs per loop, whatever the sequence lengths: three chunk lengths, each in at most three
 variants (a sequence of one chunk, which takes the initial membrane without a copy; the
 first chunk of a longer sequence, at storage offset 0, which dynamo may specialise; the
-other chunks).
+other chunks). The models' usual T (4, 8 with two chunks, 16) pay no concatenation or only
+one.
 """
 
 from __future__ import annotations
@@ -25,19 +27,24 @@ from torch import Tensor
 from spikezoo.neurons import dynamics
 from spikezoo.neurons.dynamics import NeuronConfig
 
-__all__ = ["CHUNK", "backward", "chunk_lengths", "forward", "unavailable_reason"]
+__all__ = ["CHUNKS", "backward", "chunk_lengths", "forward", "unavailable_reason"]
 
-#: The time steps compiled as one graph (the models' usual T, so that T = 4 is one kernel).
-CHUNK = 4
+#: The chunk lengths compiled as one graph each, longest first: the models' usual T (4, 16)
+#: run as one kernel, with no concatenation of chunk outputs.
+CHUNKS = (16, 4, 1)
 
 
 def chunk_lengths(steps: int) -> list[int]:
-    """Split ``steps`` into full :data:`CHUNK`-step chunks, then single steps.
+    """Split ``steps`` into chunks of :data:`CHUNKS`' lengths, longest first.
 
-    >>> chunk_lengths(4), chunk_lengths(6), chunk_lengths(2)
-    ([4], [4, 1, 1], [1, 1])
+    >>> chunk_lengths(4), chunk_lengths(6), chunk_lengths(2), chunk_lengths(21)
+    ([4], [4, 1, 1], [1, 1], [16, 4, 1])
     """
-    return [CHUNK] * (steps // CHUNK) + [1] * (steps % CHUNK)
+    lengths = []
+    for length in CHUNKS:
+        count, steps = divmod(steps, length)
+        lengths += [length] * count
+    return lengths
 
 
 @functools.cache

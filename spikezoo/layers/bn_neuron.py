@@ -1,0 +1,92 @@
+"""BatchNorm and the spiking neuron after it, fused in training so that the pair saves one tensor.
+
+A training step keeps, for each BatchNorm followed by a neuron, two tensors the size of the
+activation: BatchNorm's input (the convolution's output ``y``) and the neuron's charged
+membranes. :func:`batch_norm_fire` keeps ``y`` alone; the backward pass recomputes the
+normalised input and the membranes from it, then back-propagates through both. The forward
+pass runs the same modules as the unfused pair (so the spikes and BatchNorm's running
+statistics are identical), and the gradients are those of the unfused pair up to
+floating-point rounding (the recomputed BatchNorm uses the batch statistics, exactly as in
+training).
+
+spikezoo's layers fuse every BatchNorm that feeds a neuron directly (``ConvBN.conv_bn_fire``);
+:func:`set_bn_neuron_fusion` switches it off and on for a whole model, e.g. to compare.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spikezoo import _checks
+
+__all__ = ["batch_norm_fire", "set_bn_neuron_fusion"]
+
+
+def _batch_norm(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
+    """``bn`` over ``y [T, B, C, H, W]`` with T folded into the batch (as ``per_step``)."""
+    return bn(y.flatten(0, 1)).unflatten(0, y.shape[:2])
+
+
+def _normalise(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
+    """``y [T, B, C, H, W]`` normalised with its batch statistics, running statistics untouched."""
+    frames = F.batch_norm(y.flatten(0, 1), None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    return frames.unflatten(0, y.shape[:2])
+
+
+class _BatchNormFire(torch.autograd.Function):
+    """``apply(y, bn, neuron, *params) -> neuron(bn(y))``, saving ``y`` and the parameters."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module, *params: Tensor):
+        ctx.bn, ctx.neuron = bn, neuron
+        ctx.save_for_backward(y, *params)
+        return neuron(_batch_norm(y, bn))
+
+    @staticmethod
+    def backward(ctx: Any, grad_spikes: Tensor) -> tuple:
+        y, *params = ctx.saved_tensors
+        with torch.enable_grad():
+            leaf = y.detach().requires_grad_()
+            # forward(), not __call__: hooks (e.g. spike counting) saw the forward pass already
+            spikes = ctx.neuron.forward(_normalise(leaf, ctx.bn))
+            wanted = [leaf, *(p for p in params if p.requires_grad)]
+            grads = iter(torch.autograd.grad(spikes, wanted, grad_spikes, allow_unused=True))
+        grad_y = next(grads)
+        grad_params = [next(grads) if p.requires_grad else None for p in params]
+        return grad_y, None, None, *grad_params
+
+
+def batch_norm_fire(y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module) -> Tensor:
+    """``neuron(bn(y))`` for ``y [T, B, C, H, W]`` (BatchNorm per step), spikes shaped like ``y``.
+
+    In training with gradients enabled, autograd keeps ``y`` (and the parameters) only; the
+    normalised input and the neuron's membranes are recomputed in the backward pass.
+    Elsewhere (evaluation, ``torch.no_grad``, inside ``torch.compile``, under ``torch.fx``
+    tracing) it is the plain pair.
+    """
+    fuse = (
+        isinstance(y, Tensor)  # not a torch.fx proxy: a traced graph records the plain pair
+        and bn.training
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and (y.requires_grad or any(p.requires_grad for p in bn.parameters()))
+    )
+    if not fuse:
+        return neuron(_batch_norm(y, bn))
+    params = (*bn.parameters(), *neuron.parameters())
+    return _BatchNormFire.apply(y, bn, neuron, *params)
+
+
+def set_bn_neuron_fusion(model: nn.Module, enabled: bool = True) -> None:
+    """Fuse (``True``, every layer's default) or not each BatchNorm + neuron pair of ``model``.
+
+    Sets ``fuse_bn_neuron`` on every module that has that switch (``ConvBN``).
+    """
+    _checks.boolean("enabled", enabled)
+    for module in model.modules():
+        if hasattr(module, "fuse_bn_neuron"):
+            module.fuse_bn_neuron = enabled

@@ -1,0 +1,84 @@
+"""benchmarks/bench_gpu.py and run_gpu.sh, checked without a GPU through their dry run.
+
+Nothing asserts on how long anything took: the tests check what ran, what was reported, and that
+the shell script keeps to its budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("benchmarks_path")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow  # times two sizes
+def test_lif_dry_run_reports_each_backend_against_the_copy_bandwidth(tmp_path):
+    import bench_gpu
+
+    page = tmp_path / "lif.md"
+    report = bench_gpu.main(["--part", "lif", "--dry-run", "--markdown", str(page)])
+    assert report["dry_run"] and set(report["lif"]) == set(bench_gpu.STEPS)
+    for result in report["lif"].values():
+        assert result["neurons"] == 4096 and result["copy_bytes_per_s"] > 0
+        assert "CUDA" in result["rows"]["cupy"]["error"]  # unavailable here, and says why
+        assert result["rows"]["torch"]["fraction_of_copy"] > 0
+    text = page.read_text()
+    assert "**dry run**" in text and "of copy bandwidth" in text and "target 0.6" in text
+
+
+@pytest.mark.slow  # two small models' training steps
+def test_training_dry_run_times_spikezoo_and_says_why_the_authors_did_not_run():
+    import bench_gpu
+
+    report = bench_gpu.main(["--part", "training", "--dry-run"])
+    assert set(report["training"]) == set(bench_gpu.BATCH_SIZES)
+    for result in report["training"].values():
+        assert result["batch"] == 2 and result["img_size"] == 32
+        assert result["rows"]["spikezoo bf16"]["images_per_s"] > 0
+        assert "dry run" in result["rows"]["authors fp32"]["error"]
+        assert result["speedup"] is None
+
+
+def test_the_papers_batch_sizes_and_a_clear_error_without_cuda():
+    import bench_gpu
+    import torch
+
+    assert bench_gpu.BATCH_SIZES == {"sdt_8_768": 36, "spikingresformer_s": 32}
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench_gpu.parse_args(["--part", "lif"])
+
+
+def _run_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, OUT=str(tmp_path), DRY_RUN="1", PYTHON=sys.executable, **env)
+    return subprocess.run(
+        ["bash", "benchmarks/run_gpu.sh"], cwd=REPO, env=environment, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # starts python to record the versions
+def test_run_gpu_skips_a_step_whose_timeout_does_not_fit_the_budget(tmp_path):
+    done = _run_script(tmp_path, TOTAL_BUDGET="30", STEP_TIMEOUT_2="40", STEP_TIMEOUT_3="50")
+    assert done.returncode == 1
+    steps = (tmp_path / "steps.log").read_text()
+    assert "lif: skipped, its timeout 40s exceeds" in steps
+    assert "training: skipped, its timeout 50s exceeds" in steps
+    assert not (tmp_path / "lif.json").exists()
+
+
+@pytest.mark.slow  # two benchmark processes
+def test_run_gpu_dry_run_runs_every_step(tmp_path):
+    done = _run_script(tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads((tmp_path / "lif.json").read_text())["dry_run"]
+    assert "sdt_8_768" in json.loads((tmp_path / "training.json").read_text())["training"]
+    assert "tests: skipped in a dry run" in (tmp_path / "steps.log").read_text()

@@ -1,0 +1,91 @@
+"""What a command says while it works: progress on a terminal only, never on stdout."""
+
+import csv
+import io
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+from spikezoo_cli import progress
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_draws_on_a_terminal_and_erases_its_line_at_the_end():
+    stream = Terminal()
+    with progress("spikezoo profile", "building sdt_8_384", stream):
+        pass
+    written = stream.getvalue()
+    assert written.startswith("\r\x1b[Kspikezoo profile: building sdt_8_384 | 0 s")
+    assert written.endswith("\r\x1b[K")  # the terminal keeps only the command's output
+
+
+def test_progress_erases_its_line_when_the_block_fails():
+    stream = Terminal()
+    try:
+        with progress("spikezoo demo", "classifying the input", stream):
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    assert stream.getvalue().endswith("\r\x1b[K")
+
+
+def test_progress_writes_nothing_off_a_terminal():
+    stream = io.StringIO()
+    with progress("spikezoo profile", "building sdt_8_384", stream):
+        pass
+    assert stream.getvalue() == ""
+
+
+def run_with_stderr_on_a_terminal(*argv: str) -> tuple[int, str, str]:
+    """``python -m spikezoo_cli argv`` with stderr on a pseudo-terminal and stdout on a pipe."""
+    leader, follower = pty.openpty()
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environ.pop("SPIKEZOO_BACKEND", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spikezoo_cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        cwd=ROOT,
+        env=environ,
+    )
+    os.close(follower)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(leader)
+    out = process.stdout.read().decode()
+    return process.wait(), out, terminal.decode(errors="replace")
+
+
+def test_profile_says_what_it_does_on_the_terminal_and_keeps_stdout_csv():
+    code, out, terminal = run_with_stderr_on_a_terminal(
+        "profile", "sdt_2_256_cifar", "--time-steps", "1", "--repeats", "1", "--format", "csv"
+    )
+    assert code == 0, terminal
+    for step in (
+        "spikezoo profile: loading torch, timm and the models",
+        "spikezoo profile: building sdt_2_256_cifar",
+        "spikezoo profile: calibrating BatchNorm on the image",
+        "spikezoo profile: counting operations, timing 1 forward pass",
+    ):
+        assert step in terminal
+    assert "torch.compile" not in terminal  # a few passes: no compile, so no compile note
+    rows = list(csv.DictReader(io.StringIO(out)))
+    summary = {row["metric"]: row["value"] for row in rows if row["section"] == "summary"}
+    assert summary["model"] == "sdt_2_256_cifar" and summary["neuron_backend"] == "torch"

@@ -1,0 +1,120 @@
+"""BatchNorm + neuron fused in training: same spikes, statistics and gradients, one tensor saved.
+
+Everything runs in float64 and compares the fused layers with the same layers unfused
+(``set_bn_neuron_fusion(model, False)``): spikes and BatchNorm buffers bit for bit, gradients to
+float64 rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import spikezoo  # noqa: F401  (registers the models with timm)
+from spikezoo.analysis import measure_saved_tensors
+from spikezoo.layers import SPS, SpikingMLP, batch_norm_fire, set_bn_neuron_fusion
+from spikezoo.neurons import MultiStepLIF, MultiStepPLIF, set_backend
+
+
+def _train_step(module: nn.Module, x: torch.Tensor, seed: int = 1) -> dict:
+    """One forward+backward: the output, every gradient and every buffer afterwards."""
+    leaf = x.clone().requires_grad_()
+    out = module(leaf)
+    grad = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed))
+    out.backward(grad)
+    return dict(
+        out=out.detach(),
+        grad_x=leaf.grad,
+        grads={n: p.grad for n, p in module.named_parameters()},
+        buffers={n: b.clone() for n, b in module.named_buffers()},
+    )
+
+
+def _assert_fused_equals_unfused(module: nn.Module, x: torch.Tensor) -> None:
+    unfused = copy.deepcopy(module)
+    set_bn_neuron_fusion(unfused, False)
+    fused, expected = _train_step(module, x), _train_step(unfused, x)
+    assert torch.equal(fused["out"], expected["out"])
+    assert fused["buffers"].keys() == expected["buffers"].keys()
+    for name, buffer in fused["buffers"].items():
+        assert torch.equal(buffer, expected["buffers"][name]), name  # running stats, counts
+    torch.testing.assert_close(fused["grad_x"], expected["grad_x"], rtol=1e-12, atol=1e-14)
+    for name, grad in fused["grads"].items():
+        torch.testing.assert_close(grad, expected["grads"][name], rtol=1e-12, atol=1e-14, msg=name)
+
+
+# the eager loops: nothing to compile, and this file tests the pairing, not a backend
+LIF = functools.partial(MultiStepLIF, backend="torch")
+PLIF = functools.partial(MultiStepPLIF, surrogate="atan", backend="torch")
+
+
+@pytest.mark.parametrize("neuron", [LIF, PLIF], ids=["lif", "plif"])
+def test_spiking_mlp_fused_equals_unfused(neuron):
+    torch.manual_seed(0)
+    mlp = SpikingMLP(8, 16, neuron=neuron).double().train()
+    _assert_fused_equals_unfused(mlp, torch.randn(2, 3, 8, 5, 5, dtype=torch.float64) * 2)
+
+
+def test_sps_fused_equals_unfused():
+    torch.manual_seed(0)
+    sps = SPS(in_chans=3, embed_dim=16, neuron=LIF).double().train()
+    _assert_fused_equals_unfused(sps, torch.randn(2, 2, 3, 16, 16, dtype=torch.float64))
+
+
+def test_a_model_fused_equals_unfused_with_the_same_state_dict_keys():
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "sdt_8_384", embed_dim=16, depth=1, num_heads=2, pooling_stat="0011", img_size=16
+    )
+    model = set_backend(model, "torch").double().train()
+    keys = list(model.state_dict())
+    images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    _assert_fused_equals_unfused(model, images)
+    set_bn_neuron_fusion(model, False)
+    assert list(model.state_dict()) == keys
+
+
+def test_the_pair_saves_the_convolution_output_and_not_the_membranes():
+    torch.manual_seed(0)
+    mlp = SpikingMLP(8, 16, neuron=LIF).double().train()
+    x = torch.randn(2, 3, 8, 5, 5, dtype=torch.float64)
+    fused = measure_saved_tensors(mlp, x, compact=True).kept_nbytes
+    set_bn_neuron_fusion(mlp, False)
+    unfused = measure_saved_tensors(mlp, x, compact=True).kept_nbytes
+    membranes = 2 * 3 * 16 * 5 * 5 * 8  # fc2's neuron: [T, B, hidden, H, W] float64
+    assert unfused - fused >= membranes
+
+
+def test_evaluation_and_no_grad_run_the_plain_pair():
+    torch.manual_seed(0)
+    bn, neuron = nn.BatchNorm2d(4).double(), LIF()
+    y = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    bn.eval()
+    spikes = batch_norm_fire(y, bn, neuron)
+    assert type(spikes.grad_fn).__name__ != "_BatchNormFireBackward"
+    bn.train()
+    with torch.no_grad():
+        assert batch_norm_fire(y, bn, neuron).grad_fn is None
+    assert type(batch_norm_fire(y, bn, neuron).grad_fn).__name__ == "_BatchNormFireBackward"
+
+
+def test_frozen_batch_norm_and_hooks_see_one_forward():
+    torch.manual_seed(0)
+    bn, neuron = nn.BatchNorm2d(4).double().train(), LIF()
+    bn.requires_grad_(False)
+    calls = []
+    neuron.register_forward_hook(lambda *args: calls.append(1))
+    y = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    batch_norm_fire(y, bn, neuron).sum().backward()
+    assert y.grad is not None and bn.weight.grad is None
+    assert calls == [1]  # the backward pass recomputes without calling the hooks again
+
+
+def test_switch_must_be_a_bool():
+    with pytest.raises(TypeError, match="enabled"):
+        set_bn_neuron_fusion(SpikingMLP(8), "yes")
