@@ -15,7 +15,7 @@ from einops import rearrange, reduce
 from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 
 from spikezoo import _checks
@@ -174,7 +174,7 @@ class SpikingVisionModel(nn.Module):
         """
         # An FX graph would keep the dtype it was traced with (and reading a parameter there
         # would keep deploy from folding it): traced graphs check the layout only.
-        dtype = None if is_fx_tracing() else next(self.parameters()).dtype
+        dtype = None if is_fx_symbolic_tracing() else next(self.parameters()).dtype
         name = type(self).__name__
         return time_major_input(x, self.in_chans, self.time_steps, self.size_multiple, name, dtype)
 
