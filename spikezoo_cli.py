@@ -39,6 +39,7 @@ __all__ = [
     "main",
     "model_names_from_source",
     "progress",
+    "shadowing_folder",
 ]
 
 #: The distribution that installs the command (its version is ``spikezoo --version``).
@@ -107,6 +108,27 @@ def build_parser(
         command = commands.add_parser(name, help=help_line, description=help_line, parents=[debug])
         importlib.import_module(module_path).add_arguments(command)
     return parser
+
+
+def shadowing_folder() -> str | None:
+    """Why ``import spikezoo`` would not give the installed package, or ``None`` if it would.
+
+    A folder named ``spikezoo`` without ``__init__.py`` that comes first on ``sys.path`` (the
+    clone's root, when Python starts in the folder that holds the clone and spikezoo is
+    installed in editable mode) is imported as an empty namespace package: no model is
+    registered with timm, and ``timm.create_model`` says ``Unknown model``.
+    """
+    spec = importlib.util.find_spec("spikezoo")
+    if spec is None or spec.origin is not None or not spec.submodule_search_locations:
+        return None
+    folders = ", ".join(spec.submodule_search_locations)
+    return (
+        f"'import spikezoo' finds the folder {folders}, which has no __init__.py, instead of "
+        "the installed package (Python looks in the current directory first and imports such "
+        "a folder as an empty namespace package, so no model would be registered with timm): "
+        "start Python in another directory, e.g. inside the clone, or clone the repository "
+        "into a folder with another name ('git clone URL spikezoo-vit')"
+    )
 
 
 class _HandOver(Exception):
@@ -230,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     to :func:`spikezoo.cli.main`.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    shadowed = shadowing_folder()
+    if shadowed is not None:
+        print(f"spikezoo: error: {shadowed}", file=sys.stderr)
+        return 1
     overview = build_parser(metadata.version(DISTRIBUTION), _OverviewParser)
     try:
         args, unplaced = overview.parse_known_args(argv)

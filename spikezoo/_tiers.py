@@ -19,7 +19,7 @@ A module may import from its own tier and from the tiers below it, never from a 
 #: Tier name -> the modules it holds, as paths below ``spikezoo`` (a package holds its
 #: submodules; the longest path that matches decides; ``""`` is the package ``spikezoo``).
 TIERS: dict[str, tuple[str, ...]] = {
-    "ground": ("_checks", "_tiers", "_version", "weights"),
+    "ground": ("_checks", "_optional", "_tiers", "_version", "weights"),
     "neurons": ("neurons",),
     "layers": ("layers",),
     "models": ("models",),

@@ -1,6 +1,6 @@
 """Plots of firing rates and of spiking attention over an image (needs matplotlib).
 
-Install the plotting extra with ``pip install 'spikezoo-vit[analysis]'``.
+Install the plotting extra with ``pip install "spikezoo-vit[analysis]"``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from spikezoo._optional import optional_dependency
 from spikezoo.analysis.monitor import FiringRates
 from spikezoo.layers.attention import SpikingAttention
 
@@ -25,12 +26,8 @@ _NEURON_COLOUR, _PRODUCT_COLOUR = "tab:blue", "tab:orange"
 
 
 def _pyplot():
-    try:
+    with optional_dependency("plotting"):
         import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError(
-            "spikezoo's plots need matplotlib: pip install 'spikezoo-vit[analysis]'"
-        ) from error
     return plt
 
 

@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from spikezoo._optional import optional_dependency
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -120,13 +122,9 @@ class Table:
         return text
 
     def to_pandas(self) -> pd.DataFrame:
-        """A ``pandas.DataFrame`` of the table (needs pandas: ``pip install pandas``)."""
-        try:
+        """A ``pandas.DataFrame`` of the table (needs pandas, in the ``analysis`` extra)."""
+        with optional_dependency("Table.to_pandas"):
             import pandas as pd
-        except ImportError as error:
-            raise ImportError(
-                "Table.to_pandas needs pandas: pip install 'spikezoo-vit[analysis]'"
-            ) from error
         return pd.DataFrame(self.rows, columns=self.columns)
 
 

@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import spikezoo
 import spikezoo_cli
+from spikezoo._optional import MissingDependencyError
 from spikezoo.cli.errors import CommandError, UsageError
 from spikezoo_cli import COMMANDS
 
@@ -92,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _report(prog, error.message, error.hint)
         return error.exit_code
+    except MissingDependencyError as error:
+        if args.debug:
+            raise
+        _report(prog, str(error), None)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -12,9 +12,13 @@ from spikezoo.cli.weights_errors import reported_as_command_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``SRC --model NAME[.TAG] --out DIR [--install] [--model-args JSON]``."""
+    """``SRC [--model NAME[.TAG]] --out DIR [--install] [--model-args JSON]``."""
     parser.add_argument("source", metavar="SRC", type=Path, help="checkpoint file")
-    parser.add_argument("--model", required=True, help="spikezoo model or model.tag")
+    parser.add_argument(
+        "--model",
+        help="spikezoo model or model.tag (default for a 'spikezoo train' checkpoint: the "
+        "model it names, without a tag)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="directory to write")
     parser.add_argument(
         "--install", action="store_true", help="also put it where pretrained=True finds it"
@@ -43,11 +47,17 @@ def run(args: argparse.Namespace) -> int:
     from spikezoo.hub import convert_checkpoint
     from spikezoo.weights import install
 
-    name = resolve_model_name(args.model)
+    name = None if args.model is None else resolve_model_name(args.model)
     if args.out.exists() and any(args.out.iterdir()):
         raise CommandError(f"{args.out} exists and is not empty", "choose a new --out directory")
     with reported_as_command_errors(f"'spikezoo convert --help'; {args.source}"):
         provenance = convert_checkpoint(args.source, name, args.out, args.model_args)
+    if args.install and "." not in provenance["model"]:
+        raise CommandError(
+            f"wrote {args.out}, but did not install it: {provenance['model']} has no tag whose "
+            "data config matches these weights, and pretrained=True finds weights by tag",
+            hint=f"load it with timm.create_model('local-dir:{args.out}', pretrained=True)",
+        )
     print(f"{provenance['model']}: wrote {args.out} (model.safetensors, config.json, README.md)")
     print(f"source sha256 {provenance['sha256']}")
     print(f"load it with timm.create_model('local-dir:{args.out}', pretrained=True)")

@@ -54,9 +54,25 @@ def create_model(name: str, pretrained: bool, time_steps: int | None) -> torch.n
         if not pretrained:
             raise
         raise CommandError(
-            f"could not load the pretrained weights of {name}: {error}",
-            hint="check the network connection, or run without --pretrained",
+            f"could not load the pretrained weights of {name}: {error}", hint=_weights_hint(name)
         ) from error
+
+
+def _weights_hint(name: str) -> str:
+    """What to do when the weights of ``name`` could not be loaded: check the network where
+    they exist somewhere, else look for a tag that has weights."""
+    import timm
+
+    from spikezoo.weights import weight_sources
+
+    cfg = timm.models.get_pretrained_cfg(name)  # a bare model name: its default tag
+    sources = [] if cfg is None else weight_sources(cfg)
+    if sources:
+        where = "; ".join(sources)
+        return f"its weights: {where}; check the network connection, or run without --pretrained"
+    return (
+        "'spikezoo list --pretrained' shows the tags that have weights, or run without --pretrained"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from spikezoo.cli.errors import CommandError
 @contextmanager
 def reported_as_command_errors(hint: str) -> Iterator[None]:
     """Turn the weights' errors and checkpoint mismatches into :class:`CommandError`."""
+    from spikezoo.hub.convert import mismatch_counts
     from spikezoo.models import CheckpointMismatchError
     from spikezoo.weights import WeightsError
 
@@ -18,10 +19,8 @@ def reported_as_command_errors(hint: str) -> Iterator[None]:
         yield
     except CheckpointMismatchError as error:
         likely = f"; it fits {error.likely_model}" if error.likely_model else ""
-        counts = f"{len(error.missing)} missing, {len(error.unexpected)} unexpected, "
-        counts += f"{len(error.mismatched)} mismatched tensors"
         raise CommandError(
-            f"the checkpoint does not fit the model ({counts}{likely})", hint
+            f"the checkpoint does not fit the model ({mismatch_counts(error)}{likely})", hint
         ) from None
     except (WeightsError, ValueError) as error:
         raise CommandError(" ".join(str(error).split()), hint) from None

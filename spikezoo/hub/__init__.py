@@ -5,14 +5,16 @@ the cache and finding the weights of ``pretrained=True`` are in :mod:`spikezoo.w
 See ``docs/weights.md``.
 """
 
-from spikezoo.hub.convert import convert_checkpoint
+from spikezoo.hub.convert import TrainingRun, convert_checkpoint, training_run
 from spikezoo.hub.manifest import publish, read_manifest
 from spikezoo.hub.push import PublishError, push_folder
 
 __all__ = [
     "PublishError",
+    "TrainingRun",
     "convert_checkpoint",
     "publish",
     "push_folder",
     "read_manifest",
+    "training_run",
 ]

@@ -15,6 +15,7 @@ from einops import rearrange, reduce
 from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 
 from spikezoo import _checks
@@ -178,14 +179,19 @@ class SpikingVisionModel(nn.Module):
 
         A static image becomes an expanded view (stride 0 along T, no copy) where
         :attr:`static_stem` runs it once, else a copy per step. Raises ``ValueError`` for
-        another shape, channel count or size, and ``TypeError`` for an integer image.
+        another shape, channel count or size, and ``TypeError`` for an integer image or one of
+        another dtype than the weights (outside autocast).
         """
+        # An FX graph would keep the dtype it was traced with (and reading a parameter there
+        # would keep deploy from folding it): traced graphs check the layout only.
+        dtype = None if is_fx_symbolic_tracing() else next(self.parameters()).dtype
         return time_major_input(
             x,
             self.in_chans,
             self.time_steps,
             self.size_multiple,
             type(self).__name__,
+            dtype,
             expand=self._encodes_static_input_once(),
         )
 
@@ -477,13 +483,20 @@ def _load_buffers(modules: list[nn.Module], values: list[list[Tensor]]) -> None:
 
 @register_notrace_function  # torch.fx cannot branch on the shape of its proxies
 def time_major_input(
-    x: Tensor, in_chans: int, time_steps: int, size_multiple: int, model: str, expand: bool = False
+    x: Tensor,
+    in_chans: int,
+    time_steps: int,
+    size_multiple: int,
+    model: str,
+    weights_dtype: torch.dtype | None = None,
+    expand: bool = False,
 ) -> Tensor:
     """Check a model's input and lay it out time-major: ``[T, B, C, H, W]``.
 
     ``x`` is a static batch ``[B, C, H, W]`` (repeated ``time_steps`` times: a copy, or with
     ``expand`` a view with stride 0 along T) or event frames ``[B, T, C, H, W]``. ``model``
-    names the model in the error messages.
+    names the model in the error messages. ``weights_dtype`` (the model's parameters') must be
+    ``x``'s dtype unless autocast is on for ``x``'s device.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
@@ -497,6 +510,16 @@ def time_major_input(
             f"{model} expects a floating-point image, got dtype {x.dtype}; convert it first, "
             "e.g. x.float() / 255 for 8-bit pixels, then normalise as the model's "
             "pretrained_cfg (mean, std) says"
+        )
+    if (
+        weights_dtype is not None
+        and x.dtype != weights_dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    ):
+        raise TypeError(
+            f"{model} has {weights_dtype} weights, got a {x.dtype} input; give both one dtype "
+            f"(e.g. model.to({x.dtype}), or x.to({weights_dtype})), or run under "
+            "torch.autocast for mixed precision"
         )
     if x.shape[-3] != in_chans:
         raise ValueError(

@@ -18,6 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from spikezoo.weights import (
+    TRAINING_CHECKPOINT_FORMAT,
+    CheckpointFileError,
+    read_checkpoint_contents,
+)
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
@@ -28,7 +34,7 @@ __all__ = [
 ]
 
 #: ``format`` entry of a spikezoo training checkpoint.
-CHECKPOINT_FORMAT = "spikezoo.train/1"
+CHECKPOINT_FORMAT = TRAINING_CHECKPOINT_FORMAT
 
 _REQUIRED = ("state_dict", "optimizer", "scheduler", "epoch", "rng", "format")
 
@@ -66,19 +72,23 @@ def save_atomic(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
 def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint written by :func:`~spikezoo.train.train` (weights only, on the CPU).
 
-    Raises :class:`CheckpointError` naming the file when it is missing, unreadable
-    (truncated, corrupted) or lacks the entries a resume needs.
+    Read by :func:`spikezoo.weights.read_checkpoint_contents`, the one safe reader of
+    checkpoint files. Raises :class:`CheckpointError` naming the file when it is missing, a
+    directory, unreadable (truncated, corrupted, not a checkpoint, holding Python objects) or
+    lacks the entries a resume needs.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = " ".join(str(error).split())[:200]
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pth"))
+        found = f"; it holds {', '.join(inside)}" if inside else ""
         raise CheckpointError(
-            f"checkpoint '{path}' is unreadable (corrupted or truncated?): {reason}"
-        ) from error
+            f"checkpoint '{path}' is a directory; expected a checkpoint file written by "
+            f"'spikezoo train', e.g. '{path / 'best.pth'}'{found}"
+        )
+    try:
+        checkpoint = read_checkpoint_contents(path)
+    except CheckpointFileError as error:
+        raise CheckpointError(str(error)) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"checkpoint '{path}' holds a {type(checkpoint).__name__}, expected a dict"
@@ -87,7 +97,7 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise CheckpointError(
             f"checkpoint '{path}' is not a spikezoo training checkpoint "
-            f"(missing {', '.join(missing)})"
+            f"(missing {', '.join(missing)}; 'spikezoo train' writes last.pth and best.pth)"
         )
     return checkpoint
 

@@ -16,8 +16,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic.fields import FieldInfo
+from spikezoo._optional import optional_dependency
+
+with optional_dependency("spikezoo.train (training recipes)"):
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+    from pydantic.fields import FieldInfo
 
 __all__ = [
     "RECIPES_DIR",
@@ -402,7 +405,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
+    with optional_dependency("reading recipe overrides"):
+        import yaml
 
     try:
         return yaml.safe_load(text)
@@ -434,7 +438,8 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: Iterable[str
 
     ``None`` starts from the defaults of :class:`Config` (digits).
     """
-    import yaml
+    with optional_dependency("reading a recipe"):
+        import yaml
 
     config = Config()
     if recipe is not None:

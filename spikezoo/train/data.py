@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from spikezoo._optional import optional_dependency
 from spikezoo.train.config import DataConfig
 from spikezoo.train.distributed import DistributedContext
 
@@ -23,9 +24,11 @@ __all__ = [
     "DIGITS_TEST_SIZE",
     "DatasetError",
     "Datasets",
+    "InputSpec",
     "build_datasets",
     "build_loaders",
     "cifar10_dvs_split",
+    "input_spec",
     "load_digits_split",
 ]
 
@@ -45,8 +48,40 @@ _NORMALISATION = {
 }
 
 
+#: The digits' pixels (0..16) scaled to [0, 1], then normalised to [-1, 1].
+_DIGITS_NORMALISATION = ((0.5,), (0.5,))
+#: Event frames are counts of events per pixel, not normalised.
+_EVENT_NORMALISATION = ((0.0, 0.0), (1.0, 1.0))
+
+
 class DatasetError(ValueError):
     """A dataset that is unknown or not where the recipe says."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model trained on a dataset takes: ``[in_chans, img_size, img_size]`` images
+    (per time step, for event frames) normalised per channel with ``mean`` and ``std``."""
+
+    in_chans: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def input_spec(config: DataConfig) -> InputSpec:
+    """The input the loaders of ``config`` produce (``data.mean`` / ``data.std`` apply to the
+    image datasets; digits and event frames have fixed scalings)."""
+    if config.dataset not in DATASETS:
+        raise DatasetError(
+            f"data.dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}"
+        )
+    if config.dataset == "digits":
+        return InputSpec(1, config.img_size, *_DIGITS_NORMALISATION)
+    if config.dataset in ("dvs128_gesture", "cifar10_dvs"):
+        return InputSpec(2, config.img_size, *_EVENT_NORMALISATION)
+    mean, std = _NORMALISATION[config.dataset]
+    return InputSpec(3, config.img_size, tuple(config.mean or mean), tuple(config.std or std))
 
 
 @dataclass
@@ -71,15 +106,17 @@ def load_digits_split(img_size: int) -> tuple[TensorDataset, TensorDataset]:
 
     A fixed stratified split: 1437 training and :data:`DIGITS_TEST_SIZE` test images.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    with optional_dependency("the digits data set"):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
     images = torch.nn.functional.interpolate(
         images, size=(img_size, img_size), mode="bilinear", align_corners=False
     )
-    images = (images - 0.5) / 0.5
+    (mean,), (std,) = _DIGITS_NORMALISATION
+    images = (images - mean) / std
     labels = torch.tensor(digits.target, dtype=torch.long)
     train_idx, test_idx = train_test_split(
         range(len(labels)), test_size=DIGITS_TEST_SIZE, stratify=digits.target, random_state=0
@@ -91,15 +128,15 @@ def load_digits_split(img_size: int) -> tuple[TensorDataset, TensorDataset]:
     )
 
 
-def _transforms(config: DataConfig, dataset: str) -> tuple:
+def _transforms(config: DataConfig) -> tuple:
     from timm.data import create_transform
 
-    default_mean, default_std = _NORMALISATION[dataset]
+    spec = input_spec(config)
     common = dict(
         input_size=config.img_size,
         interpolation=config.interpolation,
-        mean=tuple(config.mean or default_mean),
-        std=tuple(config.std or default_std),
+        mean=spec.mean,
+        std=spec.std,
         crop_pct=config.crop_pct,
     )
     train = create_transform(
@@ -158,12 +195,14 @@ def _event_datasets(config: DataConfig, root: Path) -> Datasets:
         transform=_Frames(config.img_size),
     )
     if config.dataset == "dvs128_gesture":
-        from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
+        with optional_dependency("the DVS128 Gesture data set"):
+            from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
 
         train = DVS128Gesture(str(root), train=True, **frames)
         test = DVS128Gesture(str(root), train=False, **frames)
-        return _finish(train, test, config, len(train.classes), 2)
-    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+        return _finish(train, test, config, len(train.classes))
+    with optional_dependency("the CIFAR10-DVS data set"):
+        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
 
     everything = CIFAR10DVS(str(root), **frames)
     train_idx, test_idx = cifar10_dvs_split(everything.targets)
@@ -172,7 +211,7 @@ def _event_datasets(config: DataConfig, root: Path) -> Datasets:
     test = _Selection(everything, test_idx, identity)
     train.targets = [everything.targets[i] for i in train_idx]
     test.targets = [everything.targets[i] for i in test_idx]
-    return _finish(train, test, config, len(everything.classes), 2)
+    return _finish(train, test, config, len(everything.classes))
 
 
 def _require_folder(path: Path, what: str) -> None:
@@ -185,19 +224,16 @@ def build_datasets(config: DataConfig) -> Datasets:
 
     A missing folder raises :class:`DatasetError`.
     """
-    if config.dataset not in DATASETS:
-        raise DatasetError(
-            f"data.dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}"
-        )
+    input_spec(config)  # an unknown data set fails here
     if config.dataset == "digits":
         train, test = load_digits_split(config.img_size)
-        return _finish(train, test, config, 10, 1)
+        return _finish(train, test, config, 10)
     if config.root is None:
         raise DatasetError(f"data.root is required for data.dataset={config.dataset!r}")
     root = Path(config.root).expanduser()
     if config.dataset in ("dvs128_gesture", "cifar10_dvs"):
         return _event_datasets(config, root)
-    train_transform, eval_transform = _transforms(config, config.dataset)
+    train_transform, eval_transform = _transforms(config)
     from torchvision import datasets
 
     if config.dataset == "imagefolder":
@@ -205,7 +241,7 @@ def build_datasets(config: DataConfig) -> Datasets:
             _require_folder(root / split, f"an ImageFolder with '{split}/<class>/<image>'")
         train = datasets.ImageFolder(root / "train", transform=train_transform)
         test = datasets.ImageFolder(root / "val", transform=eval_transform)
-        return _finish(train, test, config, len(train.classes), 3)
+        return _finish(train, test, config, len(train.classes))
     cifar = datasets.CIFAR10 if config.dataset == "cifar10" else datasets.CIFAR100
     if not config.download:
         _require_folder(root, f"the {cifar.__name__} python batches, or data.download=true")
@@ -214,7 +250,7 @@ def build_datasets(config: DataConfig) -> Datasets:
         test = cifar(root, train=False, transform=eval_transform, download=config.download)
     except RuntimeError as error:
         raise DatasetError(f"{cifar.__name__} in '{root}': {error}") from error
-    return Datasets(train, test, num_classes=len(train.classes), in_chans=3)
+    return Datasets(train, test, len(train.classes), input_spec(config).in_chans)
 
 
 class _Selection(Dataset):
@@ -251,7 +287,8 @@ def _select(dataset: Dataset, config: DataConfig, num_classes: int) -> Dataset:
     return _Selection(dataset, indices[: config.subset], relabel)
 
 
-def _finish(train: Dataset, test: Dataset, config: DataConfig, classes: int, chans: int):
+def _finish(train: Dataset, test: Dataset, config: DataConfig, classes: int) -> Datasets:
+    chans = input_spec(config).in_chans
     if config.classes is None and config.subset is None:
         return Datasets(train, test, classes, chans)
     train, test = _select(train, config, classes), _select(test, config, classes)
@@ -277,8 +314,17 @@ def build_loaders(
     """Training and evaluation loaders, and the training sampler (call its ``set_epoch``).
 
     Training drops the last incomplete batch, so ``N`` processes with ``batch_size`` each see
-    the same samples per step as one process with ``N * batch_size``.
+    the same samples per step as one process with ``N * batch_size``. A training set smaller
+    than one global batch raises :class:`DatasetError` (no step could run).
     """
+    samples, global_batch = len(datasets.train), config.batch_size * context.world_size
+    if samples < global_batch:
+        processes = f" x {context.world_size} processes" if context.world_size > 1 else ""
+        raise DatasetError(
+            f"the training set has {samples} samples, fewer than one batch "
+            f"(data.batch_size={config.batch_size}{processes}), and the incomplete batch is "
+            "dropped, so no step would run: lower data.batch_size or raise data.subset"
+        )
     sampler = DistributedSampler(
         datasets.train,
         num_replicas=context.world_size,

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from spikezoo._optional import optional_dependency
 from spikezoo.neurons import MultiStepNeuron, set_backend
 from spikezoo.neurons.model_backend import backend_for_work
 from spikezoo.train.checkpoint import (
@@ -40,7 +41,7 @@ from spikezoo.train.distributed import (
 )
 from spikezoo.train.logs import RunLog, plot_curves
 from spikezoo.train.losses import build_loss
-from spikezoo.weights import unwrap_state_dict
+from spikezoo.weights import CheckpointFileError, read_checkpoint_contents, state_dict_in
 
 if TYPE_CHECKING:
     from timm.data import Mixup
@@ -111,16 +112,13 @@ def _is_spiking(model: nn.Module) -> bool:
 
 def _head_classes(path: str | Path) -> int:
     """Classes of a checkpoint's head: its ``num_classes`` entry or ``head.weight`` rows."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"finetune.checkpoint '{path}' does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = " ".join(str(error).split())[:200]
-        raise CheckpointError(f"checkpoint '{path}' is unreadable: {reason}") from error
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("num_classes"), int):
-        return checkpoint["num_classes"]
-    head = unwrap_state_dict(checkpoint).get("head.weight")
+        checkpoint = read_checkpoint_contents(path)
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("num_classes"), int):
+            return checkpoint["num_classes"]
+        head = state_dict_in(checkpoint, path).get("head.weight")
+    except CheckpointFileError as error:
+        raise CheckpointError(f"finetune.checkpoint: {error}") from None
     if head is None:
         raise CheckpointError(
             f"checkpoint '{path}' has no head.weight; set finetune.num_classes to its head size"
@@ -513,7 +511,8 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def _write_recipe(config: Config, path: Path) -> None:
-    import yaml
+    with optional_dependency("writing the run's config.yaml"):
+        import yaml
 
     path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 

@@ -6,6 +6,8 @@ import csv
 import importlib.util
 from pathlib import Path
 
+from spikezoo._optional import optional_dependency
+
 __all__ = ["RunLog", "plot_curves"]
 
 
@@ -65,10 +67,11 @@ class RunLog:
 
 def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
     """Plot losses and accuracies of a ``log.csv`` over the epochs into ``png_path``."""
-    import matplotlib
+    with optional_dependency("plotting the training curves", extra="train"):
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     with Path(csv_path).open(newline="") as file:
         rows = list(csv.DictReader(file))

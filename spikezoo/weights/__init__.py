@@ -11,20 +11,24 @@ model cards and publishing sit above the models, in :mod:`spikezoo.hub`. See
 from spikezoo.weights.authors import AuthorsFile, authors_weights, drive_file_url
 from spikezoo.weights.cache import authors_dir, cache_root, install, installed_dir
 from spikezoo.weights.checkpoint_file import (
+    TRAINING_CHECKPOINT_FORMAT,
     CheckpointFileError,
     file_sha256,
     read_checkpoint,
+    read_checkpoint_contents,
     save_state_dict,
+    state_dict_in,
     unwrap_state_dict,
 )
 from spikezoo.weights.download import download, drive_download_url
 from spikezoo.weights.errors import DownloadError, WeightsError, WeightsNotFoundError
 from spikezoo.weights.hf_hub import HUB_FILES, load_hub_weights
 from spikezoo.weights.pretrained_cfg import SpikingPretrainedCfg
-from spikezoo.weights.sources import PretrainedWeights, pretrained_weights
+from spikezoo.weights.sources import PretrainedWeights, pretrained_weights, weight_sources
 
 __all__ = [
     "HUB_FILES",
+    "TRAINING_CHECKPOINT_FORMAT",
     "AuthorsFile",
     "CheckpointFileError",
     "DownloadError",
@@ -44,6 +48,9 @@ __all__ = [
     "load_hub_weights",
     "pretrained_weights",
     "read_checkpoint",
+    "read_checkpoint_contents",
     "save_state_dict",
+    "state_dict_in",
     "unwrap_state_dict",
+    "weight_sources",
 ]

@@ -23,13 +23,21 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 __all__ = [
+    "TRAINING_CHECKPOINT_FORMAT",
     "CheckpointFileError",
     "file_sha256",
     "read_checkpoint",
+    "read_checkpoint_contents",
     "save_state_dict",
     "sniff_format",
+    "state_dict_in",
     "unwrap_state_dict",
 ]
+
+#: ``format`` entry of a checkpoint written by ``spikezoo train`` (:mod:`spikezoo.train`): a
+#: dict holding, besides the state dicts, ``model_name``, ``num_classes`` and ``config`` (the
+#: recipe as nested dicts, its ``model.kwargs`` and ``data`` section included).
+TRAINING_CHECKPOINT_FORMAT = "spikezoo.train/1"
 
 #: The formats :func:`sniff_format` recognises.
 FORMATS = ("safetensors", "torch-zip", "torch-legacy", "html", "text", "unknown")
@@ -105,6 +113,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     ``_orig_mod.`` prefixes are stripped). Raises :class:`CheckpointFileError` naming the file
     and what is wrong with it.
     """
+    return state_dict_in(read_checkpoint_contents(path), path)
+
+
+def read_checkpoint_contents(path: str | Path) -> object:
+    """Everything a checkpoint file holds (a state dict, or a training checkpoint's dict of
+    state dicts, optimizer state and plain values), read without running any code from it.
+
+    The one reader of checkpoint files: :func:`read_checkpoint` and the training commands use
+    it. Raises :class:`CheckpointFileError` naming the file and what is wrong with it.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointFileError(path, "does not exist")
@@ -121,9 +139,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         head = file.read(64)
     kind = sniff_format(head)
     if kind == "safetensors":
-        return _state_dict_of(path, _read_safetensors(path))
+        return _read_safetensors(path)
     if kind.startswith("torch"):
-        return _state_dict_of(path, _read_torch(path))
+        return _read_torch(path)
     if kind == "html":
         raise CheckpointFileError(
             path, "is an HTML page, not a checkpoint (a web page was saved instead of the file)"
@@ -167,7 +185,9 @@ def _read_torch(path: Path) -> object:
         ) from None
 
 
-def _state_dict_of(path: Path, content: object) -> dict[str, Tensor]:
+def state_dict_in(content: object, path: str | Path) -> dict[str, Tensor]:
+    """The state dict in what :func:`read_checkpoint_contents` read from ``path`` (see
+    :func:`read_checkpoint`); :class:`CheckpointFileError` when it holds none."""
     if isinstance(content, Tensor):
         raise CheckpointFileError(
             path,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
 from timm.models import PretrainedCfg
 from torch import Tensor
 
@@ -29,7 +30,13 @@ from spikezoo.weights.checkpoint_file import CheckpointFileError, read_checkpoin
 from spikezoo.weights.errors import DownloadError, WeightsNotFoundError
 from spikezoo.weights.hf_hub import load_hub_weights
 
-__all__ = ["WEIGHT_FILES", "PretrainedWeights", "pretrained_weights", "weights_in_directory"]
+__all__ = [
+    "WEIGHT_FILES",
+    "PretrainedWeights",
+    "pretrained_weights",
+    "weight_sources",
+    "weights_in_directory",
+]
 
 #: The weight files of a model directory, in the order timm's ``local-dir:`` prefers them.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
@@ -91,6 +98,33 @@ def pretrained_weights(cfg: PretrainedCfg) -> Iterator[PretrainedWeights]:
         raise WeightsNotFoundError(_not_found(cfg, name, repo_id, tried)) from None
 
 
+def weight_sources(cfg: PretrainedCfg) -> list[str]:
+    """Where the weights of a tag are, as far as spikezoo knows without the network: installed
+    in spikezoo's cache, the authors' file (downloaded before, downloaded by ``pretrained=True``,
+    or on a page to download by hand) and the Hugging Face cache of the tag's Hub repository.
+
+    Empty when the tag has no weights anywhere: the authors released none, and nobody has
+    installed or published any (the Hub repository is asked only by ``pretrained=True``).
+    """
+    name = f"{cfg.architecture}.{cfg.tag}"
+    sources = []
+    if (cache.installed_dir(name) / "model.safetensors").is_file():
+        sources.append(f"the copy installed in {cache.installed_dir(name)}")
+    authors = getattr(cfg, "authors_file", None)
+    if (cache.authors_dir(name) / "model.safetensors").is_file():
+        sources.append(f"the authors' file downloaded into {cache.authors_dir(name)}")
+    elif authors is not None and authors.drive_id is not None:
+        sources.append(f"the authors' file {authors.page}")
+    elif authors is not None:
+        sources.append(f"the authors' page {authors.where()}, to download from by hand")
+    repo_id, _, revision = (cfg.hf_hub_id or "").partition("@")
+    if repo_id:
+        cached = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision or None)
+        if isinstance(cached, str):
+            sources.append(f"the Hugging Face cache of {repo_id}")
+    return sources
+
+
 def weights_in_directory(directory: Path) -> Path:
     """The weight file of a converted model directory (``model.safetensors`` first)."""
     for name in WEIGHT_FILES:
@@ -128,9 +162,15 @@ def _cached_or_published(
 
 def _not_found(cfg: PretrainedCfg, name: str, repo_id: str, tried: list[str]) -> str:
     authors = getattr(cfg, "authors_file", None)
-    where = f"the authors' file is at {authors.where()}" if authors else "no authors' weights"
     command = f"spikezoo convert FILE --model {name} --out DIR --install"
     tried_text = "; ".join(tried) or f"not cached, and {repo_id or 'no Hub repository'} not asked"
+    if authors is None:
+        return (
+            f"no weights for {name}: the authors released none, and none are installed or "
+            f"published ({tried_text}); train your own ('spikezoo train') and install the "
+            f"checkpoint with '{command}'"
+        )
     return (
-        f"no weights for {name} ({tried_text}); {where}; convert a downloaded file with '{command}'"
+        f"no weights for {name} ({tried_text}); the authors' file is at {authors.where()}; "
+        f"convert a downloaded file with '{command}'"
     )

@@ -272,11 +272,14 @@ def test_table_checks_its_rows():
 
 def test_optional_packages_are_named_when_missing(monkeypatch, images):
     monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(ImportError, match=r"pip install 'spikezoo-vit\[analysis\]'"):
+    missing = r'Table.to_pandas needs pandas, which is not installed: pip install "spikezoo-vit\['
+    with pytest.raises(ImportError, match=missing + r'analysis\]"'):
         Table(["a"], [[1]]).to_pandas()
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     rates = FiringRateMonitor(spiking(SDT, images)).run(images, progress=False)
-    with pytest.raises(ImportError, match=r"plots need matplotlib: pip install"):
+    with pytest.raises(
+        ImportError, match=r"plotting needs matplotlib, which is not installed: pip install"
+    ):
         plot_firing_rates(rates)
 
 

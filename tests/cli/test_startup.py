@@ -91,6 +91,41 @@ def test_a_usage_error_is_worded_by_the_full_parser(console_script):
     )
 
 
+def test_a_folder_named_spikezoo_that_shadows_the_package_is_named(tmp_path):
+    """Python started in the folder that holds the clone finds the clone's root first and
+    imports it as an empty namespace package; the console script says so instead of failing
+    on a missing module (``-S``: no site-packages, so no installed copy is found either)."""
+    clone = tmp_path / "spikezoo"
+    clone.mkdir()
+    (clone / "pyproject.toml").write_text("[project]\nname = 'spikezoo-vit'\n")
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "spikezoo_cli.py").write_text((ROOT / "spikezoo_cli.py").read_text())
+    code = f"import sys; sys.path.append({str(scripts)!r}); import spikezoo_cli; "
+    code += "sys.exit(spikezoo_cli.main(['list']))"
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environ,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"spikezoo: error: 'import spikezoo' finds the folder {clone}, which has no __init__.py, "
+        "instead of the installed package (Python looks in the current directory first and "
+        "imports such a folder as an empty namespace package, so no model would be registered "
+        "with timm): start Python in another directory, e.g. inside the clone, or clone the "
+        "repository into a folder with another name ('git clone URL spikezoo-vit')"
+    ]
+
+
+def test_the_installed_package_is_not_reported_as_shadowed():
+    result = run_python("-c", "import spikezoo_cli; print(spikezoo_cli.shadowing_folder())")
+    assert result.returncode == 0 and result.stdout == "None\n", result.stderr
+
+
 def test_list_answers_from_the_source_without_importing_torch(console_script):
     result = run_python("-X", "importtime", str(console_script), "list")
     assert result.returncode == 0, result.stderr

@@ -230,7 +230,7 @@ def test_hub_unreachable(monkeypatch, tmp_path):
         timm.create_model(CIFAR_TAG, pretrained=True, **TINY_SDT)
     message = _one_line(info.value)
     assert "cannot reach the Hub for spikezoo/sdt_2_256_cifar.cifar10/config.json (" in message
-    assert "no authors' weights" in message
+    assert "no weights for sdt_2_256_cifar.cifar10: the authors released none" in message
     assert "'spikezoo convert FILE --model sdt_2_256_cifar.cifar10 --out DIR --install'" in message
 
 

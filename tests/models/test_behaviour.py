@@ -358,3 +358,18 @@ def test_every_neuron_of_a_model_has_its_papers_settings(family, neuron):
     assert all(m.surrogate == settings["surrogate"] for m in neurons)
     with pytest.raises(ValueError, match="unknown paper 'no_paper'; expected one of"):
         neuron_factory(neuron, "no_paper")
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_an_input_of_another_dtype_than_the_weights_names_both_and_the_fix(family):
+    model = tiny(family).eval()
+    x = image(model)
+    with pytest.raises(TypeError) as info:
+        model(x.half())
+    assert str(info.value) == (
+        f"{type(model).__name__} has torch.float32 weights, got a torch.float16 input; give both "
+        "one dtype (e.g. model.to(torch.float16), or x.to(torch.float32)), or run under "
+        "torch.autocast for mixed precision"
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision stays allowed
+        assert torch.isfinite(model(x.bfloat16())).all()

@@ -37,6 +37,7 @@ from spikezoo.layers import ConvBN
 from spikezoo.models import ModelFamily, ReferenceCount, SpikingVisionModel, TinyConfig
 from spikezoo.models._family import rename_passes
 from spikezoo.models._pretrained import IMAGENET_CFG, spikezoo_default_cfgs
+from spikezoo.weights import AuthorsFile
 
 {block}
 
@@ -58,7 +59,14 @@ class ToyNet(SpikingVisionModel):
 
 default_cfgs = spikezoo_default_cfgs(
     dict(IMAGENET_CFG, first_conv="stem.conv", paper_name="Toy", paper_ids="arXiv:0000.00000"),
-    {{"toy_net.toy": dict(num_classes=10, input_size=(3, 8, 8), pool_size=(8, 8))}},
+    {{
+        "toy_net.toy": dict(
+            num_classes=10,
+            input_size=(3, 8, 8),
+            pool_size=(8, 8),
+            authors_file=AuthorsFile(page="https://example.org/toy"),  # listed as having weights
+        )
+    }},
 )
 
 FAMILY = ModelFamily(

@@ -17,6 +17,7 @@ from spikezoo.train import (
     load_recipe,
 )
 from spikezoo.train.config import config_to_dict
+from spikezoo.train.data import InputSpec, build_datasets, input_spec
 
 
 def test_defaults_and_overrides_parse_as_yaml():
@@ -249,3 +250,24 @@ def test_a_non_spiking_baseline_builds_with_the_recipes_neuron_backend():
     datasets = Datasets(train=[], eval=[], num_classes=10, in_chans=1)
     model = build_model(config, datasets)
     assert model.get_classifier().out_features == 10
+
+
+def test_a_training_set_smaller_than_one_batch_is_one_line(capsys, tmp_path):
+    argv = ["train", "digits", "data.subset=8", "data.batch_size=32", f"run.output={tmp_path}"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "spikezoo train: error: the training set has 8 samples, fewer than one batch "
+        "(data.batch_size=32), and the incomplete batch is dropped, so no step would run: lower "
+        "data.batch_size or raise data.subset"
+    ]
+
+
+def test_the_input_spec_is_what_the_loaders_give():
+    digits = load_recipe("digits", ["data.img_size=8"]).data
+    spec = input_spec(digits)
+    images, _ = build_datasets(digits).train[0]
+    assert (spec.in_chans, spec.img_size) == tuple(images.shape[:2]) == (1, 8)
+    assert (spec.mean, spec.std) == ((0.5,), (0.5,))
+    cifar = load_recipe("digits", ["data.dataset=cifar10", "data.mean=[0.1, 0.2, 0.3]"]).data
+    assert input_spec(cifar) == InputSpec(3, 16, (0.1, 0.2, 0.3), (0.2470, 0.2435, 0.2616))
+    assert input_spec(load_recipe("digits", ["data.dataset=dvs128_gesture"]).data).in_chans == 2
