@@ -36,7 +36,11 @@ def test_the_released_weights_are_the_tags_with_authors_files():
     )
     by_hand = sorted(tag for tag, file in authors.items() if not file.drive_id)
     resformers = [f"spikingresformer_{size}.in1k" for size in ("ti", "s", "m", "l")]
-    assert by_hand == sorted([*resformers, "sdt_v2_8_512.in1k_kd"])
+    # Baidu pages (with their passwords), to be downloaded by hand
+    qkformers = [f"qkformer_10_{tag}" for tag in ("384.in1k", "512.in1k", "768.in1k")]
+    qkformers += ["qkformer_10_768.in1k_288", "qkformer_10_768.in1k_384"]
+    spikingformers = ["spikingformer_8_768.in1k", "spikingformer_4_384_cifar.cifar10"]
+    assert by_hand == sorted([*resformers, "sdt_v2_8_512.in1k_kd", *qkformers, *spikingformers])
     for tag in downloadable:
         assert authors[tag].page == f"https://drive.google.com/file/d/{authors[tag].drive_id}/view"
 
