@@ -1,5 +1,18 @@
+import os
+
 import pytest
 import torch
+
+# Neurons left at backend="auto" run eagerly in the tests, so that the suite does not spend its
+# minutes compiling a kernel per model, shape and dtype. The compiled backends are tested where
+# a test names them; `SPIKEZOO_BACKEND=auto python -m pytest` runs everything as users do.
+os.environ.setdefault("SPIKEZOO_BACKEND", "torch")
+
+
+@pytest.fixture
+def auto_backend_as_users_have_it(monkeypatch):
+    """For tests of what ``"auto"`` chooses: ``SPIKEZOO_BACKEND`` unset."""
+    monkeypatch.delenv("SPIKEZOO_BACKEND", raising=False)
 
 
 @pytest.fixture(autouse=True)

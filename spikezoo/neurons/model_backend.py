@@ -83,13 +83,16 @@ def backend_for_work(forward_passes: int, device: torch.device | str) -> str:
     2-core CPU the first time, seconds even with PyTorch's compile cache warm), a job of at
     most :data:`EAGER_MAX_FORWARD_PASSES` passes runs them eagerly (``"torch"``): the eager
     loops cost it less than the compile. Every other job gets ``"auto"``: more passes, a
-    device where ``"auto"`` picks a backend that torch does not compile (CuPy on CUDA), or
-    ``SPIKEZOO_BACKEND`` set (it then decides, as it does for ``"auto"``). Raises
+    device where ``"auto"`` picks a backend that torch does not compile (CuPy on CUDA).
+    ``SPIKEZOO_BACKEND``, when set, decides for every job: its value is returned. Raises
     ``ValueError`` for a negative ``forward_passes``.
     """
     if forward_passes < 0:
         raise ValueError(f"forward_passes must be >= 0, got {forward_passes}")
-    if forward_passes > EAGER_MAX_FORWARD_PASSES or os.environ.get(BACKEND_ENV, "").strip():
+    from_environment = os.environ.get(BACKEND_ENV, "").strip()
+    if from_environment:
+        return from_environment
+    if forward_passes > EAGER_MAX_FORWARD_PASSES:
         return "auto"
     first_choice = resolve_backend("auto", torch.empty(0, device=device))[0]
     return "torch" if first_choice == "inductor" else "auto"

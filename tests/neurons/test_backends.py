@@ -9,6 +9,9 @@ from torch._dynamo.utils import counters
 from spikezoo.neurons import MultiStepLIF, backends, multistep_lif, multistep_plif
 from spikezoo.neurons.backends import Backend, eager, inductor
 
+# these tests are about what "auto" chooses (tests/conftest.py sets SPIKEZOO_BACKEND)
+pytestmark = pytest.mark.usefixtures("auto_backend_as_users_have_it")
+
 
 @pytest.fixture
 def registry(monkeypatch):

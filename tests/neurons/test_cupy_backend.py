@@ -43,6 +43,9 @@ from tests.cuda_cases import (
 )
 from tests.models.families import tiny
 
+# these tests are about what "auto" chooses (tests/conftest.py sets SPIKEZOO_BACKEND)
+pytestmark = pytest.mark.usefixtures("auto_backend_as_users_have_it")
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

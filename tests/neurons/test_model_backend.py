@@ -114,9 +114,10 @@ def test_a_job_of_a_few_forward_passes_runs_eagerly_on_a_cpu(monkeypatch):
     assert backend_for_work(EAGER_MAX_FORWARD_PASSES + 1, "cpu") == "auto"  # the compile pays
 
 
-def test_spikezoo_backend_decides_a_job_of_few_passes_as_it_decides_auto(monkeypatch):
+def test_spikezoo_backend_decides_every_job(monkeypatch):
     monkeypatch.setenv("SPIKEZOO_BACKEND", "inductor")
-    assert backend_for_work(1, "cpu") == "auto"
+    assert backend_for_work(1, "cpu") == "inductor"
+    assert backend_for_work(EAGER_MAX_FORWARD_PASSES + 1, "cpu") == "inductor"
 
 
 def test_a_negative_number_of_forward_passes_is_refused():
