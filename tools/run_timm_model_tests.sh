@@ -3,6 +3,8 @@
 # spikezoo's entry points, and nothing else.
 #
 #   tools/run_timm_model_tests.sh                       # every spikezoo entry point
+#   SPIKEZOO_BACKEND=torch tools/run_timm_model_tests.sh -k "not torchscript"  # eager neurons:
+#                                                       # no kernel compiles (6 min on 2 cores)
 #   SPIKEZOO_MODELS="sdt_2_256_cifar spikingresformer_cifar" tools/run_timm_model_tests.sh -k fx
 #
 # timm's test file comes from the timm sdist on PyPI (pip download), into a temporary
