@@ -84,13 +84,14 @@ def backend_for_work(forward_passes: int, device: torch.device | str) -> str:
     most :data:`EAGER_MAX_FORWARD_PASSES` passes runs them eagerly (``"torch"``): the eager
     loops cost it less than the compile. Every other job gets ``"auto"``: more passes, a
     device where ``"auto"`` picks a backend that torch does not compile (CuPy on CUDA).
-    ``SPIKEZOO_BACKEND``, when set, decides for every job: its value is returned. Raises
-    ``ValueError`` for a negative ``forward_passes``.
+    ``SPIKEZOO_BACKEND``, when it names a backend, decides for every job: its value is
+    returned (``"auto"`` there means what it means unset). Raises ``ValueError`` for a negative
+    ``forward_passes``.
     """
     if forward_passes < 0:
         raise ValueError(f"forward_passes must be >= 0, got {forward_passes}")
     from_environment = os.environ.get(BACKEND_ENV, "").strip()
-    if from_environment:
+    if from_environment not in ("", "auto"):
         return from_environment
     if forward_passes > EAGER_MAX_FORWARD_PASSES:
         return "auto"

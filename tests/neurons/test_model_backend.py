@@ -118,6 +118,8 @@ def test_spikezoo_backend_decides_every_job(monkeypatch):
     monkeypatch.setenv("SPIKEZOO_BACKEND", "inductor")
     assert backend_for_work(1, "cpu") == "inductor"
     assert backend_for_work(EAGER_MAX_FORWARD_PASSES + 1, "cpu") == "inductor"
+    monkeypatch.setenv("SPIKEZOO_BACKEND", "auto")  # the same as unset
+    assert backend_for_work(1, "cpu") == "torch"
 
 
 def test_a_negative_number_of_forward_passes_is_refused():
