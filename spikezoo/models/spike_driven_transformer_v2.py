@@ -149,8 +149,9 @@ class SpikeDrivenTransformerV2(DistilledHeads, SpikingVisionModel):
 
 # --- the authors' checkpoints --------------------------------------------------------------
 
-#: Authors' module -> spikezoo's, outside the blocks.
-_AUTHORS_MODULES: list[RenameRule] = [
+#: Authors' module -> spikezoo's, outside the blocks; E-SpikeFormer's files keep this layout
+#: (``spike_driven_transformer_v3*.py`` use these rules too).
+AUTHORS_STAGE_KEYS: list[RenameRule] = [
     (r"^downsample1_1\.encode_(conv|bn)\.", r"stem.\1."),
     (r"^ConvBlock1_1\.0\.", "stages.0.0."),
     (r"^downsample1_2\.encode_(conv|bn)\.", r"stages.1.0.\1."),
@@ -161,7 +162,7 @@ _AUTHORS_MODULES: list[RenameRule] = [
     (r"^block([34])\.(\d+)\.", lambda m: f"stages.{m[1]}.{int(m[2]) + 1}."),
 ]
 
-#: Authors' names inside the blocks -> spikezoo's (applied after ``_AUTHORS_MODULES``).
+#: Authors' names inside the blocks -> spikezoo's (applied after ``AUTHORS_STAGE_KEYS``).
 _AUTHORS_BLOCK_PARTS: list[RenameRule] = [
     (r"\.Conv\.pwconv1\.", ".sep_conv.expand.conv."),
     (r"\.Conv\.bn1\.", ".sep_conv.expand.bn."),
@@ -226,7 +227,7 @@ default_cfgs = spikezoo_default_cfgs(
 FAMILY = ModelFamily(
     model_cls=SpikeDrivenTransformerV2,
     default_cfgs=default_cfgs,
-    authors_keys=rename_passes(_AUTHORS_MODULES, _AUTHORS_BLOCK_PARTS),
+    authors_keys=rename_passes(AUTHORS_STAGE_KEYS, _AUTHORS_BLOCK_PARTS),
     citation="""@inproceedings{yao2024spikedrivenv2,
   title     = {Spike-driven Transformer V2: Meta Spiking Neural Network Architecture Inspiring
                the Design of Next-generation Neuromorphic Chips},

@@ -35,6 +35,7 @@ from spikezoo.models._base import SpikingVisionModel
 from spikezoo.models._checkpoint import RenameRule
 from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig, rename_passes
 from spikezoo.models._pretrained import IMAGENET_CFG, spikezoo_default_cfgs
+from spikezoo.models.spike_driven_transformer_v2 import AUTHORS_STAGE_KEYS
 from spikezoo.neurons import IntegerNeuron
 from spikezoo.weights import AuthorsFile
 
@@ -178,19 +179,7 @@ class SpikeDrivenTransformerV3(SpikingVisionModel):
 
 # --- the authors' checkpoints --------------------------------------------------------------
 
-#: Authors' module -> spikezoo's, outside the blocks.
-_AUTHORS_MODULES: list[RenameRule] = [
-    (r"^downsample1_1\.encode_(conv|bn)\.", r"stem.\1."),
-    (r"^ConvBlock1_1\.0\.", "stages.0.0."),
-    (r"^downsample1_2\.encode_(conv|bn)\.", r"stages.1.0.\1."),
-    (r"^ConvBlock1_2\.0\.", "stages.1.1."),
-    (r"^downsample2\.encode_(conv|bn)\.", r"stages.2.0.\1."),
-    (r"^ConvBlock2_([12])\.0\.", r"stages.2.\1."),
-    (r"^downsample([34])\.encode_(conv|bn)\.", r"stages.\1.0.\2."),
-    (r"^block([34])\.(\d+)\.", lambda m: f"stages.{m[1]}.{int(m[2]) + 1}."),
-]
-
-#: Authors' names inside the blocks -> spikezoo's (applied after ``_AUTHORS_MODULES``).
+#: Authors' names inside the blocks -> spikezoo's (applied after ``AUTHORS_STAGE_KEYS``).
 _AUTHORS_BLOCK_PARTS: list[RenameRule] = [
     (r"\.(?:Conv|conv)\.pwconv1\.0\.", ".sep_conv.expand.conv."),
     (r"\.(?:Conv|conv)\.pwconv1\.1\.", ".sep_conv.expand.bn."),
@@ -209,9 +198,8 @@ _AUTHORS_BLOCK_PARTS: list[RenameRule] = [
 
 # --- configurations ------------------------------------------------------------------------
 
-_DEFAULTS = dict(
-    IMAGENET_CFG,
-    first_conv="stem.conv",
+#: The paper and repository of both E-SpikeFormer families (base and large models).
+PAPER_CFG = dict(
     # The authors' repository has no licence file.
     license="unknown",
     paper_name=(
@@ -221,12 +209,28 @@ _DEFAULTS = dict(
     origin_url="https://github.com/BICLab/Spike-Driven-Transformer-V3",
 )
 
+_DEFAULTS = dict(IMAGENET_CFG, first_conv="stem.conv", **PAPER_CFG)
+
 #: What every released base model was trained with: T x D = 1 x 4 (the entry points' defaults).
 _TRAINED_1X4 = (
     "Trained at T x D = 1 x 4: one time step (time_steps=1) of integer spikes 0..4 (levels=4), "
     "the entry point's defaults; on a chip, 4 binary virtual steps "
     "(spikezoo.deploy.expand_to_binary).",
 )
+
+#: BibTeX of the paper, shared by both E-SpikeFormer families.
+CITATION = """@article{yao2025scaling,
+  title   = {Scaling Spike-Driven Transformer With Efficient Spike Firing Approximation
+             Training},
+  author  = {Yao, Man and Qiu, Xuerui and Hu, Tianxiang and Hu, Jiakui and Chou, Yuhong and
+             Tian, Keyu and Liao, Jianxing and Leng, Luziwei and Xu, Bo and Li, Guoqi},
+  journal = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  volume  = {47},
+  number  = {4},
+  pages   = {2973--2990},
+  year    = {2025},
+  doi     = {10.1109/TPAMI.2025.3530246}
+}"""
 
 default_cfgs = spikezoo_default_cfgs(
     _DEFAULTS,
@@ -254,19 +258,8 @@ default_cfgs = spikezoo_default_cfgs(
 FAMILY = ModelFamily(
     model_cls=SpikeDrivenTransformerV3,
     default_cfgs=default_cfgs,
-    authors_keys=rename_passes(_AUTHORS_MODULES, _AUTHORS_BLOCK_PARTS),
-    citation="""@article{yao2025scaling,
-  title   = {Scaling Spike-Driven Transformer With Efficient Spike Firing Approximation
-             Training},
-  author  = {Yao, Man and Qiu, Xuerui and Hu, Tianxiang and Hu, Jiakui and Chou, Yuhong and
-             Tian, Keyu and Liao, Jianxing and Leng, Luziwei and Xu, Bo and Li, Guoqi},
-  journal = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
-  volume  = {47},
-  number  = {4},
-  pages   = {2973--2990},
-  year    = {2025},
-  doi     = {10.1109/TPAMI.2025.3530246}
-}""",
+    authors_keys=rename_passes(AUTHORS_STAGE_KEYS, _AUTHORS_BLOCK_PARTS),
+    citation=CITATION,
     # the authors' Efficient_Spiking_Transformer_{t,s,m,l} (shared/reference/families/README.md)
     reference_counts=(
         ReferenceCount("sdt_v3_t", 2_702_048),

@@ -36,7 +36,8 @@ from spikezoo.models._checkpoint import RenameRule
 from spikezoo.models._distillation import DistilledHeads, check_distillation_head
 from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig, rename_passes
 from spikezoo.models._pretrained import IMAGENET_CFG, spikezoo_default_cfgs
-from spikezoo.models.spike_driven_transformer_v2 import _AUTHORS_MODULES
+from spikezoo.models.spike_driven_transformer_v2 import AUTHORS_STAGE_KEYS
+from spikezoo.models.spike_driven_transformer_v3 import CITATION, PAPER_CFG
 from spikezoo.neurons import IntegerNeuron
 from spikezoo.weights import AuthorsFile
 
@@ -256,13 +257,7 @@ _DEFAULTS = dict(
     crop_pct=224 / 232,
     first_conv="stem.conv",
     classifier=("head", "head_kd"),
-    # The authors' repository has no licence file.
-    license="unknown",
-    paper_name=(
-        "Scaling Spike-driven Transformer with Efficient Spike Firing Approximation Training"
-    ),
-    paper_ids="arXiv:2411.16061",
-    origin_url="https://github.com/BICLab/Spike-Driven-Transformer-V3",
+    **PAPER_CFG,
 )
 _AT_384 = dict(input_size=(3, 384, 384), pool_size=(24, 24), crop_pct=1.0)
 
@@ -300,18 +295,8 @@ default_cfgs = spikezoo_default_cfgs(
 FAMILY = ModelFamily(
     model_cls=SpikeDrivenTransformerV3Large,
     default_cfgs=default_cfgs,
-    authors_keys=rename_passes(_AUTHORS_MODULES, _AUTHORS_BLOCK_PARTS),
-    citation="""@article{yao2025scaling,
-  title   = {Scaling Spike-Driven Transformer With Efficient Spike Firing Approximation Training},
-  author  = {Yao, Man and Qiu, Xuerui and Hu, Tianxiang and Hu, Jiakui and Chou, Yuhong and
-             Tian, Keyu and Liao, Jianxing and Leng, Luziwei and Xu, Bo and Li, Guoqi},
-  journal = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
-  volume  = {47},
-  number  = {4},
-  pages   = {2973--2990},
-  year    = {2025},
-  doi     = {10.1109/TPAMI.2025.3530246}
-}""",
+    authors_keys=rename_passes(AUTHORS_STAGE_KEYS, _AUTHORS_BLOCK_PARTS),
+    citation=CITATION,
     # the authors' spikformer12_512 / spikformer12_768 (shared/reference/families/README.md)
     reference_counts=(
         ReferenceCount("sdt_v3_12_512", 82_502_952),
