@@ -11,7 +11,8 @@ Implementations (``--impls``):
   custom autograd function that saves the charged membrane, one ``[N]`` tensor per step);
 - ``spikezoo-inductor``: the same with ``backend="inductor"`` (``"auto"`` picks it too); the
   loops are compiled by ``torch.compile`` on the first call, which the warm-up absorbs and which
-  is reported on its own;
+  is reported on its own; it saves the input ``x`` instead of the membranes and recharges them
+  inside the backward kernel;
 - ``spikingjelly``: ``neuron.LIFNode(step_mode="m", detach_reset=True,
   surrogate_function=surrogate.Sigmoid())``, its default CPU path, ``reset()`` before each call;
 - ``snntorch``: ``snn.Leaky(beta=0.5, reset_mechanism="zero", spike_grad=sigmoid(slope=4))``
@@ -31,10 +32,12 @@ faster); the JSON also has the median of the per-round (paired) ratios.
 
 Roofline: a plain tensor add ``x + g`` (reads two ``[T, N]`` float32 tensors, writes a fresh
 one) runs in the same interleaved rounds; its median gives the memory bandwidth this machine
-reaches in this run. The least traffic of a LIF forward+backward is six such tensors (forward:
-read ``x``, write the spikes and the charged membranes; backward: read the gradient and the
-membranes, write ``dx``); each spikezoo row reports that traffic over its median time as a
-fraction of the add's bandwidth (1.00: at the add's roofline).
+reaches in this run. The least traffic of a LIF forward+backward that keeps its membranes is
+six such tensors (forward: read ``x``, write the spikes and the charged membranes; backward:
+read the gradient and the membranes, write ``dx``); each spikezoo row reports that traffic over
+its median time as a fraction of the add's bandwidth (1.00: at the add's roofline). The
+``"inductor"`` backend recharges the membranes from ``x`` in its backward kernel and moves five
+tensors (two of them freshly allocated, as against the add's one), so its row can pass 1.00.
 
 Memory: (a) bytes of the tensors autograd keeps for backward, seen by
 ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, so views and repeats count once);

@@ -1,8 +1,9 @@
 """Back-propagation through time as one custom autograd function.
 
-The forward loop keeps a single tensor per step, the charged membrane ``h[t]``; the backward
-loop walks the steps in reverse and recomputes what it needs from it, instead of keeping the
-autograd graph of the whole loop. Both loops run on a backend of
+The forward loop keeps a single tensor per step, the charged membrane ``h[t]``, or, on a
+backend with a ``backward_from_input`` (``"inductor"``), only the input ``x`` it was given;
+the backward loop walks the steps in reverse and recomputes what it needs from that, instead
+of keeping the autograd graph of the whole loop. Both loops run on a backend of
 :mod:`spikezoo.neurons.backends`.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spikezoo.neurons.backends import run_backward, run_forward
+from spikezoo.neurons.backends import run_backward, run_backward_from_input, run_training_forward
 from spikezoo.neurons.dynamics import NeuronConfig
 
 __all__ = ["MultiStepDynamics"]
@@ -36,30 +37,30 @@ class MultiStepDynamics(torch.autograd.Function):
         cfg: NeuronConfig,
         candidates: tuple[str, ...],
     ) -> tuple[Tensor, Tensor]:
-        """Run the forward loop, keeping the charged membranes for :meth:`backward`."""
+        """Run the forward loop, keeping the charged membranes (or ``x``) for :meth:`backward`."""
         ctx.set_materialize_grads(False)
-        backend, (spikes, charged, v_final) = run_forward(
-            candidates, x, v_init, k, cfg, keep_charged=True
-        )
+        backend, (spikes, charged, v_final) = run_training_forward(candidates, x, v_init, k, cfg)
         ctx.cfg = cfg
         ctx.candidates = candidates[candidates.index(backend) :]
-        ctx.save_for_backward(charged, v_init, k)
+        ctx.from_input = charged is None
+        ctx.save_for_backward(x if ctx.from_input else charged, v_init, k)
         return spikes, v_final
 
     @staticmethod
     def backward(ctx: Any, grad_spikes: Tensor | None, grad_v_final: Tensor | None) -> tuple:
         """Reverse-time loop: gradients for ``x``, ``k`` and ``v_init``."""
-        charged, v_init, k = ctx.saved_tensors
+        saved, v_init, k = ctx.saved_tensors
         if grad_spikes is None:
-            grad_spikes = torch.zeros_like(charged)
+            grad_spikes = torch.zeros_like(saved)
         if grad_v_final is None:
-            grad_v_final = torch.zeros((), dtype=charged.dtype, device=charged.device)
+            grad_v_final = torch.zeros((), dtype=v_init.dtype, device=saved.device)
+        run = run_backward_from_input if ctx.from_input else run_backward
         grad_k_needed = ctx.needs_input_grad[1]
-        _, (grad_x, grad_v_init, grad_k) = run_backward(
+        _, (grad_x, grad_v_init, grad_k) = run(
             ctx.candidates,
             grad_spikes,
-            grad_v_final.to(charged.dtype),
-            charged,
+            grad_v_final.to(v_init.dtype),
+            saved,
             v_init,
             k,
             ctx.cfg,

@@ -31,9 +31,12 @@ __all__ = [
     "NeuronConfig",
     "backward_sequence",
     "backward_steps",
+    "backward_steps_from_input",
     "charge",
+    "charged_membranes",
     "finish_grad_k",
     "forward_sequence",
+    "membrane_after",
     "reset",
 ]
 
@@ -106,17 +109,37 @@ def forward_sequence(
     return torch.stack(spikes), torch.stack(charged) if keep_charged else None, v
 
 
+def charged_membranes(
+    x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig
+) -> tuple[list[Tensor], Tensor]:
+    """The charged membranes ``h[t] [N]`` of :func:`forward_sequence`, by the same operations
+    (so bit for bit the same), as a list, and the final membrane ``v [N]``."""
+    v = v_init
+    charged = []
+    for t in range(x.shape[0]):
+        h = charge(x[t].to(v.dtype), v, k, cfg)
+        charged.append(h)
+        v = reset(h, h >= cfg.v_threshold, cfg)
+    return charged, v
+
+
+def membrane_after(x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig) -> Tensor:
+    """The membrane ``v [N]`` after the steps of ``x [T, N]``, nothing else."""
+    return charged_membranes(x, v_init, k, cfg)[1]
+
+
 def backward_steps(
     grad_spikes: Tensor,
     grad_v: Tensor,
     grad_k: Tensor,
-    charged: Tensor,
+    charged: Tensor | list[Tensor],
     v_before: Tensor,
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Back-propagate through the steps of ``charged [T, N]``, last step first.
+    """Back-propagate through the steps of ``charged [T, N]`` (or a list of T ``[N]``), last
+    step first.
 
     ``grad_v`` is ``dL/dv`` after the last step, ``grad_k`` the running sum of ``dL/dk`` terms
     (for ``decay_input`` not yet divided by ``k``: :func:`backward_sequence` divides at the end),
@@ -126,7 +149,7 @@ def backward_steps(
     """
     surrogate = get_surrogate(cfg.surrogate)
     grad_x = []
-    for t in range(charged.shape[0] - 1, -1, -1):
+    for t in range(len(charged) - 1, -1, -1):
         h = charged[t]
         u = h - cfg.v_threshold
         dspike = surrogate.grad(u, cfg.alpha)
@@ -152,6 +175,25 @@ def backward_steps(
         grad_v = grad_h * (1.0 - k)
     grad_x.reverse()
     return torch.stack(grad_x), grad_v, grad_k
+
+
+def backward_steps_from_input(
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    grad_k: Tensor,
+    x: Tensor,
+    v_before: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`backward_steps` with the charged membranes recomputed from the input ``x [T, N]``
+    by :func:`charged_membranes`. A backend that compiles this into one kernel keeps them in
+    registers (they are a list, not a stacked tensor, which a compiler would write out), so a
+    training step never writes them to memory.
+    """
+    charged, _ = charged_membranes(x, v_before, k, cfg)
+    return backward_steps(grad_spikes, grad_v, grad_k, charged, v_before, k, cfg, grad_k_needed)
 
 
 def finish_grad_k(grad_k: Tensor, k: Tensor, cfg: NeuronConfig) -> Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from spikezoo.neurons import MultiStepLIF, backends, multistep_lif, multistep_plif
+from spikezoo.neurons import MultiStepLIF, backends, dynamics, multistep_lif, multistep_plif
 from spikezoo.neurons.backends import Backend, eager, inductor
 
 # these tests are about what "auto" chooses (tests/conftest.py sets SPIKEZOO_BACKEND)
@@ -152,3 +152,73 @@ def test_a_hundred_sequence_lengths_compile_a_bounded_number_of_graphs():
         ):
             torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12, msg=name)
     assert counters["stats"]["unique_graphs"] - graphs_before <= len(inductor.CHUNKS) * 2 * 3
+
+
+def _saved_storages(backend: str, x: torch.Tensor) -> list[int]:
+    """The data pointers of the tensors a training forward of a LIF saves for backward."""
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        multistep_lif(x, backend=backend)
+    return saved
+
+
+def test_inductor_training_saves_the_input_and_torch_the_membranes():
+    x = (torch.randn(4, 64) * 2).requires_grad_()
+    assert x.untyped_storage().data_ptr() in _saved_storages("inductor", x)
+    assert x.untyped_storage().data_ptr() not in _saved_storages("torch", x)
+
+
+@pytest.mark.parametrize(
+    "cfg,steps",
+    [
+        (dynamics.NeuronConfig(True, True, 1.0, 0.0, "sigmoid", 4.0, True), 6),  # LIF, 4+1+1
+        (dynamics.NeuronConfig(True, False, 1.0, None, "atan", 2.0, False), 5),  # soft, 4+1
+    ],
+)
+def test_inductor_backward_from_input_equals_the_reference_backward(cfg, steps):
+    """The recomputed membranes give the reference's gradients, across chunk boundaries, with
+    ``dL/dk`` (PLIF) and a per-neuron initial membrane."""
+    gen = torch.Generator().manual_seed(steps)
+    x = torch.randn(steps, 37, generator=gen, dtype=torch.float64) * 1.5 + 0.6
+    grad_spikes, grad_v, v_init = (
+        torch.randn(*shape, generator=gen, dtype=torch.float64)
+        for shape in ((steps, 37), (37,), (37,))
+    )
+    k = torch.tensor(0.4, dtype=torch.float64)
+    _, charged, _ = dynamics.forward_sequence(x, v_init, k, cfg, keep_charged=True)
+    expected = dynamics.backward_sequence(grad_spikes, grad_v, charged, v_init, k, cfg, True)
+    actual = inductor.backward_from_input(grad_spikes, grad_v, x, v_init, k, cfg, True)
+    for name, a, e in zip(("grad_x", "grad_v_init", "grad_k"), actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14, msg=name)
+
+
+@pytest.mark.usefixtures("registry")
+def test_a_failed_backward_from_input_falls_back_to_recharging_on_the_next_backend():
+    calls = []
+    torch_backend = backends.get_backend("torch")
+    backends.register_backend(
+        Backend(
+            "recomputing",
+            _counting(calls, "forward", torch_backend.forward),
+            _broken,
+            lambda x: None,
+            _counting(calls, "backward_from_input", _broken),
+        )
+    )
+    backends.AUTO_PRIORITY[:] = ["recomputing", "torch"]
+    x = (torch.randn(3, 5, dtype=torch.float64) * 2).requires_grad_()
+    w = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    multistep_plif(x, w, backend="auto").sum().backward()
+    expected_x, expected_w = (
+        x.detach().clone().requires_grad_(),
+        w.detach().clone().requires_grad_(),
+    )
+    multistep_plif(expected_x, expected_w, backend="torch").sum().backward()
+    assert calls == ["forward", "backward_from_input"]
+    torch.testing.assert_close(x.grad, expected_x.grad, rtol=1e-12, atol=0)
+    torch.testing.assert_close(w.grad, expected_w.grad, rtol=1e-12, atol=0)

@@ -43,7 +43,9 @@ __all__ = [
     "register_backend",
     "resolve_backend",
     "run_backward",
+    "run_backward_from_input",
     "run_forward",
+    "run_training_forward",
     "validate_backend",
 ]
 
@@ -63,12 +65,20 @@ class Backend:
             :func:`spikezoo.neurons.dynamics.backward_sequence`.
         unavailable_reason: ``x -> None`` if the backend can run on the input ``x``, else a
             message saying why not and what to do.
+        backward_from_input: ``(grad_spikes, grad_v, x, v_init, k, cfg, grad_k_needed) ->
+            (grad_x, grad_v_init, grad_k)``, as
+            :func:`~spikezoo.neurons.dynamics.backward_steps_from_input` over the whole
+            sequence, for a backend that recomputes the charged membranes from the input ``x``
+            in its backward pass: its training forward then keeps no membranes, and autograd
+            saves ``x`` (which the layer before holds anyway). ``None``: training keeps the
+            membranes.
     """
 
     name: str
     forward: Callable[..., tuple[Tensor, Tensor | None, Tensor]]
     backward: Callable[..., tuple[Tensor, Tensor, Tensor]]
     unavailable_reason: Callable[[Tensor], str | None]
+    backward_from_input: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -148,24 +158,28 @@ def _environment_backend() -> str:
 
 
 def _first_success(
-    candidates: tuple[str, ...], loop: str, cfg: NeuronConfig, args: tuple
+    candidates: tuple[str, ...],
+    loop: str,
+    cfg: NeuronConfig,
+    tensor: Tensor,
+    call: Callable[[Backend], tuple],
 ) -> tuple[str, tuple]:
-    """Run ``loop`` ("forward" or "backward") on the first of ``candidates`` that succeeds.
+    """``call(backend)`` ("forward" or "backward" ``loop``) on the first of ``candidates`` that
+    succeeds on ``tensor``, with its name.
 
     Failures of all but the last candidate are remembered per (backend, device type, dtype,
     config, loop) and not tried again; the last candidate's errors propagate.
     """
-    tensor = args[0]
     for name in candidates[:-1]:
         key = (name, tensor.device.type, tensor.dtype, cfg, loop)
         if key in _AUTO_FAILURES:
             continue
         try:
-            return name, getattr(_REGISTRY[name], loop)(*args)
+            return name, call(_REGISTRY[name])
         except Exception:
             _logger.debug("%r failed for %s; trying the next", name, key, exc_info=True)
             _AUTO_FAILURES.add(key)
-    return candidates[-1], getattr(_REGISTRY[candidates[-1]], loop)(*args)
+    return candidates[-1], call(_REGISTRY[candidates[-1]])
 
 
 def run_forward(
@@ -177,7 +191,20 @@ def run_forward(
     keep_charged: bool,
 ) -> tuple[str, tuple[Tensor, Tensor | None, Tensor]]:
     """The forward loop on the first of ``candidates`` that succeeds: its name, its result."""
-    return _first_success(candidates, "forward", cfg, (x, v_init, k, cfg, keep_charged))
+    args = (x, v_init, k, cfg, keep_charged)
+    return _first_success(candidates, "forward", cfg, x, lambda backend: backend.forward(*args))
+
+
+def run_training_forward(
+    candidates: tuple[str, ...], x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig
+) -> tuple[str, tuple[Tensor, Tensor | None, Tensor]]:
+    """The forward loop of a training step: as :func:`run_forward`, keeping the charged
+    membranes unless the backend that runs it has a ``backward_from_input`` (then ``None``)."""
+
+    def call(backend: Backend) -> tuple:
+        return backend.forward(x, v_init, k, cfg, backend.backward_from_input is None)
+
+    return _first_success(candidates, "forward", cfg, x, call)
 
 
 def run_backward(
@@ -192,12 +219,45 @@ def run_backward(
 ) -> tuple[str, tuple[Tensor, Tensor, Tensor]]:
     """The backward loop on the first of ``candidates`` that succeeds: its name, its result."""
     args = (grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed)
-    return _first_success(candidates, "backward", cfg, args)
+    return _first_success(
+        candidates, "backward", cfg, grad_spikes, lambda backend: backend.backward(*args)
+    )
+
+
+def run_backward_from_input(
+    candidates: tuple[str, ...],
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+) -> tuple[str, tuple[Tensor, Tensor, Tensor]]:
+    """The backward loop from the input ``x`` of the forward pass, on the first of
+    ``candidates`` that succeeds. A backend without ``backward_from_input`` (a fallback after
+    the one that ran the forward pass failed) recharges the membranes with its own forward."""
+
+    def call(backend: Backend) -> tuple:
+        if backend.backward_from_input is not None:
+            return backend.backward_from_input(
+                grad_spikes, grad_v, x, v_init, k, cfg, grad_k_needed
+            )
+        _, charged, _ = backend.forward(x, v_init, k, cfg, True)
+        return backend.backward(grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed)
+
+    return _first_success(candidates, "backward", cfg, grad_spikes, call)
 
 
 register_backend(Backend("cupy", cupy.forward, cupy.backward, cupy.unavailable_reason))
 register_backend(
-    Backend("inductor", inductor.forward, inductor.backward, inductor.unavailable_reason)
+    Backend(
+        "inductor",
+        inductor.forward,
+        inductor.backward,
+        inductor.unavailable_reason,
+        inductor.backward_from_input,
+    )
 )
 register_backend(Backend("torch", eager.forward, eager.backward, eager.unavailable_reason))
 

@@ -14,6 +14,13 @@ variants (a sequence of one chunk, which takes the initial membrane without a co
 first chunk of a longer sequence, at storage offset 0, which dynamo may specialise; the
 other chunks). The models' usual T (4, 8 with two chunks, 16) pay no concatenation or only
 one.
+
+In training, the forward pass writes the spikes alone and autograd keeps the input ``x``;
+:func:`backward_from_input` recharges the membranes from ``x`` inside the backward kernel, so
+they never reach memory. Against keeping them, a training step moves five ``[T, N]`` tensors
+instead of six and allocates two instead of three. What autograd keeps is no larger than the
+membranes (half their size for a bfloat16 input), and it is often held anyway (a residual
+input, the fused BatchNorm's recomputation).
 """
 
 from __future__ import annotations
@@ -27,7 +34,14 @@ from torch import Tensor
 from spikezoo.neurons import dynamics
 from spikezoo.neurons.dynamics import NeuronConfig
 
-__all__ = ["CHUNKS", "backward", "chunk_lengths", "forward", "unavailable_reason"]
+__all__ = [
+    "CHUNKS",
+    "backward",
+    "backward_from_input",
+    "chunk_lengths",
+    "forward",
+    "unavailable_reason",
+]
 
 #: The chunk lengths compiled as one graph each, longest first: the models' usual T (4, 16)
 #: run as one kernel, with no concatenation of chunk outputs.
@@ -52,15 +66,18 @@ def _compiled(loop: Callable, cfg: NeuronConfig, steps: int, **switch: bool) -> 
     """``loop`` compiled for chunks of ``steps`` steps, one compile region per argument set.
 
     ``switch`` is the loop's one boolean argument by name: ``keep_charged`` for the forward
-    loop, ``grad_k_needed`` for the backward loop. Recompiles happen only for a new dtype or
-    device (and the single-neuron case, which dynamo specialises).
+    loop, ``grad_k_needed`` for the backward loops, none for the membrane-only loop.
+    Recompiles happen only for a new dtype or device (and the single-neuron case, which dynamo
+    specialises).
     """
     return torch.compile(
         loop, dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=32
     )
 
 
-def _run_chunk(loop: Callable, cfg: NeuronConfig, *tensors: Tensor, **switch: bool) -> tuple:
+def _run_chunk(
+    loop: Callable, cfg: NeuronConfig, *tensors: Tensor, **switch: bool
+) -> tuple | Tensor:
     """Run ``loop(*tensors, cfg, **switch)`` compiled for the chunk length ``len(tensors[0])``.
 
     The tensors are passed detached: a view's base (a slice, or an earlier chunk's output)
@@ -138,6 +155,51 @@ def backward(
         )
         grad_x.append(grad_x_chunk)
         end = start
+    grad_x.reverse()
+    if grad_k_needed and cfg.leaky:
+        grad_k = dynamics.finish_grad_k(grad_k, k, cfg)
+    return _cat(grad_x), grad_v, grad_k
+
+
+def backward_from_input(
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`backward` with the charged membranes recomputed from the input ``x [T, N]``.
+
+    Each chunk is one kernel that charges its membranes from ``x`` in registers and walks them
+    back, so a training step moves five ``[T, N]`` tensors instead of six and writes two fresh
+    ones instead of three (forward: spikes; backward: ``dL/dx``). A sequence of several chunks
+    first runs the membrane alone up to the start of each chunk but the first.
+    """
+    neurons, lengths = x.shape[1], chunk_lengths(x.shape[0])
+    grad_v, v = _per_neuron(grad_v, neurons, lengths), _per_neuron(v_init, neurons, lengths)
+    chunks, start = [], 0
+    for index, steps in enumerate(lengths):
+        chunks.append((start, steps, v))
+        if index < len(lengths) - 1:
+            v = _run_chunk(dynamics.membrane_after, cfg, x[start : start + steps], v, k)
+        start += steps
+    grad_k = torch.zeros((), dtype=v_init.dtype, device=x.device)
+    grad_x = []
+    for start, steps, v_before in reversed(chunks):
+        grad_x_chunk, grad_v, grad_k = _run_chunk(
+            dynamics.backward_steps_from_input,
+            cfg,
+            grad_spikes[start : start + steps],
+            grad_v,
+            grad_k,
+            x[start : start + steps],
+            v_before,
+            k,
+            grad_k_needed=grad_k_needed,
+        )
+        grad_x.append(grad_x_chunk)
     grad_x.reverse()
     if grad_k_needed and cfg.leaky:
         grad_k = dynamics.finish_grad_k(grad_k, k, cfg)
