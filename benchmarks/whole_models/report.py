@@ -42,12 +42,19 @@ def _share(entry: dict) -> str:
 
 
 def _spikezoo_shares(model: dict) -> list[str]:
-    """``"<task> <dtype>: <share>"`` for spikezoo's profiled (eager) rows."""
-    return [
-        f"{v['task']} {v['dtype']} {_share(v['results']['spikezoo'])}"
-        for v in model["variants"]
-        if "profile" in v["results"].get("spikezoo", {})
-    ]
+    """``"<task> <dtype>: <share> (largest outside: <op> <ms>, ...)"`` for spikezoo's profiled
+    (eager) rows."""
+    lines = []
+    for v in model["variants"]:
+        profile = v["results"].get("spikezoo", {}).get("profile")
+        if profile is None:
+            continue
+        top = ", ".join(
+            f"`{name}` {seconds * 1e3:.1f} ms" for name, seconds in profile.get("top_outside", [])
+        )
+        largest = f" (largest outside, self time: {top})" if top else ""
+        lines.append(f"{v['task']} {v['dtype']} {profile['share_outside']:.0%}{largest}")
+    return lines
 
 
 def _diff(verdict: dict) -> str:
@@ -124,7 +131,7 @@ def markdown(report: dict) -> str:
         shares = _spikezoo_shares(model)
         if shares:
             lines += [
-                "Time outside convolutions and matmuls, spikezoo (eager): " + ", ".join(shares)
+                "Time outside convolutions and matmuls, spikezoo (eager): " + "; ".join(shares)
                 + ".",
                 "",
             ]  # fmt: skip

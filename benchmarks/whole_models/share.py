@@ -9,16 +9,25 @@ time under the profiler: everything else (neurons, BatchNorm, pooling, element-w
 work, the optimizer step) and the profiler's own cost per operator, which makes the share an
 upper bound. On CUDA the operators' CPU time is their launch, not their run: the share is
 measured on the CPU only.
+
+Where the outside time goes: the self time (own time, children excluded) of every operator not
+inside a convolution or matrix product, summed by name; the largest are reported, so a table
+can say which remaining operation dominates (a compiled neuron kernel appears as its
+``CompiledFxGraph`` call, the neurons' autograd functions as ``MultiStepDynamics``).
 """
 
 from __future__ import annotations
 
+import collections
 import re
 import time
 from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+#: How many of the largest operators outside convolutions and matmuls are reported.
+TOP_OUTSIDE = 6
 
 #: The operators counted as convolution or matrix product.
 CONV_MATMUL = re.compile(r"aten::(\w*conv\w*|mm|bmm|addmm|baddbmm)")
@@ -37,20 +46,35 @@ def _outermost(event) -> bool:
     return True
 
 
+def _operator_name(name: str) -> str:
+    """``name``, with a compiled graph's hash cut off (``## Call CompiledFxGraph <hash> ##``)."""
+    return "compiled graph (torch.compile)" if "CompiledFxGraph" in name else name
+
+
 def time_outside_conv_matmul(call: Callable[[], object]) -> dict:
-    """Profile one ``call()``: its wall time, the time in convolutions and matrix products, and
-    the share outside them (a fraction of the wall time)."""
+    """Profile one ``call()``: its wall time, the time in convolutions and matrix products, the
+    share outside them (a fraction of the wall time), and the :data:`TOP_OUTSIDE` operators
+    with the most self time outside them (``top_outside``: ``[name, seconds]``, largest first).
+    """
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         call()
         wall_s = time.perf_counter() - start
-    inside_s = 1e-6 * sum(
-        event.time_range.elapsed_us()
-        for event in prof.events()
-        if _counted(event) and _outermost(event)
-    )
+    inside_us = 0.0
+    outside_us: collections.Counter[str] = collections.Counter()
+    for event in prof.events():
+        if not _outermost(event):
+            continue
+        if _counted(event):
+            inside_us += event.time_range.elapsed_us()
+        else:
+            outside_us[_operator_name(event.name)] += event.self_cpu_time_total
+    inside_s = 1e-6 * inside_us
     return dict(
-        wall_s=wall_s, conv_matmul_s=inside_s, share_outside=max(0.0, 1 - inside_s / wall_s)
+        wall_s=wall_s,
+        conv_matmul_s=inside_s,
+        share_outside=max(0.0, 1 - inside_s / wall_s),
+        top_outside=[[name, 1e-6 * us] for name, us in outside_us.most_common(TOP_OUTSIDE)],
     )
 
 

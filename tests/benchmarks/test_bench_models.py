@@ -145,6 +145,7 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
     assert "load average" in text and report["environment"]["load_after"] is not None
     assert "outside conv/matmul" in text
     assert "Time outside convolutions and matmuls, spikezoo (eager): infer fp32 " in text
+    assert "(largest outside, self time: `" in text
     assert "![tiny_sdt_roofline](p/tiny_sdt_roofline.png)" in text
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "tiny_sdt.png",
@@ -210,3 +211,8 @@ def test_share_outside_counts_convolutions_and_matmuls_once(benchmarks_path):
     # conv2d -> convolution -> ... nest: counted once, so never more than the call itself
     assert 0 < both["conv_matmul_s"] < both["wall_s"]
     assert 0 < both["share_outside"] < 1
+    # what is outside, by operator: the relu and the flatten, never the conv or what it calls
+    names = [name for name, _ in both["top_outside"]]
+    assert "aten::relu" in names
+    assert not any("conv" in name or name == "aten::mm" for name in names)
+    assert all(seconds >= 0 for _, seconds in both["top_outside"])
