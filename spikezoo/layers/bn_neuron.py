@@ -3,7 +3,8 @@
 A training step keeps, for each BatchNorm followed by a neuron, two tensors the size of the
 activation: BatchNorm's input (the convolution's output ``y``) and the neuron's charged
 membranes. :func:`batch_norm_fire` keeps ``y`` alone; the backward pass recomputes the
-normalised input and the membranes from it, then back-propagates through both. The forward
+normalised input and the membranes from it, then back-propagates through both (the recomputed
+spikes are freed first, so backward holds about what the unfused pair's holds). The forward
 pass runs the same modules as the unfused pair (so the spikes and BatchNorm's running
 statistics are identical), and the gradients are those of the unfused pair up to
 floating-point rounding (the recomputed BatchNorm uses the batch statistics, exactly as in
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from spikezoo import _checks
 
@@ -53,8 +55,11 @@ class _BatchNormFire(torch.autograd.Function):
             leaf = y.detach().requires_grad_()
             # forward(), not __call__: hooks (e.g. spike counting) saw the forward pass already
             spikes = ctx.neuron.forward(_normalise(leaf, ctx.bn))
+            # backward needs the spikes' graph, not their values: free them before it runs
+            spikes_edge = get_gradient_edge(spikes)
+            del spikes
             wanted = [leaf, *(p for p in params if p.requires_grad)]
-            grads = iter(torch.autograd.grad(spikes, wanted, grad_spikes, allow_unused=True))
+            grads = iter(torch.autograd.grad(spikes_edge, wanted, grad_spikes, allow_unused=True))
         grad_y = next(grads)
         grad_params = [next(grads) if p.requires_grad else None for p in params]
         return grad_y, None, None, *grad_params
