@@ -58,7 +58,7 @@ class _MaxPool2dOffsets(torch.autograd.Function):
         width = x.shape[-1]
         starts = _window_starts(pooled.shape[-2:], width, stride, padding, x.device)
         largest = (kernel[0] - 1) * width + kernel[1] - 1
-        offsets = (indices - starts).to(_offset_dtype(largest))
+        offsets = indices.sub_(starts).to(_offset_dtype(largest))
         ctx.save_for_backward(offsets)
         ctx.window = kernel, stride, padding
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
@@ -70,7 +70,7 @@ class _MaxPool2dOffsets(torch.autograd.Function):
         kernel, stride, padding = ctx.window
         width = ctx.input_shape[-1]
         starts = _window_starts(offsets.shape[-2:], width, stride, padding, offsets.device)
-        indices = offsets.long() + starts
+        indices = offsets.long().add_(starts)
         # the backward kernel reads its input's shape and dtype only: a stride-0 stand-in
         shape_of_input = grad_pooled.new_empty((), dtype=ctx.input_dtype).expand(ctx.input_shape)
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
