@@ -24,8 +24,6 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import torch  # noqa: E402
 from torch._C._profiler import _EventType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from whole_models.calls import make_call  # noqa: E402
-from whole_models.zoo import MODELS, build_weights  # noqa: E402
 
 MiB = 2**20
 
@@ -75,6 +73,9 @@ def label(ops: tuple[str, ...]) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from whole_models.calls import make_call
+    from whole_models.zoo import MODELS, build_weights
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, default=1)
