@@ -106,7 +106,7 @@ def test_models_that_max_pool_train_as_with_torch_pools(family):
     model = set_backend(tiny(family, **shallow), "torch").double().train()
     plain = _with_torch_pools(model)
     channels = model.pretrained_cfg["input_size"][0]
-    images = torch.randn(2, channels, 32, 32, dtype=torch.float64)
+    images = torch.randn(2, channels, 16, 16, dtype=torch.float64)
     logits, grads = _step(model, images)
     expected_logits, expected_grads = _step(plain, images)
     assert torch.equal(logits, expected_logits)
