@@ -44,6 +44,7 @@ from spikezoo.layers.metaformer import (
 )
 from spikezoo.layers.mlp import GWSFFN, SpikingMLP
 from spikezoo.layers.pointwise import PointwiseProjection, SpikingPointwiseBlock
+from spikezoo.layers.pooling import MaxPool2d, max_pool2d
 from spikezoo.layers.qkformer import SEWPatchEmbedding, TokenQKAttention
 from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_keys
 from spikezoo.layers.sdsa import SDSA, dilate
@@ -71,6 +72,7 @@ __all__ = [
     "IntegerLinearAttention",
     "LinearSpikingAttention",
     "LoadsRenamedChildren",
+    "MaxPool2d",
     "NeuronFactory",
     "PerStep",
     "PointwiseProjection",
@@ -91,6 +93,7 @@ __all__ = [
     "check_tbchw",
     "dilate",
     "freeze_firing_rates",
+    "max_pool2d",
     "parse_pooling",
     "per_step",
     "rename_old_keys",

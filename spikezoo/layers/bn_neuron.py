@@ -3,7 +3,8 @@
 A training step keeps, for each BatchNorm followed by a neuron, two tensors the size of the
 activation: BatchNorm's input (the convolution's output ``y``) and the neuron's charged
 membranes. :func:`batch_norm_fire` keeps ``y`` alone; the backward pass recomputes the
-normalised input and the membranes from it, then back-propagates through both. The forward
+normalised input and the membranes from it, then back-propagates through both (the recomputed
+spikes are freed first, so backward holds about what the unfused pair's holds). The forward
 pass runs the same modules as the unfused pair (so the spikes and BatchNorm's running
 statistics are identical), and the gradients are those of the unfused pair up to
 floating-point rounding (the recomputed BatchNorm uses the batch statistics, exactly as in
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from spikezoo import _checks
 
@@ -38,30 +40,49 @@ def _normalise(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
 
 
 class _BatchNormFire(torch.autograd.Function):
-    """``apply(y, bn, neuron, *params) -> neuron(bn(y))``, saving ``y`` and the parameters."""
+    """``apply(y, bn, neuron, *params) -> (neuron(bn(y)), bn(y))``, saving ``y`` and the
+    parameters."""
 
     @staticmethod
     def forward(ctx: Any, y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module, *params: Tensor):
         ctx.bn, ctx.neuron = bn, neuron
         ctx.save_for_backward(y, *params)
-        return neuron(_batch_norm(y, bn))
+        ctx.set_materialize_grads(False)
+        normalised = _batch_norm(y, bn)
+        return neuron(normalised), normalised
 
     @staticmethod
-    def backward(ctx: Any, grad_spikes: Tensor) -> tuple:
+    def backward(ctx: Any, grad_spikes: Tensor | None, grad_normalised: Tensor | None) -> tuple:
         y, *params = ctx.saved_tensors
+        if grad_spikes is None and grad_normalised is None:
+            return None, None, None, *(None for _ in params)
         with torch.enable_grad():
             leaf = y.detach().requires_grad_()
+            normalised = _normalise(leaf, ctx.bn)
             # forward(), not __call__: hooks (e.g. spike counting) saw the forward pass already
-            spikes = ctx.neuron.forward(_normalise(leaf, ctx.bn))
+            spikes = ctx.neuron.forward(normalised)
+            # backward needs the graph of both outputs, not their values: free them first
+            outputs = [get_gradient_edge(spikes), get_gradient_edge(normalised)]
+            del spikes, normalised
+            pairs = [
+                (edge, grad)
+                for edge, grad in zip(outputs, (grad_spikes, grad_normalised), strict=True)
+                if grad is not None
+            ]
             wanted = [leaf, *(p for p in params if p.requires_grad)]
-            grads = iter(torch.autograd.grad(spikes, wanted, grad_spikes, allow_unused=True))
+            edges, grad_outputs = zip(*pairs, strict=True)
+            grads = iter(torch.autograd.grad(edges, wanted, grad_outputs, allow_unused=True))
         grad_y = next(grads)
         grad_params = [next(grads) if p.requires_grad else None for p in params]
         return grad_y, None, None, *grad_params
 
 
-def batch_norm_fire(y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module) -> Tensor:
-    """``neuron(bn(y))`` for ``y [T, B, C, H, W]`` (BatchNorm per step), spikes shaped like ``y``.
+def batch_norm_fire(
+    y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module, with_normalised: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``neuron(bn(y))`` for ``y [T, B, C, H, W]`` (BatchNorm per step), spikes shaped like ``y``;
+    with ``with_normalised=True``, the pair ``(spikes, bn(y))``, for a layer that reads ``bn(y)``
+    besides the neuron (a residual sum: its gradient flows back through the same BatchNorm).
 
     In training with gradients enabled, autograd keeps ``y`` (and the parameters) only; the
     normalised input and the neuron's membranes are recomputed in the backward pass.
@@ -75,10 +96,13 @@ def batch_norm_fire(y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module) -> Tensor:
         and not torch.compiler.is_compiling()
         and (y.requires_grad or any(p.requires_grad for p in bn.parameters()))
     )
-    if not fuse:
-        return neuron(_batch_norm(y, bn))
-    params = (*bn.parameters(), *neuron.parameters())
-    return _BatchNormFire.apply(y, bn, neuron, *params)
+    if fuse:
+        params = (*bn.parameters(), *neuron.parameters())
+        spikes, normalised = _BatchNormFire.apply(y, bn, neuron, *params)
+    else:
+        normalised = _batch_norm(y, bn)
+        spikes = neuron(normalised)
+    return (spikes, normalised) if with_normalised else spikes
 
 
 def set_bn_neuron_fusion(model: nn.Module, enabled: bool = True) -> None:

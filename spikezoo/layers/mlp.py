@@ -105,8 +105,13 @@ class GWSFFN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, dim, H, W]`` -> ``x + ffn(x)``, same shape."""
         check_tbchw(x, self.dim, "GWSFFN")
-        u = self.up(x)
-        z = u
-        for conv in self.convs:
+        if not self.convs:
+            u = self.up(x)
+            return x + self.drop_path(self.down(u + u))
+        # up's BatchNorm feeds the first grouped convolution's neuron directly: fused, and its
+        # output u kept for the sum
+        spikes, u = self.up.conv_bn_fire(x, self.convs[0].neuron, with_output=True)
+        z = self.convs[0].conv_bn(spikes)
+        for conv in self.convs[1:]:
             z = conv(z)
         return x + self.drop_path(self.down(z + u))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from spikezoo._checks import divides, positive_int, positive_real
 from spikezoo.layers.attention import SpikingAttention
 from spikezoo.layers.defaults import QKFORMER_NEURON
+from spikezoo.layers.pooling import MaxPool2d
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingSum
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, PerStep, check_tbchw
 
@@ -91,7 +92,7 @@ class SEWPatchEmbedding(nn.Module):
             ConvBN(channels[i], channels[i + 1], 3) for i in range(len(widths))
         )
         self.pools = nn.ModuleList(
-            PerStep(nn.MaxPool2d(3, 2, 1)) if p else nn.Identity() for p in self.pooling
+            PerStep(MaxPool2d(3, 2, 1)) if p else nn.Identity() for p in self.pooling
         )
         self.neurons = nn.ModuleList(neuron() for _ in widths)
         stride = 2 ** sum(self.pooling[shortcut_from:])

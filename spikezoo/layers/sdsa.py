@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
 from spikezoo._checks import divides, positive_int
 from spikezoo.layers.attention import SpikingAttention
 from spikezoo.layers.defaults import SDT_NEURON
+from spikezoo.layers.pooling import max_pool2d
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingSum
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw
 
@@ -25,7 +25,7 @@ def dilate(x: Tensor) -> Tensor:
     on a 5-D tensor): on ``[T, B, C, H, W]`` it pools space; on ``[T, B, heads, N, d]`` it
     pools across neighbouring token indices and neighbouring channels.
     """
-    return F.max_pool2d(x.flatten(0, -3), 3, 1, 1).view(x.shape)
+    return max_pool2d(x.flatten(0, -3), 3, 1, 1).view(x.shape)
 
 
 class SDSA(SpikingAttention):

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from spikezoo._checks import choice, positive_int
 from spikezoo.layers.defaults import SDT_NEURON
+from spikezoo.layers.pooling import MaxPool2d
 from spikezoo.layers.temporal import ConvBN, NeuronFactory, PerStep, check_tbchw
 
 __all__ = ["RPE_MODES", "SPS", "parse_pooling"]
@@ -94,7 +95,7 @@ class SPS(nn.Module):
         firing_stages = 3 if rpe == "membrane" else 4
         self.proj_lif = nn.ModuleList(neuron() for _ in range(firing_stages))
         self.pool = nn.ModuleList(
-            PerStep(nn.MaxPool2d(3, 2, 1)) if p else nn.Identity() for p in self.pooling
+            PerStep(MaxPool2d(3, 2, 1)) if p else nn.Identity() for p in self.pooling
         )
         self.rpe = ConvBN(embed_dim, embed_dim, 3, neuron=neuron if rpe == "membrane" else None)
         self.rpe_lif = neuron() if rpe == "spikes" else None

@@ -18,7 +18,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 
 from spikezoo._checks import positive_int
-from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, NeuronFactory, PerStep
+from spikezoo.layers import DSSA, GWSFFN, ConvBN, Downsample, MaxPool2d, NeuronFactory, PerStep
 from spikezoo.models._base import SpikingVisionModel, drop_path_rates
 from spikezoo.models._checkpoint import RenameRule, rename_key
 from spikezoo.models._family import ModelFamily, ReferenceCount, TinyConfig
@@ -86,7 +86,7 @@ class SpikingResformer(SpikingVisionModel):
 
         if stem == "imagenet":
             self.stem = ConvBN(self.in_chans, embed_dims[0], 7, stride=2)
-            self.stem_pool = PerStep(nn.MaxPool2d(3, 2, 1))
+            self.stem_pool = PerStep(MaxPool2d(3, 2, 1))
             stem_reduction = 4
         else:
             self.stem = ConvBN(self.in_chans, embed_dims[0], 3)

@@ -11,14 +11,14 @@ import copy
 import functools
 
 import pytest
-import timm
 import torch
 from torch import nn
 
 import spikezoo  # noqa: F401  (registers the models with timm)
 from spikezoo.analysis import measure_saved_tensors
-from spikezoo.layers import SPS, SpikingMLP, batch_norm_fire, set_bn_neuron_fusion
+from spikezoo.layers import GWSFFN, SPS, SpikingMLP, batch_norm_fire, set_bn_neuron_fusion
 from spikezoo.neurons import MultiStepLIF, MultiStepPLIF, set_backend
+from tests.models.families import tiny, tiny_family
 
 
 def _train_step(module: nn.Module, x: torch.Tensor, seed: int = 1) -> dict:
@@ -66,12 +66,54 @@ def test_sps_fused_equals_unfused():
     _assert_fused_equals_unfused(sps, torch.randn(2, 2, 3, 16, 16, dtype=torch.float64))
 
 
-def test_a_model_fused_equals_unfused_with_the_same_state_dict_keys():
+@pytest.mark.parametrize("num_conv", [0, 1, 2])
+def test_gwsffn_fused_equals_unfused(num_conv):
+    # up's BatchNorm feeds a neuron and the sum z + u: both outputs carry gradients back
     torch.manual_seed(0)
-    model = timm.create_model(
-        "sdt_8_384", embed_dim=16, depth=1, num_heads=2, pooling_stat="0011", img_size=16
-    )
-    model = set_backend(model, "torch").double().train()
+    ffn = GWSFFN(8, ratio=2, group_size=4, num_conv=num_conv, neuron=LIF).double().train()
+    _assert_fused_equals_unfused(ffn, torch.randn(2, 3, 8, 5, 5, dtype=torch.float64) * 2)
+
+
+def test_the_gwsffn_saves_the_first_grouped_neurons_membranes_no_more():
+    torch.manual_seed(0)
+    ffn = GWSFFN(8, ratio=2, group_size=4, neuron=LIF).double().train()
+    x = torch.randn(2, 3, 8, 5, 5, dtype=torch.float64)
+    fused = measure_saved_tensors(ffn, x, compact=True).kept_nbytes
+    set_bn_neuron_fusion(ffn, False)
+    unfused = measure_saved_tensors(ffn, x, compact=True).kept_nbytes
+    assert unfused - fused >= 2 * 3 * 16 * 5 * 5 * 8  # [T, B, hidden, H, W] float64
+
+
+@pytest.mark.parametrize("grad_of", ["spikes", "normalised", "both"])
+def test_with_normalised_gradients_flow_through_either_output(grad_of):
+    torch.manual_seed(0)
+    bn, neuron = nn.BatchNorm2d(4).double().train(), PLIF()
+    y = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64) * 2
+
+    def grads(fused: bool) -> list:
+        leaf = y.clone().requires_grad_()
+        outputs = (
+            batch_norm_fire(leaf, bn, neuron, with_normalised=True)
+            if fused
+            else (neuron(n := bn(leaf.flatten(0, 1)).unflatten(0, y.shape[:2])), n)
+        )
+        assert torch.equal(outputs[1], bn(y.flatten(0, 1)).unflatten(0, y.shape[:2]))
+        chosen = {"spikes": outputs[:1], "normalised": outputs[1:], "both": outputs}[grad_of]
+        params = [leaf, *bn.parameters(), *neuron.parameters()]
+        return torch.autograd.grad(sum(o.square().sum() for o in chosen), params, allow_unused=True)
+
+    for got, expected in zip(grads(True), grads(False), strict=True):
+        if expected is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("family", ["spike_driven_transformer", "spiking_resformer"])
+def test_a_model_fused_equals_unfused_with_the_same_state_dict_keys(family):
+    torch.manual_seed(0)
+    model = set_backend(tiny(family, **(tiny_family(family).shallow or {})), "torch")
+    model = model.double().train()
     keys = list(model.state_dict())
     images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     _assert_fused_equals_unfused(model, images)

@@ -1,0 +1,117 @@
+"""Max-pooling that saves window offsets: the outputs and gradients of ``nn.MaxPool2d``, bit for
+bit, and fewer bytes saved for backward; in every family that max-pools, the same logits and
+gradients as with ``nn.MaxPool2d``, in float64."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from spikezoo.analysis import measure_saved_tensors
+from spikezoo.layers import MaxPool2d, max_pool2d
+from spikezoo.neurons import set_backend
+from tests.models.families import FAMILY_NAMES, tiny, tiny_family
+
+WINDOWS = [
+    # (kernel, stride, padding): the models' 3x3 stride-2 pad-1 pool, SDSA's dilation, others
+    (3, 2, 1),
+    (3, 1, 1),
+    (2, 2, 0),
+    ((3, 2), (2, 1), (1, 0)),
+]
+
+
+def _grads(pool, x: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = x.clone().requires_grad_()
+    out = pool(leaf)
+    grad = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed))
+    out.backward(grad)
+    return out.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (4, 7, 10), (1, 2, 5, 70)], ids=str)
+def test_max_pool_equals_torch_bit_for_bit(window, shape):
+    torch.manual_seed(0)
+    # ties (spikes, and repeated values) exercise which maximum the indices point at
+    x = torch.randint(0, 3, shape).double() * torch.randn(shape[-1], dtype=torch.float64).sign()
+    expected = _grads(nn.MaxPool2d(*window), x)
+    got = _grads(MaxPool2d(*window), x)
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
+    functional = _grads(lambda t: max_pool2d(t, *window), x)
+    assert torch.equal(functional[1], expected[1])
+
+
+@pytest.mark.parametrize(("width", "dtype"), [(62, torch.int8), (63, torch.int16)])
+def test_only_the_offsets_are_saved(width, dtype):
+    x = torch.rand(2, 4, 6, width, requires_grad=True)
+    report = measure_saved_tensors(MaxPool2d(3, 2, 1), x)
+    (saved,) = report.tensors  # neither the input (alive anyway here) nor int64 indices
+    assert saved.dtype == str(dtype).removeprefix("torch.")
+    assert saved.shape == (2, 4, 3, (width + 1) // 2)
+    plain = measure_saved_tensors(nn.MaxPool2d(3, 2, 1), x)
+    assert [t.dtype for t in plain.tensors] == ["int64"]
+
+
+def test_without_gradients_it_is_nn_max_pool():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch.no_grad():
+        assert MaxPool2d(3, 2, 1)(x).grad_fn is None
+    assert type(MaxPool2d(3, 2, 1)(x.detach()).grad_fn).__name__ == "NoneType"
+    assert type(MaxPool2d(3, 2, 1)(x).grad_fn).__name__ == "_MaxPool2dOffsetsBackward"
+    dilated = MaxPool2d(3, 2, 1, dilation=2)(x)
+    assert type(dilated.grad_fn).__name__ == "MaxPool2DWithIndicesBackward0"
+
+
+def _with_torch_pools(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose every :class:`MaxPool2d` is an ``nn.MaxPool2d``."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        for name, child in module.named_children():
+            if isinstance(child, MaxPool2d):
+                setattr(module, name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding))
+    return plain
+
+
+def _step(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    logits = model(images)
+    logits.square().sum().backward()
+    return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def _max_pools(model: nn.Module) -> bool:
+    return any(isinstance(m, MaxPool2d) for m in model.modules())
+
+
+def _families_that_max_pool() -> list[str]:
+    with torch.device("meta"):
+        return [family for family in FAMILY_NAMES if _max_pools(tiny(family))]
+
+
+MAX_POOLING_FAMILIES = _families_that_max_pool()
+
+
+def test_the_families_with_the_papers_max_pools_are_tested():
+    assert {"spike_driven_transformer", "qkformer"} <= set(MAX_POOLING_FAMILIES)
+
+
+@pytest.mark.parametrize("family", MAX_POOLING_FAMILIES)
+def test_models_that_max_pool_train_as_with_torch_pools(family):
+    torch.manual_seed(0)
+    shallow = tiny_family(family).shallow or {}
+    model = set_backend(tiny(family, **shallow), "torch").double().train()
+    plain = _with_torch_pools(model)
+    channels = model.pretrained_cfg["input_size"][0]
+    images = torch.randn(2, channels, 16, 16, dtype=torch.float64)
+    logits, grads = _step(model, images)
+    expected_logits, expected_grads = _step(plain, images)
+    assert torch.equal(logits, expected_logits)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        assert (grad is None) == (expected_grads[name] is None), name
+        if grad is not None:
+            assert torch.equal(grad, expected_grads[name]), name
