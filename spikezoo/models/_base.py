@@ -196,8 +196,10 @@ class SpikingVisionModel(nn.Module):
         )
 
     def _encodes_static_input_once(self) -> bool:
-        # torch.compile traces every step (the hooks' per-call state would break its graph)
-        return bool(self.static_stem) and self.static_encoding and not torch.compiler.is_compiling()
+        # A compiled training step runs every step: the BatchNorm hooks swap buffers during the
+        # call, which dynamo cannot trace. A compiled inference graph takes the hooks in.
+        compiled_training = torch.compiler.is_compiling() and self.training
+        return bool(self.static_stem) and self.static_encoding and not compiled_training
 
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` for a size the network cannot divide evenly."""

@@ -178,3 +178,21 @@ def test_a_call_that_raised_leaves_no_state_behind():
         model.state_dict().items(), plain.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(value, other, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow  # compiles a model
+def test_a_compiled_model_encodes_once_in_eval_and_runs_every_step_in_training():
+    """A compiled inference graph keeps the hooks; a compiled training step runs every step
+    (the BatchNorm hooks swap buffers mid-call, which dynamo cannot trace)."""
+    torch._dynamo.reset()
+    model, plain = _twins(CHEAP_FAMILY, train=False)
+    x = image(model).double()
+    sizes = _stem_batch_sizes(model)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), plain(x), rtol=1e-12, atol=1e-12)
+    assert sizes and set(sizes) == {x.shape[0]}, sizes
+    sizes.clear()
+    model.train()
+    compiled(x).sum().backward()
+    assert sizes and set(sizes) == {TIME_STEPS * x.shape[0]}, sizes
