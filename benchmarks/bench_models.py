@@ -3,7 +3,7 @@
 For ``sdt_8_384`` (224x224), ``sdt_2_512_cifar`` (32x32), ``spikingresformer_ti`` (224x224),
 ``spikingresformer_cifar`` (32x32), ``spikformer_4_384_cifar``, ``spikingformer_4_384_cifar`` and
 ``qkformer_4_384_cifar`` (32x32), ``sdt_v2_8_384`` (Meta-SpikeFormer, 224x224, at T=1) and
-``sdt_v3_t`` (E-SpikeFormer, 224x224), in one process, with the same threads, inputs and weights:
+``sdt_v3_t`` (E-SpikeFormer, 128x128), in one process, with the same threads, inputs and weights:
 
 - inference images/s (eval mode, ``torch.no_grad``), and
 - the time of one training step (forward, cross-entropy, backward, SGD step with momentum),

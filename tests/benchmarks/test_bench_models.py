@@ -109,6 +109,7 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
 
     report = json.loads((tmp_path / "r.json").read_text())
     (model,) = report["models"]
+    assert model["wall_s"] > 0
     assert model["skipped"]["authors"] == "no authors' configuration for this model"
     assert model["agreement"]["spikingjelly2"]["agree"] is True
     assert (
