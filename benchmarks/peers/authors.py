@@ -305,7 +305,8 @@ def _source_modules(source: str) -> dict[str, ModuleType]:
 
 
 def build_authors_model(name: str, device: torch.device) -> tuple[AuthorsModel, str]:
-    """The authors' ``name`` with random weights (their init), and the neuron backend it runs.
+    """The authors' ``name`` with random weights (their init), and the neuron backend it runs
+    (``"cupy"``, ``"torch"``, or ``"no spikingjelly neurons"``).
 
     Raises ``RuntimeError`` naming the setup step if the peers are not installed.
     """
@@ -324,6 +325,8 @@ def build_authors_model(name: str, device: torch.device) -> tuple[AuthorsModel, 
             net = build(**config.kwargs)
         _to_torch_backend(net)
         backend = "torch"
+    if not any(hasattr(module, "backend") for module in net.modules()):
+        backend = "no spikingjelly neurons"  # E-SpikeFormer: integer spikes in plain torch
     for attribute, value in config.attributes.items():
         setattr(net, attribute, value)
     return AuthorsModel(net, reset_net, src.output).to(device), backend

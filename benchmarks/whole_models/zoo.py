@@ -100,7 +100,8 @@ def make_authors(spec: ModelSpec, shared: dict) -> Runner:
     if missing:
         raise Unavailable(missing)
     model, backend = shared["authors"]
-    return Runner("authors", model, note=f"spikingjelly 0.0.0.0.14, {backend} backend")
+    note = backend if backend.startswith("no ") else f"spikingjelly 0.0.0.0.14, {backend} backend"
+    return Runner("authors", model, note=note)
 
 
 def make_spikezoo(spec: ModelSpec, shared: dict) -> Runner:

@@ -67,6 +67,10 @@ MODEL_FILE = """
 
         def forward(self, x):
             return self.neuron(x * self.scale).flatten(1)
+
+    class Plain(torch.nn.Module):  # no spikingjelly neuron, as E-SpikeFormer
+        def forward(self, x):
+            return torch.round(x.clamp(0, 4))
 """
 
 
@@ -93,6 +97,7 @@ def stand_ins(authors, tmp_path, monkeypatch):
     configs = {
         "net_a": authors.AuthorsConfig("a", "Net", dict(scale=1.0)),
         "net_b": authors.AuthorsConfig("b", "Net", dict(scale=2.0), attributes=dict(T=3)),
+        "plain": authors.AuthorsConfig("a", "Plain", {}),
     }
     monkeypatch.setattr(authors, "PEERS_DIR", tmp_path)
     monkeypatch.setattr(authors, "SOURCES", sources)
@@ -130,6 +135,8 @@ def test_two_repositories_with_the_same_module_names_load_side_by_side(authors, 
     torch.testing.assert_close(net_a(x), torch.tensor([[0.0, 1.0]]))
     torch.testing.assert_close(net_b(x), torch.tensor([[1.0, 1.0]]))
     assert net_a.net.resets == net_b.net.resets == 1  # reset_net once per batch
+    plain, backend = authors.build_authors_model("plain", torch.device("cpu"))
+    assert backend == "no spikingjelly neurons" and type(plain.net).__module__ == "model"
 
 
 def test_missing_peers_name_the_files(authors, stand_ins):
