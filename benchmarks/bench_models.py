@@ -1,7 +1,9 @@
 """Whole models: spikezoo against the authors' code and spikingjelly 2.x, time, memory, roofline.
 
-For ``sdt_8_384`` (224x224), ``sdt_2_512_cifar`` (32x32), ``spikingresformer_ti`` (224x224) and
-``spikingresformer_cifar`` (32x32), in one process, with the same threads, inputs and weights:
+For ``sdt_8_384`` (224x224), ``sdt_2_512_cifar`` (32x32), ``spikingresformer_ti`` (224x224),
+``spikingresformer_cifar`` (32x32), ``spikformer_4_384_cifar``, ``spikingformer_4_384_cifar`` and
+``qkformer_4_384_cifar`` (32x32), ``sdt_v2_8_384`` (Meta-SpikeFormer, 224x224, at T=1) and
+``sdt_v3_t`` (E-SpikeFormer, 128x128), in one process, with the same threads, inputs and weights:
 
 - inference images/s (eval mode, ``torch.no_grad``), and
 - the time of one training step (forward, cross-entropy, backward, SGD step with momentum),
@@ -13,22 +15,25 @@ in float32 and under bf16 autocast, eager and ``torch.compile``, for these imple
 - ``spikezoo``: ``timm.create_model(name)``, neurons on their default backend;
 - ``spikezoo+deploy``: the same after ``spikezoo.deploy.optimize(model)`` (inference only,
   compiled by ``optimize`` itself, so it has no separate compile rows);
-- ``authors``: the authors' code at the commits pinned in ``setup_peers.sh``, with their
+- ``authors``: the authors' code at the commits pinned in ``setup_peers.sh`` (Spike-Driven
+  Transformer V1, V2 and V3, SpikingResformer, Spikformer, Spikingformer, QKFormer), with their
   spikingjelly 0.0.0.0.14 (``benchmarks/peers/authors.py``: torch neuron backend on a CPU,
-  their CuPy backend where CuPy runs);
+  their CuPy backend where CuPy runs; E-SpikeFormer has no spikingjelly neurons);
 - ``spikingjelly2``: the same networks from spikingjelly 2.x layers
-  (``benchmarks/peers/sj2_models.py``).
+  (``benchmarks/peers/sj2_models.py``), for SDT and SpikingResformer (for the other families
+  none is written, and the row is skipped with that reason).
 
 Weights: the authors' model is built with their initialisation (seeded), run once in training
 mode on a random batch (BatchNorm statistics and DSSA firing rates get real values), and its
 state dict is mapped into spikezoo by the family's ``checkpoint_filter_fn``; the
 spikingjelly 2.x network and the deployed model load spikezoo's. Before any timing, every
 implementation's float32 eval logits on the benchmark input are compared with spikezoo's
-(``--atol``), and so is the total number of spikes its neuron layers fire; an implementation
-that disagrees is reported and not timed. The one exception is ``spikezoo+deploy``: its folded
-float32 weights round differently, so a membrane within rounding of its threshold may fire
-differently, and a flipped spike changes the membranes after it; up to 1e-3 of its spikes
-may differ (the count is in the report).
+(``--atol``), and so is the total number of spikes its neuron layers fire (an integer spike
+``n`` of E-SpikeFormer counts ``n``); an implementation that disagrees is reported and not
+timed. The one exception is ``spikezoo+deploy``: its folded float32 weights round differently,
+so a membrane within rounding of its threshold may fire differently, and a flipped spike
+changes the membranes after it; up to 1e-3 of its spikes may differ (the count is in the
+report).
 
 Time (:mod:`harness.timing`): ``torch.utils.benchmark.Timer`` per implementation; its first
 call (which includes any compilation) is reported on its own, ``blocked_autorange`` warms it up,

@@ -1,25 +1,31 @@
 """The authors' models, from the pinned copies that ``benchmarks/setup_peers.sh`` fetched.
 
-Spike-Driven Transformer (BICLab) and SpikingResformer (xyshi2000) were written for
-spikingjelly 0.0.0.0.14, whose top-level package name is the same as the spikingjelly 2.x that
-spikezoo's environment has. ``setup_peers.sh`` installs 0.0.0.0.14 into its own folder
-(``pip --target``); :func:`isolated_import` imports the authors' code with that folder first on
-``sys.path`` and with no ``spikingjelly`` (nor the authors' generic top-level names ``model``,
-``module``, ``models``) in ``sys.modules``, then moves the modules it loaded out of
-``sys.modules`` and puts back what was there. The authors' classes keep their references to
-the 0.0.0.0.14 modules (neither package imports anything lazily), and ``import spikingjelly``
-elsewhere in the process still gives 2.x, so both run in one process.
+Spike-Driven Transformer V1 and V2 (BICLab), SpikingResformer (xyshi2000), Spikformer
+(ZK-Zhou), Spikingformer and QKFormer (zhouchenlin2096) were written for spikingjelly
+0.0.0.0.14, whose top-level package name is the same as the spikingjelly 2.x that spikezoo's
+environment has; E-SpikeFormer (Spike-Driven Transformer V3, BICLab) needs no spikingjelly.
+``setup_peers.sh`` installs 0.0.0.0.14 into its own folder (``pip --target``), and torchinfo,
+which the V2 and V3 files import, into another; :func:`isolated_import` imports one authors'
+code with those folders first on ``sys.path`` and with no ``spikingjelly``, ``torchinfo`` nor the
+authors' generic top-level names (``model``, ``module``, ``models``) in ``sys.modules``, then
+moves the modules it loaded out of ``sys.modules`` and puts back what was there. The authors'
+classes keep their references to the modules they were loaded with (none imports anything
+lazily), so several repositories whose model files are all called ``model`` or ``models`` load
+side by side in one process, each with its own copy of spikingjelly 0.0.0.0.14, and ``import
+spikingjelly`` elsewhere in the process still gives 2.x.
 
-Both codes hard-wire ``backend="cupy"``. Where CuPy cannot run (the CPU), the neurons are
-built with the CuPy check switched off for the duration of the constructor and then set to
-the ``"torch"`` backend: an attribute change at run time, the authors' files stay as fetched.
-Their ``timm.models.registry.register_model`` decorator is made a no-op while their files are
-imported, so that ``spikingresformer_ti`` and friends in timm's registry stay spikezoo's.
+The spikingjelly codes hard-wire ``backend="cupy"``. Where CuPy cannot run (the CPU), the
+neurons are built with the CuPy check switched off for the duration of the constructor and then
+set to the ``"torch"`` backend: an attribute change at run time, the authors' files stay as
+fetched. Their ``timm.models.registry.register_model`` decorator is made a no-op while their
+files are imported, so that ``spikingresformer_ti`` and friends in timm's registry stay
+spikezoo's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import sys
@@ -37,13 +43,13 @@ PEERS_DIR = Path(
 )
 
 
-def peers_missing() -> str | None:
-    """Why the authors' peers cannot run (``None`` if they can)."""
-    needed = [
-        PEERS_DIR / "sj014" / "spikingjelly" / "__init__.py",
-        PEERS_DIR / "src" / "sdt" / "model" / "spikeformer.py",
-        PEERS_DIR / "src" / "spikingresformer" / "models" / "spikingresformer.py",
-    ]
+def peers_missing(source: str | None = None) -> str | None:
+    """Why the authors' code of ``source`` (default: every source) cannot run (``None``: it
+    can)."""
+    sources = SOURCES if source is None else {source: SOURCES[source]}
+    needed = [PEERS_DIR / "sj014" / "spikingjelly" / "__init__.py"]
+    needed += [PEERS_DIR / "deps" / "torchinfo" / "__init__.py"]
+    needed += [src.model_file for src in sources.values()]
     absent = [str(path) for path in needed if not path.exists()]
     if absent:
         return f"run benchmarks/setup_peers.sh first (missing {', '.join(absent)})"
@@ -120,6 +126,11 @@ def _to_torch_backend(net: nn.Module) -> int:
     return switched
 
 
+#: What an authors' forward returns: ``(logits, hook)``, per-step logits ``[T, B, K]`` or
+#: logits ``[B, K]``.
+OUTPUTS = ("tuple", "per_step", "logits")
+
+
 class AuthorsModel(nn.Module):
     """An authors' network with the calling convention of a spikezoo model.
 
@@ -130,6 +141,8 @@ class AuthorsModel(nn.Module):
 
     def __init__(self, net: nn.Module, reset_net: Callable[[nn.Module], None], output: str):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         self.net = net
         self.reset_net = reset_net
         self.output = output
@@ -140,15 +153,80 @@ class AuthorsModel(nn.Module):
         out = self.net(x)
         if self.output == "tuple":  # SDT: (logits [B, K], hook)
             return out[0]
-        return out.mean(0)  # SpikingResformer: per-step logits [T, B, K]
+        if self.output == "per_step":  # SpikingResformer: per-step logits [T, B, K]
+            return out.mean(0)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthorsSource:
+    """One authors' repository, as ``setup_peers.sh`` unpacks it into ``src/<folder>``.
+
+    ``module`` (dotted, e.g. ``model.spikeformer``) is imported with ``src/<folder>/<root>`` on
+    ``sys.path``; ``isolated``: the top-level names the repository's imports bring (the
+    packages of ``module`` and its siblings), kept out of the rest of the process.
+    """
+
+    folder: str
+    root: str
+    module: str
+    isolated: frozenset[str]
+    output: str
+    #: spikingjelly 0.0.0.0.14's API whose ``functional.reset_net`` resets the neurons
+    clock: str = "clock_driven"
+
+    @property
+    def model_file(self) -> Path:
+        return PEERS_DIR / "src" / self.folder / self.root / (self.module.replace(".", "/") + ".py")
+
+
+SOURCES: dict[str, AuthorsSource] = {
+    "sdt": AuthorsSource("sdt", ".", "model.spikeformer", frozenset({"model", "module"}), "tuple"),
+    "spikingresformer": AuthorsSource(
+        "spikingresformer",
+        ".",
+        "models.spikingresformer",
+        frozenset({"models"}),
+        "per_step",
+        clock="activation_based",
+    ),
+    "sdt2": AuthorsSource("sdt2", "classification", "models", frozenset({"models"}), "logits"),
+    "sdt3": AuthorsSource(
+        "sdt3", "SDT_V3/Classification/Model_Base", "models", frozenset({"models"}), "logits"
+    ),
+    "spikformer": AuthorsSource("spikformer", "cifar10", "model", frozenset({"model"}), "logits"),
+    "spikingformer": AuthorsSource(
+        "spikingformer", "cifar10", "model", frozenset({"model"}), "logits"
+    ),
+    "qkformer": AuthorsSource("qkformer", "cifar10", "model", frozenset({"model"}), "logits"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthorsConfig:
+    """How the authors' code builds one benchmarked model: ``builder(**kwargs)`` from the
+    source's module, then ``attributes`` set on the network (Meta-SpikeFormer's training script
+    sets ``model.T`` after construction)."""
+
+    source: str
+    builder: str
+    kwargs: dict
+    attributes: dict = dataclasses.field(default_factory=dict)
 
 
 # Constructor arguments of the authors' code for the benchmarked models (their configs:
 # SDT conf/imagenet/8_384_300E_t4.yml, 8_768_300E_t4.yml and conf/cifar10/2_512_300E_t4.yml;
-# SpikingResformer models/spikingresformer.py and configs/).
+# SpikingResformer models/spikingresformer.py and configs/; Spikformer, Spikingformer and
+# QKFormer cifar10/cifar10.yml as their cifar10/train.py passes it; Meta-SpikeFormer's and
+# E-SpikeFormer's named builders; Meta-SpikeFormer at T=1, its first training stage, as
+# benchmarks/whole_models/zoo.py builds spikezoo's).
 _SDT = dict(patch_size=16, in_channels=3, num_heads=8, mlp_ratios=4, T=4, spike_mode="lif")
-AUTHORS_CONFIGS: dict[str, tuple[str, str, dict]] = {
-    "sdt_8_384": (
+_CIFAR = dict(
+    img_size_h=32, img_size_w=32, patch_size=4, in_channels=3, num_classes=10, embed_dims=384,
+    mlp_ratios=4, qkv_bias=False, depths=4, sr_ratios=1, T=4,
+)  # fmt: skip
+AUTHORS_CONFIGS: dict[str, AuthorsConfig] = {
+    "sdt_8_384": AuthorsConfig(
         "sdt",
         "sdt",
         dict(
@@ -161,7 +239,7 @@ AUTHORS_CONFIGS: dict[str, tuple[str, str, dict]] = {
             pooling_stat="1111",
         ),
     ),
-    "sdt_2_512_cifar": (
+    "sdt_2_512_cifar": AuthorsConfig(
         "sdt",
         "sdt",
         dict(
@@ -174,7 +252,7 @@ AUTHORS_CONFIGS: dict[str, tuple[str, str, dict]] = {
             pooling_stat="0011",
         ),
     ),
-    "sdt_8_768": (
+    "sdt_8_768": AuthorsConfig(
         "sdt",
         "sdt",
         dict(
@@ -187,37 +265,39 @@ AUTHORS_CONFIGS: dict[str, tuple[str, str, dict]] = {
             pooling_stat="1111",
         ),
     ),
-    "spikingresformer_s": (
-        "spikingresformer",
-        "spikingresformer_s",
-        dict(T=4, num_classes=1000, img_size=224),
+    "spikingresformer_s": AuthorsConfig(
+        "spikingresformer", "spikingresformer_s", dict(T=4, num_classes=1000, img_size=224)
     ),
-    "spikingresformer_ti": (
-        "spikingresformer",
-        "spikingresformer_ti",
-        dict(T=4, num_classes=1000, img_size=224),
+    "spikingresformer_ti": AuthorsConfig(
+        "spikingresformer", "spikingresformer_ti", dict(T=4, num_classes=1000, img_size=224)
     ),
-    "spikingresformer_cifar": (
-        "spikingresformer",
-        "spikingresformer_cifar",
-        dict(T=4, num_classes=10, img_size=32),
+    "spikingresformer_cifar": AuthorsConfig(
+        "spikingresformer", "spikingresformer_cifar", dict(T=4, num_classes=10, img_size=32)
+    ),
+    "sdt_v2_8_384": AuthorsConfig("sdt2", "metaspikformer_8_384", {}, attributes=dict(T=1)),
+    "sdt_v3_t": AuthorsConfig("sdt3", "Efficient_Spiking_Transformer_t", {}),
+    "spikformer_4_384_cifar": AuthorsConfig("spikformer", "Spikformer", dict(_CIFAR, num_heads=12)),
+    "spikingformer_4_384_cifar": AuthorsConfig(
+        "spikingformer", "vit_snn", dict(_CIFAR, num_heads=12)
+    ),
+    "qkformer_4_384_cifar": AuthorsConfig(
+        "qkformer", "spiking_transformer", dict(_CIFAR, num_heads=8)
     ),
 }
 
-_FAMILIES = {
-    # source folder: (top-level names to isolate, module with the builders, reset_net's module)
-    "sdt": ({"spikingjelly", "model", "module"}, "model.spikeformer", "clock_driven"),
-    "spikingresformer": ({"spikingjelly", "models"}, "models.spikingresformer", "activation_based"),
-}
+#: torchinfo: imported at the top of the Meta-SpikeFormer and E-SpikeFormer model files
+_ALWAYS_ISOLATED = frozenset({"spikingjelly", "torchinfo"})
 _loaded: dict[str, dict[str, ModuleType]] = {}
 
 
-def _family_modules(source: str) -> dict[str, ModuleType]:
+def _source_modules(source: str) -> dict[str, ModuleType]:
+    """The modules of one authors' source, imported once, in isolation (by full name)."""
     if source not in _loaded:
-        names, builders, clock = _FAMILIES[source]
-        with isolated_import([PEERS_DIR / "sj014", PEERS_DIR / "src" / source], names) as loaded:
-            importlib.import_module(builders)
-            importlib.import_module(f"spikingjelly.{clock}.functional")
+        src = SOURCES[source]
+        paths = [PEERS_DIR / "sj014", PEERS_DIR / "deps", PEERS_DIR / "src" / src.folder / src.root]
+        with isolated_import(paths, src.isolated | _ALWAYS_ISOLATED) as loaded:
+            importlib.import_module(src.module)
+            importlib.import_module(f"spikingjelly.{src.clock}.functional")
             importlib.import_module("spikingjelly.clock_driven.neuron")
             importlib.import_module("spikingjelly.activation_based.base")
         _loaded[source] = loaded
@@ -225,23 +305,28 @@ def _family_modules(source: str) -> dict[str, ModuleType]:
 
 
 def build_authors_model(name: str, device: torch.device) -> tuple[AuthorsModel, str]:
-    """The authors' ``name`` with random weights (their init), and the neuron backend it runs.
+    """The authors' ``name`` with random weights (their init), and the neuron backend it runs
+    (``"cupy"``, ``"torch"``, or ``"no spikingjelly neurons"``).
 
     Raises ``RuntimeError`` naming the setup step if the peers are not installed.
     """
-    missing = peers_missing()
+    config = AUTHORS_CONFIGS[name]
+    missing = peers_missing(config.source)
     if missing:
         raise RuntimeError(missing)
-    source, builder, kwargs = AUTHORS_CONFIGS[name]
-    modules = _family_modules(source)
-    build = getattr(modules[_FAMILIES[source][1]], builder)
-    reset_net = modules[f"spikingjelly.{_FAMILIES[source][2]}.functional"].reset_net
+    src = SOURCES[config.source]
+    modules = _source_modules(config.source)
+    build = getattr(modules[src.module], config.builder)
+    reset_net = modules[f"spikingjelly.{src.clock}.functional"].reset_net
     if cupy_usable(device):
-        net, backend = build(**kwargs), "cupy"
+        net, backend = build(**config.kwargs), "cupy"
     else:
         with _cupy_check_off(modules):
-            net = build(**kwargs)
+            net = build(**config.kwargs)
         _to_torch_backend(net)
         backend = "torch"
-    output = "tuple" if source == "sdt" else "per_step"
-    return AuthorsModel(net, reset_net, output).to(device), backend
+    if not any(hasattr(module, "backend") for module in net.modules()):
+        backend = "no spikingjelly neurons"  # E-SpikeFormer: integer spikes in plain torch
+    for attribute, value in config.attributes.items():
+        setattr(net, attribute, value)
+    return AuthorsModel(net, reset_net, src.output).to(device), backend

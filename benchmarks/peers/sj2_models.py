@@ -21,6 +21,10 @@ from torch import Tensor, nn
 from spikezoo.models.spike_driven_transformer import SpikeDrivenTransformer
 from spikezoo.models.spiking_resformer import SpikingResformer
 
+#: The spikezoo model classes that :func:`build_sj2_model` rebuilds (the other families have no
+#: spikingjelly 2.x network written).
+SJ2_MODEL_CLASSES = (SpikeDrivenTransformer, SpikingResformer)
+
 
 def _lif(surrogate_name: str, v_threshold: float = 1.0) -> neuron.LIFNode:
     function = surrogate.Sigmoid(alpha=4.0) if surrogate_name == "sigmoid" else surrogate.ATan()

@@ -8,23 +8,47 @@ import torch
 from harness.timing import error_text
 from torch import Tensor, nn
 
+from spikezoo.neurons import SpikingNeuron
 from whole_models.zoo import Runner
+
+
+def spike_counter(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """How many spikes each value of ``module``'s output stands for, if ``module`` is a neuron
+    layer (else ``None``).
+
+    spikezoo's neurons say it themselves (:meth:`~spikezoo.neurons.SpikingNeuron.spike_counts`);
+    a class whose name contains ``LIF`` (spikingjelly's and the authors' binary neurons) fires
+    its output; the authors' E-SpikeFormer ``MultiSpike`` / ``Multispike`` output ``n / norm``
+    stands for ``n`` spikes.
+    """
+    if isinstance(module, SpikingNeuron):
+        return module.spike_counts
+    name = type(module).__name__
+    if "LIF" in name:
+        return lambda out: out
+    if name.lower() == "multispike":
+        norm = module.Norm if hasattr(module, "Norm") else module.norm
+        return lambda out: out * norm
+    return None
 
 
 def count_spikes(model: nn.Module, call: Callable[[], Tensor]) -> tuple[Tensor, int | None]:
     """``call()``'s output and the spikes fired by ``model``'s neuron layers (None: none found).
 
-    A neuron layer is an innermost module whose class name contains ``LIF``, so spikezoo's,
-    spikingjelly's and the authors' neurons are all counted.
+    A neuron layer is an innermost module that :func:`spike_counter` recognises, so spikezoo's,
+    spikingjelly's and the authors' neurons, binary or integer, are all counted.
     """
     total = [0]
-    neurons = [m for m in model.modules() if "LIF" in type(m).__name__]
+
+    def add(counter: Callable[[Tensor], Tensor], out: Tensor) -> None:
+        total[0] += int(torch.round(counter(out).double().sum()))
+
+    neurons = {m: spike_counter(m) for m in model.modules()}
     hooks = [
-        module.register_forward_hook(lambda m, i, o: total.__setitem__(0, total[0] + int(o.sum())))
-        for module in neurons
-        if not any(
-            "LIF" in type(child).__name__ for child in module.modules() if child is not module
-        )
+        module.register_forward_hook(lambda m, i, o, c=counter: add(c, o))
+        for module, counter in neurons.items()
+        if counter is not None
+        and not any(neurons.get(child) for child in module.modules() if child is not module)
     ]
     try:
         out = call()

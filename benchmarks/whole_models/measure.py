@@ -161,7 +161,9 @@ def measure(args: argparse.Namespace) -> dict:
         args.limits = report["machine"] = machine_limits(device, args.quick, args.threads)
     started = time.perf_counter()
     for name in args.models:
+        model_started = time.perf_counter()
         report["models"].append(bench_model(MODELS[name], args, device))
+        report["models"][-1]["wall_s"] = time.perf_counter() - model_started
     report["settings"]["wall_s"] = time.perf_counter() - started
     finish(report["environment"])
     return report

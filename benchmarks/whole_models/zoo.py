@@ -7,12 +7,20 @@ from collections.abc import Callable
 
 import timm
 import torch
-from peers.authors import build_authors_model, peers_missing
+from peers.authors import AUTHORS_CONFIGS, build_authors_model, peers_missing
 from torch import nn
 
 import spikezoo  # noqa: F401  (registers the models with timm)
 from spikezoo.analysis import set_batchnorm_statistics
-from spikezoo.models import spike_driven_transformer, spiking_resformer
+from spikezoo.models import (
+    qkformer,
+    spike_driven_transformer,
+    spike_driven_transformer_v2,
+    spike_driven_transformer_v3,
+    spikformer,
+    spiking_resformer,
+    spikingformer,
+)
 
 TASKS = ("infer", "train")
 
@@ -43,6 +51,24 @@ MODELS = {
         ModelSpec(
             "spikingresformer_cifar", 32, {"cpu": 4, "quick": 1, "cuda": 128}, spiking_resformer
         ),
+        # the later families at half the CPU batch of the CIFAR models above, and E-SpikeFormer
+        # at 128x128 (fully convolutional, no position embedding: every layer's work scales
+        # with the pixels alike), so that a full CPU run stays near 35 minutes
+        ModelSpec("spikformer_4_384_cifar", 32, {"cpu": 2, "quick": 1, "cuda": 128}, spikformer),
+        ModelSpec(
+            "spikingformer_4_384_cifar", 32, {"cpu": 2, "quick": 1, "cuda": 128}, spikingformer
+        ),
+        ModelSpec("qkformer_4_384_cifar", 32, {"cpu": 2, "quick": 1, "cuda": 128}, qkformer),
+        # T=1, the first of the authors' two training stages (train.sh, then
+        # train_finetune_from_t1_to_t4.sh): a quarter of the T=4 cost on a CPU
+        ModelSpec(
+            "sdt_v2_8_384",
+            224,
+            {"cpu": 1, "quick": 1, "cuda": 32},
+            spike_driven_transformer_v2,
+            create_kwargs=dict(time_steps=1),
+        ),
+        ModelSpec("sdt_v3_t", 128, {"cpu": 1, "quick": 1, "cuda": 32}, spike_driven_transformer_v3),
     )
 }
 
@@ -70,11 +96,12 @@ def make_authors(spec: ModelSpec, shared: dict) -> Runner:
     """The authors' model built in :func:`build_weights` (their code, spikingjelly 0.0.0.0.14)."""
     if not spec.authors:
         raise Unavailable("no authors' configuration for this model")
-    missing = peers_missing()
+    missing = peers_missing(AUTHORS_CONFIGS[spec.name].source)
     if missing:
         raise Unavailable(missing)
     model, backend = shared["authors"]
-    return Runner("authors", model, note=f"spikingjelly 0.0.0.0.14, {backend} backend")
+    note = backend if backend.startswith("no ") else f"spikingjelly 0.0.0.0.14, {backend} backend"
+    return Runner("authors", model, note=note)
 
 
 def make_spikezoo(spec: ModelSpec, shared: dict) -> Runner:
@@ -99,15 +126,22 @@ def make_deploy(spec: ModelSpec, shared: dict) -> Runner:
 def make_sj2(spec: ModelSpec, shared: dict) -> Runner:
     """The network rebuilt from spikingjelly 2.x layers with spikezoo's weights."""
     try:
-        from peers.sj2_models import build_sj2_model
+        from peers.sj2_models import SJ2_MODEL_CLASSES, build_sj2_model
     except ImportError as error:
         raise Unavailable(f"spikingjelly 2.x is not installed ({error})") from error
+    model = shared["spikezoo"]
+    if not isinstance(model, SJ2_MODEL_CLASSES):
+        written = ", ".join(cls.__name__ for cls in SJ2_MODEL_CLASSES)
+        raise Unavailable(
+            f"no spikingjelly 2.x network of {type(model).__name__} is written "
+            f"(peers/sj2_models.py has {written})"
+        )
     import spikingjelly
 
     version = getattr(spikingjelly, "__version__", "2.x")
     return Runner(
         "spikingjelly2",
-        build_sj2_model(shared["spikezoo"]),
+        build_sj2_model(model),
         note=f"spikingjelly {version} activation_based layers, step_mode='m', reset_net per batch",
     )
 
@@ -134,7 +168,7 @@ def build_weights(
     torch.manual_seed(seed)
     calib = torch.randn(max(batch, 2), 3, spec.img_size, spec.img_size, device=device)
     authors = None
-    if with_authors and spec.authors and not peers_missing():
+    if with_authors and spec.authors and not peers_missing(AUTHORS_CONFIGS[spec.name].source):
         authors, backend = build_authors_model(spec.name, device)
         set_batchnorm_statistics(authors, calib)
         shared["authors"] = (authors, backend)

@@ -109,6 +109,7 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
 
     report = json.loads((tmp_path / "r.json").read_text())
     (model,) = report["models"]
+    assert model["wall_s"] > 0
     assert model["skipped"]["authors"] == "no authors' configuration for this model"
     assert model["agreement"]["spikingjelly2"]["agree"] is True
     assert (
@@ -216,3 +217,40 @@ def test_share_outside_counts_convolutions_and_matmuls_once(benchmarks_path):
     assert "aten::relu" in names
     assert not any("conv" in name or name == "aten::mm" for name in names)
     assert all(seconds >= 0 for _, seconds in both["top_outside"])
+
+
+class MultiSpike(torch.nn.Module):
+    """The computation of E-SpikeFormer's integer neuron, ``round(clamp(x, 0, 4)) / Norm``,
+    under the authors' class name and attribute, as the agreement check meets it."""
+
+    def __init__(self, norm: float) -> None:
+        super().__init__()
+        self.Norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x.clamp(0, 4)) / self.Norm
+
+
+def test_agreement_counts_integer_spikes_as_their_counts(agreement):
+    from spikezoo.neurons import IntegerNeuron
+
+    x = torch.tensor([-1.0, 0.4, 0.6, 1.5, 2.6, 9.0])  # counts 0, 0, 1, 2, 3, 4: 10 spikes
+    for neuron in (IntegerNeuron(levels=4), IntegerNeuron(levels=4, norm=1), MultiSpike(4)):
+        model = torch.nn.Sequential(torch.nn.Identity(), neuron)
+        _, spikes = agreement.count_spikes(model, lambda m=model: m(x))
+        assert spikes == 10, neuron
+    _, none = agreement.count_spikes(torch.nn.Identity(), lambda: x)
+    assert none is None
+
+
+@pytest.mark.parametrize("family", ["spikformer", "spike_driven_transformer_v3"])
+def test_families_without_a_spikingjelly2_network_skip_that_peer(family, zoo):
+    spec = zoo.ModelSpec("tiny", 32, {"cpu": 1}, None, authors=False)
+    runners, skipped = zoo.build_runners(
+        spec, ["spikezoo", "authors", "spikingjelly2"], {"spikezoo": tiny(family)}
+    )
+    assert [r.name for r in runners] == ["spikezoo"]
+    assert skipped["authors"] == "no authors' configuration for this model"
+    assert skipped["spikingjelly2"].startswith(
+        f"no spikingjelly 2.x network of {type(runners[0].model).__name__} is written"
+    )
