@@ -24,12 +24,12 @@ from spikezoo.neurons.base import SpikingNeuron
 
 __all__ = ["GRADIENT_WINDOWS", "ROUNDINGS", "IntegerNeuron", "IntegerSpikes", "integer_spike"]
 
-#: Rounding of the clamped input to an integer count, by name:
+#: Rounding of the clamped input to an integer count, in place, by name:
 #: ``"half_even"`` is ``torch.round`` (E-SpikeFormer's base models), ``"half_up"`` is
 #: ``floor(x + 0.5)`` (its large models). They differ only at ``x = k + 0.5`` for even ``k``.
 ROUNDINGS: dict[str, Callable[[Tensor], Tensor]] = {
-    "half_even": torch.round,
-    "half_up": lambda x: torch.floor(x + 0.5),
+    "half_even": Tensor.round_,
+    "half_up": lambda x: x.add_(0.5).floor_(),
 }
 
 #: Where the straight-through gradient passes, by name: ``"closed"`` on ``0 <= x <= D`` (the
@@ -37,17 +37,25 @@ ROUNDINGS: dict[str, Callable[[Tensor], Tensor]] = {
 GRADIENT_WINDOWS = ("closed", "open")
 
 
+def _spikes(x: Tensor, levels: int, norm: float, rounding: str) -> Tensor:
+    """``round(clamp(x, 0, levels)) / norm`` in one fresh tensor (rounded and divided in place)."""
+    return ROUNDINGS[rounding](x.clamp(0, levels)).div_(norm)
+
+
 class _IntegerSpike(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, levels: int, rounding: str, closed: bool) -> Tensor:
-        inside = (x >= 0) & (x <= levels) if closed else (x > 0) & (x < levels)
+    def forward(ctx: Any, x: Tensor, levels: int, norm: float, rounding: str, closed: bool):
+        clamped = x.clamp(0, levels)
+        # clamp leaves x unchanged exactly where 0 <= x <= levels (NaN compares unequal)
+        inside = clamped == x if closed else (x > 0) & (x < levels)
         ctx.save_for_backward(inside)
-        return ROUNDINGS[rounding](x.clamp(0, levels))
+        ctx.norm = norm
+        return ROUNDINGS[rounding](clamped).div_(norm)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None
+        return grad / ctx.norm * inside, None, None, None, None
 
 
 def integer_spike(
@@ -57,8 +65,11 @@ def integer_spike(
 
     The gradient is straight-through (``1 / norm``) inside the window (:data:`GRADIENT_WINDOWS`)
     and 0 outside it. Arguments are not checked here; :class:`IntegerNeuron` checks them.
+    Without a gradient to compute, no window is computed either.
     """
-    return _IntegerSpike.apply(x, levels, rounding, window == "closed") / norm
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return _spikes(x, levels, norm, rounding)
+    return _IntegerSpike.apply(x, levels, norm, rounding, window == "closed")
 
 
 @register_notrace_module  # torch.fx keeps the neuron whole: it calls an autograd Function

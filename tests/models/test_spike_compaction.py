@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from spikezoo.analysis import measure_saved_tensors
-from spikezoo.neurons import set_backend
+from spikezoo.neurons import IntegerNeuron, set_backend
 from tests.analysis.tiny_models import RESFORMER, SDT, eager
 from tests.models import families
 
@@ -154,3 +154,11 @@ def test_measure_saved_tensors_refuses_bad_arguments():
         measure_saved_tensors(model, images, compact="yes")
     with pytest.raises(ValueError, match="depth must be an integer >= 1, got 0"):
         measure_saved_tensors(model, images).per_block(0)
+
+
+@pytest.mark.parametrize("family", families.FAMILY_NAMES)
+def test_compaction_is_on_by_default_where_spikes_are_bits(family):
+    """Integer spikes (E-SpikeFormer) are not bits: those families leave compaction off."""
+    model = families.tiny(family)
+    integer = any(isinstance(m, IntegerNeuron) for m in model.modules())
+    assert model.spike_compaction is not integer
