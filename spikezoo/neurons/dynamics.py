@@ -36,7 +36,6 @@ __all__ = [
     "charged_membranes",
     "finish_grad_k",
     "forward_sequence",
-    "membrane_after",
     "reset",
 ]
 
@@ -121,11 +120,6 @@ def charged_membranes(
         charged.append(h)
         v = reset(h, h >= cfg.v_threshold, cfg)
     return charged, v
-
-
-def membrane_after(x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig) -> Tensor:
-    """The membrane ``v [N]`` after the steps of ``x [T, N]``, nothing else."""
-    return charged_membranes(x, v_init, k, cfg)[1]
 
 
 def backward_steps(

@@ -176,7 +176,11 @@ def test_inductor_training_saves_the_input_and_torch_the_membranes():
 @pytest.mark.parametrize(
     "cfg,steps",
     [
-        (dynamics.NeuronConfig(True, True, 1.0, 0.0, "sigmoid", 4.0, True), 6),  # LIF, 4+1+1
+        pytest.param(  # LIF, 4+1+1; compiles three more graphs
+            dynamics.NeuronConfig(True, True, 1.0, 0.0, "sigmoid", 4.0, True),
+            6,
+            marks=pytest.mark.slow,
+        ),
         (dynamics.NeuronConfig(True, False, 1.0, None, "atan", 2.0, False), 5),  # soft, 4+1
     ],
 )

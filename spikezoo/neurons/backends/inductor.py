@@ -66,18 +66,15 @@ def _compiled(loop: Callable, cfg: NeuronConfig, steps: int, **switch: bool) -> 
     """``loop`` compiled for chunks of ``steps`` steps, one compile region per argument set.
 
     ``switch`` is the loop's one boolean argument by name: ``keep_charged`` for the forward
-    loop, ``grad_k_needed`` for the backward loops, none for the membrane-only loop.
-    Recompiles happen only for a new dtype or device (and the single-neuron case, which dynamo
-    specialises).
+    loop, ``grad_k_needed`` for the backward loops. Recompiles happen only for a new dtype or
+    device (and the single-neuron case, which dynamo specialises).
     """
     return torch.compile(
         loop, dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=32
     )
 
 
-def _run_chunk(
-    loop: Callable, cfg: NeuronConfig, *tensors: Tensor, **switch: bool
-) -> tuple | Tensor:
+def _run_chunk(loop: Callable, cfg: NeuronConfig, *tensors: Tensor, **switch: bool) -> tuple:
     """Run ``loop(*tensors, cfg, **switch)`` compiled for the chunk length ``len(tensors[0])``.
 
     The tensors are passed detached: a view's base (a slice, or an earlier chunk's output)
@@ -175,7 +172,9 @@ def backward_from_input(
     Each chunk is one kernel that charges its membranes from ``x`` in registers and walks them
     back, so a training step moves five ``[T, N]`` tensors instead of six and writes two fresh
     ones instead of three (forward: spikes; backward: ``dL/dx``). A sequence of several chunks
-    first runs the membrane alone up to the start of each chunk but the first.
+    first runs the forward chunks again, all but the last, for the membrane at the start of
+    each: the graphs the forward pass compiled, so nothing new is compiled (their spikes are
+    written and dropped).
     """
     neurons, lengths = x.shape[1], chunk_lengths(x.shape[0])
     grad_v, v = _per_neuron(grad_v, neurons, lengths), _per_neuron(v_init, neurons, lengths)
@@ -183,7 +182,9 @@ def backward_from_input(
     for index, steps in enumerate(lengths):
         chunks.append((start, steps, v))
         if index < len(lengths) - 1:
-            v = _run_chunk(dynamics.membrane_after, cfg, x[start : start + steps], v, k)
+            _, _, v = _run_chunk(
+                dynamics.forward_sequence, cfg, x[start : start + steps], v, k, keep_charged=False
+            )
         start += steps
     grad_k = torch.zeros((), dtype=v_init.dtype, device=x.device)
     grad_x = []
