@@ -327,11 +327,16 @@ def test_plif_w_gradient_is_finite_when_the_decay_underflows(dtype, w):
 INDUCTOR_SHAPE = (6, 4, 2, 5)  # T = 6: a 4-step chunk and two single steps
 INDUCTOR_CONFIGS = [
     pytest.param("lif", 0.0, True, "sigmoid", None, True, torch.float32, id="lif-sdt-default-f32"),
+    # the other configurations compile graphs of their own: the slow step checks them
     pytest.param(
-        "plif", None, False, "atan", 3.5, False, torch.float64, id="plif-soft-nodecay-atan-f64"
+        "plif", None, False, "atan", 3.5, False, torch.float64,
+        id="plif-soft-nodecay-atan-f64", marks=pytest.mark.slow,
     ),
-    pytest.param("if", -0.4, True, "sigmoid", 2.5, False, torch.float32, id="if-hard-nonzero-f32"),
-]
+    pytest.param(
+        "if", -0.4, True, "sigmoid", 2.5, False, torch.float32,
+        id="if-hard-nonzero-f32", marks=pytest.mark.slow,
+    ),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(

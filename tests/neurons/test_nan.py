@@ -25,7 +25,8 @@ EAGER_CASES = [
 ] + [("lif", 0.0, torch.bfloat16), ("plif", None, torch.float32)]
 BACKEND_CASES = [("torch", *case) for case in EAGER_CASES] + [
     ("inductor", "lif", 0.0, torch.float32),
-    ("inductor", "plif", None, torch.float64),
+    # another configuration compiles its own graphs: the slow step checks it
+    pytest.param("inductor", "plif", None, torch.float64, marks=pytest.mark.slow),
 ]
 
 
