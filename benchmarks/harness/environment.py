@@ -83,7 +83,8 @@ def load_text(env: dict) -> str:
     if after is not None:
         text += f", {'/'.join(map(str, after))} at the end"
     cpus = os.cpu_count() or 1
-    busy = max(before[0], (after or before)[0]) > 0.5 * cpus
+    # the load at the end counts the run's own threads: only the start says what else ran
+    busy = before[0] > 0.5 * cpus
     return text + (
         f" on {cpus} logical CPUs: the machine was **busy** with other jobs, so times are "
         "inflated and noisy; compare only ratios within this run"

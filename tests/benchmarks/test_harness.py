@@ -71,6 +71,8 @@ def test_load_text_says_when_the_machine_was_busy(monkeypatch):
     busy = environment.load_text(dict(load_before=[6.1, 5.0, 3.2], load_after=[7.0, 6.0, 4.0]))
     assert "6.1/5.0/3.2 at the start, 7.0/6.0/4.0 at the end" in busy and "**busy**" in busy
     assert "(idle)" in environment.load_text(dict(load_before=[0.2, 0.1, 0.1], load_after=None))
+    # a run's own two threads raise the load at its end: still an idle machine
+    assert "(idle)" in environment.load_text(dict(load_before=[0.5, 0.7, 0.9], load_after=[1.9]))
     env = environment.environment("cpu", 2, "python benchmarks/x.py", ("timm",))
     environment.finish(env)
     assert env["versions"]["timm"] and len(env["load_after"]) == 3
