@@ -53,9 +53,10 @@ def trunc_normal_init(
 ) -> None:
     """Weights of ``layer_types`` truncated-normal(``std``), their biases zero; for ``apply``.
 
-    Other modules keep PyTorch's initialisation (BatchNorm weight 1 and bias 0).
+    Other modules keep PyTorch's initialisation (BatchNorm weight 1 and bias 0). Tensors on the
+    ``meta`` device hold no values, so they are left alone (a meta build is about shapes).
     """
-    if isinstance(module, layer_types):
+    if isinstance(module, layer_types) and not module.weight.is_meta:
         trunc_normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import cache, partial
 
 import torch
 from torch import Tensor, nn
@@ -149,8 +149,8 @@ def check_state_dict(
 def guess_architecture(state_dict: Mapping[str, Tensor]) -> str | None:
     """The registered spikezoo model whose tensors best match ``state_dict`` (None: no match).
 
-    Every entry point of every family in the registry is built on the meta device and compared
-    with ``state_dict`` mapped by its family's ``remap_state_dict``.
+    Every entry point of every family in the registry is built on the meta device (once per
+    process) and compared with ``state_dict`` mapped by its family's ``remap_state_dict``.
     """
     import timm
 
@@ -160,11 +160,19 @@ def guess_architecture(state_dict: Mapping[str, Tensor]) -> str | None:
     best_score, best_name = 0.5, None
     for family in families():
         for name in timm.list_models(module=timm_module_name(family)):
-            model = build_on_meta(partial(timm.create_model, name))
+            model = _meta_model(name)
             score = shape_overlap(family.remap_state_dict(state_dict, model), model)
             if score > best_score:
                 best_score, best_name = score, name
     return best_name
+
+
+@cache
+def _meta_model(name: str) -> nn.Module:
+    """The entry point ``name`` with its default arguments, on the meta device."""
+    import timm
+
+    return build_on_meta(partial(timm.create_model, name))
 
 
 def shape_overlap(state_dict: Mapping[str, Tensor], model: nn.Module) -> float:

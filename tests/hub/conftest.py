@@ -31,7 +31,10 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, handler):
         super().__init__(("127.0.0.1", 0), handler)
         self.requests: list[tuple[str, str]] = []
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        # A short poll lets shutdown() return at once instead of after half a second.
+        self.thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -87,8 +87,9 @@ def test_forward_backward_and_grad_checkpointing(case):
     torch.testing.assert_close(out_ckpt, out)
     for param_name, grad in grads.items():
         torch.testing.assert_close(grads_ckpt[param_name], grad, msg=param_name)
+    twin_state = twin.state_dict()
     for key, value in model.state_dict().items():  # BN and DSSA buffers advanced exactly once
-        torch.testing.assert_close(twin.state_dict()[key], value, msg=key)
+        torch.testing.assert_close(twin_state[key], value, msg=key)
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)

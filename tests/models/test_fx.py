@@ -30,10 +30,11 @@ def image(model, batch=2):
     return torch.randn(batch, model.in_chans, size, size, dtype=torch.float64) * 2
 
 
-def output_node(model, train):
-    """The node that feeds the graph's output, as timm's own FX tests choose it."""
+def output_nodes(model):
+    """The nodes that feed the graph's output in training and in eval mode, as timm's own FX
+    tests choose them (each mode is one trace of the model)."""
     train_nodes, eval_nodes = get_graph_node_names(model)
-    return train_nodes[-1] if train else eval_nodes[-1]
+    return train_nodes[-1], eval_nodes[-1]
 
 
 def test_neurons_and_shape_checks_are_registered():
@@ -48,7 +49,7 @@ def test_neurons_and_shape_checks_are_registered():
 def test_traced_forward_equals_eager(case):
     model = build(case).eval()
     x = image(model)
-    traced = create_feature_extractor(model, [output_node(model, train=False)])
+    traced = create_feature_extractor(model, [output_nodes(model)[1]])
     with torch.no_grad():
         (out,) = traced(x).values()
         torch.testing.assert_close(out, model(x), rtol=0, atol=0)
@@ -65,11 +66,12 @@ def test_traced_backward_equals_eager(case):
     # gradient that is rounding noise (a bias before a training-mode BatchNorm) is the same noise
     eager.set_static_encoding(False)
     x = image(model)
+    train_node, eval_node = output_nodes(model)
     # as timm's tests/test_models.py does: torchvision's extractor with timm's registrations
     traced = feature_extraction.create_feature_extractor(
         model,
-        train_return_nodes=[output_node(model, train=True)],
-        eval_return_nodes=[output_node(model, train=False)],
+        train_return_nodes=[train_node],
+        eval_return_nodes=[eval_node],
         tracer_kwargs=dict(
             leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()
         ),

@@ -29,7 +29,8 @@ def test_an_old_plif_checkpoint_loads_through_the_filter_and_load_state_dict(fam
 
     fresh = tiny(family, neuron="plif", **implied)
     fresh.load_state_dict(old)
-    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in mapped.items())
+    state = fresh.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in mapped.items())
 
     save_file(old, str(tmp_path / "old.safetensors"))
     overlay = dict(file=str(tmp_path / "old.safetensors"), num_classes=NUM_CLASSES)

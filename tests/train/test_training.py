@@ -28,6 +28,7 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # the committed recipe's ten epochs: 25 s
 def test_digits_reach_90_percent_and_the_checkpoint_validates(digits_run, capsys):
     output, metrics = digits_run
     assert metrics["best_top1"] > 90
@@ -51,8 +52,8 @@ def test_digits_reach_90_percent_and_the_checkpoint_validates(digits_run, capsys
     assert f"top-1 {best['best_top1']:.2f}%" in capsys.readouterr().out
 
 
-def test_checkpoint_is_weights_only_and_loads_through_timm(digits_run):
-    output, _ = digits_run
+def test_checkpoint_is_weights_only_and_loads_through_timm(digits_backbone):
+    output, _ = digits_backbone
     checkpoint = torch.load(output / "last.pth", weights_only=True)
     kwargs = dict(checkpoint["config"]["model"]["kwargs"], num_classes=10, in_chans=1)
     model = timm.create_model(
@@ -148,8 +149,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, capsy
     assert "step 2" in err
 
 
-def test_finetune_into_a_new_head(digits_run, tmp_path):
-    source, _ = digits_run
+def test_finetune_into_a_new_head(digits_backbone, tmp_path):
+    source, _ = digits_backbone
     checkpoint = read_training_checkpoint(source / "best.pth")
     recipe = [
         f"finetune.checkpoint={source / 'best.pth'}",
@@ -189,8 +190,8 @@ def test_amp_progress_and_tensorboard(tmp_path, capsys):
         assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
-def test_finetune_from_a_bare_state_dict(digits_run, tmp_path):
-    source, _ = digits_run
+def test_finetune_from_a_bare_state_dict(digits_backbone, tmp_path):
+    source, _ = digits_backbone
     bare = tmp_path / "bare.pth"
     torch.save(read_training_checkpoint(source / "best.pth")["state_dict"], bare)
     from spikezoo.train import load_recipe
