@@ -173,20 +173,24 @@ def test_inductor_training_saves_the_input_and_torch_the_membranes():
     assert x.untyped_storage().data_ptr() not in _saved_storages("torch", x)
 
 
+LIF_4_1_1 = (dynamics.NeuronConfig(True, True, 1.0, 0.0, "sigmoid", 4.0, True), 6)
+SOFT_4_1 = (dynamics.NeuronConfig(True, False, 1.0, None, "atan", 2.0, False), 5)
+
+
 @pytest.mark.parametrize(
-    "cfg,steps",
+    "saved,cfg,steps",
     [
-        pytest.param(  # LIF, 4+1+1; compiles three more graphs
-            dynamics.NeuronConfig(True, True, 1.0, 0.0, "sigmoid", 4.0, True),
-            6,
-            marks=pytest.mark.slow,
-        ),
-        (dynamics.NeuronConfig(True, False, 1.0, None, "atan", 2.0, False), 5),  # soft, 4+1
+        ("input", *SOFT_4_1),
+        # each of these compiles graphs of its own: the slow step checks them
+        pytest.param("input", *LIF_4_1_1, marks=pytest.mark.slow),
+        pytest.param("charged", *SOFT_4_1, marks=pytest.mark.slow),
+        pytest.param("charged", *LIF_4_1_1, marks=pytest.mark.slow),
     ],
 )
-def test_inductor_backward_from_input_equals_the_reference_backward(cfg, steps):
-    """The recomputed membranes give the reference's gradients, across chunk boundaries, with
-    ``dL/dk`` (PLIF) and a per-neuron initial membrane."""
+def test_inductor_backward_equals_the_reference_backward(saved, cfg, steps):
+    """The compiled backward, from the input (membranes recharged) or from the charged
+    membranes, gives the reference's gradients across chunk boundaries (4+1 and 4+1+1 steps),
+    with ``dL/dk`` (PLIF) and a per-neuron initial membrane."""
     gen = torch.Generator().manual_seed(steps)
     x = torch.randn(steps, 37, generator=gen, dtype=torch.float64) * 1.5 + 0.6
     grad_spikes, grad_v, v_init = (
@@ -196,7 +200,10 @@ def test_inductor_backward_from_input_equals_the_reference_backward(cfg, steps):
     k = torch.tensor(0.4, dtype=torch.float64)
     _, charged, _ = dynamics.forward_sequence(x, v_init, k, cfg, keep_charged=True)
     expected = dynamics.backward_sequence(grad_spikes, grad_v, charged, v_init, k, cfg, True)
-    actual = inductor.backward_from_input(grad_spikes, grad_v, x, v_init, k, cfg, True)
+    if saved == "input":
+        actual = inductor.backward_from_input(grad_spikes, grad_v, x, v_init, k, cfg, True)
+    else:
+        actual = inductor.backward(grad_spikes, grad_v, charged, v_init, k, cfg, True)
     for name, a, e in zip(("grad_x", "grad_v_init", "grad_k"), actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14, msg=name)
 

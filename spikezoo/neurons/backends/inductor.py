@@ -129,33 +129,18 @@ def backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`spikezoo.neurons.dynamics.backward_sequence`, compiled chunk by chunk."""
     neurons, lengths = charged.shape[1], chunk_lengths(charged.shape[0])
-    grad_v, v_init = _per_neuron(grad_v, neurons, lengths), _per_neuron(v_init, neurons, lengths)
-    grad_k = torch.zeros((), dtype=charged.dtype, device=charged.device)
-    grad_x = []
-    end = charged.shape[0]
-    for steps in reversed(lengths):
-        start = end - steps
+    v_init = _per_neuron(v_init, neurons, lengths)
+    chunks, start = [], 0
+    for steps in lengths:
         v_before = v_init
-        if grad_k_needed and start > 0:
+        if grad_k_needed and start > 0:  # only dL/dk reads the membrane before the chunk
             h_before = charged[start - 1]
             v_before = dynamics.reset(h_before, h_before >= cfg.v_threshold, cfg)
-        grad_x_chunk, grad_v, grad_k = _run_chunk(
-            dynamics.backward_steps,
-            cfg,
-            grad_spikes[start:end],
-            grad_v,
-            grad_k,
-            charged[start:end],
-            v_before,
-            k,
-            grad_k_needed=grad_k_needed,
-        )
-        grad_x.append(grad_x_chunk)
-        end = start
-    grad_x.reverse()
-    if grad_k_needed and cfg.leaky:
-        grad_k = dynamics.finish_grad_k(grad_k, k, cfg)
-    return _cat(grad_x), grad_v, grad_k
+        chunks.append((start, steps, v_before))
+        start += steps
+    return _walk_back(
+        dynamics.backward_steps, grad_spikes, grad_v, charged, chunks, k, cfg, grad_k_needed
+    )
 
 
 def backward_from_input(
@@ -176,8 +161,8 @@ def backward_from_input(
     each: the graphs the forward pass compiled, so nothing new is compiled (their spikes are
     written and dropped).
     """
-    neurons, lengths = x.shape[1], chunk_lengths(x.shape[0])
-    grad_v, v = _per_neuron(grad_v, neurons, lengths), _per_neuron(v_init, neurons, lengths)
+    lengths = chunk_lengths(x.shape[0])
+    v = _per_neuron(v_init, x.shape[1], lengths)
     chunks, start = [], 0
     for index, steps in enumerate(lengths):
         chunks.append((start, steps, v))
@@ -186,16 +171,37 @@ def backward_from_input(
                 dynamics.forward_sequence, cfg, x[start : start + steps], v, k, keep_charged=False
             )
         start += steps
-    grad_k = torch.zeros((), dtype=v_init.dtype, device=x.device)
+    return _walk_back(
+        dynamics.backward_steps_from_input, grad_spikes, grad_v, x, chunks, k, cfg, grad_k_needed
+    )
+
+
+def _walk_back(
+    loop: Callable,
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    saved: Tensor,
+    chunks: list[tuple[int, int, Tensor]],
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the backward ``loop`` over ``chunks`` (``(start, steps, membrane before)``), last
+    chunk first: ``dL/dx [T, N]``, ``dL/dv_init`` and ``dL/dk``. ``saved [T, N]`` is what the
+    loop reads, the charged membranes or the input."""
+    v_init = chunks[0][2]
+    grad_v = _per_neuron(grad_v, saved.shape[1], [steps for _, steps, _ in chunks])
+    grad_k = torch.zeros((), dtype=v_init.dtype, device=saved.device)
     grad_x = []
     for start, steps, v_before in reversed(chunks):
+        end = start + steps
         grad_x_chunk, grad_v, grad_k = _run_chunk(
-            dynamics.backward_steps_from_input,
+            loop,
             cfg,
-            grad_spikes[start : start + steps],
+            grad_spikes[start:end],
             grad_v,
             grad_k,
-            x[start : start + steps],
+            saved[start:end],
             v_before,
             k,
             grad_k_needed=grad_k_needed,
