@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from spikezoo.analysis.report import PerLayerReport, Table
-from spikezoo.neurons.saved_spikes import PackedSpikes, compact_saved_spikes
+from spikezoo.neurons.saved_spikes import PackedCounts, PackedSpikes, compact_saved_spikes
 
 __all__ = ["SavedTensor", "SavedTensorReport", "measure_saved_tensors"]
 
@@ -151,6 +151,8 @@ def measure_saved_tensors(
         _own_compaction_off(model),
         recorder.hooks(),
         torch.enable_grad(),
+        # running, so that integer neurons mark their spikes in it; the recorder's hooks on top
+        recorder.compactor or contextlib.nullcontext(),
         torch.autograd.graph.saved_tensors_hooks(recorder.pack, recorder.unpack),
     ):
         model(*inputs)
@@ -199,7 +201,7 @@ class _Recorder:
             return kept
         if storage not in self.seen:
             self.seen.add(storage)
-            packed = kept if isinstance(kept, PackedSpikes) else None
+            packed = kept if isinstance(kept, (PackedSpikes, PackedCounts)) else None
             self.tensors.append(
                 SavedTensor(
                     module=self.stack[-1] if self.stack else "",

@@ -10,7 +10,8 @@ statistics are identical), and the gradients are those of the unfused pair up to
 floating-point rounding (the recomputed BatchNorm uses the batch statistics, exactly as in
 training).
 
-spikezoo's layers fuse every BatchNorm that feeds a neuron directly (``ConvBN.conv_bn_fire``);
+spikezoo's layers fuse every BatchNorm that feeds a neuron directly (``ConvBN.conv_bn_fire``,
+and ``SpikingTokenMLP`` for its ``BatchNorm1d``);
 :func:`set_bn_neuron_fusion` switches it off and on for a whole model, e.g. to compare.
 """
 
@@ -28,13 +29,13 @@ from spikezoo import _checks
 __all__ = ["batch_norm_fire", "set_bn_neuron_fusion"]
 
 
-def _batch_norm(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
-    """``bn`` over ``y [T, B, C, H, W]`` with T folded into the batch (as ``per_step``)."""
+def _batch_norm(y: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> Tensor:
+    """``bn`` over ``y [T, B, C, ...]`` with T folded into the batch (as ``per_step``)."""
     return bn(y.flatten(0, 1)).unflatten(0, y.shape[:2])
 
 
-def _normalise(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
-    """``y [T, B, C, H, W]`` normalised with its batch statistics, running statistics untouched."""
+def _normalise(y: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> Tensor:
+    """``y [T, B, C, ...]`` normalised with its batch statistics, running statistics untouched."""
     frames = F.batch_norm(y.flatten(0, 1), None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
     return frames.unflatten(0, y.shape[:2])
 
@@ -78,9 +79,13 @@ class _BatchNormFire(torch.autograd.Function):
 
 
 def batch_norm_fire(
-    y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module, with_normalised: bool = False
+    y: Tensor,
+    bn: nn.BatchNorm1d | nn.BatchNorm2d,
+    neuron: nn.Module,
+    with_normalised: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """``neuron(bn(y))`` for ``y [T, B, C, H, W]`` (BatchNorm per step), spikes shaped like ``y``;
+    """``neuron(bn(y))`` for ``y [T, B, C, H, W]`` (``BatchNorm2d`` per step; ``[T, B, C, N]`` with
+    ``BatchNorm1d``), spikes shaped like ``y``;
     with ``with_normalised=True``, the pair ``(spikes, bn(y))``, for a layer that reads ``bn(y)``
     besides the neuron (a residual sum: its gradient flows back through the same BatchNorm).
 
@@ -108,7 +113,8 @@ def batch_norm_fire(
 def set_bn_neuron_fusion(model: nn.Module, enabled: bool = True) -> None:
     """Fuse (``True``, every layer's default) or not each BatchNorm + neuron pair of ``model``.
 
-    Sets ``fuse_bn_neuron`` on every module that has that switch (``ConvBN``).
+    Sets ``fuse_bn_neuron`` on every module that has that switch (``ConvBN``,
+    ``SpikingTokenMLP``).
     """
     _checks.boolean("enabled", enabled)
     for module in model.modules():

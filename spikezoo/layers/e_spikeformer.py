@@ -55,7 +55,10 @@ class SpikingSepConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, dim, H, W]`` -> same shape (no residual)."""
         check_tbchw(x, self.dim, "SpikingSepConv")
-        return self.pointwise(self.depthwise(self.expand(x)))
+        # each BatchNorm feeds the next layer's neuron directly: fused along the chain
+        spikes = self.expand.conv_bn_fire(x, self.depthwise.neuron)
+        spikes = self.depthwise.conv_bn_fire(spikes, self.pointwise.neuron, fired=True)
+        return self.pointwise.conv_bn(spikes)
 
 
 class IntegerLinearAttention(SpikingAttention):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from spikezoo._checks import divides, positive_int
 from spikezoo.layers.attention import SpikingAttention
+from spikezoo.layers.bn_neuron import batch_norm_fire
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 from spikezoo.layers.spike_products import SpikingMatmul
@@ -158,7 +159,8 @@ class SepConv(LoadsRenamedChildren):
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, dim, H, W]`` -> same shape (no residual)."""
         check_tbchw(x, self.dim, "SepConv")
-        return per_step(self._separable, self.neuron(self.expand(x)))
+        # expand's BatchNorm feeds the neuron directly: fused
+        return per_step(self._separable, self.expand.conv_bn_fire(x, self.neuron))
 
     def _separable(self, x: Tensor) -> Tensor:
         return self.bn(self.pointwise(self.depthwise(x)))
@@ -201,7 +203,8 @@ class SpikingConvBlock(nn.Module):
         """``x [T, B, dim, H, W]`` -> same shape."""
         if self.sep_conv is not None:
             x = x + self.sep_conv(x)
-        return x + self.conv2(self.conv1(x))
+        # conv1's BatchNorm feeds conv2's neuron directly: fused, then conv2 without its neuron
+        return x + self.conv2.conv_bn(self.conv1.conv_bn_fire(x, self.conv2.neuron))
 
 
 class LinearSpikingAttention(SpikingAttention):
@@ -332,6 +335,10 @@ class SpikingTokenMLP(nn.Module):
             (E-SpikeFormer's large models: 1e-6); ``None``: no scale.
     """
 
+    #: fc1's BatchNorm and fc2's neuron are fused in training (see
+    #: :mod:`spikezoo.layers.bn_neuron`); ``False`` runs them as two modules.
+    fuse_bn_neuron: bool = True
+
     def __init__(
         self,
         dim: int,
@@ -355,7 +362,11 @@ class SpikingTokenMLP(nn.Module):
         check_tbchw(x, self.dim, "SpikingTokenMLP")
         height = x.shape[-2]
         tokens = rearrange(x, "t b c h w -> t b c (h w)")
-        tokens = per_step(self.fc1, self.fc1_lif(tokens))
-        tokens = per_step(self.fc2, self.fc2_lif(tokens))
+        hidden = per_step(self.fc1[0], self.fc1_lif(tokens))
+        if self.fuse_bn_neuron:  # fc1's BatchNorm feeds fc2's neuron directly
+            spikes = batch_norm_fire(hidden, self.fc1[1], self.fc2_lif)
+        else:
+            spikes = self.fc2_lif(per_step(self.fc1[1], hidden))
+        tokens = per_step(self.fc2, spikes)
         branch = rearrange(tokens, "t b c (h w) -> t b c h w", h=height)
         return x + self.drop_path(_scaled(branch, self.layer_scale))

@@ -134,23 +134,25 @@ class ConvBN(LoadsRenamedChildren):
         return per_step(self._conv_bn, x)
 
     def conv_bn_fire(
-        self, x: Tensor, neuron: nn.Module, with_output: bool = False
+        self, x: Tensor, neuron: nn.Module, with_output: bool = False, fired: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """``neuron(self(x))``: the spikes of the neuron that reads this layer's output.
 
         ``[T, B, in_chans, H, W]`` -> ``[T, B, out_chans, H', W']`` spikes; with
         ``with_output=True``, the pair ``(spikes, self(x))``, for a layer that also sums this
-        layer's output. In training, the BatchNorm and ``neuron`` are fused
+        layer's output. ``fired=True``: ``x`` is already the output of this layer's own neuron
+        (the previous layer of a chain fired it, fused), which is then not run again. In
+        training, the BatchNorm and ``neuron`` are fused
         (:func:`~spikezoo.layers.bn_neuron.batch_norm_fire`): only the convolution's output is
         kept for backward.
         """
         # torch.fx proxies and a static image (which the model encodes once, through this
         # layer's own forward) take the plain pair
         if not self.fuse_bn_neuron or not isinstance(x, Tensor) or is_time_constant(x):
-            out = self(x)
+            out = self.conv_bn(x) if fired else self(x)
             return (neuron(out), out) if with_output else neuron(out)
         check_tbchw(x, self.in_chans, type(self).__name__)
-        if self.neuron is not None:
+        if self.neuron is not None and not fired:
             x = self.neuron(x)
         return batch_norm_fire(per_step(self.conv, x), self.bn, neuron, with_output)
 

@@ -114,8 +114,8 @@ class SpikingVisionModel(nn.Module):
     #: no neuron), by attribute path in the order :meth:`forward_stem` runs them; for a static
     #: image they run once and their output is broadcast over T (see :meth:`set_static_encoding`)
     static_stem: ClassVar[tuple[str, ...]] = ()
-    #: Keep the spikes saved for backward as bits (see :meth:`set_spike_compaction`); a family
-    #: whose spikes are not bits (integer spikes) sets it off.
+    #: Keep the spikes saved for backward as bits, integer spikes as bytes (see
+    #: :meth:`set_spike_compaction`).
     spike_compaction: bool = True
     #: Run :attr:`static_stem` once for a static image (see :meth:`set_static_encoding`).
     static_encoding: bool = True
@@ -395,9 +395,9 @@ class SpikingVisionModel(nn.Module):
 
     @torch.jit.ignore
     def set_spike_compaction(self, enable: bool = True) -> None:
-        """Keep the spikes saved for backward as bits (on by default, except in E-SpikeFormer's
-        families, whose integer spikes are not bits): less memory, the same outputs and
-        gradients bit for bit. See :func:`spikezoo.neurons.compact_saved_spikes`.
+        """Keep the spikes saved for backward as bits, and integer spikes (E-SpikeFormer's) as
+        one byte each (on by default): less memory, the same outputs and gradients bit for bit.
+        See :func:`spikezoo.neurons.compact_saved_spikes`.
 
         Raises ``TypeError`` if ``enable`` is not a bool.
         """

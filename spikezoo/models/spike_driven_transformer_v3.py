@@ -109,8 +109,6 @@ class SpikeDrivenTransformerV3(SpikingVisionModel):
     init_layer_types = (nn.Linear,)
     size_multiple = 16
     static_stem = ("stem",)
-    # integer spikes (n / norm) are not bits: compaction would only check every saved tensor
-    spike_compaction = False
 
     def __init__(
         self,

@@ -154,8 +154,6 @@ class SpikeDrivenTransformerV3Large(DistilledHeads, SpikingVisionModel):
     init_layer_types = (nn.Linear,)
     size_multiple = 16
     static_stem = ("stem",)
-    # integer spikes (n / norm) are not bits: compaction would only check every saved tensor
-    spike_compaction = False
     levels: int
 
     def __init__(

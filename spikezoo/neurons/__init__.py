@@ -12,7 +12,13 @@ from spikezoo.neurons.functional import (
 from spikezoo.neurons.integer import IntegerNeuron, IntegerSpikes
 from spikezoo.neurons.model_backend import set_backend, use_backend
 from spikezoo.neurons.modules import MultiStepIF, MultiStepLIF, MultiStepNeuron, MultiStepPLIF
-from spikezoo.neurons.saved_spikes import PackedSpikes, compact_saved_spikes, pack_spikes
+from spikezoo.neurons.saved_spikes import (
+    PackedCounts,
+    PackedSpikes,
+    compact_saved_spikes,
+    mark_integer_spikes,
+    pack_spikes,
+)
 from spikezoo.neurons.surrogate import Surrogate, get_surrogate, register_surrogate, surrogate_names
 
 __all__ = [
@@ -23,11 +29,13 @@ __all__ = [
     "MultiStepLIF",
     "MultiStepNeuron",
     "MultiStepPLIF",
+    "PackedCounts",
     "PackedSpikes",
     "SpikingNeuron",
     "Surrogate",
     "compact_saved_spikes",
     "get_surrogate",
+    "mark_integer_spikes",
     "multistep_if",
     "multistep_lif",
     "multistep_neuron",

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from spikezoo import _checks
 from spikezoo.neurons.base import SpikingNeuron
+from spikezoo.neurons.saved_spikes import mark_integer_spikes
 
 __all__ = ["GRADIENT_WINDOWS", "ROUNDINGS", "IntegerNeuron", "IntegerSpikes", "integer_spike"]
 
@@ -114,8 +115,14 @@ class IntegerNeuron(SpikingNeuron):
         self.gradient_window = _checks.choice("gradient_window", gradient_window, GRADIENT_WINDOWS)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x [...]`` -> spikes ``[...]`` with values ``n / norm``, ``n`` in ``0..levels``."""
-        return integer_spike(x, self.levels, self.norm, self.rounding, self.gradient_window)
+        """``x [...]`` -> spikes ``[...]`` with values ``n / norm``, ``n`` in ``0..levels``.
+
+        Inside :func:`~spikezoo.neurons.compact_saved_spikes` the spikes are marked, so that
+        what saves them for backward keeps one byte per value (for ``levels <= 255``)."""
+        spikes = integer_spike(x, self.levels, self.norm, self.rounding, self.gradient_window)
+        if self.levels <= 255:
+            mark_integer_spikes(spikes, self.norm)
+        return spikes
 
     def spike_counts(self, spikes: Tensor) -> Tensor:
         """The integer count ``n`` behind each output value ``n / norm``."""

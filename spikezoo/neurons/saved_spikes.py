@@ -14,6 +14,12 @@ patterns are all those of ``+0.0`` or ``1.0`` (so ``-0.0`` and NaN are kept as t
 Everything else is saved unchanged. The same tensor saved by several operations (SDSA's
 spikes feed three convolutions) is packed once.
 
+Integer spikes (values ``n / norm``, ``n`` in ``0..255``: E-SpikeFormer's
+:class:`~spikezoo.neurons.IntegerNeuron`) are not bits: the neuron marks its output
+(:func:`mark_integer_spikes`), and a saved tensor that is that output, or a view of it, is
+stored as one ``uint8`` count per value and restored by the neuron's own division
+``n / norm``, bit for bit.
+
 spikezoo's models run their training forward pass inside this context unless told not to
 (``model.set_spike_compaction(False)``); any other network can use it directly::
 
@@ -40,7 +46,13 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from spikezoo import _checks
 
-__all__ = ["PackedSpikes", "compact_saved_spikes", "pack_spikes"]
+__all__ = [
+    "PackedCounts",
+    "PackedSpikes",
+    "compact_saved_spikes",
+    "mark_integer_spikes",
+    "pack_spikes",
+]
 
 #: The integer dtype each float dtype is compared in, bit pattern by bit pattern.
 _BITS_DTYPES = {
@@ -84,6 +96,58 @@ class PackedSpikes:
         return in_memory_order.permute(_inverse(self.order))
 
 
+@dataclass(frozen=True, eq=False)
+class PackedCounts:
+    """Integer spikes ``n / norm`` stored as their counts ``n``: :meth:`unpack` gives them back
+    bit for bit.
+
+    Attributes:
+        counts: ``uint8 [numel]``, the counts in the tensor's memory order.
+        shape: the tensor's shape.
+        order: its dimensions from the outermost to the innermost in memory.
+        dtype: its dtype.
+        norm: the divisor that made the values from the counts.
+    """
+
+    counts: Tensor
+    shape: torch.Size
+    order: tuple[int, ...]
+    dtype: torch.dtype
+    norm: float
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: one per value."""
+        return self.counts.nbytes
+
+    def unpack(self) -> Tensor:
+        """The values, computed as the neuron computed them (``n / norm`` in :attr:`dtype`),
+        in the shape and dimension order of the original."""
+        values = self.counts.to(self.dtype).div_(self.norm)
+        return values.view([self.shape[d] for d in self.order]).permute(_inverse(self.order))
+
+
+def _memory_order(x: Tensor) -> tuple[tuple[int, ...], Tensor] | None:
+    """``x``'s dimensions from the outermost to the innermost in memory, and ``x`` permuted to
+    that order, flat; ``None`` unless ``x`` is laid out densely."""
+    order = tuple(sorted(range(x.dim()), key=lambda d: -x.stride(d)))
+    in_memory_order = x.permute(order)
+    if not in_memory_order.is_contiguous():
+        return None
+    return order, in_memory_order.reshape(-1)
+
+
+def _pack_counts(x: Tensor, norm: float) -> PackedCounts | None:
+    """``x``, whose values are ``n / norm`` with integer ``n`` in ``0..255``, as
+    :class:`PackedCounts`; ``None`` if ``x`` is not laid out densely."""
+    found = _memory_order(x) if x.numel() else None
+    if found is None:
+        return None
+    order, flat = found
+    counts = flat.mul(norm).round_().to(torch.uint8)
+    return PackedCounts(counts, x.shape, order, x.dtype, norm)
+
+
 def pack_spikes(x: Tensor) -> PackedSpikes | None:
     """``x`` as :class:`PackedSpikes` if it holds only ``+0.0`` and ``1.0``, else ``None``.
 
@@ -95,11 +159,11 @@ def pack_spikes(x: Tensor) -> PackedSpikes | None:
     bits_dtype = _BITS_DTYPES.get(x.dtype)
     if bits_dtype is None or x.numel() == 0 or x.is_meta or sys.byteorder != "little":
         return None
-    order = tuple(sorted(range(x.dim()), key=lambda d: -x.stride(d)))
-    in_memory_order = x.permute(order)
-    if not in_memory_order.is_contiguous():
+    found = _memory_order(x)
+    if found is None:
         return None
-    bits = in_memory_order.reshape(-1).view(bits_dtype)
+    order, flat = found
+    bits = flat.view(bits_dtype)
     one = _one_bits(x.dtype)
     # one copy to the host, not four operations: the probe runs on every saved tensor
     if not set(bits[:_PROBE].tolist()) <= {0, one}:
@@ -138,6 +202,24 @@ def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(range(len(order)), key=lambda d: order[d]))
 
 
+#: The compactions whose blocks are running, innermost last: the neurons mark their integer
+#: spikes in the innermost one.
+_ACTIVE: list[compact_saved_spikes] = []
+
+
+def mark_integer_spikes(spikes: Tensor, norm: float) -> None:
+    """Tell the innermost running :class:`compact_saved_spikes` that ``spikes`` holds values
+    ``n / norm``, computed as ``n.div_(norm)`` from integer ``n`` in ``0..255``; outside one,
+    nothing happens. Its saved views are then kept as ``uint8`` counts.
+    """
+    if _ACTIVE and spikes.dtype in _BITS_DTYPES:
+        _ACTIVE[-1]._integer[StorageWeakRef(spikes.untyped_storage())] = (
+            spikes.dtype,
+            spikes._version,
+            norm,
+        )
+
+
 @dataclass(frozen=True)
 class _Unchanged:
     """A tensor saved as it is, with its version at save time (autograd's in-place check)."""
@@ -159,7 +241,9 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         self.enabled = _checks.boolean("enabled", enabled)
         # (storage, offset, shape, strides, dtype, version) -> its packing, for tensors saved
         # twice. The weak reference keeps the storage's address from being reused while cached.
-        self._packed: dict[tuple, PackedSpikes | None] = {}
+        self._packed: dict[tuple, PackedSpikes | PackedCounts | None] = {}
+        # storage -> (dtype, version, norm) of integer spikes (mark_integer_spikes)
+        self._integer: dict[StorageWeakRef, tuple[torch.dtype, int, float]] = {}
         super().__init__(self.pack, self.unpack)
 
     def __enter__(self) -> compact_saved_spikes:
@@ -167,15 +251,19 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         self._active = self.enabled and torch._C._autograd._saved_tensors_hooks_is_enabled()
         if self._active:
             super().__enter__()
+            _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._active:
             super().__exit__(*exc_info)
+            _ACTIVE.remove(self)
         self._packed.clear()
+        self._integer.clear()
 
-    def pack(self, x: Tensor) -> PackedSpikes | _Unchanged:
-        """The pack hook: ``x`` as bits if it holds only spikes, else ``x`` as it is."""
+    def pack(self, x: Tensor) -> PackedSpikes | PackedCounts | _Unchanged:
+        """The pack hook: ``x`` as bits if it holds only spikes, as counts if it holds marked
+        integer spikes, else ``x`` as it is."""
         if x.grad_fn is None or x.dtype not in _BITS_DTYPES:
             return _Unchanged(x, x._version)
         key = (
@@ -187,14 +275,18 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
             x._version,
         )
         if key not in self._packed:
-            self._packed[key] = pack_spikes(x)
+            integer = self._integer.get(key[0])
+            if integer is not None and integer[:2] == (x.dtype, x._version):
+                self._packed[key] = _pack_counts(x, integer[2])
+            else:
+                self._packed[key] = pack_spikes(x)
         cached = self._packed[key]
         return _Unchanged(x, x._version) if cached is None else cached
 
     @staticmethod
-    def unpack(saved: PackedSpikes | _Unchanged) -> Tensor:
+    def unpack(saved: PackedSpikes | PackedCounts | _Unchanged) -> Tensor:
         """The unpack hook: the tensor :meth:`pack` was given, bit for bit."""
-        if isinstance(saved, PackedSpikes):
+        if isinstance(saved, (PackedSpikes, PackedCounts)):
             return saved.unpack()
         if saved.tensor._version != saved.version:
             raise RuntimeError(

@@ -16,8 +16,18 @@ from torch import nn
 
 import spikezoo  # noqa: F401  (registers the models with timm)
 from spikezoo.analysis import measure_saved_tensors
-from spikezoo.layers import GWSFFN, SPS, SpikingMLP, batch_norm_fire, set_bn_neuron_fusion
-from spikezoo.neurons import MultiStepLIF, MultiStepPLIF, set_backend
+from spikezoo.layers import (
+    GWSFFN,
+    SPS,
+    SepConv,
+    SpikingConvBlock,
+    SpikingMLP,
+    SpikingSepConv,
+    SpikingTokenMLP,
+    batch_norm_fire,
+    set_bn_neuron_fusion,
+)
+from spikezoo.neurons import IntegerNeuron, MultiStepLIF, MultiStepPLIF, set_backend
 from tests.models.families import tiny, tiny_family
 
 
@@ -51,6 +61,19 @@ def _assert_fused_equals_unfused(module: nn.Module, x: torch.Tensor) -> None:
 # the eager loops: nothing to compile, and this file tests the pairing, not a backend
 LIF = functools.partial(MultiStepLIF, backend="torch")
 PLIF = functools.partial(MultiStepPLIF, surrogate="atan", backend="torch")
+INTEGER = functools.partial(IntegerNeuron, 4)
+NEURONS = pytest.mark.parametrize("neuron", [LIF, PLIF, INTEGER], ids=["lif", "plif", "integer"])
+
+#: Meta-SpikeFormer's and E-SpikeFormer's blocks, each with a BatchNorm feeding a neuron
+METAFORMER_BLOCKS = {
+    "sep_conv": lambda neuron: SepConv(4, kernel_size=3, neuron=neuron),
+    "spiking_sep_conv": lambda neuron: SpikingSepConv(4, neuron, kernel_size=3),
+    "conv_block": lambda neuron: SpikingConvBlock(4, 2, neuron),
+    "conv_block_spiking_sep_conv": lambda neuron: SpikingConvBlock(
+        4, 2, neuron, separable=SpikingSepConv
+    ),
+    "token_mlp": lambda neuron: SpikingTokenMLP(4, 8, neuron=neuron),
+}
 
 
 @pytest.mark.parametrize("neuron", [LIF, PLIF], ids=["lif", "plif"])
@@ -109,7 +132,39 @@ def test_with_normalised_gradients_flow_through_either_output(grad_of):
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("family", ["spike_driven_transformer", "spiking_resformer"])
+@NEURONS
+@pytest.mark.parametrize("block", METAFORMER_BLOCKS)
+def test_metaformer_blocks_fused_equal_unfused(block, neuron):
+    torch.manual_seed(0)
+    module = METAFORMER_BLOCKS[block](neuron).double().train()
+    _assert_fused_equals_unfused(module, torch.randn(2, 3, 4, 5, 5, dtype=torch.float64) * 2)
+
+
+@pytest.mark.parametrize(
+    ("block", "fused_pairs"),
+    [("sep_conv", 1), ("spiking_sep_conv", 2), ("conv_block", 2), ("token_mlp", 1)],
+)
+def test_metaformer_blocks_save_no_membranes_of_the_fused_neurons(block, fused_pairs):
+    # a LIF neuron saves its membranes [T, B, C, H, W]; every fused pair drops them
+    torch.manual_seed(0)
+    module = METAFORMER_BLOCKS[block](LIF).double().train()
+    x = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
+    fused = measure_saved_tensors(module, x, compact=True).kept_nbytes
+    set_bn_neuron_fusion(module, False)
+    unfused = measure_saved_tensors(module, x, compact=True).kept_nbytes
+    assert unfused - fused >= fused_pairs * 2 * 3 * 4 * 5 * 5 * 8  # narrowest hidden: 4 float64
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "spike_driven_transformer",
+        "spiking_resformer",
+        "spike_driven_transformer_v2",
+        "spike_driven_transformer_v3",
+        "spike_driven_transformer_v3_large",
+    ],
+)
 def test_a_model_fused_equals_unfused_with_the_same_state_dict_keys(family):
     torch.manual_seed(0)
     model = set_backend(tiny(family, **(tiny_family(family).shallow or {})), "torch")

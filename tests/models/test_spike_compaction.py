@@ -12,6 +12,8 @@ from tests.analysis.tiny_models import RESFORMER, SDT, eager
 from tests.models import families
 
 TINY_MODELS = [SDT, RESFORMER]
+#: E-SpikeFormer's families: integer spikes, kept as one byte each
+INTEGER_MODELS = ["spike_driven_transformer_v3", "spike_driven_transformer_v3_large"]
 
 
 def tiny(family, dtype):
@@ -46,7 +48,7 @@ def assert_bitwise(a, b):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("family", TINY_MODELS)
+@pytest.mark.parametrize("family", TINY_MODELS + INTEGER_MODELS)
 def test_gradients_are_bitwise_those_without_compaction(family, dtype):
     model, images, labels = tiny(family, dtype)
     plain = copy.deepcopy(model)
@@ -157,8 +159,14 @@ def test_measure_saved_tensors_refuses_bad_arguments():
 
 
 @pytest.mark.parametrize("family", families.FAMILY_NAMES)
-def test_compaction_is_on_by_default_where_spikes_are_bits(family):
-    """Integer spikes (E-SpikeFormer) are not bits: those families leave compaction off."""
-    model = families.tiny(family)
-    integer = any(isinstance(m, IntegerNeuron) for m in model.modules())
-    assert model.spike_compaction is not integer
+def test_compaction_is_on_by_default(family):
+    assert families.tiny(family).spike_compaction
+
+
+@pytest.mark.parametrize("family", INTEGER_MODELS)
+def test_integer_spikes_are_kept_as_one_byte_each(family):
+    model, images, _ = tiny(family, torch.float32)
+    assert any(isinstance(m, IntegerNeuron) for m in model.modules())
+    report = measure_saved_tensors(model, images, compact=True)
+    counts = [t for t in report.tensors if t.dtype == "float32" and t.kept_nbytes * 4 == t.nbytes]
+    assert sum(t.nbytes for t in counts) > report.nbytes / 5  # the spikes read by every layer

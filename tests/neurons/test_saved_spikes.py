@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from spikezoo.neurons import MultiStepLIF, PackedSpikes, compact_saved_spikes, pack_spikes
+from spikezoo.neurons import (
+    IntegerNeuron,
+    MultiStepLIF,
+    PackedCounts,
+    PackedSpikes,
+    compact_saved_spikes,
+    pack_spikes,
+)
+from spikezoo.neurons.integer import integer_spike
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -131,3 +139,65 @@ def test_torch_func_transforms_run_without_compaction():
     weight = torch.randn(32, 8, dtype=torch.float64, requires_grad=True)
     (expected,) = torch.autograd.grad(loss(weight), weight)
     assert torch.equal(torch.func.grad(loss)(weight.detach()), expected)
+
+
+# --- integer spikes (E-SpikeFormer): marked by the neuron, kept as one byte per value ---------
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().contiguous().flatten().view(torch.uint8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("levels", "norm"), [(4, None), (8, None), (4, 1.0), (4, 3.0), (255, None)]
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_integer_spikes_round_trip_bitwise_in_one_byte_each(dtype, levels, norm, layout):
+    torch.manual_seed(0)
+    x = (torch.randn(2, 5, 6, 7) * levels).to(dtype).requires_grad_()
+    with compact_saved_spikes() as compaction:
+        spikes = IntegerNeuron(levels, norm)(x)
+        # views of the spikes, as a convolution or a matmul saves them (a copy is not marked)
+        view = spikes.permute(0, 2, 3, 1) if layout == "channels_last" else spikes
+        saved = [view, spikes.flatten(1)]
+        packed = [compaction.pack(t) for t in saved]
+    assert len(set(spikes.detach().flatten().tolist())) > 3  # several counts, not bits
+    for original, kept in zip(saved, packed, strict=True):
+        assert isinstance(kept, PackedCounts) and kept.counts.dtype == torch.uint8
+        assert kept.nbytes == original.numel()
+        restored = compact_saved_spikes.unpack(kept)
+        assert restored.shape == original.shape and restored.dtype == dtype
+        assert torch.equal(_bits(restored), _bits(original))
+
+
+def test_unmarked_or_modified_integer_spikes_are_saved_unchanged():
+    x = torch.tensor([0.3, 1.6, 2.5, 9.0]).requires_grad_()
+    with compact_saved_spikes() as compaction:
+        plain = integer_spike(x, 4, 4.0) * 1  # the function alone marks nothing
+        assert not isinstance(compaction.pack(plain), PackedCounts)
+        spikes = IntegerNeuron(4)(x)
+        spikes.mul_(1)  # changed after the neuron marked it
+        assert not isinstance(compaction.pack(spikes), PackedCounts)
+    spikes = IntegerNeuron(4)(x)  # outside a compaction: nothing to mark in
+    with compact_saved_spikes() as compaction:
+        assert not isinstance(compaction.pack(spikes), PackedCounts)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_integer_spike_gradients_are_bitwise_those_of_plain_autograd(dtype):
+    torch.manual_seed(0)
+    neuron = IntegerNeuron(4)
+    x = (torch.randn(2, 4, 6, 6, dtype=dtype) * 4).requires_grad_()
+    weight = torch.randn(3, 4, 3, 3, dtype=dtype, requires_grad=True)
+    other = torch.randn(2, 36, 6, dtype=dtype, requires_grad=True)
+
+    def grads(compact: bool) -> tuple:
+        with compact_saved_spikes(enabled=compact):
+            spikes = neuron(x)
+            out = torch.nn.functional.conv2d(spikes, weight).sum()
+            out = out + (spikes.flatten(1).unflatten(1, (6, 24))[..., :6] @ other[:, :6]).sum()
+        return torch.autograd.grad(out, [x, weight, other])
+
+    for got, expected in zip(grads(True), grads(False), strict=True):
+        assert torch.equal(got, expected)
