@@ -92,13 +92,15 @@ def batch_norm_fire(
     In training with gradients enabled, autograd keeps ``y`` (and the parameters) only; the
     normalised input and the neuron's membranes are recomputed in the backward pass.
     Elsewhere (evaluation, ``torch.no_grad``, inside ``torch.compile``, under ``torch.fx``
-    tracing) it is the plain pair.
+    tracing, or for a neuron whose ``fuse_with_batch_norm`` is ``False``: the integer
+    neurons) it is the plain pair.
     """
     fuse = (
         isinstance(y, Tensor)  # not a torch.fx proxy: a traced graph records the plain pair
         and bn.training
         and torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
+        and getattr(neuron, "fuse_with_batch_norm", True)
         and (y.requires_grad or any(p.requires_grad for p in bn.parameters()))
     )
     if fuse:

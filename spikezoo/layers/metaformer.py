@@ -362,11 +362,12 @@ class SpikingTokenMLP(nn.Module):
         check_tbchw(x, self.dim, "SpikingTokenMLP")
         height = x.shape[-2]
         tokens = rearrange(x, "t b c h w -> t b c (h w)")
-        hidden = per_step(self.fc1[0], self.fc1_lif(tokens))
-        if self.fuse_bn_neuron:  # fc1's BatchNorm feeds fc2's neuron directly
-            spikes = batch_norm_fire(hidden, self.fc1[1], self.fc2_lif)
+        tokens = self.fc1_lif(tokens)
+        # fc1's BatchNorm feeds fc2's neuron directly: fused (a torch.fx proxy: the plain pair)
+        if self.fuse_bn_neuron and isinstance(tokens, Tensor):
+            spikes = batch_norm_fire(per_step(self.fc1[0], tokens), self.fc1[1], self.fc2_lif)
         else:
-            spikes = self.fc2_lif(per_step(self.fc1[1], hidden))
+            spikes = self.fc2_lif(per_step(self.fc1, tokens))
         tokens = per_step(self.fc2, spikes)
         branch = rearrange(tokens, "t b c (h w) -> t b c h w", h=height)
         return x + self.drop_path(_scaled(branch, self.layer_scale))

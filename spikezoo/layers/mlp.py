@@ -57,11 +57,13 @@ class SpikingMLP(nn.Module):
         if self.inner_shortcut:
             h = self.fc1(x) + x
             return h + self.drop_path(self.fc2(h))
-        # fc1's BatchNorm feeds fc2's neuron directly: fused, then fc2 without its neuron
+        # fc1's BatchNorm feeds fc2's neuron directly: fused, then fc2 without its neuron (and
+        # fused with the output neuron, post-activation)
         spikes = self.fc1.conv_bn_fire(x, self.fc2.neuron)
-        out = self.fc2.conv_bn(spikes)
         if self.out_lif is not None:
-            out = self.out_lif(out)
+            out = self.fc2.conv_bn_fire(spikes, self.out_lif, fired=True)
+        else:
+            out = self.fc2.conv_bn(spikes)
         return x + self.drop_path(out)
 
 

@@ -107,10 +107,15 @@ class SEWPatchEmbedding(nn.Module):
         for i, (conv, pool, neuron) in enumerate(
             zip(self.convs, self.pools, self.neurons, strict=True), start=1
         ):
-            x = neuron(pool(conv(x)))
+            # a BatchNorm feeding its neuron directly is fused with it
+            x = (
+                conv.conv_bn_fire(x, neuron)
+                if isinstance(pool, nn.Identity)
+                else neuron(pool(conv(x)))
+            )
             if i == self.shortcut_from:
                 branch = x
-        return x + self.shortcut_lif(self.shortcut(branch))
+        return x + self.shortcut.conv_bn_fire(branch, self.shortcut_lif)
 
 
 class TokenQKAttention(SpikingAttention):
@@ -174,10 +179,11 @@ class TokenQKAttention(SpikingAttention):
         height = x.shape[-2]
         q, k = (
             rearrange(t, "t b (heads d) h w -> t b heads d (h w)", heads=self.num_heads)
-            for t in (self.q_lif(self.q(x)), self.k_lif(self.k(x)))
+            # each projection's BatchNorm feeds its neuron directly: fused
+            for t in (self.q.conv_bn_fire(x, self.q_lif), self.k.conv_bn_fire(x, self.k_lif))
         )
         mask = self.mask_lif(self.q_sum(q))
         out = rearrange(
             self.token_mask(mask, k), "t b heads d (h w) -> t b (heads d) h w", h=height
         )
-        return x + self.drop_path(self.proj_lif(self.proj(out)))
+        return x + self.drop_path(self.proj.conv_bn_fire(out, self.proj_lif))

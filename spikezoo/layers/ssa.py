@@ -114,8 +114,13 @@ class SSA(SpikingAttention):
         check_tbchw(x, self.dim, "SSA")
         height = x.shape[-2]
         s = self.shortcut_lif(x) if self.shortcut_lif is not None else x
+        # each projection's BatchNorm feeds its neuron directly: fused
         q, k, v = (
-            rearrange(lif(proj(s)), "t b (heads d) h w -> t b heads (h w) d", heads=self.num_heads)
+            rearrange(
+                proj.conv_bn_fire(s, lif),
+                "t b (heads d) h w -> t b heads (h w) d",
+                heads=self.num_heads,
+            )
             for proj, lif in ((self.q, self.q_lif), (self.k, self.k_lif), (self.v, self.v_lif))
         )
         if self.kv_first:
@@ -123,9 +128,12 @@ class SSA(SpikingAttention):
         else:
             out = self.token_product(self.pair_product(q, k.transpose(-2, -1)), v)
         out = rearrange(out * self.scale, "t b heads (h w) d -> t b (heads d) h w", h=height)
-        out = self.proj(self.attn_lif(out))
+        out = self.attn_lif(out)
         if self.proj_neuron_over_batch:
+            out = self.proj(out)
             out = self.proj_lif(out.flatten(0, 1)).unflatten(0, out.shape[:2])
-        elif self.proj_lif is not None:
-            out = self.proj_lif(out)
+        elif self.proj_lif is not None:  # the projection's BatchNorm feeds it directly: fused
+            out = self.proj.conv_bn_fire(out, self.proj_lif)
+        else:
+            out = self.proj(out)
         return x + self.drop_path(out)

@@ -115,7 +115,8 @@ class SpikingVisionModel(nn.Module):
     #: image they run once and their output is broadcast over T (see :meth:`set_static_encoding`)
     static_stem: ClassVar[tuple[str, ...]] = ()
     #: Keep the spikes saved for backward as bits, integer spikes as bytes (see
-    #: :meth:`set_spike_compaction`).
+    #: :meth:`set_spike_compaction`); a family may set it off where it costs more time than it
+    #: is worth (E-SpikeFormer's integer spikes).
     spike_compaction: bool = True
     #: Run :attr:`static_stem` once for a static image (see :meth:`set_static_encoding`).
     static_encoding: bool = True
@@ -396,8 +397,9 @@ class SpikingVisionModel(nn.Module):
     @torch.jit.ignore
     def set_spike_compaction(self, enable: bool = True) -> None:
         """Keep the spikes saved for backward as bits, and integer spikes (E-SpikeFormer's) as
-        one byte each (on by default): less memory, the same outputs and gradients bit for bit.
-        See :func:`spikezoo.neurons.compact_saved_spikes`.
+        one byte each (on by default, except in E-SpikeFormer's families, where it costs about
+        a sixth of a small training step): less memory, the same outputs and gradients bit for
+        bit. See :func:`spikezoo.neurons.compact_saved_spikes`.
 
         Raises ``TypeError`` if ``enable`` is not a bool.
         """

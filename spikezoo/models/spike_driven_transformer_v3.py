@@ -109,6 +109,10 @@ class SpikeDrivenTransformerV3(SpikingVisionModel):
     init_layer_types = (nn.Linear,)
     size_multiple = 16
     static_stem = ("stem",)
+    # Integer spikes kept as bytes take a fifth off the peak training memory, but the per-tensor
+    # work costs a sixth of a training step at the benchmark's size (small tensors): off by
+    # default, set_spike_compaction(True) switches it on
+    spike_compaction = False
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from spikezoo.neurons.saved_spikes import (
     PackedCounts,
     PackedSpikes,
     compact_saved_spikes,
+    compacting,
     mark_integer_spikes,
     pack_spikes,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "SpikingNeuron",
     "Surrogate",
     "compact_saved_spikes",
+    "compacting",
     "get_surrogate",
     "mark_integer_spikes",
     "multistep_if",

@@ -16,6 +16,12 @@ class SpikingNeuron(nn.Module):
     with ``isinstance(module, SpikingNeuron)`` and hook their outputs.
     """
 
+    #: Whether fusing the BatchNorm before this neuron pays (:mod:`spikezoo.layers.bn_neuron`):
+    #: the fused pair keeps BatchNorm's input alone and recomputes the rest in backward, which
+    #: saves memory where the neuron keeps a float tensor of its own (the multi-step neurons'
+    #: membranes), and little where it keeps one byte per value (the integer neurons' mask).
+    fuse_with_batch_norm: bool = True
+
     def spike_counts(self, spikes: Tensor) -> Tensor:
         """The number of binary spikes each value of this layer's output ``spikes`` stands for.
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from spikezoo import _checks
 from spikezoo.neurons.base import SpikingNeuron
-from spikezoo.neurons.saved_spikes import mark_integer_spikes
+from spikezoo.neurons.saved_spikes import compacting, mark_integer_spikes
 
 __all__ = ["GRADIENT_WINDOWS", "ROUNDINGS", "IntegerNeuron", "IntegerSpikes", "integer_spike"]
 
@@ -38,9 +38,16 @@ ROUNDINGS: dict[str, Callable[[Tensor], Tensor]] = {
 GRADIENT_WINDOWS = ("closed", "open")
 
 
-def _spikes(x: Tensor, levels: int, norm: float, rounding: str) -> Tensor:
-    """``round(clamp(x, 0, levels)) / norm`` in one fresh tensor (rounded and divided in place)."""
-    return ROUNDINGS[rounding](x.clamp(0, levels)).div_(norm)
+def _fire(clamped: Tensor, levels: int, norm: float, rounding: str) -> Tensor:
+    """``round(clamped) / norm``, rounded and divided in place. Inside
+    :func:`~spikezoo.neurons.compact_saved_spikes` the counts are kept as ``uint8`` and the
+    spikes marked, so that what saves them for backward keeps one byte per value."""
+    rounded = ROUNDINGS[rounding](clamped)
+    counts = rounded.to(torch.uint8) if levels <= 255 and compacting() else None
+    spikes = rounded.div_(norm)
+    if counts is not None:
+        mark_integer_spikes(spikes, counts, norm)
+    return spikes
 
 
 class _IntegerSpike(torch.autograd.Function):
@@ -51,7 +58,7 @@ class _IntegerSpike(torch.autograd.Function):
         inside = clamped == x if closed else (x > 0) & (x < levels)
         ctx.save_for_backward(inside)
         ctx.norm = norm
-        return ROUNDINGS[rounding](clamped).div_(norm)
+        return _fire(clamped, levels, norm, rounding)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -69,7 +76,7 @@ def integer_spike(
     Without a gradient to compute, no window is computed either.
     """
     if not (torch.is_grad_enabled() and x.requires_grad):
-        return _spikes(x, levels, norm, rounding)
+        return _fire(x.clamp(0, levels), levels, norm, rounding)
     return _IntegerSpike.apply(x, levels, norm, rounding, window == "closed")
 
 
@@ -101,6 +108,9 @@ class IntegerNeuron(SpikingNeuron):
         [1.0, 3.0]
     """
 
+    #: its one-byte mask is all it keeps: a fused BatchNorm would recompute more than it saves
+    fuse_with_batch_norm = False
+
     def __init__(
         self,
         levels: int = 4,
@@ -115,14 +125,8 @@ class IntegerNeuron(SpikingNeuron):
         self.gradient_window = _checks.choice("gradient_window", gradient_window, GRADIENT_WINDOWS)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x [...]`` -> spikes ``[...]`` with values ``n / norm``, ``n`` in ``0..levels``.
-
-        Inside :func:`~spikezoo.neurons.compact_saved_spikes` the spikes are marked, so that
-        what saves them for backward keeps one byte per value (for ``levels <= 255``)."""
-        spikes = integer_spike(x, self.levels, self.norm, self.rounding, self.gradient_window)
-        if self.levels <= 255:
-            mark_integer_spikes(spikes, self.norm)
-        return spikes
+        """``x [...]`` -> spikes ``[...]`` with values ``n / norm``, ``n`` in ``0..levels``."""
+        return integer_spike(x, self.levels, self.norm, self.rounding, self.gradient_window)
 
     def spike_counts(self, spikes: Tensor) -> Tensor:
         """The integer count ``n`` behind each output value ``n / norm``."""

@@ -15,10 +15,11 @@ Everything else is saved unchanged. The same tensor saved by several operations 
 spikes feed three convolutions) is packed once.
 
 Integer spikes (values ``n / norm``, ``n`` in ``0..255``: E-SpikeFormer's
-:class:`~spikezoo.neurons.IntegerNeuron`) are not bits: the neuron marks its output
-(:func:`mark_integer_spikes`), and a saved tensor that is that output, or a view of it, is
-stored as one ``uint8`` count per value and restored by the neuron's own division
-``n / norm``, bit for bit.
+:class:`~spikezoo.neurons.IntegerNeuron`) are not bits: inside the block the neuron also keeps
+its counts ``n`` as ``uint8`` and marks its output (:func:`mark_integer_spikes`), and a saved
+tensor that is that output, or a view of it, is kept as the same view of the counts and
+restored by the neuron's own division ``n / norm``, bit for bit. (A copy, e.g. a ``reshape``
+that cannot be a view, is a new tensor and is kept as it is.)
 
 spikezoo's models run their training forward pass inside this context unless told not to
 (``model.set_spike_compaction(False)``); any other network can use it directly::
@@ -50,6 +51,7 @@ __all__ = [
     "PackedCounts",
     "PackedSpikes",
     "compact_saved_spikes",
+    "compacting",
     "mark_integer_spikes",
     "pack_spikes",
 ]
@@ -98,33 +100,28 @@ class PackedSpikes:
 
 @dataclass(frozen=True, eq=False)
 class PackedCounts:
-    """Integer spikes ``n / norm`` stored as their counts ``n``: :meth:`unpack` gives them back
+    """Integer spikes ``n / norm`` kept as their counts ``n``: :meth:`unpack` gives them back
     bit for bit.
 
     Attributes:
-        counts: ``uint8 [numel]``, the counts in the tensor's memory order.
-        shape: the tensor's shape.
-        order: its dimensions from the outermost to the innermost in memory.
-        dtype: its dtype.
+        counts: ``uint8``, the counts of the saved tensor, shaped and strided like it (a view
+            of the counts the neuron made next to its spikes).
+        dtype: the saved tensor's dtype.
         norm: the divisor that made the values from the counts.
     """
 
     counts: Tensor
-    shape: torch.Size
-    order: tuple[int, ...]
     dtype: torch.dtype
     norm: float
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: one per value."""
-        return self.counts.nbytes
+        """Bytes held: one per value of the neuron's output."""
+        return self.counts.untyped_storage().nbytes()
 
     def unpack(self) -> Tensor:
-        """The values, computed as the neuron computed them (``n / norm`` in :attr:`dtype`),
-        in the shape and dimension order of the original."""
-        values = self.counts.to(self.dtype).div_(self.norm)
-        return values.view([self.shape[d] for d in self.order]).permute(_inverse(self.order))
+        """The values, computed as the neuron computed them: ``n / norm`` in :attr:`dtype`."""
+        return self.counts.to(self.dtype).div_(self.norm)
 
 
 def _memory_order(x: Tensor) -> tuple[tuple[int, ...], Tensor] | None:
@@ -135,17 +132,6 @@ def _memory_order(x: Tensor) -> tuple[tuple[int, ...], Tensor] | None:
     if not in_memory_order.is_contiguous():
         return None
     return order, in_memory_order.reshape(-1)
-
-
-def _pack_counts(x: Tensor, norm: float) -> PackedCounts | None:
-    """``x``, whose values are ``n / norm`` with integer ``n`` in ``0..255``, as
-    :class:`PackedCounts`; ``None`` if ``x`` is not laid out densely."""
-    found = _memory_order(x) if x.numel() else None
-    if found is None:
-        return None
-    order, flat = found
-    counts = flat.mul(norm).round_().to(torch.uint8)
-    return PackedCounts(counts, x.shape, order, x.dtype, norm)
 
 
 def pack_spikes(x: Tensor) -> PackedSpikes | None:
@@ -207,15 +193,35 @@ def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
 _ACTIVE: list[compact_saved_spikes] = []
 
 
-def mark_integer_spikes(spikes: Tensor, norm: float) -> None:
-    """Tell the innermost running :class:`compact_saved_spikes` that ``spikes`` holds values
-    ``n / norm``, computed as ``n.div_(norm)`` from integer ``n`` in ``0..255``; outside one,
-    nothing happens. Its saved views are then kept as ``uint8`` counts.
+def compacting() -> bool:
+    """Whether a :class:`compact_saved_spikes` block is running (a neuron then marks its
+    integer spikes)."""
+    return bool(_ACTIVE)
+
+
+def mark_integer_spikes(spikes: Tensor, counts: Tensor, norm: float) -> None:
+    """Tell the innermost running :class:`compact_saved_spikes` that ``spikes`` is
+    ``counts.to(spikes.dtype).div_(norm)``, ``counts`` a ``uint8`` tensor strided like
+    ``spikes``; outside one, nothing happens. Saved views of ``spikes`` are then kept as the
+    same views of ``counts``.
+
+    Raises ``ValueError`` if ``counts`` is not ``uint8`` or not laid out like ``spikes``.
     """
-    if _ACTIVE and spikes.dtype in _BITS_DTYPES:
+    if counts.dtype != torch.uint8 or counts.shape != spikes.shape:
+        raise ValueError(
+            f"counts must be uint8 shaped like the spikes {tuple(spikes.shape)}, got "
+            f"{counts.dtype} {tuple(counts.shape)}"
+        )
+    laid_out_alike = (
+        counts.stride() == spikes.stride()
+        and spikes.storage_offset() == counts.storage_offset() == 0
+        and spikes.untyped_storage().nbytes() == spikes.numel() * spikes.element_size()
+    )
+    if _ACTIVE and laid_out_alike and spikes.dtype in _BITS_DTYPES:
         _ACTIVE[-1]._integer[StorageWeakRef(spikes.untyped_storage())] = (
             spikes.dtype,
             spikes._version,
+            counts,
             norm,
         )
 
@@ -242,8 +248,8 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         # (storage, offset, shape, strides, dtype, version) -> its packing, for tensors saved
         # twice. The weak reference keeps the storage's address from being reused while cached.
         self._packed: dict[tuple, PackedSpikes | PackedCounts | None] = {}
-        # storage -> (dtype, version, norm) of integer spikes (mark_integer_spikes)
-        self._integer: dict[StorageWeakRef, tuple[torch.dtype, int, float]] = {}
+        # storage -> (dtype, version, counts, norm) of integer spikes (mark_integer_spikes)
+        self._integer: dict[StorageWeakRef, tuple[torch.dtype, int, Tensor, float]] = {}
         super().__init__(self.pack, self.unpack)
 
     def __enter__(self) -> compact_saved_spikes:
@@ -277,7 +283,9 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         if key not in self._packed:
             integer = self._integer.get(key[0])
             if integer is not None and integer[:2] == (x.dtype, x._version):
-                self._packed[key] = _pack_counts(x, integer[2])
+                _, _, counts, norm = integer
+                view = counts.as_strided(x.shape, x.stride(), x.storage_offset())
+                self._packed[key] = PackedCounts(view, x.dtype, norm)
             else:
                 self._packed[key] = pack_spikes(x)
         cached = self._packed[key]

@@ -19,11 +19,14 @@ from spikezoo.analysis import measure_saved_tensors
 from spikezoo.layers import (
     GWSFFN,
     SPS,
+    SSA,
     SepConv,
+    SEWPatchEmbedding,
     SpikingConvBlock,
     SpikingMLP,
     SpikingSepConv,
     SpikingTokenMLP,
+    TokenQKAttention,
     batch_norm_fire,
     set_bn_neuron_fusion,
 )
@@ -76,11 +79,42 @@ METAFORMER_BLOCKS = {
 }
 
 
+@pytest.mark.parametrize("pre_activation", [True, False], ids=["pre", "post"])
 @pytest.mark.parametrize("neuron", [LIF, PLIF], ids=["lif", "plif"])
-def test_spiking_mlp_fused_equals_unfused(neuron):
+def test_spiking_mlp_fused_equals_unfused(neuron, pre_activation):
     torch.manual_seed(0)
-    mlp = SpikingMLP(8, 16, neuron=neuron).double().train()
+    mlp = SpikingMLP(8, 16, neuron=neuron, pre_activation=pre_activation).double().train()
     _assert_fused_equals_unfused(mlp, torch.randn(2, 3, 8, 5, 5, dtype=torch.float64) * 2)
+
+
+#: Spikformer's and QKFormer's post-activation layers: every BatchNorm feeds its neuron
+POST_ACTIVATION_LAYERS = {
+    "ssa": lambda neuron: SSA(8, 2, neuron=neuron),
+    "ssa_q_k_first": lambda neuron: SSA(8, 2, kv_first=False, neuron=neuron),
+    "token_qk_attention": lambda neuron: TokenQKAttention(8, 2, neuron=neuron),
+    "sew_patch_embedding": lambda neuron: SEWPatchEmbedding(
+        8, (8, 8), pooling=(False, True), shortcut_from=1, neuron=neuron
+    ),
+}
+
+
+@pytest.mark.parametrize("neuron", [LIF, PLIF], ids=["lif", "plif"])
+@pytest.mark.parametrize("layer", POST_ACTIVATION_LAYERS)
+def test_post_activation_layers_fused_equal_unfused(layer, neuron):
+    torch.manual_seed(0)
+    module = POST_ACTIVATION_LAYERS[layer](neuron).double().train()
+    _assert_fused_equals_unfused(module, torch.randn(2, 3, 8, 4, 4, dtype=torch.float64) * 2)
+
+
+@pytest.mark.parametrize(("layer", "fused_pairs"), [("ssa", 4), ("token_qk_attention", 3)])
+def test_post_activation_layers_save_no_membranes_of_the_fused_neurons(layer, fused_pairs):
+    torch.manual_seed(0)
+    module = POST_ACTIVATION_LAYERS[layer](LIF).double().train()
+    x = torch.randn(2, 3, 8, 4, 4, dtype=torch.float64)
+    fused = measure_saved_tensors(module, x, compact=True).kept_nbytes
+    set_bn_neuron_fusion(module, False)
+    unfused = measure_saved_tensors(module, x, compact=True).kept_nbytes
+    assert unfused - fused >= fused_pairs * 2 * 3 * 8 * 4 * 4 * 8  # [T, B, 8, 4, 4] float64
 
 
 def test_sps_fused_equals_unfused():
@@ -163,6 +197,9 @@ def test_metaformer_blocks_save_no_membranes_of_the_fused_neurons(block, fused_p
         "spike_driven_transformer_v2",
         "spike_driven_transformer_v3",
         "spike_driven_transformer_v3_large",
+        "spikformer",
+        "spikingformer",
+        "qkformer",
     ],
 )
 def test_a_model_fused_equals_unfused_with_the_same_state_dict_keys(family):
@@ -215,3 +252,12 @@ def test_frozen_batch_norm_and_hooks_see_one_forward():
 def test_switch_must_be_a_bool():
     with pytest.raises(TypeError, match="enabled"):
         set_bn_neuron_fusion(SpikingMLP(8), "yes")
+
+
+def test_integer_neurons_take_the_plain_pair():
+    # an integer neuron keeps a one-byte mask: recomputing BatchNorm in backward would not pay
+    bn = nn.BatchNorm2d(4).double().train()
+    y = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert not IntegerNeuron(4).fuse_with_batch_norm and LIF().fuse_with_batch_norm
+    grad_fn = batch_norm_fire(y, bn, IntegerNeuron(4)).grad_fn
+    assert type(grad_fn).__name__ != "_BatchNormFireBackward"

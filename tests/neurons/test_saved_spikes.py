@@ -9,6 +9,7 @@ from spikezoo.neurons import (
     PackedCounts,
     PackedSpikes,
     compact_saved_spikes,
+    mark_integer_spikes,
     pack_spikes,
 )
 from spikezoo.neurons.integer import integer_spike
@@ -174,8 +175,9 @@ def test_integer_spikes_round_trip_bitwise_in_one_byte_each(dtype, levels, norm,
 def test_unmarked_or_modified_integer_spikes_are_saved_unchanged():
     x = torch.tensor([0.3, 1.6, 2.5, 9.0]).requires_grad_()
     with compact_saved_spikes() as compaction:
-        plain = integer_spike(x, 4, 4.0) * 1  # the function alone marks nothing
-        assert not isinstance(compaction.pack(plain), PackedCounts)
+        same_values = x.clamp(0, 4).round() / 4  # not a neuron's output: nothing marked
+        assert torch.equal(same_values, integer_spike(x, 4, 4.0))
+        assert not isinstance(compaction.pack(same_values), PackedCounts)
         spikes = IntegerNeuron(4)(x)
         spikes.mul_(1)  # changed after the neuron marked it
         assert not isinstance(compaction.pack(spikes), PackedCounts)
@@ -201,3 +203,11 @@ def test_integer_spike_gradients_are_bitwise_those_of_plain_autograd(dtype):
 
     for got, expected in zip(grads(True), grads(False), strict=True):
         assert torch.equal(got, expected)
+
+
+def test_counts_must_be_bytes_shaped_like_the_spikes():
+    spikes = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"counts must be uint8 shaped like the spikes \(2, 3\)"):
+        mark_integer_spikes(spikes, torch.zeros(2, 3), 4.0)
+    with pytest.raises(ValueError, match=r"got torch.uint8 \(3, 2\)"):
+        mark_integer_spikes(spikes, torch.zeros(3, 2, dtype=torch.uint8), 4.0)
