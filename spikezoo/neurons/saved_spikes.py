@@ -205,7 +205,10 @@ def mark_integer_spikes(spikes: Tensor, counts: Tensor, norm: float) -> None:
     ``spikes``; outside one, nothing happens. Saved views of ``spikes`` are then kept as the
     same views of ``counts``.
 
-    Raises ``ValueError`` if ``counts`` is not ``uint8`` or not laid out like ``spikes``.
+    Counts strided otherwise than ``spikes``, or ``spikes`` that view part of a larger storage,
+    are not marked (their views are then saved as they are).
+
+    Raises ``ValueError`` if ``counts`` is not ``uint8`` shaped like ``spikes``.
     """
     if counts.dtype != torch.uint8 or counts.shape != spikes.shape:
         raise ValueError(
