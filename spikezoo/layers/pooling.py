@@ -8,6 +8,15 @@ window's first element in the smallest integer dtype that holds it: for a 3x3 wi
 on rows up to 62 values wide, ``int16`` up to 16,382, so 1 or 2 bytes per output value.
 Backward restores the ``int64`` indices from the offsets and runs the same backward kernel, so
 the gradients are bit for bit those of ``nn.MaxPool2d``.
+
+Without gradients (inference, or an input that needs none) no index is needed at all, and the
+maximum is taken separably: over the window's columns, then its rows, as ``torch.maximum`` of
+strided views. PyTorch's NCHW kernel computes ``int64`` indices even then, one scalar window at
+a time; the separable maximum was 2.4-6.9x faster on the models' pools (3x3, stride 2 or 1,
+float32, 2 idle cores: ``[16, 48, 112, 112]`` 30.6 -> 12.8 ms, ``[8, 384, 14, 14]`` 6.9 -> 1.0
+ms), and faster than converting to channels-last for PyTorch's vectorised kernel. The values
+are the same (a maximum is exact; NaN propagates alike), except that between a ``-0.0`` and a
+``0.0`` in one window either may be returned.
 """
 
 from __future__ import annotations
@@ -79,27 +88,79 @@ class _MaxPool2dOffsets(torch.autograd.Function):
         return grad_x, None, None, None
 
 
+def _strided(x: Tensor, dim: int, start: int, count: int, step: int) -> Tensor:
+    """The view of ``count`` elements of ``x`` along ``dim`` from ``start``, ``step`` apart."""
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, start + step * (count - 1) + 1, step)
+    return x[tuple(index)]
+
+
+def _max_along(x: Tensor, dim: int, kernel: int, stride: int, padding: int) -> Tensor:
+    """The max-pool of ``x`` along one dimension ``dim`` (padding counts as ``-inf``).
+
+    The window element at ``padding`` lies inside ``x`` for every output (``2 * padding <
+    kernel``), so it starts the result; each other element updates the outputs whose window it
+    falls in, a strided view of ``x`` against a slice of the result.
+    """
+    size = x.shape[dim]
+    out_size = (size + 2 * padding - kernel) // stride + 1
+    out = _strided(x, dim, 0, out_size, stride).clone()
+    for j in range(kernel):
+        first = max(0, -((j - padding) // stride))  # first output whose element j is inside x
+        last = min(out_size - 1, (size - 1 - j + padding) // stride)
+        if j == padding or first > last:
+            continue
+        target = out.narrow(dim, first, last - first + 1)
+        source = _strided(x, dim, stride * first + j - padding, last - first + 1, stride)
+        torch.maximum(target, source, out=target)
+    return out
+
+
+def _separable(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> bool:  # fmt: skip
+    """Whether :func:`_separable_max_pool2d` applies: a valid window (else ``F.max_pool2d`` says
+    what is wrong) whose element at ``padding`` lies inside the input for every output."""
+    return all(
+        s >= 1 and 0 <= 2 * p < k and n + 2 * p >= k
+        for n, k, s, p in zip(size, kernel, stride, padding, strict=True)
+    )
+
+
+def _separable_max_pool2d(
+    x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> Tensor:
+    """``F.max_pool2d`` without indices, ``[..., H, W]`` -> ``[..., H', W']``: columns, then
+    rows (see the module docstring)."""
+    columns = _max_along(x, -1, kernel[1], stride[1], padding[1])
+    return _max_along(columns, -2, kernel[0], stride[0], padding[0])
+
+
 def max_pool2d(
     x: Tensor, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
     padding: int | tuple[int, int] = 0,
 ) -> Tensor:  # fmt: skip
     """``F.max_pool2d(x, kernel_size, stride, padding)``, ``[N, C, H, W]`` -> ``[N, C, H', W']``,
-    saving window offsets for backward when gradients are recorded (see the module docstring).
+    saving window offsets for backward when gradients are recorded, and computing no index
+    otherwise (see the module docstring).
 
     ``x`` may also be ``[C, H, W]``. Inside ``torch.compile`` or ``torch.fx`` tracing it is
     ``F.max_pool2d``.
     """
-    compact = (
-        isinstance(x, Tensor)  # not a torch.fx proxy
-        and x.dim() in (3, 4)
-        and x.requires_grad
-        and torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-    )
-    if not compact:
+    if (
+        not isinstance(x, Tensor)  # a torch.fx proxy
+        or x.dim() not in (3, 4)
+        or torch.compiler.is_compiling()
+    ):
         return F.max_pool2d(x, kernel_size, stride, padding)
-    kernel = _pair(kernel_size)
-    return _MaxPool2dOffsets.apply(x, kernel, _pair(stride or kernel), _pair(padding))
+    kernel, padding = _pair(kernel_size), _pair(padding)
+    stride = _pair(stride or kernel)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _MaxPool2dOffsets.apply(x, kernel, stride, padding)
+    if _separable(x.shape[-2:], kernel, stride, padding):
+        return _separable_max_pool2d(x, kernel, stride, padding)
+    return F.max_pool2d(x, kernel, stride, padding)
 
 
 class MaxPool2d(nn.MaxPool2d):

@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikezoo.analysis import measure_saved_tensors
 from spikezoo.layers import MaxPool2d, max_pool2d
@@ -22,6 +23,19 @@ WINDOWS = [
     (2, 2, 0),
     ((3, 2), (2, 1), (1, 0)),
 ]
+
+
+class OpsRecorded(TorchDispatchMode):
+    """The names of the ATen operations run inside the block."""
+
+    def __enter__(self):
+        self.names = []
+        super().__enter__()
+        return self.names
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
 
 
 def _grads(pool, x: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +69,30 @@ def test_only_the_offsets_are_saved(width, dtype):
     assert saved.shape == (2, 4, 3, (width + 1) // 2)
     plain = measure_saved_tensors(nn.MaxPool2d(3, 2, 1), x)
     assert [t.dtype for t in plain.tensors] == ["int64"]
+
+
+@pytest.mark.parametrize("window", [*WINDOWS, (1, 1, 0), (4, 3, 1), (3, 5, 0)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (4, 7, 10), (1, 2, 5, 70), (1, 1, 3, 3)], ids=str)
+def test_without_gradients_the_separable_max_equals_torch_and_computes_no_index(window, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64)
+    x[..., 1, 2] = float("nan")  # propagates as in PyTorch's kernel
+    x[..., -1, :2] = float("inf")
+    expected = nn.functional.max_pool2d(x, *window)
+    with OpsRecorded() as ops, torch.no_grad():
+        got = max_pool2d(x.requires_grad_(), *window)
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+    assert ops and not any("max_pool" in op for op in ops)  # the recorder saw operations
+    spikes = (x.detach() > 0.5).float()  # and on spikes, with a gradient-free input
+    assert torch.equal(MaxPool2d(*window)(spikes), nn.functional.max_pool2d(spikes, *window))
+
+
+def test_an_impossible_window_without_gradients_is_worded_by_torch():
+    with pytest.raises(RuntimeError, match="pad should be at most half"):
+        max_pool2d(torch.ones(1, 1, 4, 4), 2, 1, 2)
+    with pytest.raises(RuntimeError, match="too small"):
+        max_pool2d(torch.ones(1, 1, 2, 2), 5, 1, 0)
 
 
 def test_without_gradients_it_is_nn_max_pool():
