@@ -48,6 +48,14 @@ def _train_step(module: nn.Module, x: torch.Tensor, seed: int = 1) -> dict:
     )
 
 
+def _bytes_fusion_saves(module: nn.Module, x: torch.Tensor) -> int:
+    """The bytes kept for backward by ``module`` unfused, less those kept fused; leaves it
+    unfused."""
+    fused = measure_saved_tensors(module, x, compact=True).kept_nbytes
+    set_bn_neuron_fusion(module, False)
+    return measure_saved_tensors(module, x, compact=True).kept_nbytes - fused
+
+
 def _assert_fused_equals_unfused(module: nn.Module, x: torch.Tensor) -> None:
     unfused = copy.deepcopy(module)
     set_bn_neuron_fusion(unfused, False)
@@ -111,10 +119,8 @@ def test_post_activation_layers_save_no_membranes_of_the_fused_neurons(layer, fu
     torch.manual_seed(0)
     module = POST_ACTIVATION_LAYERS[layer](LIF).double().train()
     x = torch.randn(2, 3, 8, 4, 4, dtype=torch.float64)
-    fused = measure_saved_tensors(module, x, compact=True).kept_nbytes
-    set_bn_neuron_fusion(module, False)
-    unfused = measure_saved_tensors(module, x, compact=True).kept_nbytes
-    assert unfused - fused >= fused_pairs * 2 * 3 * 8 * 4 * 4 * 8  # [T, B, 8, 4, 4] float64
+    membranes = 2 * 3 * 8 * 4 * 4 * 8  # [T, B, 8, 4, 4] float64
+    assert _bytes_fusion_saves(module, x) >= fused_pairs * membranes
 
 
 def test_sps_fused_equals_unfused():
@@ -135,10 +141,7 @@ def test_the_gwsffn_saves_the_first_grouped_neurons_membranes_no_more():
     torch.manual_seed(0)
     ffn = GWSFFN(8, ratio=2, group_size=4, neuron=LIF).double().train()
     x = torch.randn(2, 3, 8, 5, 5, dtype=torch.float64)
-    fused = measure_saved_tensors(ffn, x, compact=True).kept_nbytes
-    set_bn_neuron_fusion(ffn, False)
-    unfused = measure_saved_tensors(ffn, x, compact=True).kept_nbytes
-    assert unfused - fused >= 2 * 3 * 16 * 5 * 5 * 8  # [T, B, hidden, H, W] float64
+    assert _bytes_fusion_saves(ffn, x) >= 2 * 3 * 16 * 5 * 5 * 8  # [T, B, hidden, H, W] float64
 
 
 @pytest.mark.parametrize("grad_of", ["spikes", "normalised", "both"])
@@ -183,10 +186,8 @@ def test_metaformer_blocks_save_no_membranes_of_the_fused_neurons(block, fused_p
     torch.manual_seed(0)
     module = METAFORMER_BLOCKS[block](LIF).double().train()
     x = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
-    fused = measure_saved_tensors(module, x, compact=True).kept_nbytes
-    set_bn_neuron_fusion(module, False)
-    unfused = measure_saved_tensors(module, x, compact=True).kept_nbytes
-    assert unfused - fused >= fused_pairs * 2 * 3 * 4 * 5 * 5 * 8  # narrowest hidden: 4 float64
+    membranes = 2 * 3 * 4 * 5 * 5 * 8  # the narrowest hidden width, 4, in float64
+    assert _bytes_fusion_saves(module, x) >= fused_pairs * membranes
 
 
 @pytest.mark.parametrize(
@@ -217,11 +218,8 @@ def test_the_pair_saves_the_convolution_output_and_not_the_membranes():
     torch.manual_seed(0)
     mlp = SpikingMLP(8, 16, neuron=LIF).double().train()
     x = torch.randn(2, 3, 8, 5, 5, dtype=torch.float64)
-    fused = measure_saved_tensors(mlp, x, compact=True).kept_nbytes
-    set_bn_neuron_fusion(mlp, False)
-    unfused = measure_saved_tensors(mlp, x, compact=True).kept_nbytes
     membranes = 2 * 3 * 16 * 5 * 5 * 8  # fc2's neuron: [T, B, hidden, H, W] float64
-    assert unfused - fused >= membranes
+    assert _bytes_fusion_saves(mlp, x) >= membranes
 
 
 def test_evaluation_and_no_grad_run_the_plain_pair():
