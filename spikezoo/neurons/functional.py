@@ -173,7 +173,11 @@ def multistep_neuron(
             raise ValueError(f"decay must be in (0, 1) (1/tau for tau > 1) or None, got {decay}")
         k = torch.tensor(0.0 if decay is None else decay, dtype=compute_dtype, device=x.device)
 
-    order = _memory_order(x)
+    # Under torch.compile the loops run on x as it is shaped: flattening it to [T, N] would fix
+    # the memory order of N, and the compiler could no longer keep a convolution's output in
+    # the layout it chose (channels-last), nor the neuron's loops vectorised over it.
+    traced = torch.compiler.is_compiling()
+    order = None if traced else _memory_order(x)
     if v_init is None:
         v0 = torch.full((), cfg.charge_reset, dtype=compute_dtype, device=x.device)
     elif not isinstance(v_init, Tensor):
@@ -188,13 +192,17 @@ def multistep_neuron(
             f"v_init must have the shape of one time step, {tuple(x.shape[1:])}, "
             f"got {tuple(v_init.shape)}"
         )
+    elif traced:
+        v0 = v_init.to(compute_dtype)
     else:
         v0 = _flatten(v_init.unsqueeze(0).to(compute_dtype), order)[0]
-    flat = _flatten(x, order)
+    flat = x if traced else _flatten(x, order)
     if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or v0.requires_grad):
         spikes, v_final = MultiStepDynamics.apply(flat, k, v0, cfg, candidates)
     else:  # inference: nothing to keep for a backward pass
         _, (spikes, _, v_final) = run_forward(candidates, flat, v0, k, cfg, keep_charged=False)
+    if traced:
+        return (spikes, v_final.expand(x.shape[1:])) if return_state else spikes
     spikes = _unflatten(spikes, x, order)
     if not return_state:
         return spikes

@@ -258,6 +258,42 @@ def test_torch_compile_traces_every_neuron_kind_without_graph_breaks():
     _compare_compiled(net, x, compiled, rtol=1e-12, atol=1e-14)
 
 
+def test_a_traced_neuron_runs_on_its_input_as_shaped():
+    """Under torch.compile the loops see ``x [T, B, C, H, W]`` as it is: no reshape or permute
+    fixes the memory order of the neurons, so the compiler keeps a convolution's channels-last
+    output in its layout and vectorises the neuron over it."""
+    graphs = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    neuron = MultiStepLIF(tau=2.0)
+    x = _channels_last_5d()
+    compiled = torch.compile(neuron, backend=record, fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), MultiStepLIF(tau=2.0, backend="torch")(x))
+    reshaping = {"reshape", "view", "permute", "flatten", "contiguous", "unflatten"}
+    called = {str(node.target) for graph in graphs for node in graph.graph.nodes}
+    assert called.isdisjoint(reshaping), called & reshaping
+
+
+@pytest.mark.parametrize("kind", ["lif", "plif", "if"])
+def test_a_compiled_neuron_with_v_init_returns_the_eager_state(kind):
+    # A fresh dynamo: recompiling the shared forward for another kind would make its
+    # thresholds dynamic floats, which the argument checks cannot trace (fullgraph).
+    torch._dynamo.reset()
+    x = _channels_last_5d(seed=3)
+    v_init = randn(*x.shape[1:], seed=4)
+    neuron = make(kind)
+    expected = forward_backward(neuron, x, randn(*x.shape, seed=5), v_init=v_init)
+    compiled = torch.compile(neuron, backend="aot_eager", fullgraph=True)
+    got = forward_backward(compiled, x, randn(*x.shape, seed=5), v_init=v_init)
+    assert got[1].shape == x.shape[1:]
+    for value, reference in zip(got, expected, strict=True):
+        torch.testing.assert_close(value, reference, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("with_v_init", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["lif", "plif", "if"])
