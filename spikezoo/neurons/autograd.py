@@ -65,6 +65,7 @@ class MultiStepDynamics(torch.autograd.Function):
             k,
             ctx.cfg,
             grad_k_needed,
+            ctx.needs_input_grad[2],
         )
         grad_v_init = grad_v_init if ctx.needs_input_grad[2] else None
         return grad_x, grad_k if grad_k_needed else None, grad_v_init, None, None

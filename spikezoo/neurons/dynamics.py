@@ -131,14 +131,16 @@ def backward_steps(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad_v_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Back-propagate through the steps of ``charged [T, N]`` (or a list of T ``[N]``), last
     step first.
 
     ``grad_v`` is ``dL/dv`` after the last step, ``grad_k`` the running sum of ``dL/dk`` terms
     (for ``decay_input`` not yet divided by ``k``: :func:`backward_sequence` divides at the end),
     ``v_before`` the membrane before the first step. Returns ``dL/dx [T, N]``, ``dL/dv`` before
-    the first step and the updated ``grad_k``. A sequence can be cut into consecutive chunks
+    the first step (``None`` unless ``grad_v_needed``: a compiled loop then writes no ``[N]``
+    tensor for it) and the updated ``grad_k``. A sequence can be cut into consecutive chunks
     and run chunk by chunk, last chunk first.
     """
     surrogate = get_surrogate(cfg.surrogate)
@@ -168,7 +170,7 @@ def backward_steps(
         grad_x.append(grad_h * k if cfg.decay_input else grad_h)
         grad_v = grad_h * (1.0 - k)
     grad_x.reverse()
-    return torch.stack(grad_x), grad_v, grad_k
+    return torch.stack(grad_x), grad_v if grad_v_needed else None, grad_k
 
 
 def backward_steps_from_input(
@@ -180,14 +182,17 @@ def backward_steps_from_input(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad_v_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`backward_steps` with the charged membranes recomputed from the input ``x [T, N]``
     by :func:`charged_membranes`. A backend that compiles this into one kernel keeps them in
     registers (they are a list, not a stacked tensor, which a compiler would write out), so a
     training step never writes them to memory.
     """
     charged, _ = charged_membranes(x, v_before, k, cfg)
-    return backward_steps(grad_spikes, grad_v, grad_k, charged, v_before, k, cfg, grad_k_needed)
+    return backward_steps(
+        grad_spikes, grad_v, grad_k, charged, v_before, k, cfg, grad_k_needed, grad_v_needed
+    )
 
 
 def finish_grad_k(grad_k: Tensor, k: Tensor, cfg: NeuronConfig) -> Tensor:
@@ -206,17 +211,18 @@ def backward_sequence(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad_v_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Back-propagation through time of :func:`forward_sequence`.
 
     ``grad_spikes [T, N]`` and ``grad_v`` (``[N]`` or ``[]``) are the gradients of the loss
     with respect to the spikes and the final membrane; ``charged [T, N]`` and ``v_init`` come
-    from the forward pass. Returns ``dL/dx [T, N]``, ``dL/dv_init [N]`` and ``dL/dk`` (a ``[]``
-    tensor, zero unless ``grad_k_needed``).
+    from the forward pass. Returns ``dL/dx [T, N]``, ``dL/dv_init [N]`` (``None`` unless
+    ``grad_v_needed``) and ``dL/dk`` (a ``[]`` tensor, zero unless ``grad_k_needed``).
     """
     grad_k = torch.zeros((), dtype=charged.dtype, device=charged.device)
     grad_x, grad_v, grad_k = backward_steps(
-        grad_spikes, grad_v, grad_k, charged, v_init, k, cfg, grad_k_needed
+        grad_spikes, grad_v, grad_k, charged, v_init, k, cfg, grad_k_needed, grad_v_needed
     )
     if grad_k_needed and cfg.leaky:
         grad_k = finish_grad_k(grad_k, k, cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -206,6 +208,31 @@ def test_inductor_backward_equals_the_reference_backward(saved, cfg, steps):
         actual = inductor.backward(grad_spikes, grad_v, charged, v_init, k, cfg, True)
     for name, a, e in zip(("grad_x", "grad_v_init", "grad_k"), actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14, msg=name)
+    # without dL/dv_init, the first chunk's graph writes no [N] tensor for it; the rest is equal
+    if saved == "input":
+        lean = inductor.backward_from_input(grad_spikes, grad_v, x, v_init, k, cfg, True, False)
+    else:
+        lean = inductor.backward(grad_spikes, grad_v, charged, v_init, k, cfg, True, False)
+    assert lean[1] is None
+    assert torch.equal(lean[0], actual[0]) and torch.equal(lean[2], actual[2])
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.parametrize("v_init_grad", [False, True])
+def test_training_asks_for_the_initial_membrane_gradient_only_when_it_is_wanted(v_init_grad):
+    asked = []
+    inductor_backend = backends.get_backend("inductor")
+
+    def spy(*args):
+        asked.append(args[-1])  # grad_v_needed
+        return inductor_backend.backward_from_input(*args)
+
+    backends._REGISTRY["inductor"] = dataclasses.replace(inductor_backend, backward_from_input=spy)
+    x = (torch.randn(4, 2, 3) * 2).requires_grad_()
+    v_init = torch.randn(2, 3).requires_grad_() if v_init_grad else None
+    multistep_lif(x, v_init=v_init, backend="inductor").sum().backward()
+    assert asked == [v_init_grad]
+    assert (v_init is None) or v_init.grad is not None
 
 
 @pytest.mark.usefixtures("registry")

@@ -60,13 +60,14 @@ class Backend:
         name: what ``backend=`` takes to select it.
         forward: ``(x, v_init, k, cfg, keep_charged) -> (spikes, charged | None, v_final)``,
             as :func:`spikezoo.neurons.dynamics.forward_sequence`.
-        backward: ``(grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed) ->
-            (grad_x, grad_v_init, grad_k)``, as
-            :func:`spikezoo.neurons.dynamics.backward_sequence`.
+        backward: ``(grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed,
+            grad_v_needed) -> (grad_x, grad_v_init, grad_k)``, as
+            :func:`spikezoo.neurons.dynamics.backward_sequence`; with ``grad_v_needed=False``
+            it may return ``None`` for ``grad_v_init`` and save writing it.
         unavailable_reason: ``x -> None`` if the backend can run on the input ``x``, else a
             message saying why not and what to do.
-        backward_from_input: ``(grad_spikes, grad_v, x, v_init, k, cfg, grad_k_needed) ->
-            (grad_x, grad_v_init, grad_k)``, as
+        backward_from_input: ``(grad_spikes, grad_v, x, v_init, k, cfg, grad_k_needed,
+            grad_v_needed) -> (grad_x, grad_v_init, grad_k)``, as
             :func:`~spikezoo.neurons.dynamics.backward_steps_from_input` over the whole
             sequence, for a backend that recomputes the charged membranes from the input ``x``
             in its backward pass: its training forward then keeps no membranes, and autograd
@@ -216,9 +217,10 @@ def run_backward(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[str, tuple[Tensor, Tensor, Tensor]]:
+    grad_v_needed: bool = True,
+) -> tuple[str, tuple[Tensor, Tensor | None, Tensor]]:
     """The backward loop on the first of ``candidates`` that succeeds: its name, its result."""
-    args = (grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed)
+    args = (grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed, grad_v_needed)
     return _first_success(
         candidates, "backward", cfg, grad_spikes, lambda backend: backend.backward(*args)
     )
@@ -233,7 +235,8 @@ def run_backward_from_input(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[str, tuple[Tensor, Tensor, Tensor]]:
+    grad_v_needed: bool = True,
+) -> tuple[str, tuple[Tensor, Tensor | None, Tensor]]:
     """The backward loop from the input ``x`` of the forward pass, on the first of
     ``candidates`` that succeeds. A backend without ``backward_from_input`` (a fallback after
     the one that ran the forward pass failed) recharges the membranes with its own forward."""
@@ -241,10 +244,12 @@ def run_backward_from_input(
     def call(backend: Backend) -> tuple:
         if backend.backward_from_input is not None:
             return backend.backward_from_input(
-                grad_spikes, grad_v, x, v_init, k, cfg, grad_k_needed
+                grad_spikes, grad_v, x, v_init, k, cfg, grad_k_needed, grad_v_needed
             )
         _, charged, _ = backend.forward(x, v_init, k, cfg, True)
-        return backend.backward(grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed)
+        return backend.backward(
+            grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed, grad_v_needed
+        )
 
     return _first_success(candidates, "backward", cfg, grad_spikes, call)
 

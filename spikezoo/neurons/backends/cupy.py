@@ -235,8 +235,12 @@ def backward(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
+    grad_v_needed: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`spikezoo.neurons.dynamics.backward_sequence` in one kernel launch.
+
+    ``dL/dv_init`` is always returned (``grad_v_needed`` is accepted for the backend contract):
+    the kernel writes it next to ``dL/dx``, in the same pass over the neurons.
 
     ``dL/dk`` is summed on the device (a block reduction, then one atomic add per block) and
     finished by a one-thread kernel; nothing is copied to the host.

@@ -65,9 +65,9 @@ def chunk_lengths(steps: int) -> list[int]:
 def _compiled(loop: Callable, cfg: NeuronConfig, steps: int, **switch: bool) -> Callable:
     """``loop`` compiled for chunks of ``steps`` steps, one compile region per argument set.
 
-    ``switch`` is the loop's one boolean argument by name: ``keep_charged`` for the forward
-    loop, ``grad_k_needed`` for the backward loops. Recompiles happen only for a new dtype or
-    device (and the single-neuron case, which dynamo specialises).
+    ``switch`` holds the loop's boolean arguments by name: ``keep_charged`` for the forward
+    loop, ``grad_k_needed`` and ``grad_v_needed`` for the backward loops. Recompiles happen only
+    for a new dtype or device (and the single-neuron case, which dynamo specialises).
     """
     return torch.compile(
         loop, dynamic=True, fullgraph=True, isolate_recompiles=True, recompile_limit=32
@@ -126,7 +126,8 @@ def backward(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad_v_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`spikezoo.neurons.dynamics.backward_sequence`, compiled chunk by chunk."""
     neurons, lengths = charged.shape[1], chunk_lengths(charged.shape[0])
     v_init = _per_neuron(v_init, neurons, lengths)
@@ -139,7 +140,15 @@ def backward(
         chunks.append((start, steps, v_before))
         start += steps
     return _walk_back(
-        dynamics.backward_steps, grad_spikes, grad_v, charged, chunks, k, cfg, grad_k_needed
+        dynamics.backward_steps,
+        grad_spikes,
+        grad_v,
+        charged,
+        chunks,
+        k,
+        cfg,
+        grad_k_needed,
+        grad_v_needed,
     )
 
 
@@ -151,7 +160,8 @@ def backward_from_input(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad_v_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`backward` with the charged membranes recomputed from the input ``x [T, N]``.
 
     Each chunk is one kernel that charges its membranes from ``x`` in registers and walks them
@@ -172,7 +182,15 @@ def backward_from_input(
             )
         start += steps
     return _walk_back(
-        dynamics.backward_steps_from_input, grad_spikes, grad_v, x, chunks, k, cfg, grad_k_needed
+        dynamics.backward_steps_from_input,
+        grad_spikes,
+        grad_v,
+        x,
+        chunks,
+        k,
+        cfg,
+        grad_k_needed,
+        grad_v_needed,
     )
 
 
@@ -185,10 +203,11 @@ def _walk_back(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad_v_needed: bool,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Run the backward ``loop`` over ``chunks`` (``(start, steps, membrane before)``), last
-    chunk first: ``dL/dx [T, N]``, ``dL/dv_init`` and ``dL/dk``. ``saved [T, N]`` is what the
-    loop reads, the charged membranes or the input."""
+    chunk first: ``dL/dx [T, N]``, ``dL/dv_init`` (``None`` unless ``grad_v_needed``) and
+    ``dL/dk``. ``saved [T, N]`` is what the loop reads, the charged membranes or the input."""
     v_init = chunks[0][2]
     grad_v = _per_neuron(grad_v, saved.shape[1], [steps for _, steps, _ in chunks])
     grad_k = torch.zeros((), dtype=v_init.dtype, device=saved.device)
@@ -205,6 +224,8 @@ def _walk_back(
             v_before,
             k,
             grad_k_needed=grad_k_needed,
+            # every chunk but the first passes dL/dv on to the chunk before it
+            grad_v_needed=grad_v_needed or start > 0,
         )
         grad_x.append(grad_x_chunk)
     grad_x.reverse()
