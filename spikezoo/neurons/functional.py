@@ -23,8 +23,6 @@ spikes come back in the input dtype.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -82,6 +80,14 @@ def _check_input(x: Tensor) -> None:
         raise ValueError(f"expected at least one time step, got shape {tuple(x.shape)}")
 
 
+def _finite(value: float) -> bool:
+    """``math.isfinite(value)`` as arithmetic (``inf - inf`` and ``nan - nan`` are NaN), which
+    ``torch.compile`` can also trace on a symbolic float: dynamo makes a float argument dynamic
+    once the same code recompiles for another value (a second neuron kind, another threshold).
+    """
+    return value - value == 0
+
+
 def neuron_config(
     *,
     leaky: bool,
@@ -105,7 +111,7 @@ def neuron_config(
     threshold = _checks.real_number("v_threshold", v_threshold)
     reset = None if v_reset is None else _checks.real_number("v_reset", v_reset)
     for name, value in (("v_threshold", threshold), ("v_reset", reset)):
-        if value is not None and not math.isfinite(value):
+        if value is not None and not _finite(value):
             raise ValueError(f"{name} must be finite, got {value}")
     if reset is not None and not threshold > reset:
         raise ValueError(
@@ -119,7 +125,7 @@ def neuron_config(
         )
     surrogate_fn = get_surrogate(surrogate)
     sharpness = surrogate_fn.default_alpha if alpha is None else _checks.real_number("alpha", alpha)
-    if not (math.isfinite(sharpness) and sharpness > 0.0):
+    if not (_finite(sharpness) and sharpness > 0.0):
         raise ValueError(
             f"alpha (the surrogate's sharpness) must be finite and > 0, got {sharpness}"
         )

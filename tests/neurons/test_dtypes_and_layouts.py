@@ -280,9 +280,6 @@ def test_a_traced_neuron_runs_on_its_input_as_shaped():
 
 @pytest.mark.parametrize("kind", ["lif", "plif", "if"])
 def test_a_compiled_neuron_with_v_init_returns_the_eager_state(kind):
-    # A fresh dynamo: recompiling the shared forward for another kind would make its
-    # thresholds dynamic floats, which the argument checks cannot trace (fullgraph).
-    torch._dynamo.reset()
     x = _channels_last_5d(seed=3)
     v_init = randn(*x.shape[1:], seed=4)
     neuron = make(kind)
@@ -292,6 +289,17 @@ def test_a_compiled_neuron_with_v_init_returns_the_eager_state(kind):
     assert got[1].shape == x.shape[1:]
     for value, reference in zip(got, expected, strict=True):
         torch.testing.assert_close(value, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_neurons_of_other_thresholds_compile_one_after_another():
+    """Recompiling the neurons' shared forward for another threshold makes dynamo trace the
+    thresholds as symbolic floats; the argument checks must trace them too (fullgraph)."""
+    torch._dynamo.reset()
+    x = _channels_last_5d(seed=6)
+    for neuron in (MultiStepLIF(tau=1.5), MultiStepIF(v_threshold=1.25), MultiStepLIF(tau=4.0)):
+        set_backend(neuron, "torch")
+        compiled = torch.compile(neuron, backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(x), neuron(x))
 
 
 @pytest.mark.parametrize("with_v_init", [False, True])
