@@ -2,8 +2,10 @@
 
 ``nn.MaxPool2d`` in training saves its input (a float tensor the size of the input, which its
 backward reads only for the shape) and the position of each maximum as ``int64``: 8 bytes per
-output value, twice a float32 output. :class:`MaxPool2d` computes the same forward pass with the
-same kernel and saves only where in its window each maximum lies, as an offset from the
+output value, twice a float32 output. :class:`MaxPool2d` computes the same forward pass with
+PyTorch's kernel (on a channels-last copy from :data:`_CHANNELS_LAST_FROM` channels on, where
+that kernel is vectorised and about twice as fast; its maxima and indices are the same) and
+saves only where in its window each maximum lies, as an offset from the
 window's first element in the smallest integer dtype that holds it: for a 3x3 window, ``int8``
 on rows up to 62 values wide, ``int16`` up to 16,382, so 1 or 2 bytes per output value.
 Backward restores the ``int64`` indices from the offsets and runs the same backward kernel, so
@@ -32,6 +34,13 @@ __all__ = ["MaxPool2d", "max_pool2d"]
 
 _OFFSET_DTYPES = (torch.int8, torch.int16, torch.int32)
 
+#: From this many channels on, the training forward pools a channels-last copy: PyTorch's
+#: channels-last kernel vectorises over channels, its NCHW kernel runs one scalar window at a
+#: time. Both give the same maxima and indices. Measured (3x3, stride 2, spikes, 2 idle cores,
+#: the copies included): ``[4, 96, 112, 112]`` 16.7 -> 9.4 ms, ``[4, 384, 28, 28]`` 4.3 -> 1.8
+#: ms, but ``[4, 48, 224, 224]`` 33.8 -> 44.7 ms.
+_CHANNELS_LAST_FROM = 64
+
 
 def _window_starts(
     out_size: tuple[int, int], in_width: int, stride: tuple[int, int], padding: tuple[int, int],
@@ -45,6 +54,13 @@ def _window_starts(
     rows = torch.arange(out_size[0], device=device) * stride[0] - padding[0]
     cols = torch.arange(out_size[1], device=device) * stride[1] - padding[1]
     return rows.unsqueeze(1) * in_width + cols
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """``channels_last`` for a channels-last ``x [N, C, H, W]``, else ``contiguous_format``."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _offset_dtype(largest: int) -> torch.dtype:
@@ -63,11 +79,17 @@ class _MaxPool2dOffsets(torch.autograd.Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
     ) -> Tensor:
-        pooled, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding)
+        source = x
+        if x.dim() == 4 and x.shape[1] >= _CHANNELS_LAST_FROM and x.device.type == "cpu":
+            source = x.contiguous(memory_format=torch.channels_last)
+        pooled, indices = torch.ops.aten.max_pool2d_with_indices(source, kernel, stride, padding)
         width = x.shape[-1]
         starts = _window_starts(pooled.shape[-2:], width, stride, padding, x.device)
         largest = (kernel[0] - 1) * width + kernel[1] - 1
         offsets = indices.sub_(starts).to(_offset_dtype(largest))
+        if source is not x:  # back to the layout of x, as nn.MaxPool2d returns it
+            pooled = pooled.contiguous(memory_format=_memory_format(x))
+            offsets = offsets.contiguous()
         ctx.save_for_backward(offsets)
         ctx.window = kernel, stride, padding
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype

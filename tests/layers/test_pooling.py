@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikezoo.analysis import measure_saved_tensors
-from spikezoo.layers import MaxPool2d, max_pool2d
+from spikezoo.layers import MaxPool2d, max_pool2d, pooling
 from spikezoo.neurons import set_backend
 from tests.models.families import FAMILY_NAMES, tiny, tiny_family
 
@@ -38,6 +38,20 @@ class OpsRecorded(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class PoolingInputs(TorchDispatchMode):
+    """The inputs of the max-pool forward kernels run inside the block."""
+
+    def __enter__(self):
+        self.inputs = []
+        super().__enter__()
+        return self.inputs
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.max_pool2d_with_indices.default:
+            self.inputs.append(args[0])
+        return func(*args, **(kwargs or {}))
+
+
 def _grads(pool, x: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     leaf = x.clone().requires_grad_()
     out = pool(leaf)
@@ -58,6 +72,28 @@ def test_max_pool_equals_torch_bit_for_bit(window, shape):
     assert torch.equal(got[1], expected[1])
     functional = _grads(lambda t: max_pool2d(t, *window), x)
     assert torch.equal(functional[1], expected[1])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+@pytest.mark.parametrize("window", WINDOWS, ids=str)
+def test_many_channels_pool_a_channels_last_copy_with_the_same_indices(window, layout):
+    """From ``_CHANNELS_LAST_FROM`` channels on, the training forward runs PyTorch's
+    channels-last kernel: ties, NaN and infinities pick the maxima NCHW's kernel picks, and the
+    output keeps the input's layout."""
+    channels = pooling._CHANNELS_LAST_FROM
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 3, (2, channels, 9, 11), generator=gen).double()
+    x[0, 1, 2, 3] = x[1, 5, 4, 4] = float("nan")
+    x[0, 2, 0, 0], x[1, 3, 8, 10] = float("inf"), float("-inf")
+    x = x.contiguous(memory_format=layout)
+    expected = _grads(nn.MaxPool2d(*window), x)
+    with PoolingInputs() as pooled_inputs:
+        got = _grads(MaxPool2d(*window), x)
+    assert [t.is_contiguous(memory_format=torch.channels_last) for t in pooled_inputs] == [True]
+    assert got[0].stride() == expected[0].stride()
+    for value, reference in zip(got, expected, strict=True):  # NaN where torch has NaN
+        assert torch.equal(value.nan_to_num(7.0), reference.nan_to_num(7.0))
+        assert torch.equal(value.isnan(), reference.isnan())
 
 
 @pytest.mark.parametrize(("width", "dtype"), [(62, torch.int8), (63, torch.int16)])
