@@ -47,6 +47,7 @@ class _BatchNormFire(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, y: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module, *params: Tensor):
         ctx.bn, ctx.neuron = bn, neuron
+        ctx.bn_params = len(list(bn.parameters()))
         ctx.save_for_backward(y, *params)
         ctx.set_materialize_grads(False)
         normalised = _batch_norm(y, bn)
@@ -57,6 +58,8 @@ class _BatchNormFire(torch.autograd.Function):
         y, *params = ctx.saved_tensors
         if grad_spikes is None and grad_normalised is None:
             return None, None, None, *(None for _ in params)
+        if callable(getattr(ctx.neuron, "input_gradient", None)):
+            return _backward_from_input(ctx, y, len(params), grad_spikes, grad_normalised)
         with torch.enable_grad():
             leaf = y.detach().requires_grad_()
             normalised = _normalise(leaf, ctx.bn)
@@ -76,6 +79,38 @@ class _BatchNormFire(torch.autograd.Function):
         grad_y = next(grads)
         grad_params = [next(grads) if p.requires_grad else None for p in params]
         return grad_y, None, None, *grad_params
+
+
+def _backward_from_input(
+    ctx: Any, y: Tensor, params: int, grad_spikes: Tensor | None, grad_normalised: Tensor | None
+) -> tuple:
+    """:meth:`_BatchNormFire.backward` for a neuron with ``input_gradient`` (the multi-step
+    neurons): BatchNorm's forward kernel runs again (the same normalised input, bit for bit,
+    and its batch statistics), the neuron back-propagates from that input without a forward
+    pass, and BatchNorm's backward kernel takes the statistics: no graph is built, and the
+    gradients are those of the graph, bit for bit. ``params`` is the number of parameters
+    saved (BatchNorm's, then the neuron's); returns what :meth:`_BatchNormFire.backward` does.
+    """
+    bn, neuron = ctx.bn, ctx.neuron
+    frames = y.flatten(0, 1)
+    normalised, mean, invstd = torch.ops.aten.native_batch_norm(
+        frames, bn.weight, bn.bias, None, None, True, 0.0, bn.eps
+    )
+    neuron_grads = [None] * (params - ctx.bn_params)
+    grad = grad_normalised
+    if grad_spikes is not None:
+        grad_input, neuron_grads = neuron.input_gradient(
+            normalised.unflatten(0, y.shape[:2]), grad_spikes
+        )
+        grad = grad_input if grad is None else grad_input + grad
+    needed = [p is not None and p.requires_grad for p in (bn.weight, bn.bias)]
+    grad_y, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+        grad.flatten(0, 1), frames, bn.weight, None, None, mean, invstd, True, bn.eps,
+        [ctx.needs_input_grad[0], *needed],
+    )  # fmt: skip
+    bn_grads = [g for p, g in ((bn.weight, grad_weight), (bn.bias, grad_bias)) if p is not None]
+    grad_y = None if grad_y is None else grad_y.unflatten(0, y.shape[:2])
+    return grad_y, None, None, *bn_grads, *neuron_grads
 
 
 def batch_norm_fire(

@@ -28,13 +28,20 @@ from torch import Tensor
 
 from spikezoo import _checks
 from spikezoo.neurons.autograd import MultiStepDynamics
-from spikezoo.neurons.backends import BACKENDS, resolve_backend, run_forward, validate_backend
+from spikezoo.neurons.backends import (
+    BACKENDS,
+    resolve_backend,
+    run_backward_from_input,
+    run_forward,
+    validate_backend,
+)
 from spikezoo.neurons.dynamics import NeuronConfig
 from spikezoo.neurons.surrogate import get_surrogate
 
 __all__ = [
     "BACKENDS",
     "multistep_if",
+    "multistep_input_gradient",
     "multistep_lif",
     "multistep_neuron",
     "multistep_plif",
@@ -140,6 +147,24 @@ def neuron_config(
     )
 
 
+def _dynamics(
+    x: Tensor, decay: Tensor | float | None, backend: str, **settings: object
+) -> tuple[NeuronConfig, tuple[str, ...], Tensor]:
+    """The checked configuration, the backends to try on ``x`` and the decay ``k`` (a ``[]``
+    tensor in the compute dtype: float32 for half-precision inputs) of :func:`multistep_neuron`'s
+    arguments; ``settings`` are its keyword arguments from ``decay_input`` to ``detach_reset``.
+    """
+    cfg = neuron_config(leaky=decay is not None, **settings)
+    candidates = resolve_backend(backend, x)
+    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    if isinstance(decay, Tensor):
+        return cfg, candidates, decay.reshape(()).to(compute_dtype)
+    if decay is not None and not 0.0 < _checks.real_number("decay", decay) < 1.0:
+        raise ValueError(f"decay must be in (0, 1) (1/tau for tau > 1) or None, got {decay}")
+    k = torch.tensor(0.0 if decay is None else decay, dtype=compute_dtype, device=x.device)
+    return cfg, candidates, k
+
+
 def multistep_neuron(
     x: Tensor,
     *,
@@ -160,8 +185,10 @@ def multistep_neuron(
     membrane ``v[T-1]`` shaped ``x.shape[1:]`` (float32 for half-precision inputs).
     """
     _check_input(x)
-    cfg = neuron_config(
-        leaky=decay is not None,
+    cfg, candidates, k = _dynamics(
+        x,
+        decay,
+        backend,
         decay_input=decay_input,
         v_threshold=v_threshold,
         v_reset=v_reset,
@@ -169,15 +196,8 @@ def multistep_neuron(
         alpha=alpha,
         detach_reset=detach_reset,
     )
+    compute_dtype = k.dtype
     _checks.boolean("return_state", return_state)
-    candidates = resolve_backend(backend, x)
-    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    if isinstance(decay, Tensor):
-        k = decay.reshape(()).to(compute_dtype)
-    else:
-        if decay is not None and not 0.0 < _checks.real_number("decay", decay) < 1.0:
-            raise ValueError(f"decay must be in (0, 1) (1/tau for tau > 1) or None, got {decay}")
-        k = torch.tensor(0.0 if decay is None else decay, dtype=compute_dtype, device=x.device)
 
     # Under torch.compile the loops run on x as it is shaped: flattening it to [T, N] would fix
     # the memory order of N, and the compiler could no longer keep a convolution's output in
@@ -214,6 +234,43 @@ def multistep_neuron(
         return spikes
     v_final = v_final.expand(spikes[0].numel()).unsqueeze(0)
     return spikes, _unflatten(v_final, x[:1], order)[0]
+
+
+def multistep_input_gradient(
+    x: Tensor,
+    grad_spikes: Tensor,
+    *,
+    decay: Tensor | float | None,
+    backend: str,
+    **settings: object,
+) -> tuple[Tensor, Tensor]:
+    """The gradients of :func:`multistep_neuron` (membrane at rest at ``t = 0``) for
+    ``dL/dspikes = grad_spikes [T, ...]``, without its forward pass: the backend recharges the
+    membranes from ``x`` in its backward loop, as the backward of a training forward does.
+
+    For a layer that recomputes the neuron's input in its own backward pass
+    (:func:`spikezoo.layers.batch_norm_fire`). ``settings`` are :func:`neuron_config`'s keyword
+    arguments other than ``leaky``, all of them. Returns ``dL/dx`` shaped and laid out like
+    ``x``, in its dtype, and ``dL/dk`` for the decay ``k`` (a ``[]`` tensor in the compute
+    dtype; zero unless ``decay`` is a tensor that requires a gradient). The values are those
+    that back-propagating through ``multistep_neuron(x, ...)`` gives, bit for bit.
+    """
+    _check_input(x)
+    cfg, candidates, k = _dynamics(x, decay, backend, **settings)
+    order = _memory_order(x)
+    rest = torch.full((), cfg.charge_reset, dtype=k.dtype, device=x.device)
+    _, (grad_x, _, grad_k) = run_backward_from_input(
+        candidates,
+        _flatten(grad_spikes, order),
+        torch.zeros((), dtype=k.dtype, device=x.device),
+        _flatten(x.detach(), order),
+        rest,
+        k.detach(),
+        cfg,
+        grad_k_needed=isinstance(decay, Tensor) and decay.requires_grad,
+        grad_v_needed=False,
+    )
+    return _unflatten(grad_x.to(x.dtype), x, order), grad_k
 
 
 def multistep_lif(

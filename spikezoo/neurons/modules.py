@@ -85,16 +85,40 @@ class MultiStepNeuron(SpikingNeuron):
         return F.multistep_neuron(
             x,
             decay=self.decay(),
-            decay_input=self.decay_input,
-            v_threshold=self.v_threshold,
-            v_reset=self.v_reset,
-            surrogate=self.surrogate,
-            alpha=self.alpha,
-            detach_reset=self.detach_reset,
             v_init=v_init,
             return_state=return_state,
             backend=self.backend,
+            **self._settings(),
         )
+
+    def input_gradient(self, x: Tensor, grad_spikes: Tensor) -> tuple[Tensor, list[Tensor | None]]:
+        """The gradients of ``self(x)`` for ``dL/dspikes = grad_spikes [T, ...]``, without
+        running the forward pass (:func:`~spikezoo.neurons.functional.multistep_input_gradient`):
+        ``dL/dx`` and, for each of :meth:`parameters`, its gradient (``None`` where it needs
+        none). Forward hooks do not run."""
+        with torch.enable_grad():
+            decay = self.decay()
+        grad_x, grad_k = F.multistep_input_gradient(
+            x, grad_spikes, decay=decay, backend=self.backend, **self._settings()
+        )
+        params = list(self.parameters())
+        wanted = [p for p in params if p.requires_grad]
+        if not (wanted and isinstance(decay, Tensor) and decay.requires_grad):
+            return grad_x, [None] * len(params)
+        grads = iter(torch.autograd.grad(decay, wanted, grad_k.to(decay.dtype), allow_unused=True))
+        return grad_x, [next(grads) if p.requires_grad else None for p in params]
+
+    def _settings(self) -> dict:
+        """The dynamics' arguments of :func:`~spikezoo.neurons.functional.multistep_neuron`
+        besides the decay."""
+        return {
+            "decay_input": self.decay_input,
+            "v_threshold": self.v_threshold,
+            "v_reset": self.v_reset,
+            "surrogate": self.surrogate,
+            "alpha": self.alpha,
+            "detach_reset": self.detach_reset,
+        }
 
     def extra_repr(self) -> str:
         alpha = get_surrogate(self.surrogate).default_alpha if self.alpha is None else self.alpha

@@ -30,7 +30,7 @@ from spikezoo.layers import (
     batch_norm_fire,
     set_bn_neuron_fusion,
 )
-from spikezoo.neurons import IntegerNeuron, MultiStepLIF, MultiStepPLIF, set_backend
+from spikezoo.neurons import IntegerNeuron, MultiStepIF, MultiStepLIF, MultiStepPLIF, set_backend
 from tests.models.families import tiny, tiny_family
 
 
@@ -167,6 +167,37 @@ def test_with_normalised_gradients_flow_through_either_output(grad_of):
             assert got is None or not got.any()
         else:
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("grad_of", ["spikes", "normalised", "both"])
+@pytest.mark.parametrize(
+    "neuron",
+    [LIF, PLIF, functools.partial(MultiStepIF, v_reset=None, backend="torch"), MultiStepLIF],
+    ids=["lif", "plif", "if-soft", "lif-auto"],
+)
+def test_the_fused_backward_from_the_input_equals_the_graph_bit_for_bit(neuron, grad_of):
+    """A neuron with ``input_gradient`` back-propagates from the recomputed input without a
+    forward pass or a graph; the gradients are those of the generic path (forward again,
+    ``torch.autograd.grad``) exactly, on any backend."""
+    torch.manual_seed(0)
+    bn, fire = nn.BatchNorm2d(4).train(), neuron()
+    y = torch.randn(2, 3, 4, 5, 5) * 2
+
+    def grads(via_graph: bool) -> list:
+        if via_graph:
+            fire.input_gradient = None  # what a neuron without the method gets
+        leaf = y.clone().requires_grad_()
+        outputs = batch_norm_fire(leaf, bn, fire, with_normalised=True)
+        chosen = {"spikes": outputs[:1], "normalised": outputs[1:], "both": outputs}[grad_of]
+        params = [leaf, *bn.parameters(), *fire.parameters()]
+        loss = sum((o * torch.linspace(-1, 2, o.numel()).view_as(o)).sum() for o in chosen)
+        found = torch.autograd.grad(loss, params, allow_unused=True)
+        vars(fire).pop("input_gradient", None)
+        return found
+
+    for got, expected in zip(grads(False), grads(True), strict=True):
+        assert (got is None) == (expected is None)
+        assert got is None or torch.equal(got, expected)
 
 
 @NEURONS

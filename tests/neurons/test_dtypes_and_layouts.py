@@ -302,6 +302,21 @@ def test_neurons_of_other_thresholds_compile_one_after_another():
         assert torch.equal(compiled(x), neuron(x))
 
 
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+@pytest.mark.parametrize("kind", ["lif", "plif", "if"])
+def test_input_gradient_is_the_backward_of_the_forward_pass(kind, backend):
+    """``input_gradient`` (no forward pass, membranes recharged from ``x``) gives autograd's
+    gradients of ``neuron(x)`` bit for bit, in the input's layout."""
+    neuron = make(kind, backend=backend)
+    x = _channels_last_5d(seed=7).requires_grad_()
+    grad_spikes = randn(*x.shape, seed=8)
+    neuron(x).backward(grad_spikes)
+    grad_x, param_grads = neuron.input_gradient(x.detach(), grad_spikes)
+    assert grad_x.stride() == x.grad.stride() and torch.equal(grad_x, x.grad)
+    for param, grad in zip(neuron.parameters(), param_grads, strict=True):
+        assert torch.equal(grad, param.grad)
+
+
 @pytest.mark.parametrize("with_v_init", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["lif", "plif", "if"])
