@@ -102,7 +102,9 @@ def _backward_from_input(
         grad_input, neuron_grads = neuron.input_gradient(
             normalised.unflatten(0, y.shape[:2]), grad_spikes
         )
-        grad = grad_input if grad is None else grad_input + grad
+        # a fresh tensor: summed in place, so that the backward holds no more than the graph's
+        grad = grad_input if grad is None else grad_input.add_(grad)
+    del normalised  # BatchNorm's backward reads y and the statistics, not its output
     needed = [p is not None and p.requires_grad for p in (bn.weight, bn.bias)]
     grad_y, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
         grad.flatten(0, 1), frames, bn.weight, None, None, mean, invstd, True, bn.eps,
