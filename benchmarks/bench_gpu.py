@@ -1,6 +1,6 @@
 """Issue 20's GPU checks: training throughput against the authors' code, and the LIF roofline.
 
-Two parts, each run on its own (``--part``) so that ``run_gpu.sh`` can bound each by a timeout:
+Three parts, each run on its own (``--part``) so that ``run_gpu.sh`` can bound each by a timeout:
 
 - ``training``: images/s of a training step (forward, cross-entropy, backward, SGD step with
   momentum) for ``sdt_8_768`` and ``spikingresformer_s`` at the authors' per-GPU batch sizes
@@ -15,6 +15,12 @@ Two parts, each run on its own (``--part``) so that ``run_gpu.sh`` can bound eac
   The least traffic of forward+backward is six ``[T, N]`` float32 tensors (forward: read
   ``x``, write the spikes and the charged membranes; backward: read the gradient and the
   membranes, write ``dx``). Target: >= 60 %.
+- ``profile``: where a training step's time goes, for the models of ``training``: spikezoo in
+  bf16 autocast and in float32, the authors in float32. For each, the step's wall time (median
+  of three synchronised steps), the device time of one profiled step (``torch.profiler``: the
+  sum of every kernel's self time; a wall time well above it means the host cannot keep the
+  device busy), the places where one step makes the host wait for the device
+  (``torch.cuda.set_sync_debug_mode``) and the kernels that take the most device time.
 
 Time: ``harness.timing`` (first call apart, ``blocked_autorange`` warm-up, interleaved rounds,
 medians). ``--dry-run`` runs the same steps on the CPU, tiny (small models at 32x32, batch 2,
@@ -23,6 +29,7 @@ GPU run checks is checkable without a GPU; its numbers mean nothing.
 
     python benchmarks/bench_gpu.py --part training --json training.json
     python benchmarks/bench_gpu.py --part lif --json lif.json
+    python benchmarks/bench_gpu.py --part profile --json profile.json
     python benchmarks/bench_gpu.py --part training --dry-run
 """
 
@@ -31,6 +38,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -40,7 +50,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from harness.environment import command_line, environment, finish, load_text  # noqa: E402
 from harness.markdown import table  # noqa: E402
-from harness.timing import error_text, interleaved  # noqa: E402
+from harness.timing import error_text, interleaved, time_once  # noqa: E402
 
 #: model -> the authors' per-GPU training batch size (see the module docstring).
 BATCH_SIZES = {"sdt_8_768": 36, "spikingresformer_s": 32}
@@ -57,6 +67,7 @@ ROOFLINE_TARGET = 0.6
 LIF_TENSORS_MOVED = 6
 LIF_BACKENDS = ("cupy", "inductor")
 STEPS = (4, 16)
+PROFILE_TOP = 12
 
 
 def training_step(model: torch.nn.Module, images, labels, optimizer, autocast: bool) -> None:
@@ -132,6 +143,98 @@ def bench_training(args: argparse.Namespace) -> dict:
         if all("images_per_s" in row for row in rows.values()):
             speedup = rows["spikezoo bf16"]["images_per_s"] / rows["authors fp32"]["images_per_s"]
         results[name] = {"batch": batch, "img_size": size, "rows": rows, "speedup": speedup}
+    return results
+
+
+def _plain_model(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` with BatchNorm+neuron fusion and spike compaction off (their cost, apart)."""
+    from spikezoo.layers.bn_neuron import set_bn_neuron_fusion
+
+    model = build()
+    set_bn_neuron_fusion(model, False)
+    model.set_spike_compaction(False)
+    return model
+
+
+def _implementations(name: str, device: torch.device, dry_run: bool) -> dict:
+    """label -> (model builder, bf16 autocast) for the profile part."""
+    spikezoo = partial(_spikezoo_model, name, dry_run)
+    return {
+        "spikezoo bf16": (spikezoo, True),
+        "spikezoo bf16, unfused, uncompacted": (partial(_plain_model, spikezoo), True),
+        "spikezoo fp32": (spikezoo, False),
+        "authors fp32": (partial(_authors_model, name, device, dry_run), False),
+    }
+
+
+def _profile_step(step, device: torch.device) -> dict:
+    """Wall seconds of ``step()`` (median of three) and the device time of one profiled step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        step()
+    wall = sorted(time_once(step) for _ in range(3))[1]
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        step()
+        torch.cuda.synchronize() if device.type == "cuda" else None
+    if device.type == "cuda":  # the kernels themselves (an operator's row would count them twice)
+        events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        own = "self_device_time_total"
+    else:
+        events, own = prof.key_averages(), "self_cpu_time_total"
+    ranked = sorted(events, key=lambda event: getattr(event, own), reverse=True)
+    return {
+        "synchronisations": _synchronisations(step) if device.type == "cuda" else None,
+        "wall_s": wall,
+        "device_s": sum(getattr(event, own) for event in events) * 1e-6,
+        "top": [(event.key[:70], getattr(event, own) * 1e-6) for event in ranked[:PROFILE_TOP]],
+    }
+
+
+def _synchronisations(step: Callable[[], None]) -> dict[str, int]:
+    """Where one ``step()`` makes the host wait for the device: call site -> times."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites = Counter(
+        f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}"
+        for w in caught
+        if "synchroniz" in str(w.message)
+    )
+    return dict(sites.most_common())
+
+
+def bench_profile(args: argparse.Namespace) -> dict:
+    """Each implementation's step time, device time and heaviest operations, per model."""
+    device = torch.device(args.device)
+    results = {}
+    for name, full_batch in BATCH_SIZES.items():
+        batch = 2 if args.dry_run else full_batch
+        size = 32 if args.dry_run else 224
+        torch.manual_seed(args.seed)
+        images = torch.randn(batch, 3, size, size, device=device)
+        labels = torch.randint(0, 1000, (batch,), device=device)
+        rows = {}
+        for label, (build, autocast) in _implementations(name, device, args.dry_run).items():
+            try:
+                model = build().to(device).train()
+                optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+                step = partial(training_step, model, images, labels, optimizer, autocast)
+                rows[label] = _profile_step(step, device)
+            except Exception as error:  # reported in the table, the other rows go on
+                rows[label] = {"error": error_text(error)}
+            finally:
+                model = optimizer = step = None
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+        results[name] = {"batch": batch, "img_size": size, "rows": rows}
     return results
 
 
@@ -226,14 +329,42 @@ def markdown(report: dict) -> str:
             copy = result["copy_bytes_per_s"] / 1e9
             lines.append(f"- T={steps}: copy bandwidth {copy:.0f} GB/s")
         lines += ["", table(["T", "N", "backend", "fwd+bwd ms", "of copy bandwidth"], cells)]
+    for name, result in report.get("profile", {}).items():
+        cells = []
+        for label, row in result["rows"].items():
+            if "error" in row:
+                cells.append([label, row["error"], "-", "-", "-"])
+                continue
+            top = "; ".join(f"{op} {seconds * 1e3:.1f}" for op, seconds in row["top"])
+            wall, busy = row["wall_s"] * 1e3, row["device_s"] * 1e3
+            sites = row["synchronisations"]
+            waits = (
+                "-"
+                if sites is None
+                else f"{sum(sites.values())}: "
+                + ", ".join(f"{site} x{count}" for site, count in list(sites.items())[:3])
+            )
+            cells.append([label, f"{wall:.1f}", f"{busy:.1f}", waits, top])
+        lines += [
+            "",
+            f"{name}, batch {result['batch']}, {result['img_size']} px:",
+            "",
+            table(
+                ["implementation", "step ms", "device ms", "host waits: where", "heaviest (ms)"],
+                cells,
+            ),
+        ]
     return "\n".join(lines)
+
+
+PARTS = {"training": bench_training, "lif": bench_lif, "profile": bench_profile}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=("training", "lif"), required=True)
+    parser.add_argument("--part", choices=tuple(PARTS), required=True)
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, one round")
     parser.add_argument("--repeats", type=int, default=None, help="rounds (default 5; dry 1)")
@@ -262,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     env = environment(args.device, torch.get_num_threads(), args.command, ("spikezoo-vit",))
     report: dict = {"environment": env, "dry_run": args.dry_run}
-    report[args.part] = bench_training(args) if args.part == "training" else bench_lif(args)
+    report[args.part] = PARTS[args.part](args)
     finish(env)
     text = markdown(report)
     print(text, flush=True)

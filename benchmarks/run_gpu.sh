@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Issue 20's GPU checks in one go, sized for under 8 minutes on one H100/H200:
-#   1. the tests marked `cuda` (CuPy kernels, spike compaction on CUDA)       timeout  60 s
-#   2. benchmarks/bench_gpu.py --part lif: LIF at T = 4, 16 vs copy bandwidth timeout 120 s
-#   3. benchmarks/bench_gpu.py --part training: sdt_8_768, spikingresformer_s,
-#      spikezoo bf16 autocast vs the authors' float32 CuPy code, images/s    timeout 210 s
-# Each step has its own timeout (STEP_TIMEOUT_<N> overrides it) and the run a total budget
-# (TOTAL_BUDGET, default 460 s, which also covers up to 60 s of setting up the authors' code):
-# a step starts only if its timeout fits in what is left of the budget, else it is skipped
-# with a message, so the run ends in time and keeps what it measured.
+#   tests:    the tests marked `cuda` (CuPy kernels, spike compaction on CUDA)      timeout  60 s
+#   lif:      bench_gpu.py --part lif: LIF at T = 4, 16 vs copy bandwidth           timeout 120 s
+#   training: bench_gpu.py --part training: sdt_8_768, spikingresformer_s, spikezoo
+#             bf16 autocast vs the authors' float32 CuPy code, images/s             timeout 150 s
+#   profile:  bench_gpu.py --part profile: the same steps under torch.profiler      timeout 120 s
+# (seen on an H200, 2026-12-04: 67, 34 and 21 s for the first three). STEPS names the steps to
+# run (default all four, in this order); each has its own timeout (STEP_TIMEOUT_<NAME>, e.g.
+# STEP_TIMEOUT_TRAINING, overrides it) and the run a total budget (TOTAL_BUDGET, default 460 s,
+# which also covers up to 60 s of setting up the authors' code): a step starts only if its
+# timeout fits in what is left of the budget, else it is skipped with a message, so the run
+# ends in time and keeps what it measured.
 # Run from the repository root on a machine with a CUDA GPU, PyTorch and CuPy, without network:
 #   - wheels in ./.whl (timm, einops, spikingjelly, ... where the machine lacks them) are
 #     installed into /tmp/site first;
 #   - the authors' code comes from benchmarks/.peers (made by benchmarks/setup_peers.sh; carry
 #     the folder along), or is built here from SDT_MIRROR / RESFORMER_MIRROR and
 #     .whl/spikingjelly-0.0.0.0.14-*.whl; without it the authors' rows say why.
+#   - On a torch older than 2.14, benchmarks/torch_compat adapts torch.compile's keywords.
 # Results land in $OUT (default ./gpu-results): steps.log, versions.txt, nvidia-smi.txt,
-# tests.log, lif.{log,json,md}, training.{log,json,md}.
+# tests.log and {lif,training,profile}.{log,json,md}.
 # PYTHON names the interpreter (default python3).
 # DRY_RUN=1 runs the same steps on the CPU, tiny (bench_gpu.py --dry-run), and skips the tests
 # that need a GPU: it checks the script without one.
@@ -24,6 +28,7 @@ out=${OUT:-$PWD/gpu-results}
 budget=${TOTAL_BUDGET:-460}
 dry_run=${DRY_RUN:-0}
 python=${PYTHON:-python3}
+steps=" ${STEPS:-tests lif training profile} "
 mkdir -p "$out"
 start=$SECONDS
 status=0
@@ -33,6 +38,7 @@ log() { echo "[run_gpu $((SECONDS - start))s] $*" | tee -a "$out/steps.log"; }
 step() {
   local name=$1 limit=$2
   shift 2
+  [[ "$steps" == *" $name "* ]] || return 0
   local left=$((budget - (SECONDS - start)))
   if ((limit > left)); then
     log "$name: skipped, its timeout ${limit}s exceeds the ${left}s left of the ${budget}s budget"
@@ -80,15 +86,22 @@ PY
 bench=("$python" benchmarks/bench_gpu.py)
 if [[ "$dry_run" == 1 ]]; then
   bench+=(--dry-run)
+  steps=${steps/ tests / }
   log "tests: skipped in a dry run (they need a GPU)"
 else
   nvidia-smi >"$out/nvidia-smi.txt" 2>&1
-  step tests "${STEP_TIMEOUT_1:-60}" "$python" -m pytest -m cuda -p no:cacheprovider -q -rs \
-    tests/test_cuda.py tests/neurons/test_cupy_backend.py tests/models/test_spike_compaction.py
 fi
-step lif "${STEP_TIMEOUT_2:-120}" "${bench[@]}" --part lif \
-  --json "$out/lif.json" --markdown "$out/lif.md"
-step training "${STEP_TIMEOUT_3:-210}" "${bench[@]}" --part training \
-  --json "$out/training.json" --markdown "$out/training.md"
+declare -A timeouts=([tests]=60 [lif]=120 [training]=150 [profile]=120)
+for name in tests lif training profile; do
+  override=STEP_TIMEOUT_${name^^}
+  limit=${!override:-${timeouts[$name]}}
+  if [[ $name == tests ]]; then
+    step tests "$limit" "$python" -m pytest -m cuda -p no:cacheprovider -q -rs \
+      tests/test_cuda.py tests/neurons/test_cupy_backend.py tests/models/test_spike_compaction.py
+  else
+    step "$name" "$limit" "${bench[@]}" --part "$name" \
+      --json "$out/$name.json" --markdown "$out/$name.md"
+  fi
+done
 log "finished in $((SECONDS - start))s of the ${budget}s budget, status $status"
 exit $status

@@ -292,6 +292,10 @@ _loaded: dict[str, dict[str, ModuleType]] = {}
 
 def _source_modules(source: str) -> dict[str, ModuleType]:
     """The modules of one authors' source, imported once, in isolation (by full name)."""
+    import numpy
+
+    if not hasattr(numpy, "int"):  # spikingjelly 0.0.0.0.14's CuPy kernels compare with np.int
+        numpy.int = int  # (an alias of int that NumPy 1.24 removed)
     if source not in _loaded:
         src = SOURCES[source]
         paths = [PEERS_DIR / "sj014", PEERS_DIR / "deps", PEERS_DIR / "src" / src.folder / src.root]

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from spikezoo.neurons.saved_spikes import mark_spikes, marked_as_spikes
+
 __all__ = ["MaxPool2d", "max_pool2d"]
 
 _OFFSET_DTYPES = (torch.int8, torch.int16, torch.int32)
@@ -179,7 +181,10 @@ def max_pool2d(
     kernel, padding = _pair(kernel_size), _pair(padding)
     stride = _pair(stride or kernel)
     if x.requires_grad and torch.is_grad_enabled():
-        return _MaxPool2dOffsets.apply(x, kernel, stride, padding)
+        pooled = _MaxPool2dOffsets.apply(x, kernel, stride, padding)
+        if marked_as_spikes(x):  # every window holds one of its values: the maxima are spikes
+            mark_spikes(pooled)
+        return pooled
     if _separable(x.shape[-2:], kernel, stride, padding):
         return _separable_max_pool2d(x, kernel, stride, padding)
     return F.max_pool2d(x, kernel, stride, padding)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from spikezoo.neurons.saved_spikes import mark_spikes, marked_as_spikes
+
 __all__ = ["SpikingHadamard", "SpikingMatmul", "SpikingSum"]
 
 
@@ -24,7 +26,10 @@ class SpikingHadamard(nn.Module):
     """Element-wise ``a * b`` (broadcasting), e.g. SDSA's ``k * v`` and ``q * kv``."""
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return a * b
+        product = a * b
+        if marked_as_spikes(a) and marked_as_spikes(b):  # a product of spikes is spikes
+            mark_spikes(product)
+        return product
 
 
 class SpikingSum(nn.Module):

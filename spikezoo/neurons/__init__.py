@@ -18,6 +18,8 @@ from spikezoo.neurons.saved_spikes import (
     compact_saved_spikes,
     compacting,
     mark_integer_spikes,
+    mark_spikes,
+    marked_as_spikes,
     pack_spikes,
 )
 from spikezoo.neurons.surrogate import Surrogate, get_surrogate, register_surrogate, surrogate_names
@@ -38,6 +40,8 @@ __all__ = [
     "compacting",
     "get_surrogate",
     "mark_integer_spikes",
+    "mark_spikes",
+    "marked_as_spikes",
     "multistep_if",
     "multistep_lif",
     "multistep_neuron",

@@ -36,6 +36,7 @@ from spikezoo.neurons.backends import (
     validate_backend,
 )
 from spikezoo.neurons.dynamics import NeuronConfig
+from spikezoo.neurons.saved_spikes import mark_spikes
 from spikezoo.neurons.surrogate import get_surrogate
 
 __all__ = [
@@ -161,7 +162,8 @@ def _dynamics(
         return cfg, candidates, decay.reshape(()).to(compute_dtype)
     if decay is not None and not 0.0 < _checks.real_number("decay", decay) < 1.0:
         raise ValueError(f"decay must be in (0, 1) (1/tau for tau > 1) or None, got {decay}")
-    k = torch.tensor(0.0 if decay is None else decay, dtype=compute_dtype, device=x.device)
+    # torch.full, not torch.tensor: a copy from the host would make it wait for the device
+    k = torch.full((), 0.0 if decay is None else decay, dtype=compute_dtype, device=x.device)
     return cfg, candidates, k
 
 
@@ -229,6 +231,7 @@ def multistep_neuron(
         _, (spikes, _, v_final) = run_forward(candidates, flat, v0, k, cfg, keep_charged=False)
     if traced:
         return (spikes, v_final.expand(x.shape[1:])) if return_state else spikes
+    mark_spikes(spikes)
     spikes = _unflatten(spikes, x, order)
     if not return_state:
         return spikes

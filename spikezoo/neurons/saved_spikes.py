@@ -9,10 +9,19 @@ pass lets go of it, and the gradients are exactly those computed without compact
 
 What is compacted: float tensors (float16, bfloat16, float32, float64) laid out densely in
 memory (any dimension order: channels-last works), that some operation produced
-(``grad_fn`` set: parameters and inputs, alive anyway, are left alone), and whose bit
-patterns are all those of ``+0.0`` or ``1.0`` (so ``-0.0`` and NaN are kept as they are).
-Everything else is saved unchanged. The same tensor saved by several operations (SDSA's
-spikes feed three convolutions) is packed once.
+(``grad_fn`` set: parameters and inputs, alive anyway, are left alone), and that hold only
+spikes. Everything else is saved unchanged. The same tensor saved by several operations
+(SDSA's spikes feed three convolutions) is packed once.
+
+Which tensors hold only spikes is known or checked. Known: spikezoo's neurons mark their
+outputs (:func:`mark_spikes`), and layers whose output is spikes whenever their inputs are
+(:class:`~spikezoo.layers.SpikingHadamard`, the max-pool of :mod:`spikezoo.layers.pooling`)
+mark theirs; a saved view of marked spikes, unchanged since, is packed without reading its
+values. Checked: on the CPU, any other tensor is packed if its bit patterns are all those of
+``+0.0`` or ``1.0`` (so ``-0.0`` and NaN are kept as they are). On CUDA the check is left out,
+because reading values on the host makes it wait for the device, once per saved tensor: there
+only marked spikes are compacted (in the models, all but a few copies of spikes, such as the
+operands that ``matmul`` broadcasts).
 
 Integer spikes (values ``n / norm``, ``n`` in ``0..255``: E-SpikeFormer's
 :class:`~spikezoo.neurons.IntegerNeuron`) are not bits: inside the block the neuron also keeps
@@ -53,6 +62,8 @@ __all__ = [
     "compact_saved_spikes",
     "compacting",
     "mark_integer_spikes",
+    "mark_spikes",
+    "marked_as_spikes",
     "pack_spikes",
 ]
 
@@ -92,8 +103,8 @@ class PackedSpikes:
 
     def unpack(self) -> Tensor:
         """The spikes as a tensor of :attr:`dtype`, shape and dimension order of the original."""
-        table = _byte_values(self.dtype, self.bits.device)
-        flat = table.index_select(0, self.bits.int()).view(-1)[: self.shape.numel()]
+        expand = _expand_by_shifts if self.bits.is_cuda else _expand_by_table
+        flat = expand(self.bits, self.dtype)[: self.shape.numel()]
         in_memory_order = flat.view([self.shape[d] for d in self.order])
         return in_memory_order.permute(_inverse(self.order))
 
@@ -142,6 +153,12 @@ def pack_spikes(x: Tensor) -> PackedSpikes | None:
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    return _pack(x, check=True)
+
+
+def _pack(x: Tensor, check: bool) -> PackedSpikes | None:
+    """:func:`pack_spikes`; without ``check``, ``x`` is known to hold only spikes (a marked
+    neuron output) and its values are not read first."""
     bits_dtype = _BITS_DTYPES.get(x.dtype)
     if bits_dtype is None or x.numel() == 0 or x.is_meta or sys.byteorder != "little":
         return None
@@ -151,12 +168,14 @@ def pack_spikes(x: Tensor) -> PackedSpikes | None:
     order, flat = found
     bits = flat.view(bits_dtype)
     one = _one_bits(x.dtype)
-    # one copy to the host, not four operations: the probe runs on every saved tensor
-    if not set(bits[:_PROBE].tolist()) <= {0, one}:
+    # On the CPU the probe, one copy to the host, rejects most other tensors before four
+    # passes over them. On CUDA that copy would make the host wait for the device, a second
+    # wait per tensor (the full check is the first): there the full check runs alone.
+    if check and _values_cheap_to_read(x) and not set(bits[:_PROBE].tolist()) <= {0, one}:
         return None
     ones = bits == one
     # every nonzero bit pattern is that of 1.0: the rest are +0.0
-    if torch.count_nonzero(bits) != torch.count_nonzero(ones):
+    if check and torch.count_nonzero(bits) != torch.count_nonzero(ones):
         return None
     if ones.numel() % 8:
         ones = torch.nn.functional.pad(ones, (0, -ones.numel() % 8))
@@ -177,11 +196,29 @@ def _one_bits(dtype: torch.dtype) -> int:
     return torch.ones((), dtype=dtype).view(_BITS_DTYPES[dtype]).item()
 
 
+def _expand_by_table(bits: Tensor, dtype: torch.dtype) -> Tensor:
+    """``uint8 [n]`` -> ``dtype [8 n]``: the bits of each byte, lowest first, each a row of a
+    256-row table (the faster way on the CPU)."""
+    return _byte_values(dtype, bits.device).index_select(0, bits.int()).view(-1)
+
+
+def _expand_by_shifts(bits: Tensor, dtype: torch.dtype) -> Tensor:
+    """:func:`_expand_by_table` by elementwise shifts. On CUDA the table's gather is slow: on an
+    H200 it took 181 ms of an ``sdt_8_768`` training step (batch 36, bf16) that ran in 193 ms
+    without compaction."""
+    return ((bits.unsqueeze(-1) >> _shifts(bits.device)) & 1).to(dtype).view(-1)
+
+
+@functools.cache
+def _shifts(device: torch.device) -> Tensor:
+    return torch.arange(8, dtype=torch.uint8, device=device)
+
+
 @functools.cache
 def _byte_values(dtype: torch.dtype, device: torch.device) -> Tensor:
     """``[256, 8]``: row ``b`` holds the bits of the byte ``b``, lowest first, as ``dtype``."""
-    shifts = torch.arange(8, device=device)
-    return ((torch.arange(256, device=device).unsqueeze(-1) >> shifts) & 1).to(dtype)
+    every_byte = torch.arange(256, dtype=torch.uint8, device=device)
+    return _expand_by_shifts(every_byte, dtype).view(256, 8)
 
 
 def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
@@ -197,6 +234,48 @@ def compacting() -> bool:
     """Whether a :class:`compact_saved_spikes` block is running (a neuron then marks its
     integer spikes)."""
     return bool(_ACTIVE)
+
+
+def _values_cheap_to_read(x: Tensor) -> bool:
+    """Whether deciding on ``x``'s values costs no wait: reading a CUDA tensor's values on the
+    host waits for the device to finish everything queued before. (On an H200, 2026-12-04, an
+    ``sdt_8_768`` training step, batch 36 in bf16, waited so 176 times, once per saved tensor,
+    and took 309 ms, against 176 ms without compaction.)"""
+    return not x.is_cuda
+
+
+def _owns_storage(t: Tensor) -> bool:
+    """Whether ``t`` fills its storage, so that every view of that storage views ``t``."""
+    return t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.itemsize
+
+
+def mark_spikes(spikes: Tensor) -> None:
+    """Tell the innermost running :class:`compact_saved_spikes` that ``spikes`` holds only
+    ``+0.0`` and ``1.0`` (spikezoo's neurons mark their outputs); outside one, nothing happens.
+    Saved views of ``spikes`` are then packed without reading their values first, on CUDA too.
+
+    ``spikes`` that share their storage with other data, or whose dtype is not a float, are not
+    marked (their views are then treated like any other tensor).
+    """
+    if (
+        _ACTIVE
+        and isinstance(spikes, Tensor)  # not a torch.fx proxy
+        and spikes.dtype in _BITS_DTYPES
+        and _owns_storage(spikes)
+    ):
+        _ACTIVE[-1]._spikes[StorageWeakRef(spikes.untyped_storage())] = (
+            spikes.dtype,
+            spikes._version,
+        )
+
+
+def marked_as_spikes(x: Tensor) -> bool:
+    """Whether ``x`` views spikes that :func:`mark_spikes` marked in the innermost running
+    :class:`compact_saved_spikes`, unchanged since. A layer whose output is spikes whenever its
+    inputs are (a product, a max-pool) marks its output where this holds for them."""
+    if not _ACTIVE or not isinstance(x, Tensor):  # e.g. a torch.fx proxy
+        return False
+    return _ACTIVE[-1]._spikes.get(StorageWeakRef(x.untyped_storage())) == (x.dtype, x._version)
 
 
 def mark_integer_spikes(spikes: Tensor, counts: Tensor, norm: float) -> None:
@@ -217,8 +296,8 @@ def mark_integer_spikes(spikes: Tensor, counts: Tensor, norm: float) -> None:
         )
     laid_out_alike = (
         counts.stride() == spikes.stride()
-        and spikes.storage_offset() == counts.storage_offset() == 0
-        and spikes.untyped_storage().nbytes() == spikes.numel() * spikes.element_size()
+        and counts.storage_offset() == 0
+        and _owns_storage(spikes)
     )
     if _ACTIVE and laid_out_alike and spikes.dtype in _BITS_DTYPES:
         _ACTIVE[-1]._integer[StorageWeakRef(spikes.untyped_storage())] = (
@@ -253,6 +332,8 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         self._packed: dict[tuple, PackedSpikes | PackedCounts | None] = {}
         # storage -> (dtype, version, counts, norm) of integer spikes (mark_integer_spikes)
         self._integer: dict[StorageWeakRef, tuple[torch.dtype, int, Tensor, float]] = {}
+        # storage -> (dtype, version) of spikes (mark_spikes)
+        self._spikes: dict[StorageWeakRef, tuple[torch.dtype, int]] = {}
         super().__init__(self.pack, self.unpack)
 
     def __enter__(self) -> compact_saved_spikes:
@@ -269,6 +350,7 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
             _ACTIVE.remove(self)
         self._packed.clear()
         self._integer.clear()
+        self._spikes.clear()
 
     def pack(self, x: Tensor) -> PackedSpikes | PackedCounts | _Unchanged:
         """The pack hook: ``x`` as bits if it holds only spikes, as counts if it holds marked
@@ -289,6 +371,10 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
                 _, _, counts, norm = integer
                 view = counts.as_strided(x.shape, x.stride(), x.storage_offset())
                 self._packed[key] = PackedCounts(view, x.dtype, norm)
+            elif marked_as_spikes(x):
+                self._packed[key] = _pack(x, check=False)
+            elif not _values_cheap_to_read(x):
+                self._packed[key] = None
             else:
                 self._packed[key] = pack_spikes(x)
         cached = self._packed[key]

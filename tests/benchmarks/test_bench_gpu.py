@@ -47,6 +47,28 @@ def test_training_dry_run_times_spikezoo_and_says_why_the_authors_did_not_run():
         assert result["speedup"] is None
 
 
+@pytest.mark.slow  # three implementations' training steps of two small models
+def test_profile_dry_run_reports_step_and_busy_time_and_the_heaviest_operations(tmp_path):
+    import bench_gpu
+
+    page = tmp_path / "profile.md"
+    report = bench_gpu.main(["--part", "profile", "--dry-run", "--markdown", str(page)])
+    assert set(report["profile"]) == set(bench_gpu.BATCH_SIZES)
+    for result in report["profile"].values():
+        rows = result["rows"]
+        assert "dry run" in rows.pop("authors fp32")["error"]
+        assert set(rows) == {
+            "spikezoo bf16",
+            "spikezoo bf16, unfused, uncompacted",
+            "spikezoo fp32",
+        }
+        for row in rows.values():
+            assert row["wall_s"] > 0 and row["device_s"] > 0
+            assert len(row["top"]) == bench_gpu.PROFILE_TOP
+            assert row["synchronisations"] is None  # counted on CUDA only
+    assert "host waits: where" in page.read_text()
+
+
 def test_the_papers_batch_sizes_and_a_clear_error_without_cuda():
     import bench_gpu
     import torch
@@ -67,18 +89,30 @@ def _run_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow  # starts python to record the versions
 def test_run_gpu_skips_a_step_whose_timeout_does_not_fit_the_budget(tmp_path):
-    done = _run_script(tmp_path, TOTAL_BUDGET="30", STEP_TIMEOUT_2="40", STEP_TIMEOUT_3="50")
+    done = _run_script(
+        tmp_path, TOTAL_BUDGET="30", STEP_TIMEOUT_LIF="40", STEP_TIMEOUT_TRAINING="50"
+    )
     assert done.returncode == 1
     steps = (tmp_path / "steps.log").read_text()
     assert "lif: skipped, its timeout 40s exceeds" in steps
     assert "training: skipped, its timeout 50s exceeds" in steps
+    assert "profile: skipped, its timeout 120s exceeds" in steps
     assert not (tmp_path / "lif.json").exists()
 
 
-@pytest.mark.slow  # two benchmark processes
+@pytest.mark.slow  # one benchmark process
+def test_run_gpu_runs_the_steps_named_in_steps_only(tmp_path):
+    done = _run_script(tmp_path, STEPS="lif")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (tmp_path / "lif.json").exists()
+    assert not (tmp_path / "training.json").exists() and not (tmp_path / "profile.json").exists()
+
+
+@pytest.mark.slow  # three benchmark processes
 def test_run_gpu_dry_run_runs_every_step(tmp_path):
     done = _run_script(tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads((tmp_path / "lif.json").read_text())["dry_run"]
     assert "sdt_8_768" in json.loads((tmp_path / "training.json").read_text())["training"]
+    assert "sdt_8_768" in json.loads((tmp_path / "profile.json").read_text())["profile"]
     assert "tests: skipped in a dry run" in (tmp_path / "steps.log").read_text()

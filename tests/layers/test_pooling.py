@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikezoo.analysis import measure_saved_tensors
 from spikezoo.layers import MaxPool2d, max_pool2d, pooling
-from spikezoo.neurons import set_backend
+from spikezoo.neurons import MultiStepLIF, compact_saved_spikes, marked_as_spikes, set_backend
 from tests.models.families import FAMILY_NAMES, tiny, tiny_family
 
 WINDOWS = [
@@ -189,3 +189,10 @@ def test_models_that_max_pool_train_as_with_torch_pools(family):
         assert (grad is None) == (expected_grads[name] is None), name
         if grad is not None:
             assert torch.equal(grad, expected_grads[name]), name
+
+
+def test_the_max_pool_of_marked_spikes_is_marked_and_of_anything_else_not():
+    with compact_saved_spikes():
+        spikes = MultiStepLIF(backend="torch")(torch.randn(2, 4, 8, 8, requires_grad=True) * 2)
+        assert marked_as_spikes(max_pool2d(spikes, 3, 2, 1))
+        assert not marked_as_spikes(max_pool2d(spikes * 2, 3, 2, 1))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from spikezoo.analysis import measure_saved_tensors
-from spikezoo.neurons import IntegerNeuron, set_backend
+from spikezoo.neurons import IntegerNeuron, saved_spikes, set_backend
 from tests.analysis.tiny_models import RESFORMER, SDT, eager
 from tests.models import families
 
@@ -174,3 +174,24 @@ def test_integer_spikes_are_kept_as_one_byte_each(family):
     report = measure_saved_tensors(model, images, compact=True)
     counts = [t for t in report.tensors if t.dtype == "float32" and t.kept_nbytes * 4 == t.nbytes]
     assert sum(t.nbytes for t in counts) > report.nbytes / 5  # the spikes read by every layer
+
+
+#: Families with spike tensors that no neuron or spike layer marks: on CUDA, where only marked
+#: spikes are compacted, these stay as they are.
+UNMARKED_SPIKES = {"spike_driven_transformer_v2": "matmul's broadcast copies of q, k and v"}
+
+
+@pytest.mark.parametrize(
+    "family", [name for name in families.FAMILY_NAMES if name not in INTEGER_MODELS]
+)
+def test_where_values_cost_a_wait_the_marked_spikes_compact_as_much(family, monkeypatch):
+    model, images, _ = tiny(family, torch.float32)
+    plain = measure_saved_tensors(model, images).nbytes
+    checked = measure_saved_tensors(model, images, compact=True).kept_nbytes
+    # CUDA's policy, on the CPU: no values are read, only marked spikes are packed
+    monkeypatch.setattr(saved_spikes, "_values_cheap_to_read", lambda x: False)
+    marked_only = measure_saved_tensors(model, images, compact=True).kept_nbytes
+    if family in UNMARKED_SPIKES:
+        assert checked < marked_only < 0.9 * plain
+    else:
+        assert marked_only == checked

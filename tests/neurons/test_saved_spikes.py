@@ -10,7 +10,10 @@ from spikezoo.neurons import (
     PackedSpikes,
     compact_saved_spikes,
     mark_integer_spikes,
+    mark_spikes,
+    marked_as_spikes,
     pack_spikes,
+    saved_spikes,
 )
 from spikezoo.neurons.integer import integer_spike
 
@@ -47,10 +50,24 @@ def test_dimension_order_survives_the_round_trip():
     [[0.0, -0.0, 1.0], [1.0, float("nan")], [0.0, 0.5], [1.0, 2.0], [0.0, float("inf")]],
     ids=["negative zero", "nan", "half", "two", "inf"],
 )
-def test_anything_but_plus_zero_and_one_is_not_packed(values):
-    # the values sit past the probe, so the whole-tensor check has to catch them
-    x = torch.cat([torch.ones(100), torch.tensor(values)])
-    assert pack_spikes(x) is None
+@pytest.mark.parametrize("probe", [True, False], ids=["with the probe", "full check alone"])
+def test_anything_but_plus_zero_and_one_is_not_packed(values, probe, monkeypatch):
+    # Past the probe, the whole-tensor check has to catch the values; on CUDA (no probe: see
+    # pack_spikes) it has to catch them anywhere.
+    if not probe:
+        monkeypatch.setattr(saved_spikes, "_PROBE", 0)
+    for x in (torch.cat([torch.ones(100), torch.tensor(values)]), torch.tensor(values)):
+        assert pack_spikes(x) is None
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("expand", ["_expand_by_table", "_expand_by_shifts"])
+def test_each_expansion_gives_every_bytes_bits_lowest_first(expand, dtype):
+    # the table runs on the CPU, the shifts on CUDA
+    every_byte = torch.arange(256, dtype=torch.uint8)
+    bits = [(byte >> i) & 1 for byte in range(256) for i in range(8)]
+    expanded = getattr(saved_spikes, expand)(every_byte, dtype)
+    assert torch.equal(expanded, torch.tensor(bits, dtype=dtype))
 
 
 def test_integers_bools_and_strided_views_are_not_packed():
@@ -79,6 +96,66 @@ def test_gradients_are_bitwise_those_of_plain_autograd(dtype):
     compacted = torch.autograd.grad(loss, (x, weight))
     for a, b in zip(plain, compacted, strict=True):
         assert torch.equal(a, b)
+
+
+def lif_spikes(*shape):
+    return MultiStepLIF(backend="torch")(torch.randn(*shape, requires_grad=True) * 2)
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    """The ``check`` argument of every packing, in order."""
+    seen = []
+    real = saved_spikes._pack
+
+    def spy(x, check):
+        seen.append(check)
+        return real(x, check)
+
+    monkeypatch.setattr(saved_spikes, "_pack", spy)
+    return seen
+
+
+def test_a_neurons_spikes_are_marked_and_packed_without_reading_them(checks):
+    with compact_saved_spikes() as compaction:
+        s = lif_spikes(4, 64)
+        assert marked_as_spikes(s) and marked_as_spikes(s.view(256)[8:])
+        packed = compaction.pack(s.view(256))
+    assert checks == [False]
+    assert isinstance(packed, PackedSpikes) and torch.equal(packed.unpack(), s.view(256))
+    assert not marked_as_spikes(s)  # the marks end with their block
+
+
+def test_changed_spikes_and_part_of_a_storage_are_not_marked(checks):
+    with compact_saved_spikes() as compaction:
+        changed = lif_spikes(4, 64)
+        changed.mul_(1.0)
+        whole = spikes(2, 64).requires_grad_() * 1.0
+        mark_spikes(whole[:1])  # shares its storage with the other row
+        assert not marked_as_spikes(changed) and not marked_as_spikes(whole)
+        # on the CPU they are still packed, once their values are checked
+        assert isinstance(compaction.pack(changed), PackedSpikes)
+        assert isinstance(compaction.pack(whole), PackedSpikes)
+    assert checks == [True, True]
+
+
+def test_a_view_of_marked_spikes_in_another_dtype_is_not_marked():
+    with compact_saved_spikes():
+        s = lif_spikes(4, 64).bfloat16()
+        mark_spikes(s)
+        assert marked_as_spikes(s)
+        assert not marked_as_spikes(s.view(torch.float16))  # 1.0's bits: no float16 spike
+
+
+def test_where_values_cost_a_wait_only_marked_spikes_are_packed(checks, monkeypatch):
+    # CUDA's policy (saved_spikes._values_cheap_to_read), on the CPU
+    monkeypatch.setattr(saved_spikes, "_values_cheap_to_read", lambda x: False)
+    with compact_saved_spikes() as compaction:
+        marked = lif_spikes(4, 64)
+        unmarked = spikes(4, 64).requires_grad_() * 1.0
+        assert isinstance(compaction.pack(marked), PackedSpikes)
+        assert not isinstance(compaction.pack(unmarked), PackedSpikes)
+    assert checks == [False]
 
 
 def test_a_tensor_saved_twice_is_packed_once():
