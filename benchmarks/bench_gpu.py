@@ -14,7 +14,8 @@ Three parts, each run on its own (``--part``) so that ``run_gpu.sh`` can bound e
   in the same run (``dst.copy_(src)`` of a tensor of the same size: read once, written once).
   The least traffic of forward+backward is six ``[T, N]`` float32 tensors (forward: read
   ``x``, write the spikes and the charged membranes; backward: read the gradient and the
-  membranes, write ``dx``). Target: >= 60 %.
+  membranes, write ``dx``). Target: >= 60 %. Each backend's call is also profiled once: its
+  kernels' device time, against the call's time, says how much the host and the launches add.
 - ``profile``: where a training step's time goes, for the models of ``training``: spikezoo in
   bf16 autocast and in float32, the authors in float32. For each, the step's wall time (median
   of three synchronised steps), the device time of one profiled step (``torch.profiler``: the
@@ -288,6 +289,8 @@ def bench_lif(args: argparse.Namespace) -> dict:
             rows[backend] = timing.to_dict() | {
                 "bandwidth_bytes_per_s": bandwidth,
                 "fraction_of_copy": bandwidth / copy,
+                # the kernels' own time against the call's: what the host and the launches add
+                "profile": _profile_step(calls[backend], device),
             }
         results[steps] = {"neurons": neurons, "copy_bytes_per_s": copy, "rows": rows}
     return results
@@ -318,17 +321,21 @@ def markdown(report: dict) -> str:
         for steps, result in report["lif"].items():
             for backend, row in result["rows"].items():
                 if "error" in row:
-                    cells.append([steps, result["neurons"], backend, row["error"], "-"])
+                    cells.append([steps, result["neurons"], backend, row["error"], "-", "-", "-"])
                     continue
+                kernels = row["profile"]
+                top = "; ".join(f"{op} {seconds * 1e3:.3f}" for op, seconds in kernels["top"][:4])
                 cells.append(
                     [
                         steps, result["neurons"], backend, f"{row['median_s'] * 1e3:.3f}",
                         f"{row['fraction_of_copy']:.2f} (target {ROOFLINE_TARGET})",
+                        f"{kernels['device_s'] * 1e3:.3f}", top,
                     ]
                 )  # fmt: skip
             copy = result["copy_bytes_per_s"] / 1e9
             lines.append(f"- T={steps}: copy bandwidth {copy:.0f} GB/s")
-        lines += ["", table(["T", "N", "backend", "fwd+bwd ms", "of copy bandwidth"], cells)]
+        header = ["T", "N", "backend", "fwd+bwd ms", "of copy bandwidth", "kernels ms", "heaviest"]
+        lines += ["", table(header, cells)]
     for name, result in report.get("profile", {}).items():
         cells = []
         for label, row in result["rows"].items():

@@ -30,8 +30,10 @@ def test_lif_dry_run_reports_each_backend_against_the_copy_bandwidth(tmp_path):
         assert result["neurons"] == 4096 and result["copy_bytes_per_s"] > 0
         assert "CUDA" in result["rows"]["cupy"]["error"]  # unavailable here, and says why
         assert result["rows"]["torch"]["fraction_of_copy"] > 0
+        assert result["rows"]["torch"]["profile"]["device_s"] > 0  # its kernels' own time
     text = page.read_text()
     assert "**dry run**" in text and "of copy bandwidth" in text and "target 0.6" in text
+    assert "kernels ms" in text
 
 
 @pytest.mark.slow  # two small models' training steps
