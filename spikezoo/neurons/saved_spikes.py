@@ -16,12 +16,14 @@ spikes. Everything else is saved unchanged. The same tensor saved by several ope
 Which tensors hold only spikes is known or checked. Known: spikezoo's neurons mark their
 outputs (:func:`mark_spikes`), and layers whose output is spikes whenever their inputs are
 (:class:`~spikezoo.layers.SpikingHadamard`, the max-pool of :mod:`spikezoo.layers.pooling`)
-mark theirs; a saved view of marked spikes, unchanged since, is packed without reading its
-values. Checked: on the CPU, any other tensor is packed if its bit patterns are all those of
-``+0.0`` or ``1.0`` (so ``-0.0`` and NaN are kept as they are). On CUDA the check is left out,
-because reading values on the host makes it wait for the device, once per saved tensor: there
-only marked spikes are compacted (in the models, all but a few copies of spikes, such as the
-operands that ``matmul`` broadcasts).
+mark theirs; a saved view of marked spikes, unchanged since, is packed without checking its
+values one by one. (A neuron whose membrane is NaN fires NaN; one sum finds that. On the CPU
+such spikes are kept as they are; on CUDA the sum is not read, since the host would wait, and
+a NaN spike makes the whole unpacked tensor NaN instead of 0.) Checked: on the CPU, any other
+tensor is packed if its bit patterns are all those of ``+0.0`` or ``1.0`` (so ``-0.0`` and NaN
+are kept as they are). On CUDA the check is left out, because reading values on the host makes
+it wait for the device, once per saved tensor: there only marked spikes are compacted (in the
+models, all but a few copies of spikes, such as the operands that ``matmul`` broadcasts).
 
 Integer spikes (values ``n / norm``, ``n`` in ``0..255``: E-SpikeFormer's
 :class:`~spikezoo.neurons.IntegerNeuron`) are not bits: inside the block the neuron also keeps
@@ -89,12 +91,16 @@ class PackedSpikes:
         shape: the tensor's shape.
         order: its dimensions from the outermost to the innermost in memory.
         dtype: its dtype.
+        poison: for marked spikes packed unread (on CUDA), a ``[]`` float32 tensor that is
+            ``0.0``, or NaN if a spike was NaN (a NaN membrane fires NaN): added to every
+            unpacked value, it makes the whole tensor NaN then rather than its NaN spikes 0.
     """
 
     bits: Tensor
     shape: torch.Size
     order: tuple[int, ...]
     dtype: torch.dtype
+    poison: Tensor | None = None
 
     @property
     def nbytes(self) -> int:
@@ -105,6 +111,8 @@ class PackedSpikes:
         """The spikes as a tensor of :attr:`dtype`, shape and dimension order of the original."""
         expand = _expand_by_shifts if self.bits.is_cuda else _expand_by_table
         flat = expand(self.bits, self.dtype)[: self.shape.numel()]
+        if self.poison is not None:
+            flat.add_(self.poison)
         in_memory_order = flat.view([self.shape[d] for d in self.order])
         return in_memory_order.permute(_inverse(self.order))
 
@@ -157,8 +165,10 @@ def pack_spikes(x: Tensor) -> PackedSpikes | None:
 
 
 def _pack(x: Tensor, check: bool) -> PackedSpikes | None:
-    """:func:`pack_spikes`; without ``check``, ``x`` is known to hold only spikes (a marked
-    neuron output) and its values are not read first."""
+    """:func:`pack_spikes`; without ``check``, ``x`` is marked spikes: ``0.0``, ``1.0`` or NaN
+    (from a NaN membrane), which one sum finds. On the CPU a sum that is NaN leaves ``x``
+    unpacked; on CUDA it is not read (the host would wait) but kept as :attr:`PackedSpikes.poison`.
+    """
     bits_dtype = _BITS_DTYPES.get(x.dtype)
     if bits_dtype is None or x.numel() == 0 or x.is_meta or sys.byteorder != "little":
         return None
@@ -173,6 +183,13 @@ def _pack(x: Tensor, check: bool) -> PackedSpikes | None:
     # wait per tensor (the full check is the first): there the full check runs alone.
     if check and _values_cheap_to_read(x) and not set(bits[:_PROBE].tolist()) <= {0, one}:
         return None
+    poison = None
+    if not check:
+        total = flat.sum(dtype=torch.float32)  # finite for 0s and 1s in any number
+        if not _values_cheap_to_read(x):
+            poison = total * 0.0
+        elif total.isnan():
+            return None
     ones = bits == one
     # every nonzero bit pattern is that of 1.0: the rest are +0.0
     if check and torch.count_nonzero(bits) != torch.count_nonzero(ones):
@@ -187,7 +204,7 @@ def _pack(x: Tensor, check: bool) -> PackedSpikes | None:
     gathered |= gathered >> 14
     gathered |= gathered >> 28
     packed = gathered.to(torch.uint8)
-    return PackedSpikes(packed, x.shape, order, x.dtype)
+    return PackedSpikes(packed, x.shape, order, x.dtype, poison)
 
 
 @functools.cache
@@ -251,8 +268,9 @@ def _owns_storage(t: Tensor) -> bool:
 
 def mark_spikes(spikes: Tensor) -> None:
     """Tell the innermost running :class:`compact_saved_spikes` that ``spikes`` holds only
-    ``+0.0`` and ``1.0`` (spikezoo's neurons mark their outputs); outside one, nothing happens.
-    Saved views of ``spikes`` are then packed without reading their values first, on CUDA too.
+    ``+0.0`` and ``1.0``, or NaN where a membrane was NaN (spikezoo's neurons mark their
+    outputs); outside one, nothing happens. Saved views of ``spikes`` are then packed without
+    checking their values one by one, on CUDA too (see :class:`PackedSpikes` for NaN).
 
     ``spikes`` that share their storage with other data, or whose dtype is not a float, are not
     marked (their views are then treated like any other tensor).

@@ -158,6 +158,47 @@ def test_where_values_cost_a_wait_only_marked_spikes_are_packed(checks, monkeypa
     assert checks == [False]
 
 
+def nan_spikes():
+    x = torch.randn(4, 64) * 2
+    x[1, 5] = float("nan")  # a NaN membrane fires NaN from that step on
+    spikes = MultiStepLIF(backend="torch")(x.requires_grad_())
+    assert spikes.isnan().any() and not spikes.isnan().all()
+    return spikes
+
+
+def test_marked_spikes_with_a_nan_stay_unpacked_on_the_cpu():
+    with compact_saved_spikes() as compaction:
+        spikes = nan_spikes()
+        assert marked_as_spikes(spikes)
+        assert not isinstance(compaction.pack(spikes), PackedSpikes)
+        clean = lif_spikes(4, 64)
+        assert isinstance(compaction.pack(clean), PackedSpikes)
+
+
+def test_where_values_cost_a_wait_a_nan_spike_makes_the_whole_unpacked_tensor_nan(monkeypatch):
+    # CUDA's policy, on the CPU: the sum that finds a NaN is not read, but added on unpacking
+    monkeypatch.setattr(saved_spikes, "_values_cheap_to_read", lambda x: False)
+    with compact_saved_spikes() as compaction:
+        spikes, clean = nan_spikes(), lif_spikes(4, 64)
+        poisoned, packed = compaction.pack(spikes), compaction.pack(clean)
+    assert poisoned.unpack().isnan().all()
+    assert torch.equal(packed.unpack().view(torch.int32), clean.view(torch.int32))
+
+
+def test_gradients_with_a_nan_membrane_are_those_of_plain_autograd():
+    x = torch.randn(4, 64, 32) * 2
+    x[1, 3, 7] = float("nan")
+    x.requires_grad_()
+    weight = torch.randn(32, 16, requires_grad=True)
+    plain = torch.autograd.grad(lif_then_linear(x, weight), (x, weight))
+    with compact_saved_spikes():
+        loss = lif_then_linear(x, weight)
+    compacted = torch.autograd.grad(loss, (x, weight))
+    for a, b in zip(plain, compacted, strict=True):
+        assert a.isnan().any()
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 def test_a_tensor_saved_twice_is_packed_once():
     s = MultiStepLIF(backend="torch")(torch.randn(4, 64, requires_grad=True))
     with compact_saved_spikes() as compaction:
