@@ -168,7 +168,7 @@ def _implementations(name: str, device: torch.device, dry_run: bool) -> dict:
     }
 
 
-def _profile_step(step, device: torch.device) -> dict:
+def _profile_step(step: Callable[[], None], device: torch.device) -> dict:
     """Wall seconds of ``step()`` (median of three) and the device time of one profiled step."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -181,7 +181,8 @@ def _profile_step(step, device: torch.device) -> dict:
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
         step()
-        torch.cuda.synchronize() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     if device.type == "cuda":  # the kernels themselves (an operator's row would count them twice)
         events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
         own = "self_device_time_total"
@@ -234,7 +235,8 @@ def bench_profile(args: argparse.Namespace) -> dict:
                 rows[label] = {"error": error_text(error)}
             finally:
                 model = optimizer = step = None
-                torch.cuda.empty_cache() if device.type == "cuda" else None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
         results[name] = {"batch": batch, "img_size": size, "rows": rows}
     return results
 
