@@ -195,3 +195,24 @@ def test_where_values_cost_a_wait_the_marked_spikes_compact_as_much(family, monk
         assert checked < marked_only < 0.9 * plain
     else:
         assert marked_only == checked
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["cupy", "inductor"])
+@pytest.mark.parametrize("family", TINY_MODELS)
+def test_a_compacted_training_step_on_cuda_never_waits_for_the_device(family, backend):
+    model, images, labels = tiny(family, torch.float32)
+    set_backend(model, backend)
+    model, images, labels = model.cuda(), images.cuda(), labels.cuda()
+    training_step(model, images, labels)  # compiles, loads the kernels: waits allowed
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert loss.isfinite() and model.spike_compaction
+    assert all(p.grad is not None for p in model.get_classifier().parameters())
