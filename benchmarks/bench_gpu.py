@@ -17,7 +17,8 @@ Three parts, each run on its own (``--part``) so that ``run_gpu.sh`` can bound e
   membranes, write ``dx``). Target: >= 60 %. Each backend's call is also profiled once: its
   kernels' device time, against the call's time, says how much the host and the launches add.
 - ``profile``: where a training step's time goes, for the models of ``training``: spikezoo in
-  bf16 autocast and in float32, the authors in float32. For each, the step's wall time (median
+  bf16 autocast (as is, channels-last, and without BatchNorm fusion and spike compaction) and
+  in float32, the authors in float32. For each, the step's wall time (median
   of three synchronised steps), the device time of one profiled step (``torch.profiler``: the
   sum of every kernel's self time; a wall time well above it means the host cannot keep the
   device busy), the places where one step makes the host wait for the device
@@ -157,14 +158,20 @@ def _plain_model(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     return model
 
 
+def _channels_last(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` with its convolution weights channels-last (the images are made so too)."""
+    return build().to(memory_format=torch.channels_last)
+
+
 def _implementations(name: str, device: torch.device, dry_run: bool) -> dict:
-    """label -> (model builder, bf16 autocast) for the profile part."""
+    """label -> (model builder, bf16 autocast, channels-last) for the profile part."""
     spikezoo = partial(_spikezoo_model, name, dry_run)
     return {
-        "spikezoo bf16": (spikezoo, True),
-        "spikezoo bf16, unfused, uncompacted": (partial(_plain_model, spikezoo), True),
-        "spikezoo fp32": (spikezoo, False),
-        "authors fp32": (partial(_authors_model, name, device, dry_run), False),
+        "spikezoo bf16": (spikezoo, True, False),
+        "spikezoo bf16, channels-last": (partial(_channels_last, spikezoo), True, True),
+        "spikezoo bf16, unfused, uncompacted": (partial(_plain_model, spikezoo), True, False),
+        "spikezoo fp32": (spikezoo, False, False),
+        "authors fp32": (partial(_authors_model, name, device, dry_run), False, False),
     }
 
 
@@ -225,11 +232,14 @@ def bench_profile(args: argparse.Namespace) -> dict:
         images = torch.randn(batch, 3, size, size, device=device)
         labels = torch.randint(0, 1000, (batch,), device=device)
         rows = {}
-        for label, (build, autocast) in _implementations(name, device, args.dry_run).items():
+        implementations = _implementations(name, device, args.dry_run)
+        for label, (build, autocast, channels_last) in implementations.items():
             try:
                 model = build().to(device).train()
                 optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-                step = partial(training_step, model, images, labels, optimizer, autocast)
+                layout = torch.channels_last if channels_last else torch.contiguous_format
+                inputs = images.contiguous(memory_format=layout)
+                step = partial(training_step, model, inputs, labels, optimizer, autocast)
                 rows[label] = _profile_step(step, device)
             except Exception as error:  # reported in the table, the other rows go on
                 rows[label] = {"error": error_text(error)}

@@ -49,7 +49,7 @@ def test_training_dry_run_times_spikezoo_and_says_why_the_authors_did_not_run():
         assert result["speedup"] is None
 
 
-@pytest.mark.slow  # three implementations' training steps of two small models
+@pytest.mark.slow  # four implementations' training steps of two small models
 def test_profile_dry_run_reports_step_and_busy_time_and_the_heaviest_operations(tmp_path):
     import bench_gpu
 
@@ -61,6 +61,7 @@ def test_profile_dry_run_reports_step_and_busy_time_and_the_heaviest_operations(
         assert "dry run" in rows.pop("authors fp32")["error"]
         assert set(rows) == {
             "spikezoo bf16",
+            "spikezoo bf16, channels-last",
             "spikezoo bf16, unfused, uncompacted",
             "spikezoo fp32",
         }
