@@ -105,16 +105,23 @@ def _authors_model(name: str, device: torch.device, dry_run: bool) -> torch.nn.M
     return model
 
 
+def _batch(full_batch: int, args: argparse.Namespace, device: torch.device) -> tuple:
+    """``(batch, img_size, images, labels)`` of a training step: the full batch at 224 px, or
+    2 images at 32 px in a dry run."""
+    batch = 2 if args.dry_run else full_batch
+    size = 32 if args.dry_run else 224
+    torch.manual_seed(args.seed)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    return batch, size, images, labels
+
+
 def bench_training(args: argparse.Namespace) -> dict:
     """images/s of spikezoo (bf16 autocast) and the authors (float32) for each model."""
     device = torch.device(args.device)
     results = {}
     for name, full_batch in BATCH_SIZES.items():
-        batch = 2 if args.dry_run else full_batch
-        size = 32 if args.dry_run else 224
-        torch.manual_seed(args.seed)
-        images = torch.randn(batch, 3, size, size, device=device)
-        labels = torch.randint(0, 1000, (batch,), device=device)
+        batch, size, images, labels = _batch(full_batch, args, device)
         calls, notes = {}, {}
         implementations = {
             "spikezoo bf16": partial(_spikezoo_model, name, args.dry_run),
@@ -226,11 +233,7 @@ def bench_profile(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     results = {}
     for name, full_batch in BATCH_SIZES.items():
-        batch = 2 if args.dry_run else full_batch
-        size = 32 if args.dry_run else 224
-        torch.manual_seed(args.seed)
-        images = torch.randn(batch, 3, size, size, device=device)
-        labels = torch.randint(0, 1000, (batch,), device=device)
+        batch, size, images, labels = _batch(full_batch, args, device)
         rows = {}
         implementations = _implementations(name, device, args.dry_run)
         for label, (build, autocast, channels_last) in implementations.items():

@@ -389,7 +389,7 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
                 _, _, counts, norm = integer
                 view = counts.as_strided(x.shape, x.stride(), x.storage_offset())
                 self._packed[key] = PackedCounts(view, x.dtype, norm)
-            elif marked_as_spikes(x):
+            elif self._spikes.get(key[0]) == (x.dtype, x._version):  # marked_as_spikes(x)
                 self._packed[key] = _pack(x, check=False)
             elif not _values_cheap_to_read(x):
                 self._packed[key] = None
