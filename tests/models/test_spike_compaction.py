@@ -189,7 +189,7 @@ def test_where_values_cost_a_wait_the_marked_spikes_compact_as_much(family, monk
     plain = measure_saved_tensors(model, images).nbytes
     checked = measure_saved_tensors(model, images, compact=True).kept_nbytes
     # CUDA's policy, on the CPU: no values are read, only marked spikes are packed
-    monkeypatch.setattr(saved_spikes, "_values_cheap_to_read", lambda x: False)
+    monkeypatch.setattr(saved_spikes, "_on_host", lambda x: False)
     marked_only = measure_saved_tensors(model, images, compact=True).kept_nbytes
     if family in UNMARKED_SPIKES:
         assert checked < marked_only < 0.9 * plain

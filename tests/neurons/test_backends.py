@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
 import pytest
 import torch
@@ -173,6 +174,26 @@ def test_inductor_training_saves_the_input_and_torch_the_membranes():
     x = (torch.randn(4, 64) * 2).requires_grad_()
     assert x.untyped_storage().data_ptr() in _saved_storages("inductor", x)
     assert x.untyped_storage().data_ptr() not in _saved_storages("torch", x)
+
+
+def test_inductor_kernels_run_on_every_thread_whatever_size_compiled_first():
+    """The loops compile for a dynamic number of neurons. Compiled first for a few (a test, a
+    tiny layer), inductor would make single-threaded kernels, and its disk cache would keep them
+    for every size after: each kernel must open a parallel region whatever that first size."""
+    from torch._inductor.graph import GraphLowering
+
+    sources = []
+    x = torch.randn(2, 16, requires_grad=True)
+    with (
+        mock.patch.object(GraphLowering, "save_output_code", sources.append),
+        torch._inductor.config.patch(fx_graph_cache=False),
+    ):
+        # a threshold no other test uses: graphs of their own, compiled here for 16 neurons
+        multistep_lif(x, v_threshold=0.8125, backend="inductor").sum().backward()
+    kernels = [code for source in sources for code in source.split('extern "C"')[1:]]
+    assert len(kernels) >= 2  # the forward and the backward loop
+    for kernel in kernels:
+        assert "#pragma omp parallel" in kernel
 
 
 LIF_4_1_1 = (dynamics.NeuronConfig(True, True, 1.0, 0.0, "sigmoid", 4.0, True), 6)

@@ -61,13 +61,30 @@ def test_anything_but_plus_zero_and_one_is_not_packed(values, probe, monkeypatch
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("expand", ["_expand_by_table", "_expand_by_shifts"])
-def test_each_expansion_gives_every_bytes_bits_lowest_first(expand, dtype):
-    # the table runs on the CPU, the shifts on CUDA
+@pytest.mark.parametrize("on_host", [True, False], ids=["numpy", "shifts"])
+def test_each_expansion_gives_every_bytes_bits_lowest_first(on_host, dtype):
+    # NumPy's unpackbits in the CPU's memory, elementwise shifts on a device
     every_byte = torch.arange(256, dtype=torch.uint8)
     bits = [(byte >> i) & 1 for byte in range(256) for i in range(8)]
-    expanded = getattr(saved_spikes, expand)(every_byte, dtype)
-    assert torch.equal(expanded, torch.tensor(bits, dtype=dtype))
+    if on_host:
+        expanded = saved_spikes._expand_on_host(every_byte, 2045, dtype)
+        assert torch.equal(expanded, torch.tensor(bits[:2045], dtype=dtype))
+    else:
+        expanded = saved_spikes._expand_by_shifts(every_byte, dtype)
+        assert torch.equal(expanded, torch.tensor(bits, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("on_host", [True, False], ids=["numpy", "torch"])
+def test_both_packings_give_the_same_bytes(on_host, dtype, monkeypatch):
+    monkeypatch.setattr(saved_spikes, "_on_host", lambda x: on_host)
+    x = spikes(3, 7, 5, dtype=dtype)  # 105 spikes: the last byte is padded with zeros
+    ones = [int(v) for v in x.reshape(-1).tolist()] + [0] * 7
+    expected = [sum(bit << i for i, bit in enumerate(ones[j : j + 8])) for j in range(0, 105, 8)]
+    for check in (True, False):
+        packed = saved_spikes._pack(x, check)
+        assert packed.bits.tolist() == expected
+        assert torch.equal(packed.unpack(), x)
 
 
 def test_integers_bools_and_strided_views_are_not_packed():
@@ -148,8 +165,8 @@ def test_a_view_of_marked_spikes_in_another_dtype_is_not_marked():
 
 
 def test_where_values_cost_a_wait_only_marked_spikes_are_packed(checks, monkeypatch):
-    # CUDA's policy (saved_spikes._values_cheap_to_read), on the CPU
-    monkeypatch.setattr(saved_spikes, "_values_cheap_to_read", lambda x: False)
+    # a device's policy (not saved_spikes._on_host), on the CPU
+    monkeypatch.setattr(saved_spikes, "_on_host", lambda x: False)
     with compact_saved_spikes() as compaction:
         marked = lif_spikes(4, 64)
         unmarked = spikes(4, 64).requires_grad_() * 1.0
@@ -177,7 +194,7 @@ def test_marked_spikes_with_a_nan_stay_unpacked_on_the_cpu():
 
 def test_where_values_cost_a_wait_a_nan_spike_makes_the_whole_unpacked_tensor_nan(monkeypatch):
     # CUDA's policy, on the CPU: the sum that finds a NaN is not read, but added on unpacking
-    monkeypatch.setattr(saved_spikes, "_values_cheap_to_read", lambda x: False)
+    monkeypatch.setattr(saved_spikes, "_on_host", lambda x: False)
     with compact_saved_spikes() as compaction:
         spikes, clean = nan_spikes(), lif_spikes(4, 64)
         poisoned, packed = compaction.pack(spikes), compaction.pack(clean)
