@@ -93,8 +93,10 @@ def _backward_from_input(
     """
     bn, neuron = ctx.bn, ctx.neuron
     frames = y.flatten(0, 1)
-    normalised, mean, invstd = torch.ops.aten.native_batch_norm(
-        frames, bn.weight, bn.bias, None, None, True, 0.0, bn.eps
+    # the kernel that nn.BatchNorm's forward chose (cuDNN's on CUDA, the native one on the
+    # CPU), so that the recomputed input, and with it every spike, is the forward's bit for bit
+    normalised, mean, invstd, reserve, kernel = torch.ops.aten._batch_norm_impl_index(
+        frames, bn.weight, bn.bias, None, None, True, 0.0, bn.eps, torch.backends.cudnn.enabled
     )
     neuron_grads = [None] * (params - ctx.bn_params)
     grad = grad_normalised
@@ -106,9 +108,9 @@ def _backward_from_input(
         grad = grad_input if grad is None else grad_input.add_(grad)
     del normalised  # BatchNorm's backward reads y and the statistics, not its output
     needed = [p is not None and p.requires_grad for p in (bn.weight, bn.bias)]
-    grad_y, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-        grad.flatten(0, 1), frames, bn.weight, None, None, mean, invstd, True, bn.eps,
-        [ctx.needs_input_grad[0], *needed],
+    grad_y, grad_weight, grad_bias = torch.ops.aten._batch_norm_impl_index_backward(
+        kernel, frames, grad.flatten(0, 1), bn.weight, None, None, mean, invstd, True, bn.eps,
+        [ctx.needs_input_grad[0], *needed], reserve,
     )  # fmt: skip
     bn_grads = [g for p, g in ((bn.weight, grad_weight), (bn.bias, grad_bias)) if p is not None]
     grad_y = None if grad_y is None else grad_y.unflatten(0, y.shape[:2])

@@ -200,6 +200,36 @@ def test_the_fused_backward_from_the_input_equals_the_graph_bit_for_bit(neuron, 
         assert got is None or torch.equal(got, expected)
 
 
+CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ],
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_the_backward_starts_from_the_forwards_normalised_input_bit_for_bit(device, dtype):
+    """The recomputed BatchNorm is the forward's kernel (cuDNN's for float32 on CUDA, where the
+    native kernel rounds differently), so the neuron back-propagates through the spikes that
+    the forward pass fired."""
+    torch.manual_seed(0)
+    bn, neuron = nn.BatchNorm2d(64).to(device).train(), LIF()
+    y = (torch.randn(4, 8, 64, 32, 32, device=device) * 3 + 1).to(dtype).requires_grad_()
+    seen = []
+
+    def input_gradient(x, grad_spikes):
+        seen.append(x)
+        return type(neuron).input_gradient(neuron, x, grad_spikes)
+
+    neuron.input_gradient = input_gradient
+    spikes, normalised = batch_norm_fire(y, bn, neuron, with_normalised=True)
+    spikes.sum().backward()
+    assert len(seen) == 1 and torch.equal(seen[0], normalised)
+
+
 def _step_peak(step) -> int:
     """Peak bytes the CPU allocator holds during ``step()`` above its start (allocation events
     summed in time order: deterministic)."""
