@@ -97,12 +97,12 @@ def use_cupy(monkeypatch):
     def install(module, torch_cuda="13.0"):
         monkeypatch.setitem(sys.modules, "cupy", module)
         monkeypatch.setattr(torch.version, "cuda", torch_cuda)
-        cupy_backend._import_cupy.cache_clear()
-        cupy_backend._module.cache_clear()
+        for cache in (cupy_backend._import_cupy, cupy_backend._module, cupy_backend._stream):
+            cache.cache_clear()
 
     yield install
-    cupy_backend._import_cupy.cache_clear()
-    cupy_backend._module.cache_clear()
+    for cache in (cupy_backend._import_cupy, cupy_backend._module, cupy_backend._stream):
+        cache.cache_clear()
 
 
 # ---------------------------------------------------------------- choice and errors
@@ -281,6 +281,9 @@ class HostKernel:
         assert run(*self.flags, self.dtype_code, steps, neurons, *rest) == 0
 
 
+TORCH_STREAM_HANDLE = 0x5EED
+
+
 @pytest.fixture
 def emulated_cupy(host, use_cupy, monkeypatch):
     """Backend ``"cupy"`` running the host build on CPU tensors; returns the fake module."""
@@ -293,17 +296,20 @@ def emulated_cupy(host, use_cupy, monkeypatch):
     cupy = fake_cupy(get_function=get_function)
     cupy.kernels = kernels
 
-    @contextmanager
-    def stream_context(stream):
-        streams.append("entered")
-        yield
-        streams.append("left")
+    class StreamContext:  # entered at every launch, as CuPy's streams are
+        def __enter__(self):
+            streams.append("entered")
 
-    torch_stream = object()
-    cupy.cuda.Stream = SimpleNamespace(
-        from_external=lambda s: stream_context(s) if s is torch_stream else pytest.fail("stream")
-    )
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: torch_stream)
+        def __exit__(self, *exc):
+            streams.append("left")
+
+    def from_external(stream):
+        # the handle of PyTorch's current stream, through the CUDA stream protocol
+        assert stream.__cuda_stream__() == (0, TORCH_STREAM_HANDLE), "another stream"
+        return StreamContext()
+
+    cupy.cuda.Stream = SimpleNamespace(from_external=from_external)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: TORCH_STREAM_HANDLE)
     use_cupy(cupy)
     available = registry.Backend(
         "cupy", cupy_backend.forward, cupy_backend.backward, lambda x: None

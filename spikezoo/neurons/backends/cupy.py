@@ -189,8 +189,30 @@ def _launch(
     cupy = _cupy()
     with cupy.cuda.Device(device.index):
         kernel = _kernel(cupy, cfg, role, dtype)
-        with cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
+        # the raw handle: torch.cuda.current_stream builds a Python Stream object per call,
+        # which took 24 us on an H200's host (2026-12-04), about as long as the launch itself
+        with _stream(torch._C._cuda_getCurrentRawStream(device.index)):
             kernel((blocks,), (threads,), args)
+
+
+class _StreamHandle:
+    """A CUDA stream by its ``cudaStream_t`` handle, with the CUDA stream protocol that
+    ``cupy.cuda.Stream.from_external`` reads."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return 0, self.handle
+
+
+@functools.cache
+def _stream(handle: int) -> Any:
+    """CuPy's wrapper of the CUDA stream ``handle``, made once per stream; it owns nothing, so
+    a handle that CUDA reuses for another stream is wrapped correctly too."""
+    return _cupy().cuda.Stream.from_external(_StreamHandle(handle))
 
 
 def _blocks(neurons: int) -> int:
