@@ -223,7 +223,8 @@ def _synchronisations(step: Callable[[], None]) -> dict[str, int]:
     sites = Counter(
         f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}"
         for w in caught
-        if "synchroniz" in str(w.message)
+        # the waits; not the warning that the debug mode is a prototype, on first use
+        if "called a synchronizing" in str(w.message)
     )
     return dict(sites.most_common())
 

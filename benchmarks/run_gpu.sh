@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 20's GPU checks in one go, sized for under 8 minutes on one H100/H200:
-#   tests:    the tests marked `cuda` (CuPy kernels, spike compaction on CUDA)      timeout  60 s
-#   lif:      bench_gpu.py --part lif: LIF at T = 4, 16 vs copy bandwidth           timeout 120 s
+#   tests:    the tests marked `cuda` (CuPy kernels, spike compaction, fused BN)    timeout  90 s
+#   lif:      bench_gpu.py --part lif: LIF at T = 4, 16 vs copy bandwidth           timeout  90 s
 #   training: bench_gpu.py --part training: sdt_8_768, spikingresformer_s, spikezoo
 #             bf16 autocast vs the authors' float32 CuPy code, images/s             timeout 150 s
 #   profile:  bench_gpu.py --part profile: the same steps under torch.profiler      timeout 120 s
@@ -91,13 +91,14 @@ if [[ "$dry_run" == 1 ]]; then
 else
   nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 fi
-declare -A timeouts=([tests]=60 [lif]=120 [training]=150 [profile]=120)
+declare -A timeouts=([tests]=90 [lif]=90 [training]=150 [profile]=120)
 for name in tests lif training profile; do
   override=STEP_TIMEOUT_${name^^}
   limit=${!override:-${timeouts[$name]}}
   if [[ $name == tests ]]; then
     step tests "$limit" "$python" -m pytest -m cuda -p no:cacheprovider -q -rs \
-      tests/test_cuda.py tests/neurons/test_cupy_backend.py tests/models/test_spike_compaction.py
+      tests/test_cuda.py tests/neurons/test_cupy_backend.py tests/models/test_spike_compaction.py \
+      tests/layers/test_bn_neuron.py
   else
     step "$name" "$limit" "${bench[@]}" --part "$name" \
       --json "$out/$name.json" --markdown "$out/$name.md"

@@ -72,6 +72,31 @@ def test_profile_dry_run_reports_step_and_busy_time_and_the_heaviest_operations(
     assert "host waits: where" in page.read_text()
 
 
+def test_waits_are_counted_where_the_step_made_them_and_nothing_else(monkeypatch):
+    import warnings
+
+    import bench_gpu
+    import torch
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def step():
+        # what torch warns on the first switch to the debug mode (an H200 run counted it as a wait)
+        warnings.warn(
+            "Synchronization debug mode is a prototype feature and does not yet detect all "
+            "synchronizing operations",
+            UserWarning,
+            stacklevel=1,
+        )
+        for _ in range(2):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+
+    sites = bench_gpu._synchronisations(step)
+    assert list(sites.values()) == [2] and next(iter(sites)).startswith("benchmarks/test_")
+    assert modes == ["warn", "default"]
+
+
 def test_the_papers_batch_sizes_and_a_clear_error_without_cuda():
     import bench_gpu
     import torch
