@@ -69,9 +69,15 @@ def test_each_expansion_gives_every_bytes_bits_lowest_first(on_host, dtype):
     if on_host:
         expanded = saved_spikes._expand_on_host(every_byte, 2045, dtype)
         assert torch.equal(expanded, torch.tensor(bits[:2045], dtype=dtype))
-    else:
-        expanded = saved_spikes._expand_by_shifts(every_byte, dtype)
-        assert torch.equal(expanded, torch.tensor(bits, dtype=dtype))
+        return
+    # bit patterns: +0.0 and 1.0, whether a zero poison is added or not
+    as_bits = saved_spikes._BITS_DTYPES[dtype]
+    expected = torch.tensor(bits, dtype=dtype).view(as_bits)
+    for poison in (None, torch.zeros((), dtype=dtype), torch.zeros(())):
+        expanded = saved_spikes._expand_on_device(every_byte, dtype, poison)
+        assert expanded.dtype == dtype and torch.equal(expanded.view(as_bits), expected)
+    poisoned = saved_spikes._expand_on_device(every_byte, dtype, torch.tensor(float("nan")))
+    assert poisoned.dtype == dtype and poisoned.isnan().all()
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
