@@ -309,7 +309,10 @@ def emulated_cupy(host, use_cupy, monkeypatch):
         return StreamContext()
 
     cupy.cuda.Stream = SimpleNamespace(from_external=from_external)
-    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: TORCH_STREAM_HANDLE)
+    # raising=False: a CPU-only build of torch has no such function
+    monkeypatch.setattr(
+        torch._C, "_cuda_getCurrentRawStream", lambda index: TORCH_STREAM_HANDLE, raising=False
+    )
     use_cupy(cupy)
     available = registry.Backend(
         "cupy", cupy_backend.forward, cupy_backend.backward, lambda x: None
