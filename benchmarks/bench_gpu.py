@@ -17,12 +17,13 @@ Three parts, each run on its own (``--part``) so that ``run_gpu.sh`` can bound e
   membranes, write ``dx``). Target: >= 60 %. Each backend's call is also profiled once: its
   kernels' device time, against the call's time, says how much the host and the launches add.
 - ``profile``: where a training step's time goes, for the models of ``training``: spikezoo in
-  bf16 autocast (as is, channels-last, and without BatchNorm fusion and spike compaction) and
-  in float32, the authors in float32. For each, the step's wall time (median
-  of three synchronised steps), the device time of one profiled step (``torch.profiler``: the
-  sum of every kernel's self time; a wall time well above it means the host cannot keep the
-  device busy), the places where one step makes the host wait for the device
-  (``torch.cuda.set_sync_debug_mode``) and the kernels that take the most device time.
+  bf16 autocast (as is, channels-last, without BatchNorm fusion, without spike compaction,
+  and without both) and in float32, the authors in float32. For each, the step's wall time
+  (median of three synchronised steps) and the peak of ``torch.cuda.max_memory_allocated``
+  over those steps, the device time of one profiled step (``torch.profiler``: the sum of every
+  kernel's self time; a wall time well above it means the host cannot keep the device busy),
+  the places where one step makes the host wait for the device
+  (``torch.cuda.set_sync_debug_mode``) and the 20 kernels that take the most device time.
 
 Time: ``harness.timing`` (first call apart, ``blocked_autorange`` warm-up, interleaved rounds,
 medians). ``--dry-run`` runs the same steps on the CPU, tiny (small models at 32x32, batch 2,
@@ -69,7 +70,7 @@ ROOFLINE_TARGET = 0.6
 LIF_TENSORS_MOVED = 6
 LIF_BACKENDS = ("cupy", "inductor")
 STEPS = (4, 16)
-PROFILE_TOP = 12
+PROFILE_TOP = 20
 
 
 def training_step(model: torch.nn.Module, images, labels, optimizer, autocast: bool) -> None:
@@ -155,13 +156,16 @@ def bench_training(args: argparse.Namespace) -> dict:
     return results
 
 
-def _plain_model(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """``build()`` with BatchNorm+neuron fusion and spike compaction off (their cost, apart)."""
+def _switched(
+    build: Callable[[], torch.nn.Module], *, fusion: bool, compaction: bool
+) -> torch.nn.Module:
+    """``build()`` with BatchNorm+neuron fusion and spike compaction switched as given: what
+    each memory feature costs and saves, apart."""
     from spikezoo.layers.bn_neuron import set_bn_neuron_fusion
 
     model = build()
-    set_bn_neuron_fusion(model, False)
-    model.set_spike_compaction(False)
+    set_bn_neuron_fusion(model, fusion)
+    model.set_spike_compaction(compaction)
     return model
 
 
@@ -176,7 +180,21 @@ def _implementations(name: str, device: torch.device, dry_run: bool) -> dict:
     return {
         "spikezoo bf16": (spikezoo, True, False),
         "spikezoo bf16, channels-last": (partial(_channels_last, spikezoo), True, True),
-        "spikezoo bf16, unfused, uncompacted": (partial(_plain_model, spikezoo), True, False),
+        "spikezoo bf16, unfused": (
+            partial(_switched, spikezoo, fusion=False, compaction=True),
+            True,
+            False,
+        ),
+        "spikezoo bf16, uncompacted": (
+            partial(_switched, spikezoo, fusion=True, compaction=False),
+            True,
+            False,
+        ),
+        "spikezoo bf16, unfused, uncompacted": (
+            partial(_switched, spikezoo, fusion=False, compaction=False),
+            True,
+            False,
+        ),
         "spikezoo fp32": (spikezoo, False, False),
         "authors fp32": (partial(_authors_model, name, device, dry_run), False, False),
     }
@@ -189,7 +207,10 @@ def _profile_step(step: Callable[[], None], device: torch.device) -> dict:
 
     for _ in range(2):
         step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     wall = sorted(time_once(step) for _ in range(3))[1]
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -206,6 +227,7 @@ def _profile_step(step: Callable[[], None], device: torch.device) -> dict:
     return {
         "synchronisations": _synchronisations(step) if device.type == "cuda" else None,
         "wall_s": wall,
+        "peak_bytes": peak,
         "device_s": sum(getattr(event, own) for event in events) * 1e-6,
         "top": [(event.key[:70], getattr(event, own) * 1e-6) for event in ranked[:PROFILE_TOP]],
     }
@@ -352,13 +374,17 @@ def markdown(report: dict) -> str:
             lines.append(f"- T={steps}: copy bandwidth {copy:.0f} GB/s")
         header = ["T", "N", "backend", "fwd+bwd ms", "of copy bandwidth", "kernels ms", "heaviest"]
         lines += ["", table(header, cells)]
+    profile_header = [
+        "implementation", "step ms", "device ms", "peak MiB", "host waits: where", "heaviest (ms)"
+    ]  # fmt: skip
     for name, result in report.get("profile", {}).items():
         cells = []
         for label, row in result["rows"].items():
             if "error" in row:
-                cells.append([label, row["error"], "-", "-", "-"])
+                cells.append([label, row["error"], "-", "-", "-", "-"])
                 continue
             top = "; ".join(f"{op} {seconds * 1e3:.1f}" for op, seconds in row["top"])
+            peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.0f}"
             wall, busy = row["wall_s"] * 1e3, row["device_s"] * 1e3
             sites = row["synchronisations"]
             waits = (
@@ -367,15 +393,12 @@ def markdown(report: dict) -> str:
                 else f"{sum(sites.values())}: "
                 + ", ".join(f"{site} x{count}" for site, count in list(sites.items())[:3])
             )
-            cells.append([label, f"{wall:.1f}", f"{busy:.1f}", waits, top])
+            cells.append([label, f"{wall:.1f}", f"{busy:.1f}", peak, waits, top])
         lines += [
             "",
             f"{name}, batch {result['batch']}, {result['img_size']} px:",
             "",
-            table(
-                ["implementation", "step ms", "device ms", "host waits: where", "heaviest (ms)"],
-                cells,
-            ),
+            table(profile_header, cells),
         ]
     return "\n".join(lines)
 

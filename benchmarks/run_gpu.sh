@@ -5,7 +5,8 @@
 #   training: bench_gpu.py --part training: sdt_8_768, spikingresformer_s, spikezoo
 #             bf16 autocast vs the authors' float32 CuPy code, images/s             timeout 150 s
 #   profile:  bench_gpu.py --part profile: the same steps under torch.profiler      timeout 120 s
-# (seen on an H200, 2026-12-04: 67, 34 and 21 s for the first three). STEPS names the steps to
+# (seen on an H200, 2026-12-04, three runs: 51-77, 34-37, 19-29 and, with five profiled
+# implementations where there are seven now, 42-48 s; 160-172 s in all). STEPS names the steps to
 # run (default all four, in this order); each has its own timeout (STEP_TIMEOUT_<NAME>, e.g.
 # STEP_TIMEOUT_TRAINING, overrides it) and the run a total budget (TOTAL_BUDGET, default 460 s,
 # which also covers up to 60 s of setting up the authors' code): a step starts only if its
