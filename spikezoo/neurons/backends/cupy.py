@@ -208,7 +208,7 @@ class _StreamHandle:
         return 0, self.handle
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)  # bounded: external streams may come and go
 def _stream(handle: int) -> Any:
     """CuPy's wrapper of the CUDA stream ``handle``, made once per stream; it owns nothing, so
     a handle that CUDA reuses for another stream is wrapped correctly too."""
