@@ -93,9 +93,9 @@ class PackedSpikes:
         shape: the tensor's shape.
         order: its dimensions from the outermost to the innermost in memory.
         dtype: its dtype.
-        poison: for marked spikes packed unread (on CUDA), a ``[]`` tensor of :attr:`dtype`
-            that is ``0.0``, or NaN if a spike was NaN (a NaN membrane fires NaN): added to
-            every unpacked value, it makes the whole tensor NaN then rather than its NaN spikes 0.
+        poison: for marked spikes packed unread (on CUDA), a ``[]`` float32 tensor that is
+            ``0.0``, or NaN if a spike was NaN (a NaN membrane fires NaN): added to every
+            unpacked value, it makes the whole tensor NaN then rather than its NaN spikes 0.
     """
 
     bits: Tensor
@@ -197,8 +197,7 @@ def _pack(x: Tensor, check: bool) -> PackedSpikes | None:
         if torch.count_nonzero(bits) != torch.count_nonzero(ones):
             return None
     else:
-        # 0 for 0s and 1s in any number, or NaN
-        poison = (flat.sum(dtype=torch.float32) * 0.0).to(x.dtype)
+        poison = flat.sum(dtype=torch.float32) * 0.0  # 0 for 0s and 1s in any number, or NaN
     return PackedSpikes(_pack_on_device(ones), x.shape, order, x.dtype, poison)
 
 
@@ -258,8 +257,8 @@ def _pack_on_device(ones: Tensor) -> Tensor:
 
 def _expand_on_device(bits: Tensor, dtype: torch.dtype, poison: Tensor | None) -> Tensor:
     """``uint8 [n]`` -> ``dtype [8 n]``: the bits of each byte, lowest first, by elementwise
-    shifts, plus ``poison`` (a ``[]`` tensor of ``dtype``) where given, in the same kernel as
-    the conversion: 1.05 against 1.52 ms for 173M bf16 spikes on an H200 (2026-12-04) when
+    shifts, plus ``poison`` (a ``[]`` float tensor) where given, in the same kernel as the
+    conversion: 1.05 against 1.52 ms for 173M bf16 spikes on an H200 (2026-12-04) when
     it was added in place afterwards. (A gather from a 256-row table took 181 ms of an
     ``sdt_8_768`` training step there, batch 36 in bf16, that ran in 193 ms without
     compaction.)"""
