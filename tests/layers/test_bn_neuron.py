@@ -28,6 +28,7 @@ from spikezoo.layers import (
     SpikingTokenMLP,
     TokenQKAttention,
     batch_norm_fire,
+    bn_neuron,
     set_bn_neuron_fusion,
 )
 from spikezoo.neurons import IntegerNeuron, MultiStepIF, MultiStepLIF, MultiStepPLIF, set_backend
@@ -218,6 +219,172 @@ def test_the_backward_starts_from_the_forwards_normalised_input_bit_for_bit(devi
     torch.manual_seed(0)
     bn, neuron = nn.BatchNorm2d(64).to(device).train(), LIF()
     y = (torch.randn(4, 8, 64, 32, 32, device=device) * 3 + 1).to(dtype).requires_grad_()
+    seen = []
+
+    def input_gradient(x, grad_spikes):
+        seen.append(x)
+        return type(neuron).input_gradient(neuron, x, grad_spikes)
+
+    neuron.input_gradient = input_gradient
+    spikes, normalised = batch_norm_fire(y, bn, neuron, with_normalised=True)
+    spikes.sum().backward()
+    assert len(seen) == 1 and torch.equal(seen[0], normalised)
+
+
+class _Pair(nn.Module):
+    """``batch_norm_fire`` as a module, with the switch that ``set_bn_neuron_fusion`` sets."""
+
+    def __init__(self, bn: nn.Module) -> None:
+        super().__init__()
+        self.bn, self.neuron, self.fuse_bn_neuron = bn, LIF(), True
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.fuse_bn_neuron:
+            return torch.cat(batch_norm_fire(y, self.bn, self.neuron, with_normalised=True))
+        normalised = self.bn(y.flatten(0, 1)).unflatten(0, y.shape[:2])
+        return torch.cat([self.neuron(normalised), normalised])
+
+
+class _ShiftedBatchNorm(nn.BatchNorm2d):
+    """A subclass computing otherwise than ``nn.BatchNorm2d``: the pair must call it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 0.25
+
+
+@pytest.mark.parametrize(
+    ("make_bn", "shape"),
+    [
+        (lambda: nn.BatchNorm2d(4), (2, 3, 4, 5, 5)),
+        (lambda: nn.BatchNorm2d(4, momentum=None), (2, 3, 4, 5, 5)),
+        (lambda: nn.BatchNorm2d(4, affine=False), (2, 3, 4, 5, 5)),
+        (lambda: nn.BatchNorm2d(4, track_running_stats=False), (2, 3, 4, 5, 5)),
+        (lambda: nn.BatchNorm1d(4), (2, 3, 4, 7)),
+        (lambda: _ShiftedBatchNorm(4), (2, 3, 4, 5, 5)),
+    ],
+    ids=["default", "cumulative-average", "no-affine", "no-running-stats", "1d", "subclass"],
+)
+def test_the_fused_pair_computes_what_the_batch_norm_module_computes(make_bn, shape):
+    """On the CPU the fused forward calls ``nn.BatchNorm``'s kernel itself, to keep its
+    statistics: outputs, gradients, running statistics and counter are the module's, over two
+    steps (the cumulative average changes its factor), whatever its options. A subclass runs
+    as the plain pair: the fused backward would recompute ``nn.BatchNorm2d``, not it."""
+    torch.manual_seed(0)
+    fused = _Pair(make_bn()).double().train()
+    unfused = copy.deepcopy(fused)
+    set_bn_neuron_fusion(unfused, False)
+    for step in range(2):
+        x = torch.randn(shape, dtype=torch.float64) * 2
+        got, expected = _train_step(fused, x, seed=step), _train_step(unfused, x, seed=step)
+        assert torch.equal(got["out"], expected["out"])
+        for name, buffer in got["buffers"].items():
+            assert torch.equal(buffer, expected["buffers"][name]), name
+        torch.testing.assert_close(got["grad_x"], expected["grad_x"], rtol=1e-12, atol=1e-14)
+        for name, grad in got["grads"].items():
+            torch.testing.assert_close(grad, expected["grads"][name], rtol=1e-12, atol=1e-14)
+
+
+def test_sync_batch_norm_and_other_subclasses_are_not_fused():
+    # SyncBatchNorm normalises with every process's statistics: recomputing them locally in
+    # backward would give each process the gradients of its own batch alone
+    y = torch.randn(2, 3, 4, 5, 5, requires_grad=True)
+    for bn in (nn.SyncBatchNorm(4), _ShiftedBatchNorm(4), nn.BatchNorm2d(4)):
+        grad_fn = type(batch_norm_fire(y, bn.train(), LIF()).grad_fn).__name__
+        assert (grad_fn == "_BatchNormFireBackward") == (type(bn) is nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("where", ["module", "global"])
+def test_a_batch_norm_with_forward_hooks_is_called_as_a_module_once(where):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4).double().train()
+    seen = []
+
+    def hook(module, args, output):
+        if module is bn:
+            seen.append(output.detach().clone())
+
+    handle = (
+        bn.register_forward_hook(hook)
+        if where == "module"
+        else nn.modules.module.register_module_forward_hook(hook)
+    )
+    try:
+        y = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+        spikes, normalised = batch_norm_fire(y, bn, LIF(), with_normalised=True)
+        spikes.sum().backward()
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and torch.equal(seen[0], normalised.flatten(0, 1))
+    assert y.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("make_bn", "shape", "message"),
+    [
+        (lambda: nn.BatchNorm2d(4, eps=0.0), (2, 3, 4, 5, 5), "eps must be positive"),
+        (lambda: nn.BatchNorm2d(4), (1, 1, 4, 1, 1), "more than 1 value per channel"),
+        (lambda: nn.BatchNorm1d(4), (2, 3, 4, 5, 5), "expected 2D or 3D input"),
+    ],
+    ids=["eps", "one-value-per-channel", "wrong-dims"],
+)
+def test_the_fused_pair_raises_what_the_module_raises_and_counts_nothing(make_bn, shape, message):
+    bn = make_bn().train()
+    y = torch.randn(shape, requires_grad=True)
+    with pytest.raises(ValueError, match=message):
+        bn(y.flatten(0, 1))
+    bn.num_batches_tracked.zero_()
+    before = {name: buffer.clone() for name, buffer in bn.named_buffers()}
+    with pytest.raises(ValueError, match=message):
+        batch_norm_fire(y, bn, LIF())
+    for name, buffer in bn.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        (torch.float32, torch.float32, 4, False, True),
+        (torch.float32, torch.float32, 4, True, True),
+        (torch.float32, torch.float32, 3, False, True),
+        (torch.float64, torch.float64, 4, False, True),
+        (torch.float64, None, 4, False, True),
+        (torch.bfloat16, torch.float32, 4, False, True),
+    ],
+    ids=["fp32", "fp32-channels-last", "fp32-1d", "fp64", "fp64-no-affine", "bf16-autocast"],
+)
+def test_the_cpu_backward_recomputes_the_models_inputs_as_the_kernels_affine_map(kind):
+    """For the inputs the models train on (float32, float64, bfloat16 with float32 weights),
+    PyTorch's CPU kernel normalises by the affine map that the fused backward recomputes
+    instead of rerunning the kernel: found on its probe, and on a large input here."""
+    assert bn_neuron._affine_reproduces_kernel(*kind)
+    dtype, param_dtype, dims, channels_last, _ = kind
+    shape = (2, 96, 23, 29)[:dims] if dims == 4 else (2, 96, 23 * 29)
+    x = (torch.randn(shape, dtype=torch.float64) * 5 - 2).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = (None, None) if param_dtype is None else torch.randn(2, 96, dtype=param_dtype)
+    expected, mean, invstd, _, _ = torch.ops.aten._batch_norm_impl_index(
+        x, weight, bias, None, None, True, 0.0, 1e-5, False
+    )
+    assert torch.equal(bn_neuron._affine_normalisation(x, weight, bias, mean, invstd), expected)
+
+
+@pytest.fixture
+def affine_map_off(monkeypatch):
+    """The affine map made wrong, so that no kind of input passes the probe."""
+    monkeypatch.setattr(
+        bn_neuron, "_affine_normalisation", lambda frames, *args: torch.zeros_like(frames)
+    )
+    bn_neuron._affine_reproduces_kernel.cache_clear()
+    yield
+    bn_neuron._affine_reproduces_kernel.cache_clear()
+
+
+def test_where_the_affine_map_misses_the_kernel_the_backward_reruns_the_kernel(affine_map_off):
+    torch.manual_seed(0)
+    assert not bn_neuron._affine_reproduces_kernel(torch.float32, torch.float32, 4, False, True)
+    bn, neuron = nn.BatchNorm2d(8).train(), LIF()
+    y = (torch.randn(2, 4, 8, 6, 6) * 3).requires_grad_()
     seen = []
 
     def input_gradient(x, grad_spikes):
