@@ -12,10 +12,12 @@ Three parts, each run on its own (``--part``) so that ``run_gpu.sh`` can bound e
 - ``lif``: ``MultiStepLIF`` forward+backward at T = 4 and 16 (N = 8M neurons), on the
   ``cupy`` and ``inductor`` backends, as a fraction of the copy bandwidth the device reaches
   in the same run (``dst.copy_(src)`` of a tensor of the same size: read once, written once).
-  The least traffic of forward+backward is six ``[T, N]`` float32 tensors (forward: read
-  ``x``, write the spikes and the charged membranes; backward: read the gradient and the
-  membranes, write ``dx``). Target: >= 60 %. Each backend's call is also profiled once: its
-  kernels' device time, against the call's time, says how much the host and the launches add.
+  The traffic counted is issue 20's six ``[T, N]`` float32 tensors (forward: read ``x``,
+  write the spikes and the charged membranes; backward: read the gradient and the membranes,
+  write ``dx``); both backends move five, since their backward kernels charge the membranes
+  again from ``x`` instead of reading them. Target: >= 60 %. Each backend's call is also
+  profiled once: its kernels' device time, against the call's time, says how much the host
+  and the launches add.
 - ``profile``: where a training step's time goes, for the models of ``training``: spikezoo in
   bf16 autocast (as is, channels-last, without BatchNorm fusion, without spike compaction,
   and without both) and in float32, the authors in float32. For each, the step's wall time

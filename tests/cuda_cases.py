@@ -124,6 +124,7 @@ def load_host_library(gxx: str) -> ctypes.CDLL:
     p = ctypes.c_void_p
     lib.spikezoo_forward.argtypes = [*[i] * 6, ll, ll, p, p, ll, f, f, f, p, p, p]
     lib.spikezoo_backward.argtypes = [*[i] * 6, ll, ll, p, p, ll, p, p, ll, f, f, f, d, p, p, p]
+    lib.spikezoo_backward_from_input.argtypes = lib.spikezoo_backward.argtypes
     lib.spikezoo_finish_grad_k.argtypes = [*[i] * 5, f, p]
     lib.spikezoo_to_float.argtypes = [i, p, p, ll]
     lib.spikezoo_from_float.argtypes = [i, p, p, ll]

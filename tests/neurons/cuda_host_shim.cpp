@@ -102,6 +102,32 @@ int spikezoo_backward(int leaky, int decay_input, int soft_reset, int detach_res
       });
 }
 
+// As spikezoo_backward, from the forward's input x (dtype of dL/ds) instead of its membranes.
+int spikezoo_backward_from_input(int leaky, int decay_input, int soft_reset, int detach_reset,
+                                 int surrogate, int dtype, long long steps, long long neurons,
+                                 const void* grad_spikes, const float* grad_v_final,
+                                 long long grad_v_final_stride, const void* x,
+                                 const float* v_init, long long v_init_stride, float k,
+                                 float v_threshold, float v_reset, double alpha, float* grad_x,
+                                 float* grad_v_init, float* grad_k_sum) {
+  return with_neuron(
+      leaky, decay_input, soft_reset, detach_reset, surrogate, k, v_threshold, v_reset, alpha,
+      [&](const auto& neuron) {
+        return with_storage(dtype, grad_spikes, [&](const auto* grad_spikes_typed) {
+          const auto* x_typed = static_cast<decltype(grad_spikes_typed)>(x);
+          for (long long i = 0; i < neurons; ++i) {
+            const float partial = neuron.backward_sequence_from_input(
+                i, steps, neurons, grad_spikes_typed, grad_v_final, grad_v_final_stride, x_typed,
+                v_init, v_init_stride, grad_k_sum != nullptr, grad_x, grad_v_init);
+            if (grad_k_sum != nullptr) {
+              *grad_k_sum += partial;
+            }
+          }
+          return 0;
+        });
+      });
+}
+
 // In place, as finish_grad_k_kernel.
 int spikezoo_finish_grad_k(int leaky, int decay_input, int soft_reset, int detach_reset,
                            int surrogate, float k, float* grad_k) {

@@ -54,8 +54,8 @@ def _all_kernel_names() -> list[str]:
 def test_every_configuration_has_its_own_kernels():
     names = _all_kernel_names()
     # IF ignores decay_input: 3 dynamics x 2 resets x 2 detach x 2 surrogates = 24 configurations,
-    # each with 3 forward, 3 backward (one per dtype of dL/ds) and one dL/dk kernel.
-    assert len(names) == 24 * 7
+    # each with 3 forward, 3 backward, 3 backward-from-input (one per dtype) and one dL/dk kernel.
+    assert len(names) == 24 * 10
     assert all(name.startswith("spikezoo::") for name in names)
 
 
@@ -134,16 +134,18 @@ def host_forward(lib, x, v_init, k, cfg):
     return spikes, charged, v_final
 
 
-def host_backward(lib, grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed):
-    """The host build's backward: ``dL/dx [T, N]``, ``dL/dv_init [N]`` and ``dL/dk``."""
-    steps, neurons = charged.shape
-    grad_x = torch.empty(charged.shape)
+def host_backward(lib, grad_spikes, grad_v, saved, v_init, k, cfg, grad_k_needed, from_input=False):
+    """The host build's backward from the charged membranes ``saved`` (or, ``from_input``, from
+    the forward's input): ``dL/dx [T, N]``, ``dL/dv_init [N]`` and ``dL/dk``."""
+    steps, neurons = saved.shape
+    grad_x = torch.empty(saved.shape)
     grad_v_init = torch.empty(neurons)
     grad_k = torch.zeros(()) if grad_k_needed else None
     flags = _flags(cfg)
-    status = lib.spikezoo_backward(
+    run = lib.spikezoo_backward_from_input if from_input else lib.spikezoo_backward
+    status = run(
         *flags, STORAGE_CODE[grad_spikes.dtype], steps, neurons, _ptr(grad_spikes),
-        _ptr(grad_v), int(grad_v.dim() > 0), _ptr(charged), _ptr(v_init), int(v_init.dim() > 0),
+        _ptr(grad_v), int(grad_v.dim() > 0), _ptr(saved), _ptr(v_init), int(v_init.dim() > 0),
         float(k), cfg.v_threshold, cfg.v_reset or 0.0, cfg.alpha,
         _ptr(grad_x), _ptr(grad_v_init), _ptr(grad_k),
     )  # fmt: skip
@@ -179,6 +181,26 @@ def test_host_build_matches_eager_loops(
     if grad_k_needed:
         assert ref_grads[2].abs() > 1
         torch.testing.assert_close(grads[2], ref_grads[2], rtol=1e-4, atol=1e-4, msg="dL/dk")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(CONFIG_NAMES, CONFIGS)
+def test_host_build_backward_from_input_equals_backward_from_the_membranes(
+    host, kind, decay_input, v_reset, detach_reset, surrogate, dtype
+):
+    """Recharging the membranes from ``x`` (in the thread's own array up to 16 steps, in the
+    gradient's buffer beyond) gives the forward's membranes and so the same gradients, bit for
+    bit."""
+    config = (kind, decay_input, v_reset, detach_reset, surrogate)
+    cfg, k = make_config(*config), decay(kind)
+    seed = len(CONFIGS) * DTYPES.index(dtype) + CONFIGS.index(config)
+    for steps in (1, 16, 17, 40):
+        x, v_init, grad_spikes, grad_v = random_case(cfg, k, dtype, seed, steps, neurons=300)
+        _, charged, _ = host_forward(host, x, v_init, k, cfg)
+        expected = host_backward(host, grad_spikes, grad_v, charged, v_init, k, cfg, True)
+        got = host_backward(host, grad_spikes, grad_v, x, v_init, k, cfg, True, from_input=True)
+        for name, a, b in zip(("x", "v_init", "k"), got, expected, strict=True):
+            assert torch.equal(a, b), f"dL/d{name}, T={steps}"
 
 
 @pytest.mark.parametrize("v_reset", [0.0, None])

@@ -35,6 +35,7 @@ from tests.cuda_cases import (
     DTYPES,
     STORAGE_CODE,
     SURROGATE_ALPHA,
+    V_RESET,
     V_THRESHOLD,
     assert_model_cupy_matches_torch,
     decay,
@@ -238,7 +239,7 @@ def kernel_parameter_types() -> dict[str, list[type]]:
     kernels = re.findall(
         r"__global__ void (\w+)_kernel\(([^)]*)\)", cupy_backend.SOURCE.read_text()
     )
-    assert len(kernels) == 3
+    assert len(kernels) == 4
     return {
         role: [
             np.uint64 if "*" in param else c_types[param.rsplit(maxsplit=1)[0].strip()]
@@ -315,7 +316,11 @@ def emulated_cupy(host, use_cupy, monkeypatch):
     )
     use_cupy(cupy)
     available = registry.Backend(
-        "cupy", cupy_backend.forward, cupy_backend.backward, lambda x: None
+        "cupy",
+        cupy_backend.forward,
+        cupy_backend.backward,
+        lambda x: None,
+        cupy_backend.backward_from_input,
     )
     monkeypatch.setitem(registry._REGISTRY, "cupy", available)
     return cupy
@@ -348,9 +353,9 @@ def run_neuron(backend, config, x, v_init, grad_spikes, grad_v):
     return spikes, v_final, x.grad, v_init.grad, w.grad
 
 
-def assert_same_as_torch_backend(config, dtype, device, seed):
+def assert_same_as_torch_backend(config, dtype, device, seed, steps=6):
     cfg, k = make_config(*config), decay(config[0])
-    case = [t.to(device) for t in random_case(cfg, k, dtype, seed)]
+    case = [t.to(device) for t in random_case(cfg, k, dtype, seed, steps)]
     got = run_neuron("cupy", config, *case)
     expected = run_neuron("torch", config, *case)
     assert torch.equal(got[0], expected[0])
@@ -374,7 +379,27 @@ def test_emulated_backend_matches_torch_backend(
     seed = len(CONFIGS) * DTYPES.index(dtype) + CONFIGS.index(config)
     assert_same_as_torch_backend(config, dtype, torch.device("cpu"), seed)
     roles = {kernel.role for kernel in emulated_cupy.kernels.values() if kernel.launches}
-    assert roles == {"forward", "backward"} | ({"finish_grad_k"} if kind == "plif" else set())
+    expected = {"forward", "backward_from_input"} | ({"finish_grad_k"} if kind == "plif" else set())
+    assert roles == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_emulated_training_keeps_the_input_and_recharges_from_it(emulated_cupy, dtype):
+    """A training forward writes the spikes alone and keeps its input (no float32 membranes);
+    the backward kernel recharges from it, over the thread's own array (16 steps) and over the
+    gradient's buffer (20 steps), with the gradients of the torch backend."""
+    x = torch.randn(3, 2, 50).to(dtype).requires_grad_()
+    node = multistep_lif(x, backend="cupy").grad_fn
+    while type(node).__name__ != "MultiStepDynamicsBackward":  # past the reshaping views
+        node = node.next_functions[0][0]
+    saved = node.saved_tensors
+    assert saved[0].data_ptr() == x.data_ptr() and saved[0].dtype == dtype
+    assert all(t.numel() <= 1 for t in saved[1:])  # v_init and k
+    config = ("plif", True, V_RESET, False, "atan")
+    for steps in (16, 20):
+        assert_same_as_torch_backend(config, dtype, torch.device("cpu"), seed=steps, steps=steps)
+    launched = {kernel.role for kernel in emulated_cupy.kernels.values() if kernel.launches}
+    assert launched == {"forward", "backward_from_input", "finish_grad_k"}
 
 
 @pytest.mark.parametrize("kind", ["lif", "plif", "if"])

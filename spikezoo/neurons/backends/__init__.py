@@ -254,7 +254,9 @@ def run_backward_from_input(
     return _first_success(candidates, "backward", cfg, grad_spikes, call)
 
 
-register_backend(Backend("cupy", cupy.forward, cupy.backward, cupy.unavailable_reason))
+register_backend(
+    Backend("cupy", cupy.forward, cupy.backward, cupy.unavailable_reason, cupy.backward_from_input)
+)
 register_backend(
     Backend(
         "inductor",

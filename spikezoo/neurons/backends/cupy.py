@@ -2,10 +2,14 @@
 
 The kernels live in ``spikezoo/neurons/cuda/neurons.cu``, shipped with the package. One launch
 runs all T forward steps, one thread per neuron; one launch runs back-propagation through time
-in reverse from the charged membranes ``[T, N]`` (the only tensor the forward pass keeps), and
-PLIF's decay gradient is reduced on the device. Float32, float16 and bfloat16 inputs are
-integrated in float32. The arithmetic is the eager loops' (:mod:`spikezoo.neurons.dynamics`),
-operation for operation, compiled without contracting multiply-adds.
+in reverse, and PLIF's decay gradient is reduced on the device. In training the forward pass
+writes the spikes alone and autograd keeps its input ``x``: :func:`backward_from_input`
+recharges each neuron's membranes from ``x`` in the backward kernel (in the thread's own
+memory up to 16 steps, else in the gradient's buffer), so no ``[T, N]`` float32 membranes are
+kept between the passes (:func:`backward`, which every backend has, walks back from kept
+membranes). Float32, float16 and bfloat16 inputs are integrated in float32. The arithmetic
+is the eager loops' (:mod:`spikezoo.neurons.dynamics`), operation for operation, compiled
+without contracting multiply-adds.
 
 Each configuration (leak, reset, ``detach_reset``, ``decay_input``, surrogate) compiles once per
 process, for the GPU at hand; CuPy also caches the binary on disk. Kernels run on the current
@@ -35,6 +39,7 @@ __all__ = [
     "SURROGATES",
     "CudaCompileError",
     "backward",
+    "backward_from_input",
     "forward",
     "kernel_names",
     "unavailable_reason",
@@ -83,8 +88,10 @@ def kernel_names(cfg: NeuronConfig) -> dict[tuple[str, torch.dtype | None], str]
     """The C++ names of the kernels of one configuration, keyed by ``(role, dtype)``.
 
     ``("forward", dtype)``: the forward kernel for inputs of ``dtype``; ``("backward", dtype)``:
-    the backward kernel for ``dL/dspikes`` of ``dtype``; ``("grad_k", None)``: the kernel that
-    finishes ``dL/dk``. IF ignores ``decay_input``, so both values name the same kernels.
+    the backward kernel for ``dL/dspikes`` of ``dtype``; ``("backward_from_input", dtype)``:
+    the backward kernel from inputs (and ``dL/dspikes``) of ``dtype``; ``("grad_k", None)``:
+    the kernel that finishes ``dL/dk``. IF ignores ``decay_input``, so both values name the
+    same kernels.
     """
     return _kernel_names(_template_arguments(cfg))
 
@@ -95,6 +102,9 @@ def _kernel_names(flags: str) -> dict[tuple[str, torch.dtype | None], str]:
     for dtype, storage in STORAGE_TYPES.items():
         names["forward", dtype] = f"spikezoo::forward_kernel<{storage}, {flags}>"
         names["backward", dtype] = f"spikezoo::backward_kernel<{storage}, {flags}>"
+        names["backward_from_input", dtype] = (
+            f"spikezoo::backward_from_input_kernel<{storage}, {flags}>"
+        )
     names["grad_k", None] = f"spikezoo::finish_grad_k_kernel<{flags}>"
     return names
 
@@ -267,18 +277,53 @@ def backward(
     ``dL/dk`` is summed on the device (a block reduction, then one atomic add per block) and
     finished by a one-thread kernel; nothing is copied to the host.
     """
+    return _walk_back("backward", grad_spikes, grad_v, charged.contiguous(), v_init, k, cfg,
+                      grad_k_needed)  # fmt: skip
+
+
+def backward_from_input(
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+    grad_v_needed: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`backward` from the forward pass's input ``x [T, N]`` instead of its charged
+    membranes, in one kernel launch: each thread charges its neuron's membranes again, then
+    walks them back. ``dL/dspikes`` comes in the dtype of the spikes, which is that of ``x``.
+    """
+    x = x.contiguous()
+    return _walk_back("backward_from_input", grad_spikes.to(x.dtype), grad_v, x, v_init, k, cfg,
+                      grad_k_needed)  # fmt: skip
+
+
+def _walk_back(
+    role: str,
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    saved: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch the backward kernel ``role`` on what the forward pass kept, ``saved [T, N]`` (the
+    charged membranes or the input, dense): ``dL/dx``, ``dL/dv_init`` and ``dL/dk``."""
     _check_surrogate(cfg)
-    device = charged.device
-    steps, neurons = charged.shape
-    grad_spikes, charged = grad_spikes.contiguous(), charged.contiguous()
+    device = saved.device
+    steps, neurons = saved.shape
+    grad_spikes = grad_spikes.contiguous()
     grad_v, v_init, k = (_float32(t, device) for t in (grad_v, v_init, k))
-    grad_x = torch.empty(charged.shape, dtype=torch.float32, device=device)
+    grad_x = torch.empty(saved.shape, dtype=torch.float32, device=device)
     grad_v_init = torch.empty(neurons, dtype=torch.float32, device=device)
     grad_k = torch.zeros((), dtype=torch.float32, device=device)
     grad_k_needed = grad_k_needed and cfg.leaky
     if neurons:
-        _launch(cfg, "backward", grad_spikes.dtype, device, _blocks(neurons), _THREADS_PER_BLOCK, (
-            _pointer(grad_spikes), _pointer(grad_v), _stride(grad_v), _pointer(charged),
+        _launch(cfg, role, grad_spikes.dtype, device, _blocks(neurons), _THREADS_PER_BLOCK, (
+            _pointer(grad_spikes), _pointer(grad_v), _stride(grad_v), _pointer(saved),
             _pointer(v_init), _stride(v_init), _pointer(k),
             np.float32(cfg.v_threshold), np.float32(cfg.charge_reset), np.float64(cfg.alpha),
             _pointer(grad_x), _pointer(grad_v_init), _pointer(grad_k if grad_k_needed else None),

@@ -2,8 +2,11 @@
 //
 // One thread owns one neuron and walks all T steps: `forward_kernel` runs the dynamics,
 // `backward_kernel` runs back-propagation through time in reverse from the charged membranes
-// h[t] saved by the forward pass (one float32 [T, N] tensor, the only thing kept). Tensors are
-// time-major and dense, [T, N]; the Python side flattens any trailing shape and layout first.
+// h[t] saved by a forward pass (one float32 [T, N] tensor), and `backward_from_input_kernel`
+// does the same from the forward's input x instead, recharging each neuron's membranes first
+// (in its thread's local memory up to kLocalSteps steps, else in the gradient's own buffer), so
+// that a training forward keeps nothing but x. Tensors are time-major and dense, [T, N]; the
+// Python side flattens any trailing shape and layout first.
 //
 // The arithmetic of one neuron is written once, as __host__ __device__ functions: the kernels
 // call them on the GPU, and the test suite compiles this file with g++ and calls them on the
@@ -135,6 +138,22 @@ __host__ __device__ inline void store(bfloat16_bits* data, long long index, floa
 
 enum Surrogate { kSigmoid = 0, kAtan = 1 };
 
+// Sequences up to this many steps are recharged in an array of the thread's own (local, cached)
+// memory by the backward pass from the input; longer ones in the gradient's buffer.
+constexpr long long kLocalSteps = 16;
+
+// The charged membrane h[t] of neuron i in a [T, N] tensor, or in an array of its own ([T]).
+struct StridedMembranes {
+  const float* data;
+  long long neurons;
+  long long i;
+  __host__ __device__ float operator()(long long t) const { return data[t * neurons + i]; }
+};
+struct OwnMembranes {
+  const float* data;
+  __host__ __device__ float operator()(long long t) const { return data[t]; }
+};
+
 // The dynamics of one configuration. `k` is the decay (unused without a leak), `v_reset` the
 // hard-reset value (unused under soft reset), `alpha` the surrogate's sharpness: a double, as in
 // the eager loops, where the constants derived from it are rounded to float32 once.
@@ -263,14 +282,65 @@ struct Neuron {
                                               const float* charged, const float* v_init,
                                               long long v_init_stride, bool grad_k_needed,
                                               float* grad_x, float* grad_v_init) const {
+    return walk_back(i, steps, neurons, grad_spikes, grad_v_final, grad_v_final_stride,
+                     StridedMembranes{charged, neurons, i}, v_init, v_init_stride, grad_k_needed,
+                     grad_x, grad_v_init);
+  }
+
+  // backward_sequence from the input x [T, N] of the forward pass: the membranes are charged
+  // again first, then walked back. Up to kLocalSteps steps they stay in the thread's own array;
+  // longer sequences charge them into grad_x, where each is read before its step's gradient
+  // overwrites it.
+  template <typename Scalar>
+  __host__ __device__ float backward_sequence_from_input(
+      long long i, long long steps, long long neurons, const Scalar* grad_spikes,
+      const float* grad_v_final, long long grad_v_final_stride, const Scalar* x,
+      const float* v_init, long long v_init_stride, bool grad_k_needed, float* grad_x,
+      float* grad_v_init) const {
+    if (steps <= kLocalSteps) {
+      float membranes[kLocalSteps];
+      recharge(i, steps, neurons, x, v_init, v_init_stride, membranes, 1);
+      return walk_back(i, steps, neurons, grad_spikes, grad_v_final, grad_v_final_stride,
+                       OwnMembranes{membranes}, v_init, v_init_stride, grad_k_needed, grad_x,
+                       grad_v_init);
+    }
+    recharge(i, steps, neurons, x, v_init, v_init_stride, grad_x + i, neurons);
+    return walk_back(i, steps, neurons, grad_spikes, grad_v_final, grad_v_final_stride,
+                     StridedMembranes{grad_x, neurons, i}, v_init, v_init_stride, grad_k_needed,
+                     grad_x, grad_v_init);
+  }
+
+ private:
+  // The charged membranes of neuron i, h[t] written to charged[t * charged_stride].
+  template <typename Scalar>
+  __host__ __device__ void recharge(long long i, long long steps, long long neurons,
+                                    const Scalar* x, const float* v_init,
+                                    long long v_init_stride, float* charged,
+                                    long long charged_stride) const {
+    float v = v_init[i * v_init_stride];
+    for (long long t = 0; t < steps; ++t) {
+      const float h = charge(load(x, t * neurons + i), v);
+      charged[t * charged_stride] = h;
+      v = reset(h);
+    }
+  }
+
+  // The reverse walk of neuron i over its charged membranes h[t] = charged_at(t).
+  template <typename Scalar, typename Membranes>
+  __host__ __device__ float walk_back(long long i, long long steps, long long neurons,
+                                      const Scalar* grad_spikes, const float* grad_v_final,
+                                      long long grad_v_final_stride, Membranes charged_at,
+                                      const float* v_init, long long v_init_stride,
+                                      bool grad_k_needed, float* grad_x,
+                                      float* grad_v_init) const {
     float grad_v = grad_v_final[i * grad_v_final_stride];
     float grad_k_sum = 0.0f;
     float* grad_k_term = grad_k_needed ? &grad_k_sum : nullptr;
     // Each charged membrane is read once: h[t-1] gives v[t-1] now and is h at the next step.
-    float h = charged[(steps - 1) * neurons + i];
+    float h = charged_at(steps - 1);
     for (long long t = steps - 1; t >= 0; --t) {
       const long long index = t * neurons + i;
-      const float h_prev = t > 0 ? charged[index - neurons] : 0.0f;
+      const float h_prev = t > 0 ? charged_at(t - 1) : 0.0f;
       const float v_prev = t > 0 ? reset(h_prev) : v_init[i * v_init_stride];
       grad_x[index] = backward_step(h, v_prev, load(grad_spikes, index), grad_v, grad_k_term);
       h = h_prev;
@@ -324,6 +394,20 @@ __global__ void forward_kernel(const Scalar* x, const float* v_init, long long v
   }
 }
 
+// Calls walk(i) for every neuron i (a grid-stride loop: any grid size) and, when grad_k_sum is
+// not null, adds the k-gradient shares it returns to *grad_k_sum.
+template <typename Walk>
+__device__ inline void walk_back_every_neuron(long long neurons, float* grad_k_sum, Walk walk) {
+  float partial = 0.0f;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < neurons;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    partial += walk(i);
+  }
+  if (grad_k_sum != nullptr) {
+    block_sum_into(partial, grad_k_sum);
+  }
+}
+
 // grad_k_sum (zeroed by the caller) receives the k-gradient sum when it is not null; finish it
 // with finish_grad_k_kernel.
 template <typename Scalar, bool Leaky, bool DecayInput, bool SoftReset, bool DetachReset,
@@ -336,17 +420,30 @@ __global__ void backward_kernel(const Scalar* grad_spikes, const float* grad_v_f
                                 long long neurons) {
   const Neuron<Leaky, DecayInput, SoftReset, DetachReset, SurrogateKind> neuron{
       *k, v_threshold, v_reset, alpha};
-  const bool grad_k_needed = grad_k_sum != nullptr;
-  float partial = 0.0f;
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < neurons;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    partial += neuron.backward_sequence(i, steps, neurons, grad_spikes, grad_v_final,
-                                        grad_v_final_stride, charged, v_init, v_init_stride,
-                                        grad_k_needed, grad_x, grad_v_init);
-  }
-  if (grad_k_needed) {
-    block_sum_into(partial, grad_k_sum);
-  }
+  walk_back_every_neuron(neurons, grad_k_sum, [&](long long i) {
+    return neuron.backward_sequence(i, steps, neurons, grad_spikes, grad_v_final,
+                                    grad_v_final_stride, charged, v_init, v_init_stride,
+                                    grad_k_sum != nullptr, grad_x, grad_v_init);
+  });
+}
+
+// backward_kernel from the forward's input x instead of its charged membranes.
+template <typename Scalar, bool Leaky, bool DecayInput, bool SoftReset, bool DetachReset,
+          int SurrogateKind>
+__global__ void backward_from_input_kernel(const Scalar* grad_spikes, const float* grad_v_final,
+                                           long long grad_v_final_stride, const Scalar* x,
+                                           const float* v_init, long long v_init_stride,
+                                           const float* k, float v_threshold, float v_reset,
+                                           double alpha, float* grad_x, float* grad_v_init,
+                                           float* grad_k_sum, long long steps,
+                                           long long neurons) {
+  const Neuron<Leaky, DecayInput, SoftReset, DetachReset, SurrogateKind> neuron{
+      *k, v_threshold, v_reset, alpha};
+  walk_back_every_neuron(neurons, grad_k_sum, [&](long long i) {
+    return neuron.backward_sequence_from_input(i, steps, neurons, grad_spikes, grad_v_final,
+                                               grad_v_final_stride, x, v_init, v_init_stride,
+                                               grad_k_sum != nullptr, grad_x, grad_v_init);
+  });
 }
 
 // One thread: turns the reduced sum into dL/dk, in place.
