@@ -62,7 +62,7 @@ class _BatchNormFire(torch.autograd.Function):
         ctx.save_for_backward(y, *params)
         ctx.set_materialize_grads(False)
         ctx.statistics = None
-        if _kernel_is_the_module(y, bn):
+        if _forward_calls_the_kernel(y, bn):
             frames, *ctx.statistics = _training_batch_norm(y.flatten(0, 1), bn)
             normalised = frames.unflatten(0, y.shape[:2])
         else:
@@ -143,7 +143,7 @@ def _backward_from_input(
 _FUSABLE_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _kernel_is_the_module(y: Tensor, bn: nn.Module) -> bool:
+def _forward_calls_the_kernel(y: Tensor, bn: nn.Module) -> bool:
     """Whether the fused forward may call ``bn``'s kernel itself and keep its statistics: on
     the CPU, where no forward hook, on ``bn`` or global, would run by calling the module."""
     return (
