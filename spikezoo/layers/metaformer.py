@@ -25,6 +25,7 @@ from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 from spikezoo.layers.spike_products import SpikingMatmul
 from spikezoo.layers.temporal import ConvBN, DropPath, NeuronFactory, check_tbchw, per_step
+from spikezoo.neurons.saved_spikes import mark_spikes, marked_as_spikes
 
 __all__ = [
     "BNAndPad",
@@ -90,6 +91,17 @@ class BNAndPad(nn.Module):
         return pad_with_bn_of_zero(
             out, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, self.pad_pixels
         )
+
+
+def _heads(spikes: Tensor, num_heads: int) -> Tensor:
+    """``[T, B, heads * d, H, W]`` -> ``[T, B, heads, H * W, d]``, contiguous, as the authors lay
+    the heads out (the matmuls then sum in their order). The copy of marked spikes is marked:
+    the matmuls save views of it, which spike compaction then keeps as bits on CUDA too."""
+    heads = rearrange(spikes, "t b (heads d) h w -> t b heads (h w) d", heads=num_heads)
+    heads = heads.contiguous()
+    if marked_as_spikes(spikes):
+        mark_spikes(heads)
+    return heads
 
 
 class RepConv(nn.Module):
@@ -281,13 +293,8 @@ class LinearSpikingAttention(SpikingAttention):
         check_tbchw(x, self.dim, "LinearSpikingAttention")
         height = x.shape[-2]
         s = self.shortcut_lif(x)
-        # contiguous heads, as the authors lay them out: the matmuls then sum in their order
         q, k, v = (
-            rearrange(
-                lif(per_step(projection, s)),
-                "t b (heads d) h w -> t b heads (h w) d",
-                heads=self.num_heads,
-            ).contiguous()
+            _heads(lif(per_step(projection, s)), self.num_heads)
             for projection, lif in (
                 (self.q, self.q_lif),
                 (self.k, self.k_lif),

@@ -23,8 +23,8 @@ spikes skip the probe of the first values that rejects most other tensors at onc
 nothing is read, because reading values on the host makes it wait for the device, once per
 saved tensor: a saved view of marked spikes, unchanged since, is packed after one sum over it,
 kept unread, so that a NaN spike makes the whole unpacked tensor NaN instead of 0; other
-tensors are saved as they are (in the models, all spikes but a few copies, such as the
-operands that ``matmul`` broadcasts, are marked).
+tensors are saved as they are (in the models, every saved tensor of spikes that the neurons
+fired is marked).
 
 Integer spikes (values ``n / norm``, ``n`` in ``0..255``: E-SpikeFormer's
 :class:`~spikezoo.neurons.IntegerNeuron`) are not bits: inside the block the neuron also keeps

@@ -1,12 +1,14 @@
 """SpikingAttention: the declarations of SDSA, DSSA and LinearSpikingAttention hold, bad ones are
 refused when the class is written."""
 
+import functools
 from types import MappingProxyType
 
 import pytest
 import torch
 from torch import nn
 
+from spikezoo.analysis import measure_saved_tensors
 from spikezoo.layers import (
     DSSA,
     SDSA,
@@ -15,7 +17,7 @@ from spikezoo.layers import (
     SpikingAttention,
     TokenQKAttention,
 )
-from spikezoo.neurons import MultiStepLIF, MultiStepNeuron
+from spikezoo.neurons import MultiStepLIF, MultiStepNeuron, saved_spikes
 
 T, B, H, W = 2, 2, 4, 4
 LAYERS = {
@@ -95,3 +97,22 @@ def test_reading_names_what_does_not_fit():
     with pytest.raises(ValueError, match="declares no attention map"):
         layer.read_attention_map(torch.zeros(2, 1, 6, 4, 4))
     assert layer.split_heads("lif", torch.zeros(2, 1, 6, 4, 4)).shape == (2, 1, 3, 2, 4, 4)
+
+
+def test_linear_attention_marks_the_head_copies_of_its_spikes(monkeypatch):
+    """Its matmuls save views of head-by-head copies of q, k and v. The copies are marked as
+    spikes, so that where compaction reads no values (CUDA's policy, here on the CPU) they are
+    kept as bits all the same."""
+    torch.manual_seed(0)
+    neuron = functools.partial(MultiStepLIF, backend="torch")
+    attention = LinearSpikingAttention(16, num_heads=4, neuron=neuron).train()
+    monkeypatch.setattr(saved_spikes, "_on_host", lambda t: False)
+    report = measure_saved_tensors(attention, torch.randn(T, B, 16, H, W) * 3, compact=True)
+    head_dim = 16 // 4
+    operands = [  # q, k transposed and v; not k^T v, a d x d sum of products
+        t
+        for t in report.tensors
+        if t.module.endswith("matmul") and t.shape[-2:] != (head_dim, head_dim)
+    ]
+    assert len(operands) == 3 and all(t.spikes for t in operands)
+    assert all(t.kept_nbytes * 8 < t.nbytes for t in operands)

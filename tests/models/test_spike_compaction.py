@@ -176,9 +176,10 @@ def test_integer_spikes_are_kept_as_one_byte_each(family):
     assert sum(t.nbytes for t in counts) > report.nbytes / 5  # the spikes read by every layer
 
 
-#: Families with spike tensors that no neuron or spike layer marks: on CUDA, where only marked
-#: spikes are compacted, these stay as they are.
-UNMARKED_SPIKES = {"spike_driven_transformer_v2": "matmul's broadcast copies of q, k and v"}
+#: Families whose tiny untrained model saves tensors of zeros and ones that are not spikes:
+#: only the value check finds them (Meta-SpikeFormer's late stages, 2x2 maps of 40 channels,
+#: give all-zero convolution and BatchNorm outputs on silent input).
+ACCIDENTAL_SPIKES = {"spike_driven_transformer_v2"}
 
 
 @pytest.mark.parametrize(
@@ -191,10 +192,10 @@ def test_where_values_cost_a_wait_the_marked_spikes_compact_as_much(family, monk
     # CUDA's policy, on the CPU: no values are read, only marked spikes are packed
     monkeypatch.setattr(saved_spikes, "_on_host", lambda x: False)
     marked_only = measure_saved_tensors(model, images, compact=True).kept_nbytes
-    if family in UNMARKED_SPIKES:
+    if family in ACCIDENTAL_SPIKES:
         assert checked < marked_only < 0.9 * plain
     else:
-        assert marked_only == checked
+        assert marked_only == checked < 0.9 * plain  # every spike tensor saved is marked
 
 
 @pytest.mark.cuda
