@@ -10,14 +10,16 @@ Three parts, each run on its own (``--part``) so that ``run_gpu.sh`` can bound e
   its CuPy neurons, which cannot run bf16. Random weights for both (throughput does not depend
   on them). Target: spikezoo >= 2x the authors' images/s.
 - ``lif``: ``MultiStepLIF`` forward+backward at T = 4 and 16 (N = 8M neurons), on the
-  ``cupy`` and ``inductor`` backends, as a fraction of the copy bandwidth the device reaches
-  in the same run (``dst.copy_(src)`` of a tensor of the same size: read once, written once).
+  ``cupy`` and ``inductor`` backends and on ``cupy-membranes`` (``cupy`` keeping its charged
+  membranes in training, as before its backward from the input), as a fraction of the copy
+  bandwidth the device reaches in the same run (``dst.copy_(src)`` of a tensor of the same
+  size: read once, written once).
   The traffic counted is issue 20's six ``[T, N]`` float32 tensors (forward: read ``x``,
   write the spikes and the charged membranes; backward: read the gradient and the membranes,
-  write ``dx``); both backends move five, since their backward kernels charge the membranes
-  again from ``x`` instead of reading them. Target: >= 60 %. Each backend's call is also
-  profiled once: its kernels' device time, against the call's time, says how much the host
-  and the launches add.
+  write ``dx``), what ``cupy-membranes`` moves; ``cupy`` and ``inductor`` move five, since
+  their backward kernels charge the membranes again from ``x`` instead of reading them.
+  Target: >= 60 %. Each backend's call is also profiled once: its kernels' device time,
+  against the call's time, says how much the host and the launches add.
 - ``profile``: where a training step's time goes, for the models of ``training``: spikezoo in
   bf16 autocast (as is, channels-last, without BatchNorm fusion, without spike compaction,
   and without both) and in float32, the authors in float32. For each, the step's wall time
@@ -46,6 +48,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -70,7 +73,10 @@ TINY_MODELS = {
 SPEEDUP_TARGET = 2.0
 ROOFLINE_TARGET = 0.6
 LIF_TENSORS_MOVED = 6
-LIF_BACKENDS = ("cupy", "inductor")
+#: A backend name with this suffix is that backend keeping its charged membranes in training
+#: (no backward from the input): ``cupy-membranes`` is what ``cupy`` ran before 2026-12-04.
+KEEPS_MEMBRANES = "-membranes"
+LIF_BACKENDS = ("cupy", "cupy" + KEEPS_MEMBRANES, "inductor")
 STEPS = (4, 16)
 PROFILE_TOP = 20
 
@@ -297,10 +303,22 @@ def _lif_call(backend: str, x: torch.Tensor, g: torch.Tensor) -> None:
     torch.autograd.grad(spikes, leaf, g)
 
 
+def _register_keeping_membranes(name: str) -> None:
+    """Register ``name`` (``<backend>-membranes``, see :data:`KEEPS_MEMBRANES`), once."""
+    from spikezoo.neurons.backends import backend_names, get_backend, register_backend
+
+    if name not in backend_names():
+        base = get_backend(name.removesuffix(KEEPS_MEMBRANES))
+        register_backend(replace(base, name=name, backward_from_input=None), auto=False)
+
+
 def bench_lif(args: argparse.Namespace) -> dict:
     """Each backend's forward+backward at each T as a fraction of the copy bandwidth."""
     from spikezoo.neurons.backends import get_backend
 
+    for name in args.lif_backends:
+        if name.endswith(KEEPS_MEMBRANES):
+            _register_keeping_membranes(name)
     device = torch.device(args.device)
     neurons = 4096 if args.dry_run else args.neurons
     results = {}
@@ -419,7 +437,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured rounds (default 1)")
     parser.add_argument("--neurons", type=int, default=8 * 2**20, help="LIF N (default 8M)")
     parser.add_argument(
-        "--lif-backends", default=None, help="default: cupy,inductor (dry run: cupy,torch)"
+        "--lif-backends",
+        default=None,
+        help="default: cupy,cupy-membranes,inductor (dry run: cupy,cupy-membranes,torch)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write every number here")
@@ -432,7 +452,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if args.dry_run else 5)
     args.warmup = (0 if args.dry_run else 1) if args.warmup is None else args.warmup
     if args.lif_backends is None:  # the dry run: eager loops (no compile); cupy says why not
-        args.lif_backends = ",".join(("cupy", "torch") if args.dry_run else LIF_BACKENDS)
+        dry = ("cupy", "cupy" + KEEPS_MEMBRANES, "torch")
+        args.lif_backends = ",".join(dry if args.dry_run else LIF_BACKENDS)
     args.lif_backends = [name for name in args.lif_backends.split(",") if name]
     return args
 

@@ -20,17 +20,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow  # times two sizes
-def test_lif_dry_run_reports_each_backend_against_the_copy_bandwidth(tmp_path):
+def test_lif_dry_run_reports_each_backend_against_the_copy_bandwidth(tmp_path, monkeypatch):
     import bench_gpu
+
+    from spikezoo.neurons import backends
+
+    # the run registers cupy-membranes: in this process only for this test
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
 
     page = tmp_path / "lif.md"
     report = bench_gpu.main(["--part", "lif", "--dry-run", "--markdown", str(page)])
     assert report["dry_run"] and set(report["lif"]) == set(bench_gpu.STEPS)
     for result in report["lif"].values():
         assert result["neurons"] == 4096 and result["copy_bytes_per_s"] > 0
-        assert "CUDA" in result["rows"]["cupy"]["error"]  # unavailable here, and says why
+        for backend in ("cupy", "cupy-membranes"):  # unavailable here, and say why
+            assert "CUDA" in result["rows"][backend]["error"]
         assert result["rows"]["torch"]["fraction_of_copy"] > 0
         assert result["rows"]["torch"]["profile"]["device_s"] > 0  # its kernels' own time
+    assert backends.get_backend("cupy-membranes").backward_from_input is None
     text = page.read_text()
     assert "**dry run**" in text and "of copy bandwidth" in text and "target 0.6" in text
     assert "kernels ms" in text
