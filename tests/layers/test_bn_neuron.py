@@ -217,16 +217,21 @@ def test_the_backward_starts_from_the_forwards_normalised_input_bit_for_bit(devi
     native kernel rounds differently), so the neuron back-propagates through the spikes that
     the forward pass fired."""
     torch.manual_seed(0)
-    bn, neuron = nn.BatchNorm2d(64).to(device).train(), LIF()
     y = (torch.randn(4, 8, 64, 32, 32, device=device) * 3 + 1).to(dtype).requires_grad_()
-    seen = []
+    _assert_the_neuron_back_propagates_from_the_forwards_input(nn.BatchNorm2d(64).to(device), y)
+
+
+def _assert_the_neuron_back_propagates_from_the_forwards_input(bn: nn.Module, y) -> None:
+    """The input that the fused backward hands the neuron is the forward's normalised ``y``,
+    bit for bit."""
+    neuron, seen = LIF(), []
 
     def input_gradient(x, grad_spikes):
         seen.append(x)
         return type(neuron).input_gradient(neuron, x, grad_spikes)
 
     neuron.input_gradient = input_gradient
-    spikes, normalised = batch_norm_fire(y, bn, neuron, with_normalised=True)
+    spikes, normalised = batch_norm_fire(y, bn.train(), neuron, with_normalised=True)
     spikes.sum().backward()
     assert len(seen) == 1 and torch.equal(seen[0], normalised)
 
@@ -383,18 +388,8 @@ def affine_map_off(monkeypatch):
 def test_where_the_affine_map_misses_the_kernel_the_backward_reruns_the_kernel(affine_map_off):
     torch.manual_seed(0)
     assert not bn_neuron._affine_reproduces_kernel(torch.float32, torch.float32, 4, False, True)
-    bn, neuron = nn.BatchNorm2d(8).train(), LIF()
     y = (torch.randn(2, 4, 8, 6, 6) * 3).requires_grad_()
-    seen = []
-
-    def input_gradient(x, grad_spikes):
-        seen.append(x)
-        return type(neuron).input_gradient(neuron, x, grad_spikes)
-
-    neuron.input_gradient = input_gradient
-    spikes, normalised = batch_norm_fire(y, bn, neuron, with_normalised=True)
-    spikes.sum().backward()
-    assert len(seen) == 1 and torch.equal(seen[0], normalised)
+    _assert_the_neuron_back_propagates_from_the_forwards_input(nn.BatchNorm2d(8), y)
 
 
 def _step_peak(step) -> int:

@@ -100,11 +100,8 @@ def kernel_names(cfg: NeuronConfig) -> dict[tuple[str, torch.dtype | None], str]
 def _kernel_names(flags: str) -> dict[tuple[str, torch.dtype | None], str]:
     names: dict[tuple[str, torch.dtype | None], str] = {}
     for dtype, storage in STORAGE_TYPES.items():
-        names["forward", dtype] = f"spikezoo::forward_kernel<{storage}, {flags}>"
-        names["backward", dtype] = f"spikezoo::backward_kernel<{storage}, {flags}>"
-        names["backward_from_input", dtype] = (
-            f"spikezoo::backward_from_input_kernel<{storage}, {flags}>"
-        )
+        for role in ("forward", "backward", "backward_from_input"):
+            names[role, dtype] = f"spikezoo::{role}_kernel<{storage}, {flags}>"
     names["grad_k", None] = f"spikezoo::finish_grad_k_kernel<{flags}>"
     return names
 
