@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from spikezoo.analysis.report import PerLayerReport, Table
-from spikezoo.neurons.saved_spikes import PackedCounts, PackedSpikes, compact_saved_spikes
+from spikezoo.layers.bn_neuron import _FUSABLE_BATCH_NORMS
+from spikezoo.neurons.saved_spikes import (
+    PackedCounts,
+    PackedSpikes,
+    Recomputed,
+    compact_saved_spikes,
+)
 
 __all__ = ["SavedTensor", "SavedTensorReport", "measure_saved_tensors"]
 
@@ -35,7 +41,8 @@ class SavedTensor:
 
     Attributes:
         module: qualified name of the leaf module that saved it first (``""``: the model's
-            own code outside any submodule).
+            own code outside any submodule); a BatchNorm's saved tensors count under the
+            module that calls it (``ConvBN``), so that it runs as in training.
         shape: shape of the saved tensor (the first view saved, for a storage saved as views).
         dtype: its dtype as a string (``"float32"``).
         nbytes: bytes of its storage.
@@ -177,6 +184,11 @@ class _Recorder:
     def hooks(self) -> Iterator[None]:
         handles = []
         for name, module in self.model.named_modules():
+            # a hooked BatchNorm runs as a module call in a fused BatchNorm + neuron pair, which
+            # then keeps no batch statistics, and a residual sum of its output is kept instead
+            # of recomputed: what it saves is counted under the module around it instead
+            if type(module) in _FUSABLE_BATCH_NORMS:
+                continue
             handles.append(module.register_forward_pre_hook(self._enter(name)))
             handles.append(module.register_forward_hook(self._leave, always_call=True))
         try:
@@ -201,7 +213,7 @@ class _Recorder:
             return kept
         if storage not in self.seen:
             self.seen.add(storage)
-            packed = kept if isinstance(kept, (PackedSpikes, PackedCounts)) else None
+            packed = kept if isinstance(kept, (PackedSpikes, PackedCounts, Recomputed)) else None
             self.tensors.append(
                 SavedTensor(
                     module=self.stack[-1] if self.stack else "",

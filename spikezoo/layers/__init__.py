@@ -47,6 +47,7 @@ from spikezoo.layers.pointwise import PointwiseProjection, SpikingPointwiseBlock
 from spikezoo.layers.pooling import MaxPool2d, max_pool2d
 from spikezoo.layers.qkformer import SEWPatchEmbedding, TokenQKAttention
 from spikezoo.layers.renamed_children import LoadsRenamedChildren, rename_old_keys
+from spikezoo.layers.residual_sums import residual_sum
 from spikezoo.layers.sdsa import SDSA, dilate
 from spikezoo.layers.spike_products import SpikingHadamard, SpikingMatmul, SpikingSum
 from spikezoo.layers.sps import SPS, parse_pooling
@@ -97,5 +98,6 @@ __all__ = [
     "parse_pooling",
     "per_step",
     "rename_old_keys",
+    "residual_sum",
     "set_bn_neuron_fusion",
 ]

@@ -109,7 +109,9 @@ def _backward_from_input(
     """
     bn, neuron = ctx.bn, ctx.neuron
     frames = y.flatten(0, 1)
-    if ctx.statistics is not None and _affine_reproduces_kernel(*_input_kind(frames, bn)):
+    if ctx.statistics is not None and _affine_reproduces_kernel(
+        *_input_kind(frames, bn.weight, bn.bias)
+    ):
         mean, invstd, reserve, kernel = ctx.statistics
         normalised = _affine_normalisation(frames, bn.weight, bn.bias, mean, invstd)
     else:
@@ -189,10 +191,10 @@ def _affine_normalisation(
     return torch.addcmul(beta.view(per_channel), frames, alpha.view(per_channel)).to(frames.dtype)
 
 
-def _input_kind(frames: Tensor, bn: nn.Module) -> tuple:
-    """What decides which of the CPU kernel's code paths normalises ``frames`` (its argument
-    to :func:`_affine_reproduces_kernel`)."""
-    weight = bn.weight if bn.weight is not None else bn.bias
+def _input_kind(frames: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple:
+    """What decides which of the CPU kernel's code paths normalises ``frames`` with ``weight``
+    and ``bias`` (its argument to :func:`_affine_reproduces_kernel`)."""
+    weight = weight if weight is not None else bias
     return (
         frames.dtype,
         None if weight is None else weight.dtype,

@@ -15,12 +15,14 @@ from spikezoo.neurons.modules import MultiStepIF, MultiStepLIF, MultiStepNeuron,
 from spikezoo.neurons.saved_spikes import (
     PackedCounts,
     PackedSpikes,
+    Recomputed,
     compact_saved_spikes,
     compacting,
     mark_integer_spikes,
     mark_spikes,
     marked_as_spikes,
     pack_spikes,
+    register_recipe,
 )
 from spikezoo.neurons.surrogate import Surrogate, get_surrogate, register_surrogate, surrogate_names
 
@@ -34,6 +36,7 @@ __all__ = [
     "MultiStepPLIF",
     "PackedCounts",
     "PackedSpikes",
+    "Recomputed",
     "SpikingNeuron",
     "Surrogate",
     "compact_saved_spikes",
@@ -47,6 +50,7 @@ __all__ = [
     "multistep_neuron",
     "multistep_plif",
     "pack_spikes",
+    "register_recipe",
     "register_surrogate",
     "set_backend",
     "surrogate_names",

@@ -33,6 +33,12 @@ tensor that is that output, or a view of it, is kept as the same view of the cou
 restored by the neuron's own division ``n / norm``, bit for bit. (A copy, e.g. a ``reshape``
 that cannot be a view, is a new tensor and is kept as it is.)
 
+Tensors that are not spikes but can be computed again from tensors autograd keeps anyway are
+kept as that computation (:class:`Recomputed`) where a registered recipe says how
+(:func:`register_recipe`): :mod:`spikezoo.layers.residual_sums` recomputes residual sums of
+BatchNorm outputs, which the neuron after the sum would otherwise keep, from the BatchNorm
+inputs and the other summand, bit for bit.
+
 spikezoo's models run their training forward pass inside this context unless told not to
 (``model.set_spike_compaction(False)``); any other network can use it directly::
 
@@ -51,6 +57,8 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,12 +71,15 @@ from spikezoo import _checks
 __all__ = [
     "PackedCounts",
     "PackedSpikes",
+    "Recomputed",
     "compact_saved_spikes",
     "compacting",
     "mark_integer_spikes",
     "mark_spikes",
     "marked_as_spikes",
     "pack_spikes",
+    "register_recipe",
+    "reshaped_from",
 ]
 
 #: The integer dtype each float dtype is compared in, bit pattern by bit pattern.
@@ -145,6 +156,76 @@ class PackedCounts:
     def unpack(self) -> Tensor:
         """The values, computed as the neuron computed them: ``n / norm`` in :attr:`dtype`."""
         return self.counts.to(self.dtype).div_(self.norm)
+
+
+@dataclass(frozen=True, eq=False)
+class Recomputed:
+    """A saved tensor kept as the computation that gives it again, bit for bit, from tensors
+    that autograd keeps for other operations anyway: it holds nothing of its own.
+
+    Attributes:
+        compute: returns the tensor; raises autograd's ``RuntimeError`` if a tensor it reads
+            was modified in place since.
+    """
+
+    compute: Callable[[], Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held besides tensors kept anyway: none."""
+        return 0
+
+    def unpack(self) -> Tensor:
+        """The saved tensor, computed again."""
+        return self.compute()
+
+
+#: Autograd nodes whose output holds their input's values in the same (row-major) order.
+_RESHAPE_NODES = frozenset(
+    {
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "UnsqueezeBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+    }
+)
+
+
+def reshaped_from(node: torch.autograd.graph.Node | None, output_nr: int) -> tuple:
+    """The autograd edge ``(node, output_nr)`` that the edge given reshapes: followed down
+    through nodes that only reshape (view, reshape, squeeze, unsqueeze), so that the tensor of
+    the edge returned holds the same values in the same row-major order."""
+    while node is not None and type(node).__name__ in _RESHAPE_NODES:
+        node, output_nr = node.next_functions[0]
+    return node, output_nr
+
+
+#: Kept tensors, looked up by autograd edge: what a recipe is given.
+KeptTensor = Callable[[torch.autograd.graph.Node, int], Tensor | None]
+
+#: The recipes :meth:`compact_saved_spikes.pack` tries, in order, on a saved tensor in the
+#: CPU's memory that holds more than spikes (see :func:`register_recipe`).
+_RECIPES: list[Callable[[Tensor, KeptTensor], Recomputed | None]] = []
+
+
+def register_recipe(recipe: Callable[[Tensor, KeptTensor], Recomputed | None]) -> None:
+    """Add a way to keep saved tensors as :class:`Recomputed` instead of as they are.
+
+    ``recipe(x, kept)`` gets a saved tensor ``x`` that is not spikes, in the CPU's memory, and
+    ``kept(node, output_nr)``, which returns the tensor saved unchanged so far in the running
+    :class:`compact_saved_spikes` whose edge (through reshapes, :func:`reshaped_from`) is that
+    one, unmodified since (else ``None``). It returns a :class:`Recomputed` that gives ``x``
+    back bit for bit, reading only tensors autograd keeps anyway, or ``None``. A tensor kept as
+    :class:`Recomputed` is not itself offered to later recipes through ``kept``, so recipes
+    never chain.
+    """
+    if not callable(recipe):
+        raise TypeError(f"recipe must be callable, got {type(recipe).__name__}")
+    if recipe not in _RECIPES:
+        _RECIPES.append(recipe)
 
 
 def _memory_order(x: Tensor) -> tuple[tuple[int, ...], Tensor] | None:
@@ -374,11 +455,15 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         self.enabled = _checks.boolean("enabled", enabled)
         # (storage, offset, shape, strides, dtype, version) -> its packing, for tensors saved
         # twice. The weak reference keeps the storage's address from being reused while cached.
-        self._packed: dict[tuple, PackedSpikes | PackedCounts | None] = {}
+        self._packed: dict[tuple, PackedSpikes | PackedCounts | Recomputed | None] = {}
         # storage -> (dtype, version, counts, norm) of integer spikes (mark_integer_spikes)
         self._integer: dict[StorageWeakRef, tuple[torch.dtype, int, Tensor, float]] = {}
         # storage -> (dtype, version) of spikes (mark_spikes)
         self._spikes: dict[StorageWeakRef, tuple[torch.dtype, int]] = {}
+        # (id of an autograd node, output number) -> the first tensor saved unchanged whose edge
+        # (through reshapes) that is, weakly, with its version: the recipes' kept tensors. The
+        # tensor's graph keeps the node, and so its id, alive while the reference is.
+        self._kept: dict[tuple[int, int], tuple[weakref.ref, int]] = {}
         super().__init__(self.pack, self.unpack)
 
     def __enter__(self) -> compact_saved_spikes:
@@ -396,10 +481,12 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         self._packed.clear()
         self._integer.clear()
         self._spikes.clear()
+        self._kept.clear()
 
-    def pack(self, x: Tensor) -> PackedSpikes | PackedCounts | _Unchanged:
+    def pack(self, x: Tensor) -> PackedSpikes | PackedCounts | Recomputed | _Unchanged:
         """The pack hook: ``x`` as bits if it holds only spikes, as counts if it holds marked
-        integer spikes, else ``x`` as it is."""
+        integer spikes, as a recipe's :class:`Recomputed` where one recomputes it, else ``x``
+        as it is."""
         if x.grad_fn is None or x.dtype not in _BITS_DTYPES:
             return _Unchanged(x, x._version)
         key = (
@@ -421,14 +508,29 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
             elif not _on_host(x):
                 self._packed[key] = None
             else:
-                self._packed[key] = pack_spikes(x)
+                self._packed[key] = pack_spikes(x) or self._recomputed(x)
         cached = self._packed[key]
-        return _Unchanged(x, x._version) if cached is None else cached
+        if cached is not None:
+            return cached
+        edge = reshaped_from(x.grad_fn, x.output_nr)
+        self._kept.setdefault((id(edge[0]), edge[1]), (weakref.ref(x), x._version))
+        return _Unchanged(x, x._version)
+
+    def _recomputed(self, x: Tensor) -> Recomputed | None:
+        """``x`` as the first registered recipe that recomputes it gives it, or ``None``."""
+        return next(filter(None, (recipe(x, self._kept_tensor) for recipe in _RECIPES)), None)
+
+    def _kept_tensor(self, node: torch.autograd.graph.Node, output_nr: int) -> Tensor | None:
+        """The tensor saved unchanged in this block whose edge is ``(node, output_nr)``, if
+        it is alive and unmodified since."""
+        reference, version = self._kept.get((id(node), output_nr), (None, None))
+        tensor = None if reference is None else reference()
+        return tensor if tensor is not None and tensor._version == version else None
 
     @staticmethod
-    def unpack(saved: PackedSpikes | PackedCounts | _Unchanged) -> Tensor:
+    def unpack(saved: PackedSpikes | PackedCounts | Recomputed | _Unchanged) -> Tensor:
         """The unpack hook: the tensor :meth:`pack` was given, bit for bit."""
-        if isinstance(saved, (PackedSpikes, PackedCounts)):
+        if isinstance(saved, (PackedSpikes, PackedCounts, Recomputed)):
             return saved.unpack()
         if saved.tensor._version != saved.version:
             raise RuntimeError(
