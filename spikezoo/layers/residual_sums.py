@@ -88,6 +88,14 @@ def _saved_input(node: torch.autograd.graph.Node, kept: KeptTensor, unpack) -> T
     return tensor if _layout(tensor) == _layout(saved) else None
 
 
+def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
 def _layout(t: Tensor) -> tuple:
     return t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype
 
@@ -165,7 +173,9 @@ def residual_sum(x: Tensor, kept: KeptTensor) -> Recomputed | None:
     tensors (see the module docstring), else ``None``: a recipe of
     :func:`~spikezoo.neurons.saved_spikes.register_recipe`."""
     node, _ = reshaped_from(x.grad_fn, x.output_nr)
-    if type(node).__name__ != "AddBackward0" or node._saved_alpha != 1 or not x.is_contiguous():
+    if type(node).__name__ != "AddBackward0" or node._saved_alpha != 1:
+        return None
+    if x.stride() != _row_major_strides(x.shape):  # the strides the recomputed sum will have
         return None
     summands = [_summand(*edge, kept) for edge in node.next_functions]
     if any(s is None or s.numel != x.numel() or s.dtype != x.dtype for s in summands):

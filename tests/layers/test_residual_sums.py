@@ -214,3 +214,18 @@ def test_measure_saved_tensors_counts_the_sums_as_training_keeps_them():
     report = measure_saved_tensors(block, torch.randn(2, 2, 8, 6, 6) * 2, compact=True)
     inner_sum = [t for t in report.tensors if t.module == "down.neuron" and t.shape]
     assert [(t.shape, t.kept_nbytes) for t in inner_sum] == [((2, 2 * 16 * 6 * 6), 0)]
+
+
+def test_a_sum_laid_out_otherwise_than_row_major_is_kept():
+    """A channels-last sum: the recomputation would give it row-major strides."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(6).train()
+    x = torch.randn(4, 6, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with _Recording() as recording:
+        kept = x * 2
+        loss = torch.sin(kept).sum()
+        total = kept + bn(x * 3)
+        loss = loss + torch.sin(total).sum()  # saves the sum last
+    assert total.is_contiguous(memory_format=torch.channels_last) and not total.is_contiguous()
+    assert not isinstance(recording.sum_kept_as(), Recomputed)
+    loss.backward()
