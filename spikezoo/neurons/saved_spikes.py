@@ -176,8 +176,10 @@ class Recomputed:
         return 0
 
     def unpack(self) -> Tensor:
-        """The saved tensor, computed again."""
-        return self.compute()
+        """The saved tensor, computed again (without recording a graph, like every unpacked
+        tensor of :class:`compact_saved_spikes`)."""
+        with torch.no_grad():
+            return self.compute()
 
 
 #: Autograd nodes whose output holds their input's values in the same (row-major) order.

@@ -229,3 +229,13 @@ def test_a_sum_laid_out_otherwise_than_row_major_is_kept():
     assert total.is_contiguous(memory_format=torch.channels_last) and not total.is_contiguous()
     assert not isinstance(recording.sum_kept_as(), Recomputed)
     loss.backward()
+
+
+def test_a_recomputed_sum_records_no_graph_even_when_backward_does():
+    torch.manual_seed(0)
+    module = _Sum(("bn", "bn")).train()
+    with _Recording() as recording:
+        module(torch.randn(4, 6, 5, 7, requires_grad=True))
+    with torch.enable_grad():  # as in backward with create_graph=True
+        total = recording.sum_kept_as().unpack()
+    assert total.grad_fn is None and not total.requires_grad
