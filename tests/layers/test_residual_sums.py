@@ -82,17 +82,24 @@ def _assert_bitwise(a: list, b: list) -> None:
         assert x is None or torch.equal(x, y)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def _under_bf16_autocast(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return module(x).float()
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64", "bf16-autocast"])
 @pytest.mark.parametrize(
     "kinds", [("kept", "bn"), ("bn", "kept"), ("bn", "bn"), ("bn", "fused"), ("fused", "kept")]
 )
-def test_a_saved_sum_of_batch_norm_outputs_is_recomputed_bit_for_bit(kinds, dtype):
+def test_a_saved_sum_of_batch_norm_outputs_is_recomputed_bit_for_bit(kinds, precision):
     torch.manual_seed(0)
+    dtype = torch.float64 if precision == "float64" else torch.float32
     module = _Sum(kinds).to(dtype).train()
     x = torch.randn(4, 6, 5, 7, dtype=dtype) * 2
-    plain = _gradients(copy.deepcopy(module), x)
+    loss = _under_bf16_autocast if precision == "bf16-autocast" else None
+    plain = _gradients(copy.deepcopy(module), x, loss=loss)
     recording = _Recording()
-    _assert_bitwise(_gradients(module, x, recording), plain)
+    _assert_bitwise(_gradients(module, x, recording, loss), plain)
     assert isinstance(recording.sum_kept_as(), Recomputed)
 
 
