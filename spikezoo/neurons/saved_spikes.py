@@ -445,7 +445,9 @@ class _Unchanged:
 
 
 class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
-    """Within the block, tensors saved for backward that hold only spikes are kept as bits.
+    """Within the block, tensors saved for backward that hold only spikes are kept as bits,
+    and, in the CPU's memory, tensors that a registered recipe can compute again from tensors
+    kept anyway are kept as that computation (:func:`register_recipe`).
 
     A context manager (``with compact_saved_spikes(): ...``); see the module docstring for
     what is compacted. ``enabled=False`` makes it do nothing, so callers can pass a switch.
