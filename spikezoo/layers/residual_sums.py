@@ -44,6 +44,7 @@ from spikezoo.layers.bn_neuron import (
 from spikezoo.neurons.saved_spikes import (
     KeptTensor,
     Recomputed,
+    _Unchanged,
     register_recipe,
     reshaped_from,
 )
@@ -64,17 +65,11 @@ class _Summand:
 
 def _unmodified(*tensors: Tensor | None) -> Callable[[], None]:
     """A check that raises autograd's in-place error if one of ``tensors`` changed since."""
-    held = [(t, t._version) for t in tensors if t is not None]
+    held = [_Unchanged(t, t._version) for t in tensors if t is not None]
 
     def check() -> None:
-        for tensor, version in held:
-            if tensor._version != version:
-                raise RuntimeError(
-                    "one of the variables needed for gradient computation has been modified "
-                    f"by an inplace operation: a tensor of shape {tuple(tensor.shape)} that a "
-                    f"saved residual sum is recomputed from is at version {tensor._version}; "
-                    f"expected version {version} instead"
-                )
+        for record in held:
+            record.unpack()
 
     return check
 
@@ -158,13 +153,8 @@ def _summand(
         return None
     tensor = kept(node, output_nr)
     if tensor is not None:
-        check = _unmodified(tensor)
-
-        def compute() -> Tensor:
-            check()
-            return tensor
-
-        return _Summand(compute, tensor.numel(), tensor.dtype, fresh=False)
+        unchanged = _Unchanged(tensor, tensor._version)
+        return _Summand(unchanged.unpack, tensor.numel(), tensor.dtype, fresh=False)
     if type(node).__name__ == "NativeBatchNormBackward0" and output_nr == 0:
         return _batch_norm_output(node, kept)
     if isinstance(node, _BatchNormFire._backward_cls) and output_nr == 1:

@@ -443,6 +443,16 @@ class _Unchanged:
     tensor: Tensor
     version: int
 
+    def unpack(self) -> Tensor:
+        """The tensor, unless it was modified in place since (then autograd's error)."""
+        if self.tensor._version != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: a tensor of shape {tuple(self.tensor.shape)} is at version "
+                f"{self.tensor._version}; expected version {self.version} instead"
+            )
+        return self.tensor
+
 
 class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
     """Within the block, tensors saved for backward that hold only spikes are kept as bits,
@@ -516,8 +526,9 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         cached = self._packed[key]
         if cached is not None:
             return cached
-        edge = reshaped_from(x.grad_fn, x.output_nr)
-        self._kept.setdefault((id(edge[0]), edge[1]), (weakref.ref(x), x._version))
+        if _RECIPES and _on_host(x):  # where recipes run: they read the tensors kept unchanged
+            node, output_nr = reshaped_from(x.grad_fn, x.output_nr)
+            self._kept.setdefault((id(node), output_nr), (weakref.ref(x), x._version))
         return _Unchanged(x, x._version)
 
     def _recomputed(self, x: Tensor) -> Recomputed | None:
@@ -534,12 +545,4 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
     @staticmethod
     def unpack(saved: PackedSpikes | PackedCounts | Recomputed | _Unchanged) -> Tensor:
         """The unpack hook: the tensor :meth:`pack` was given, bit for bit."""
-        if isinstance(saved, (PackedSpikes, PackedCounts, Recomputed)):
-            return saved.unpack()
-        if saved.tensor._version != saved.version:
-            raise RuntimeError(
-                "one of the variables needed for gradient computation has been modified by an "
-                f"inplace operation: a tensor of shape {tuple(saved.tensor.shape)} is at version "
-                f"{saved.tensor._version}; expected version {saved.version} instead"
-            )
-        return saved.tensor
+        return saved.unpack()
