@@ -18,8 +18,9 @@ outputs (:func:`mark_spikes`), and layers whose output is spikes whenever their 
 (:class:`~spikezoo.layers.SpikingHadamard`, the max-pool of :mod:`spikezoo.layers.pooling`)
 mark theirs. In the CPU's memory every tensor is checked, with NumPy (a few times faster there
 than torch's kernels): it is packed if its bit patterns are all those of ``+0.0`` or ``1.0``
-(so ``-0.0`` and NaN, which a neuron with a NaN membrane fires, are kept as they are); marked
-spikes skip the probe of the first values that rejects most other tensors at once. On CUDA
+(so ``-0.0`` and NaN, which a neuron with a NaN membrane fires, are kept as they are), after a
+probe of values spread over it has rejected most other tensors at once; marked spikes are only
+searched for NaN. On CUDA
 nothing is read, because reading values on the host makes it wait for the device, once per
 saved tensor: a saved view of marked spikes, unchanged since, is packed after one sum over it,
 kept unread, so that a NaN spike makes the whole unpacked tensor NaN instead of 0; other
@@ -90,8 +91,13 @@ _BITS_DTYPES = {
     torch.float64: torch.int64,
 }
 
-#: Values read before the whole tensor is checked: most non-spike tensors fail here.
+#: Values read, spread over the tensor (:func:`_probe_positions`), before the whole of it is
+#: checked: most non-spike tensors fail here.
 _PROBE = 64
+
+#: The unsigned integer dtype of each bit-pattern width: NaN patterns, positive or negative,
+#: are the ones above that of ``1.0`` among the patterns of marked spikes.
+_UNSIGNED = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,8 +262,8 @@ def pack_spikes(x: Tensor) -> PackedSpikes | None:
 
 def _pack(x: Tensor, check: bool) -> PackedSpikes | None:
     """:func:`pack_spikes`; without ``check``, ``x`` is marked spikes: ``0.0``, ``1.0`` or NaN
-    (from a NaN membrane). In the CPU's memory the values are checked either way (marked spikes
-    skip the probe), so NaN spikes stay unpacked. On a device only the full check reads values
+    (from a NaN membrane). In the CPU's memory marked spikes are searched for NaN, and stay
+    unpacked if one is found. On a device only the full check reads values
     (a wait for the device); a marked tensor's sum is kept unread as
     :attr:`PackedSpikes.poison`.
     """
@@ -271,7 +277,7 @@ def _pack(x: Tensor, check: bool) -> PackedSpikes | None:
     bits = flat.view(bits_dtype)
     one = _one_bits(x.dtype)
     if _on_host(x):
-        packed = _pack_on_host(bits.numpy(), one, probe=check)
+        packed = _pack_on_host(bits.numpy(), one, check)
         return None if packed is None else PackedSpikes(packed, x.shape, order, x.dtype)
     ones = bits == one
     poison = None
@@ -295,18 +301,34 @@ def _on_host(x: Tensor) -> bool:
     return x.device.type == "cpu"
 
 
-def _pack_on_host(bits: np.ndarray, one: int, probe: bool) -> Tensor | None:
+def _pack_on_host(bits: np.ndarray, one: int, check: bool) -> Tensor | None:
     """The bit patterns ``bits`` (an integer view of the values) packed 8 to a byte, lowest
     first, as a ``uint8`` tensor, if each is that of ``+0.0`` or ``1.0`` (``one``); else
-    ``None``. With ``probe``, the first values are looked at first, which rejects most other
-    tensors at once."""
-    if probe and not set(bits[:_PROBE].tolist()) <= {0, one}:
+    ``None``.
+
+    With ``check``, :data:`_PROBE` values spread over the tensor are looked at first, which
+    rejects most other tensors at once, then every value. Without it, ``bits`` are marked
+    spikes (``+0.0``, ``1.0`` or NaN): one maximum finds a NaN, a pass less than the check.
+    """
+    if check and not set(bits[_probe_positions(bits.size, _PROBE)].tolist()) <= {0, one}:
         return None
     ones = bits == one
-    # every nonzero bit pattern is that of 1.0: the rest are +0.0
-    if np.count_nonzero(bits) != np.count_nonzero(ones):
+    if check:
+        # every nonzero bit pattern is that of 1.0: the rest are +0.0
+        if np.count_nonzero(bits) != np.count_nonzero(ones):
+            return None
+    elif bits.view(_UNSIGNED[bits.itemsize]).max() > one:
         return None
     return torch.from_numpy(np.packbits(ones, bitorder="little"))
+
+
+@functools.lru_cache(maxsize=512)
+def _probe_positions(size: int, count: int) -> np.ndarray:
+    """``count`` positions among ``size`` values, at steps of the golden ratio of the size
+    (modulo it): spread evenly, and out of step with every row and channel. (A probe of evenly
+    strided positions, or of the first values, read only the silent corners of a convolution
+    of spikes: zeros, so its whole output was checked.)"""
+    return (np.arange(count) * 0.6180339887498949 % 1.0 * size).astype(np.int64)
 
 
 @functools.cache

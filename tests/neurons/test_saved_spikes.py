@@ -198,6 +198,45 @@ def test_marked_spikes_with_a_nan_stay_unpacked_on_the_cpu():
         assert isinstance(compaction.pack(clean), PackedSpikes)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["positive nan", "negative nan"])
+def test_a_marked_tensor_with_a_nan_of_either_sign_is_not_packed(dtype, sign):
+    # marked spikes are searched for NaN by one maximum of their unsigned bit patterns
+    with compact_saved_spikes() as compaction:
+        spikes = lif_spikes(4, 64).to(dtype)
+        as_bits = spikes.detach().view(saved_spikes._BITS_DTYPES[dtype])
+        as_bits[2, 9] = torch.tensor(float("nan"), dtype=dtype).view(as_bits.dtype)
+        if sign < 0:  # the sign bit set (a conversion to bfloat16 drops the sign of a NaN)
+            as_bits[2, 9] |= torch.iinfo(as_bits.dtype).min
+        mark_spikes(spikes)
+        assert torch.isnan(spikes).sum() == 1 and torch.signbit(spikes[2, 9]) == (sign < 0)
+        assert not isinstance(compaction.pack(spikes * 1), PackedSpikes)  # not marked: checked
+        assert not isinstance(compaction.pack(spikes), PackedSpikes)
+        spikes[2, 9] = 1.0
+        mark_spikes(spikes)
+        assert isinstance(compaction.pack(spikes), PackedSpikes)
+
+
+def test_the_probe_rejects_a_convolution_of_spikes_whose_corners_are_silent(monkeypatch):
+    # Every channel's first rows are zeros (silent inputs there); a probe of evenly strided
+    # positions or of the first values reads only those and passes the tensor on to the
+    # whole-tensor check, which the probe is there to spare.
+    x = torch.rand(1, 768, 28, 28) + 0.5
+    x[:, :, :4] = 0.0
+    full_checks = []
+    count_nonzero = saved_spikes.np.count_nonzero
+    monkeypatch.setattr(
+        saved_spikes.np,
+        "count_nonzero",
+        lambda a: full_checks.append(a.size) or count_nonzero(a),
+    )
+    assert pack_spikes(x) is None
+    assert full_checks == []
+    positions = saved_spikes._probe_positions(x.numel(), saved_spikes._PROBE)
+    assert len(set((positions % (28 * 28) // 28).tolist())) > 16  # rows of every kind
+    assert positions.min() >= 0 and positions.max() < x.numel()
+
+
 def test_where_values_cost_a_wait_a_nan_spike_makes_the_whole_unpacked_tensor_nan(monkeypatch):
     # CUDA's policy, on the CPU: the sum that finds a NaN is not read, but added on unpacking
     monkeypatch.setattr(saved_spikes, "_on_host", lambda x: False)
