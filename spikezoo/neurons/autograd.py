@@ -21,11 +21,14 @@ __all__ = ["MultiStepDynamics"]
 
 
 class MultiStepDynamics(torch.autograd.Function):
-    """``apply(x [T, N], k [], v_init [N] or [], cfg, candidates) -> (spikes [T, N], v_final [N])``.
+    """``apply(x [T, N], k [], v_init [N] or [], cfg, candidates, final_needed) -> (spikes [T, N],
+    v_final [N])``.
 
     ``candidates`` are the names of the backends to try in order (see
     :func:`spikezoo.neurons.backends.resolve_backend`); the backward pass starts with the one
     that ran the forward pass. Gradients flow into ``x``, ``k`` (PLIF's decay) and ``v_init``.
+    With ``final_needed=False``, ``v_final`` may be ``None`` (the backend then writes no
+    ``[N]`` tensor for it).
     """
 
     @staticmethod
@@ -36,10 +39,13 @@ class MultiStepDynamics(torch.autograd.Function):
         v_init: Tensor,
         cfg: NeuronConfig,
         candidates: tuple[str, ...],
-    ) -> tuple[Tensor, Tensor]:
+        final_needed: bool,
+    ) -> tuple[Tensor, Tensor | None]:
         """Run the forward loop, keeping the charged membranes (or ``x``) for :meth:`backward`."""
         ctx.set_materialize_grads(False)
-        backend, (spikes, charged, v_final) = run_training_forward(candidates, x, v_init, k, cfg)
+        backend, (spikes, charged, v_final) = run_training_forward(
+            candidates, x, v_init, k, cfg, final_needed
+        )
         ctx.cfg = cfg
         ctx.candidates = candidates[candidates.index(backend) :]
         ctx.from_input = charged is None
@@ -68,4 +74,4 @@ class MultiStepDynamics(torch.autograd.Function):
             ctx.needs_input_grad[2],
         )
         grad_v_init = grad_v_init if ctx.needs_input_grad[2] else None
-        return grad_x, grad_k if grad_k_needed else None, grad_v_init, None, None
+        return grad_x, grad_k if grad_k_needed else None, grad_v_init, None, None, None

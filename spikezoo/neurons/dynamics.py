@@ -86,14 +86,20 @@ def reset(h: Tensor, fired: Tensor, cfg: NeuronConfig) -> Tensor:
 
 
 def forward_sequence(
-    x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig, keep_charged: bool
-) -> tuple[Tensor, Tensor | None, Tensor]:
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    keep_charged: bool,
+    final_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Run the dynamics over ``x [T, N]`` starting from the membrane ``v_init`` (``[N]`` or ``[]``).
 
     ``k`` is the decay (a ``[]`` tensor in the compute dtype, that of ``v_init``). Returns the
     spikes ``[T, N]`` in the dtype of ``x``, the charged membranes ``h [T, N]`` that
     :func:`backward_sequence` needs (``None`` unless ``keep_charged``), and the final
-    membrane ``v [N]``.
+    membrane ``v [N]`` (``None`` unless ``final_needed``: a compiled loop then writes no
+    ``[N]`` tensor for it).
     """
     v = v_init
     spikes, charged = [], []
@@ -105,7 +111,11 @@ def forward_sequence(
         if keep_charged:
             charged.append(h)
         v = reset(h, fired, cfg)
-    return torch.stack(spikes), torch.stack(charged) if keep_charged else None, v
+    return (
+        torch.stack(spikes),
+        torch.stack(charged) if keep_charged else None,
+        v if final_needed else None,
+    )
 
 
 def charged_membranes(

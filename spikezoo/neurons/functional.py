@@ -226,9 +226,11 @@ def multistep_neuron(
         v0 = _flatten(v_init.unsqueeze(0).to(compute_dtype), order)[0]
     flat = x if traced else _flatten(x, order)
     if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or v0.requires_grad):
-        spikes, v_final = MultiStepDynamics.apply(flat, k, v0, cfg, candidates)
+        spikes, v_final = MultiStepDynamics.apply(flat, k, v0, cfg, candidates, return_state)
     else:  # inference: nothing to keep for a backward pass
-        _, (spikes, _, v_final) = run_forward(candidates, flat, v0, k, cfg, keep_charged=False)
+        _, (spikes, _, v_final) = run_forward(
+            candidates, flat, v0, k, cfg, keep_charged=False, final_needed=return_state
+        )
     if traced:
         return (spikes, v_final.expand(x.shape[1:])) if return_state else spikes
     mark_spikes(spikes)

@@ -256,6 +256,53 @@ def test_training_asks_for_the_initial_membrane_gradient_only_when_it_is_wanted(
     assert (v_init is None) or v_init.grad is not None
 
 
+@pytest.mark.parametrize("steps", [1, 6], ids=["one chunk", "4+1+1 chunks"])
+def test_inductor_forward_writes_the_final_membrane_only_when_asked(steps):
+    """Without the final membrane the last chunk's graph writes no ``[N]`` tensor for it; the
+    spikes (and the membranes kept for backward) are those of the reference, and with it the
+    final membrane is the reference's too."""
+    cfg = SOFT_4_1[0]
+    gen = torch.Generator().manual_seed(steps)
+    x = torch.randn(steps, 37, generator=gen, dtype=torch.float64) * 1.5 + 0.6
+    v_init = torch.randn(37, generator=gen, dtype=torch.float64)
+    k = torch.tensor(0.4, dtype=torch.float64)
+    expected = dynamics.forward_sequence(x, v_init, k, cfg, keep_charged=True)
+    full = inductor.forward(x, v_init, k, cfg, True)
+    lean = inductor.forward(x, v_init, k, cfg, True, False)
+    assert lean[2] is None
+    for a, b, e in zip(full, lean[:2], expected[:2], strict=False):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
+        assert torch.equal(a, b)
+    torch.testing.assert_close(full[2], expected[2], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("return_state", [False, True])
+def test_a_neuron_asks_for_the_final_membrane_only_when_it_returns_it(grad, return_state):
+    asked = []
+    inductor_backend = backends.get_backend("inductor")
+
+    def spy(*args):
+        asked.append(args[-1])  # final_needed
+        return inductor_backend.forward(*args)
+
+    backends._REGISTRY["inductor"] = dataclasses.replace(inductor_backend, forward=spy)
+    x = (torch.randn(4, 2, 3) * 2).requires_grad_(grad)
+    out = MultiStepLIF(backend="inductor")(x, return_state=return_state)
+    assert asked == [return_state]
+    if return_state:
+        spikes, v_final = out
+        expected = MultiStepLIF(backend="torch")(x.detach(), return_state=True)
+        assert torch.equal(spikes, expected[0])
+        torch.testing.assert_close(v_final, expected[1], rtol=0, atol=0)
+        if grad:  # the final membrane's gradient flows back into x
+            v_final.sum().backward()
+            assert x.grad is not None and x.grad.abs().sum() > 0
+    else:
+        assert isinstance(out, torch.Tensor) and out.shape == x.shape
+
+
 @pytest.mark.usefixtures("registry")
 def test_a_failed_backward_from_input_falls_back_to_recharging_on_the_next_backend():
     calls = []

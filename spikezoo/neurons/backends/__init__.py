@@ -58,8 +58,9 @@ class Backend:
 
     Attributes:
         name: what ``backend=`` takes to select it.
-        forward: ``(x, v_init, k, cfg, keep_charged) -> (spikes, charged | None, v_final)``,
-            as :func:`spikezoo.neurons.dynamics.forward_sequence`.
+        forward: ``(x, v_init, k, cfg, keep_charged, final_needed) -> (spikes, charged | None,
+            v_final)``, as :func:`spikezoo.neurons.dynamics.forward_sequence`; with
+            ``final_needed=False`` it may return ``None`` for ``v_final`` and save writing it.
         backward: ``(grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed,
             grad_v_needed) -> (grad_x, grad_v_init, grad_k)``, as
             :func:`spikezoo.neurons.dynamics.backward_sequence`; with ``grad_v_needed=False``
@@ -190,20 +191,26 @@ def run_forward(
     k: Tensor,
     cfg: NeuronConfig,
     keep_charged: bool,
-) -> tuple[str, tuple[Tensor, Tensor | None, Tensor]]:
+    final_needed: bool = True,
+) -> tuple[str, tuple[Tensor, Tensor | None, Tensor | None]]:
     """The forward loop on the first of ``candidates`` that succeeds: its name, its result."""
-    args = (x, v_init, k, cfg, keep_charged)
+    args = (x, v_init, k, cfg, keep_charged, final_needed)
     return _first_success(candidates, "forward", cfg, x, lambda backend: backend.forward(*args))
 
 
 def run_training_forward(
-    candidates: tuple[str, ...], x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig
-) -> tuple[str, tuple[Tensor, Tensor | None, Tensor]]:
+    candidates: tuple[str, ...],
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    final_needed: bool = True,
+) -> tuple[str, tuple[Tensor, Tensor | None, Tensor | None]]:
     """The forward loop of a training step: as :func:`run_forward`, keeping the charged
     membranes unless the backend that runs it has a ``backward_from_input`` (then ``None``)."""
 
     def call(backend: Backend) -> tuple:
-        return backend.forward(x, v_init, k, cfg, backend.backward_from_input is None)
+        return backend.forward(x, v_init, k, cfg, backend.backward_from_input is None, final_needed)
 
     return _first_success(candidates, "forward", cfg, x, call)
 
@@ -246,7 +253,7 @@ def run_backward_from_input(
             return backend.backward_from_input(
                 grad_spikes, grad_v, x, v_init, k, cfg, grad_k_needed, grad_v_needed
             )
-        _, charged, _ = backend.forward(x, v_init, k, cfg, True)
+        _, charged, _ = backend.forward(x, v_init, k, cfg, True, False)
         return backend.backward(
             grad_spikes, grad_v, charged, v_init, k, cfg, grad_k_needed, grad_v_needed
         )

@@ -232,12 +232,19 @@ def _float32(t: Tensor, device: torch.device) -> Tensor:
 
 
 def forward(
-    x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig, keep_charged: bool
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    keep_charged: bool,
+    final_needed: bool = True,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`spikezoo.neurons.dynamics.forward_sequence` in one kernel launch.
 
     ``x [T, N]`` float32, float16 or bfloat16 on a CUDA device; ``v_init`` (``[N]`` or ``[]``)
-    and ``k`` (``[]``) float32. Spikes come in the dtype of ``x``, membranes in float32.
+    and ``k`` (``[]``) float32. Spikes come in the dtype of ``x``, membranes in float32. The
+    final membrane is always returned (``final_needed`` is accepted for the backend contract):
+    the kernel writes it next to the spikes, in the same pass over the neurons.
     """
     _check_surrogate(cfg)
     x = x.contiguous()

@@ -12,8 +12,9 @@ dynamic, and PyTorch caches the kernels on disk. So a configuration compiles at 
 graphs per loop, whatever the sequence lengths: three chunk lengths, each in at most three
 variants (a sequence of one chunk, which takes the initial membrane without a copy; the
 first chunk of a longer sequence, at storage offset 0, which dynamo may specialise; the
-other chunks). The models' usual T (4, 8 with two chunks, 16) pay no concatenation or only
-one.
+other chunks), and the forward loop's last chunk once more for the neurons that do not return
+their final membrane (``final_needed=False``: its graph writes no ``[N]`` tensor for it). The
+models' usual T (4, 8 with two chunks, 16) pay no concatenation or only one.
 
 In training, the forward pass writes the spikes alone and autograd keeps the input ``x``;
 :func:`backward_from_input` recharges the membranes from ``x`` inside the backward kernel, so
@@ -72,9 +73,10 @@ def chunk_lengths(steps: int) -> list[int]:
 def _compiled(loop: Callable, cfg: NeuronConfig, steps: int, **switch: bool) -> Callable:
     """``loop`` compiled for chunks of ``steps`` steps, one compile region per argument set.
 
-    ``switch`` holds the loop's boolean arguments by name: ``keep_charged`` for the forward
-    loop, ``grad_k_needed`` and ``grad_v_needed`` for the backward loops. Recompiles happen only
-    for a new dtype or device (and the single-neuron case, which dynamo specialises).
+    ``switch`` holds the loop's boolean arguments by name: ``keep_charged`` and
+    ``final_needed`` for the forward loop, ``grad_k_needed`` and ``grad_v_needed`` for the
+    backward loops. Recompiles happen only for a new dtype or device (and the single-neuron
+    case, which dynamo specialises).
     """
     return torch.compile(
         loop,
@@ -108,14 +110,19 @@ def _per_neuron(t: Tensor, neurons: int, lengths: list[int]) -> Tensor:
 
 
 def forward(
-    x: Tensor, v_init: Tensor, k: Tensor, cfg: NeuronConfig, keep_charged: bool
-) -> tuple[Tensor, Tensor | None, Tensor]:
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    keep_charged: bool,
+    final_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """:func:`spikezoo.neurons.dynamics.forward_sequence`, compiled chunk by chunk."""
     lengths = chunk_lengths(x.shape[0])
     v = _per_neuron(v_init, x.shape[1], lengths)
     spikes, charged = [], []
     start = 0
-    for steps in lengths:
+    for index, steps in enumerate(lengths):
         spikes_chunk, charged_chunk, v = _run_chunk(
             dynamics.forward_sequence,
             cfg,
@@ -123,6 +130,8 @@ def forward(
             v,
             k,
             keep_charged=keep_charged,
+            # every chunk but the last passes its final membrane on to the next
+            final_needed=final_needed or index < len(lengths) - 1,
         )
         spikes.append(spikes_chunk)
         charged.append(charged_chunk)
@@ -190,7 +199,13 @@ def backward_from_input(
         chunks.append((start, steps, v))
         if index < len(lengths) - 1:
             _, _, v = _run_chunk(
-                dynamics.forward_sequence, cfg, x[start : start + steps], v, k, keep_charged=False
+                dynamics.forward_sequence,
+                cfg,
+                x[start : start + steps],
+                v,
+                k,
+                keep_charged=False,
+                final_needed=True,
             )
         start += steps
     return _walk_back(
