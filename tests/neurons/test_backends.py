@@ -28,6 +28,22 @@ def _broken(*args):
     raise RuntimeError("this backend always fails")
 
 
+def _spy_on_inductor(loop: str) -> list:
+    """Replace the ``"inductor"`` backend's ``loop`` (a :class:`Backend` field) in the private
+    registry by one that records its last argument (the ``..._needed`` switch) in the list
+    returned, then runs."""
+    asked = []
+    inductor_backend = backends.get_backend("inductor")
+    run = getattr(inductor_backend, loop)
+
+    def spy(*args):
+        asked.append(args[-1])
+        return run(*args)
+
+    backends._REGISTRY["inductor"] = dataclasses.replace(inductor_backend, **{loop: spy})
+    return asked
+
+
 def _counting(calls: list[str], name: str, loop):
     def run(*args):
         calls.append(name)
@@ -241,14 +257,7 @@ def test_inductor_backward_equals_the_reference_backward(saved, cfg, steps):
 @pytest.mark.usefixtures("registry")
 @pytest.mark.parametrize("v_init_grad", [False, True])
 def test_training_asks_for_the_initial_membrane_gradient_only_when_it_is_wanted(v_init_grad):
-    asked = []
-    inductor_backend = backends.get_backend("inductor")
-
-    def spy(*args):
-        asked.append(args[-1])  # grad_v_needed
-        return inductor_backend.backward_from_input(*args)
-
-    backends._REGISTRY["inductor"] = dataclasses.replace(inductor_backend, backward_from_input=spy)
+    asked = _spy_on_inductor("backward_from_input")  # grad_v_needed
     x = (torch.randn(4, 2, 3) * 2).requires_grad_()
     v_init = torch.randn(2, 3).requires_grad_() if v_init_grad else None
     multistep_lif(x, v_init=v_init, backend="inductor").sum().backward()
@@ -280,14 +289,7 @@ def test_inductor_forward_writes_the_final_membrane_only_when_asked(steps):
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("return_state", [False, True])
 def test_a_neuron_asks_for_the_final_membrane_only_when_it_returns_it(grad, return_state):
-    asked = []
-    inductor_backend = backends.get_backend("inductor")
-
-    def spy(*args):
-        asked.append(args[-1])  # final_needed
-        return inductor_backend.forward(*args)
-
-    backends._REGISTRY["inductor"] = dataclasses.replace(inductor_backend, forward=spy)
+    asked = _spy_on_inductor("forward")  # final_needed
     x = (torch.randn(4, 2, 3) * 2).requires_grad_(grad)
     out = MultiStepLIF(backend="inductor")(x, return_state=return_state)
     assert asked == [return_state]

@@ -205,7 +205,7 @@ def backward_from_input(
                 v,
                 k,
                 keep_charged=False,
-                final_needed=True,
+                final_needed=True,  # named as forward names it: the same compiled graph
             )
         start += steps
     return _walk_back(
