@@ -434,6 +434,46 @@ def test_emulated_backend_reads_channels_last_and_scalar_state_in_place(emulated
     assert int(forward_args[7]) == 0  # no charged membranes kept
 
 
+def test_emulated_kernels_write_no_final_membrane_or_its_gradient_unless_asked(emulated_cupy):
+    """Without ``return_state`` the forward kernel gets a null final membrane, and a backward
+    pass whose ``v_init`` needs no gradient a null ``dL/dv_init``: the kernels write neither.
+    Asked for, both are written, and equal the torch backend's."""
+    config = ("lif", True, V_RESET, True, "sigmoid")
+    cfg = make_config(*config)
+    names = cupy_backend.kernel_names(cfg)
+
+    def last_launch(role: str) -> tuple:
+        return emulated_cupy.kernels[names[role, torch.float32]].launches[-1][2]
+
+    lif = {"tau": 1.7, "v_threshold": V_THRESHOLD, "v_reset": V_RESET}  # the config's
+    x = (torch.randn(4, 2, 30) + 0.8).requires_grad_()
+    spikes = multistep_lif(x, **lif, backend="cupy")
+    spikes.sum().backward()
+    assert int(last_launch("forward")[8]) == 0  # v_final
+    assert int(last_launch("backward_from_input")[11]) == 0  # dL/dv_init
+    reference_x = x.detach().clone().requires_grad_()
+    reference = multistep_lif(reference_x, **lif, backend="torch")
+    reference.sum().backward()
+    assert torch.equal(spikes, reference)
+    torch.testing.assert_close(x.grad, reference_x.grad, rtol=1e-5, atol=1e-6)
+    direct = cupy_backend.forward(
+        x.detach().flatten(1),
+        torch.tensor(V_RESET),  # at rest
+        torch.tensor(1 / 1.7),
+        cfg,
+        False,
+        final_needed=False,
+    )
+    assert direct[2] is None and torch.equal(direct[0], spikes.detach().flatten(1))
+
+    case = random_case(cfg, decay("lif"), torch.float32, 3, 6)
+    got, expected = run_neuron("cupy", config, *case), run_neuron("torch", config, *case)
+    assert int(last_launch("forward")[8]) != 0
+    assert int(last_launch("backward_from_input")[11]) != 0
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-6, atol=1e-6, msg="v_final")
+    torch.testing.assert_close(got[3], expected[3], rtol=1e-5, atol=1e-6, msg="dL/dv_init")
+
+
 def test_emulated_backend_compiles_once_per_configuration(emulated_cupy):
     x = torch.randn(4, 10)
     for threshold in (1.0, 0.5):  # thresholds are arguments, not configurations

@@ -238,13 +238,13 @@ def forward(
     cfg: NeuronConfig,
     keep_charged: bool,
     final_needed: bool = True,
-) -> tuple[Tensor, Tensor | None, Tensor]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """:func:`spikezoo.neurons.dynamics.forward_sequence` in one kernel launch.
 
     ``x [T, N]`` float32, float16 or bfloat16 on a CUDA device; ``v_init`` (``[N]`` or ``[]``)
-    and ``k`` (``[]``) float32. Spikes come in the dtype of ``x``, membranes in float32. The
-    final membrane is always returned (``final_needed`` is accepted for the backend contract):
-    the kernel writes it next to the spikes, in the same pass over the neurons.
+    and ``k`` (``[]``) float32. Spikes come in the dtype of ``x``, membranes in float32. With
+    ``final_needed=False`` the kernel writes no final membrane (a null pointer) and ``None``
+    comes back for it (at ``T = 1``, one of the three ``[N]`` tensors the kernel moves).
     """
     _check_surrogate(cfg)
     x = x.contiguous()
@@ -252,7 +252,7 @@ def forward(
     v_init, k = _float32(v_init, x.device), _float32(k, x.device)
     spikes = torch.empty_like(x)
     charged = torch.empty(x.shape, dtype=torch.float32, device=x.device) if keep_charged else None
-    v_final = torch.empty(neurons, dtype=torch.float32, device=x.device)
+    v_final = torch.empty(neurons, dtype=torch.float32, device=x.device) if final_needed else None
     if neurons:
         _launch(cfg, "forward", x.dtype, x.device, _blocks(neurons), _THREADS_PER_BLOCK, (
             _pointer(x), _pointer(v_init), _stride(v_init), _pointer(k),
@@ -272,17 +272,17 @@ def backward(
     cfg: NeuronConfig,
     grad_k_needed: bool,
     grad_v_needed: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`spikezoo.neurons.dynamics.backward_sequence` in one kernel launch.
 
-    ``dL/dv_init`` is always returned (``grad_v_needed`` is accepted for the backend contract):
-    the kernel writes it next to ``dL/dx``, in the same pass over the neurons.
+    With ``grad_v_needed=False`` the kernel writes no ``dL/dv_init`` (a null pointer) and
+    ``None`` comes back for it.
 
     ``dL/dk`` is summed on the device (a block reduction, then one atomic add per block) and
     finished by a one-thread kernel; nothing is copied to the host.
     """
     return _walk_back("backward", grad_spikes, grad_v, charged.contiguous(), v_init, k, cfg,
-                      grad_k_needed)  # fmt: skip
+                      grad_k_needed, grad_v_needed)  # fmt: skip
 
 
 def backward_from_input(
@@ -294,14 +294,14 @@ def backward_from_input(
     cfg: NeuronConfig,
     grad_k_needed: bool,
     grad_v_needed: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`backward` from the forward pass's input ``x [T, N]`` instead of its charged
     membranes, in one kernel launch: each thread charges its neuron's membranes again, then
     walks them back. ``dL/dspikes`` comes in the dtype of the spikes, which is that of ``x``.
     """
     x = x.contiguous()
     return _walk_back("backward_from_input", grad_spikes.to(x.dtype), grad_v, x, v_init, k, cfg,
-                      grad_k_needed)  # fmt: skip
+                      grad_k_needed, grad_v_needed)  # fmt: skip
 
 
 def _walk_back(
@@ -313,16 +313,20 @@ def _walk_back(
     k: Tensor,
     cfg: NeuronConfig,
     grad_k_needed: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad_v_needed: bool,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Launch the backward kernel ``role`` on what the forward pass kept, ``saved [T, N]`` (the
-    charged membranes or the input, dense): ``dL/dx``, ``dL/dv_init`` and ``dL/dk``."""
+    charged membranes or the input, dense): ``dL/dx``, ``dL/dv_init`` (``None`` unless
+    ``grad_v_needed``) and ``dL/dk``."""
     _check_surrogate(cfg)
     device = saved.device
     steps, neurons = saved.shape
     grad_spikes = grad_spikes.contiguous()
     grad_v, v_init, k = (_float32(t, device) for t in (grad_v, v_init, k))
     grad_x = torch.empty(saved.shape, dtype=torch.float32, device=device)
-    grad_v_init = torch.empty(neurons, dtype=torch.float32, device=device)
+    grad_v_init = (
+        torch.empty(neurons, dtype=torch.float32, device=device) if grad_v_needed else None
+    )
     grad_k = torch.zeros((), dtype=torch.float32, device=device)
     grad_k_needed = grad_k_needed and cfg.leaky
     if neurons:

@@ -253,7 +253,8 @@ struct Neuron {
   }
 
   // All T forward steps of neuron i. `v_init` holds one value per neuron, or one for all
-  // (v_init_stride 0). `charged` (the [T, N] membranes for the backward pass) may be null.
+  // (v_init_stride 0). `charged` (the [T, N] membranes for the backward pass) and `v_final`
+  // (the [N] membranes after the last step) may be null: nothing is written there.
   template <typename Scalar>
   __host__ __device__ void forward_sequence(long long i, long long steps, long long neurons,
                                             const Scalar* x, const float* v_init,
@@ -269,11 +270,14 @@ struct Neuron {
       }
       v = reset(h);
     }
-    v_final[i] = v;
+    if (v_final != nullptr) {
+      v_final[i] = v;
+    }
   }
 
   // All T reverse steps of neuron i; returns its share of the k-gradient sum (0 when
-  // grad_k_needed is false). `grad_v_final` and `v_init` may be shared (stride 0).
+  // grad_k_needed is false). `grad_v_final` and `v_init` may be shared (stride 0); `grad_v_init`
+  // may be null (dL/dv_init is then not written).
   template <typename Scalar>
   __host__ __device__ float backward_sequence(long long i, long long steps, long long neurons,
                                               const Scalar* grad_spikes,
@@ -345,7 +349,9 @@ struct Neuron {
       grad_x[index] = backward_step(h, v_prev, load(grad_spikes, index), grad_v, grad_k_term);
       h = h_prev;
     }
-    grad_v_init[i] = grad_v;
+    if (grad_v_init != nullptr) {
+      grad_v_init[i] = grad_v;
+    }
     return grad_k_sum;
   }
 };
