@@ -176,9 +176,9 @@ def test_integer_spikes_are_kept_as_one_byte_each(family):
     assert sum(t.nbytes for t in counts) > report.nbytes / 5  # the spikes read by every layer
 
 
-#: Families whose tiny untrained model saves tensors of zeros and ones that are not spikes:
-#: only the value check finds them (Meta-SpikeFormer's late stages, 2x2 maps of 40 channels,
-#: give all-zero convolution and BatchNorm outputs on silent input).
+#: Families whose tiny untrained model saves unmarked tensors of zeros and ones: only the value
+#: check finds them (Meta-SpikeFormer's late stages, 2x2 maps of 40 channels, fall silent, and
+#: their zero-padded copies of spikes, which a convolution saves, are all zeros).
 ACCIDENTAL_SPIKES = {"spike_driven_transformer_v2"}
 
 

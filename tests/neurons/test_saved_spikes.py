@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spikezoo.neurons import (
     IntegerNeuron,
@@ -235,6 +236,27 @@ def test_the_probe_rejects_a_convolution_of_spikes_whose_corners_are_silent(monk
     positions = saved_spikes._probe_positions(x.numel(), saved_spikes._PROBE)
     assert len(set((positions % (28 * 28) // 28).tolist())) > 16  # rows of every kind
     assert positions.min() >= 0 and positions.max() < x.numel()
+
+
+def test_outputs_of_weighted_sums_are_saved_without_reading_their_values(monkeypatch):
+    # A convolution, matrix product or BatchNorm of spikes holds other values: its output is
+    # not checked, even where it happens to be zeros and ones (a silent layer's). The same
+    # values made elementwise are checked and packed.
+    checked = []
+    monkeypatch.setattr(saved_spikes, "pack_spikes", lambda x: checked.append(x) or None)
+    silent = torch.zeros(1, 4, 6, 6)
+    weight = torch.randn(3, 4, 3, 3, requires_grad=True)
+    matrix = torch.eye(36, requires_grad=True)
+    bn = torch.nn.BatchNorm2d(3)
+    with compact_saved_spikes() as compaction:
+        convolved = F.conv2d(silent, weight, padding=1)
+        products = (convolved.flatten(2) @ matrix).unflatten(2, (6, 6))
+        for made in (convolved, convolved.flatten(2), products, bn(convolved)):
+            assert isinstance(compaction.pack(made), saved_spikes._Unchanged)
+        assert checked == []
+        elementwise = convolved * 1.0
+        compaction.pack(elementwise)
+        assert checked == [elementwise]
 
 
 def test_where_values_cost_a_wait_a_nan_spike_makes_the_whole_unpacked_tensor_nan(monkeypatch):
