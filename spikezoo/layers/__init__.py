@@ -25,6 +25,7 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
 from spikezoo.layers.bn_neuron import batch_norm_fire, set_bn_neuron_fusion
+from spikezoo.layers.conv_layout import convolve
 from spikezoo.layers.defaults import (
     QKFORMER_NEURON,
     RESFORMER_NEURON,
@@ -92,6 +93,7 @@ __all__ = [
     "TokenQKAttention",
     "batch_norm_fire",
     "check_tbchw",
+    "convolve",
     "dilate",
     "freeze_firing_rates",
     "max_pool2d",

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from spikezoo._checks import divides, positive_int
 from spikezoo.layers.attention import SpikingAttention
 from spikezoo.layers.bn_neuron import batch_norm_fire
+from spikezoo.layers.conv_layout import convolve
 from spikezoo.layers.defaults import SDT_NEURON
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 from spikezoo.layers.spike_products import SpikingMatmul
@@ -175,7 +176,7 @@ class SepConv(LoadsRenamedChildren):
         return per_step(self._separable, self.expand.conv_bn_fire(x, self.neuron))
 
     def _separable(self, x: Tensor) -> Tensor:
-        return self.bn(self.pointwise(self.depthwise(x)))
+        return self.bn(self.pointwise(convolve(self.depthwise, x)))
 
 
 class SpikingConvBlock(nn.Module):

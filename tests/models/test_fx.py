@@ -1,6 +1,7 @@
 """timm's torch.fx feature extraction traces every family, forward and backward."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._features_fx import create_feature_extractor, get_graph_node_names
 from torchvision.models import feature_extraction
 
+from spikezoo.layers import conv_layout
 from spikezoo.neurons import MultiStepNeuron
 from tests.models.families import FAMILY_NAMES, tiny
 
@@ -59,12 +61,15 @@ def test_traced_forward_equals_eager(case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_traced_backward_equals_eager(case):
+def test_traced_backward_equals_eager(case, monkeypatch):
     model = build(case).train()
     eager = copy.deepcopy(model)
-    # a traced graph runs the stem at every step (no hooks): the eager model too, so that a
-    # gradient that is rounding noise (a bias before a training-mode BatchNorm) is the same noise
+    # a traced graph runs the stem at every step (no hooks) and its depthwise convolutions in
+    # the layout it is called with (spikezoo.layers.conv_layout): the eager model too, so that
+    # a gradient that is rounding noise (a bias before a training-mode BatchNorm) is the same
+    # noise
     eager.set_static_encoding(False)
+    monkeypatch.setattr(conv_layout, "MIN_KERNEL", sys.maxsize)
     x = image(model)
     train_node, eval_node = output_nodes(model)
     # as timm's tests/test_models.py does: torchvision's extractor with timm's registrations
