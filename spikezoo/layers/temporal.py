@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from spikezoo._checks import fraction, positive_int
 from spikezoo.layers.bn_neuron import batch_norm_fire
-from spikezoo.layers.conv_layout import convolve
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 
 __all__ = [
@@ -155,13 +154,10 @@ class ConvBN(LoadsRenamedChildren):
         check_tbchw(x, self.in_chans, type(self).__name__)
         if self.neuron is not None and not fired:
             x = self.neuron(x)
-        return batch_norm_fire(per_step(self._conv, x), self.bn, neuron, with_output)
-
-    def _conv(self, x: Tensor) -> Tensor:
-        return convolve(self.conv, x)
+        return batch_norm_fire(per_step(self.conv, x), self.bn, neuron, with_output)
 
     def _conv_bn(self, x: Tensor) -> Tensor:
-        return self.bn(self._conv(x))
+        return self.bn(self.conv(x))
 
 
 class DropPath(nn.Module):
