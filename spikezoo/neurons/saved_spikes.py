@@ -554,6 +554,7 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
             x.dtype,
             x._version,
         )
+        edge = None  # (node, output_nr) of x through reshapes, once looked up
         if key not in self._packed:
             integer = self._integer.get(key[0])
             if integer is not None and integer[:2] == (x.dtype, x._version):
@@ -565,21 +566,17 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
             elif not _on_host(x):
                 self._packed[key] = None
             else:
-                self._packed[key] = self._checked(x) or self._recomputed(x)
+                edge = reshaped_from(x.grad_fn, x.output_nr)
+                # the values of a weighted sum's output are not read: they are not spikes
+                spikes = None if type(edge[0]).__name__ in _WEIGHTED_SUMS else pack_spikes(x)
+                self._packed[key] = spikes or self._recomputed(x)
         cached = self._packed[key]
         if cached is not None:
             return cached
         if _RECIPES and _on_host(x):  # where recipes run: they read the tensors kept unchanged
-            node, output_nr = reshaped_from(x.grad_fn, x.output_nr)
+            node, output_nr = edge or reshaped_from(x.grad_fn, x.output_nr)
             self._kept.setdefault((id(node), output_nr), (weakref.ref(x), x._version))
         return _Unchanged(x, x._version)
-
-    @staticmethod
-    def _checked(x: Tensor) -> PackedSpikes | None:
-        """``x`` packed if its values are all spikes; ``None`` without reading them if an
-        operation of :data:`_WEIGHTED_SUMS` made it."""
-        node, _ = reshaped_from(x.grad_fn, x.output_nr)
-        return None if type(node).__name__ in _WEIGHTED_SUMS else pack_spikes(x)
 
     def _recomputed(self, x: Tensor) -> Recomputed | None:
         """``x`` as the first registered recipe that recomputes it gives it, or ``None``."""

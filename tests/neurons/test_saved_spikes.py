@@ -241,7 +241,7 @@ def test_the_probe_rejects_a_convolution_of_spikes_whose_corners_are_silent(monk
 def test_outputs_of_weighted_sums_are_saved_without_reading_their_values(monkeypatch):
     # A convolution, matrix product or BatchNorm of spikes holds other values: its output is
     # not checked, even where it happens to be zeros and ones (a silent layer's). The same
-    # values made elementwise are checked and packed.
+    # values made elementwise are checked.
     checked = []
     monkeypatch.setattr(saved_spikes, "pack_spikes", lambda x: checked.append(x) or None)
     silent = torch.zeros(1, 4, 6, 6)
