@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from spikezoo.analysis.report import PerLayerReport, Table
-from spikezoo.layers.bn_neuron import _FUSABLE_BATCH_NORMS
+from spikezoo.layers.batch_norms import _FUSABLE_BATCH_NORMS
 from spikezoo.neurons.saved_spikes import (
     PackedCounts,
     PackedSpikes,

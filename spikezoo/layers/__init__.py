@@ -24,6 +24,7 @@ Example: a custom spiking CNN with spike-driven and dual spike self-attention.
 """
 
 from spikezoo.layers.attention import HeadLayout, SpikingAttention
+from spikezoo.layers.batch_norms import LayerThenBatchNorm, batch_norm, batch_statistics
 from spikezoo.layers.bn_neuron import batch_norm_fire, set_bn_neuron_fusion
 from spikezoo.layers.conv_layout import convolve
 from spikezoo.layers.defaults import (
@@ -72,6 +73,7 @@ __all__ = [
     "DropPath",
     "HeadLayout",
     "IntegerLinearAttention",
+    "LayerThenBatchNorm",
     "LinearSpikingAttention",
     "LoadsRenamedChildren",
     "MaxPool2d",
@@ -91,7 +93,9 @@ __all__ = [
     "SpikingSum",
     "SpikingTokenMLP",
     "TokenQKAttention",
+    "batch_norm",
     "batch_norm_fire",
+    "batch_statistics",
     "check_tbchw",
     "convolve",
     "dilate",

@@ -12,12 +12,14 @@ in training). Only ``nn.BatchNorm1d`` and ``nn.BatchNorm2d`` themselves fuse: th
 recomputes what they compute, which a subclass (``SyncBatchNorm``) may not.
 
 On the CPU, where the pair's BatchNorm is a plain ``nn.BatchNorm1d``/``nn.BatchNorm2d`` without
-hooks, the forward pass calls its kernel directly and keeps the batch mean and inverse standard
-deviation (two ``[C]`` tensors), and the backward pass recomputes the normalised input as the
-kernel's own affine map of ``y`` (:func:`_affine_normalisation`), a single elementwise pass,
-instead of running the kernel again with its statistics pass: 0.28 against 1.1 ms on
-``[1, 384, 56, 56]`` float32 (2 cores). That map is checked once per kind of input against the
-kernel, bit for bit (:func:`_affine_reproduces_kernel`); where it differs the kernel runs again.
+hooks, the forward pass computes it itself (with spikezoo's statistics kernel where
+:mod:`spikezoo.layers.batch_norms` takes the input, else PyTorch's kernel) and keeps the batch
+mean and inverse standard deviation (two ``[C]`` tensors), and the backward pass recomputes the
+normalised input as the kernel's own affine map of ``y`` (``_affine_normalisation``), a single
+elementwise pass, instead of running the kernel again with its statistics pass: 0.28 against
+1.1 ms on ``[1, 384, 56, 56]`` float32 (2 cores). That map is checked once per kind of input
+against the kernel, bit for bit (``_affine_reproduces_kernel``); where it differs the kernel
+runs again.
 
 spikezoo's layers fuse every BatchNorm that feeds a neuron directly (``ConvBN.conv_bn_fire``,
 and ``SpikingTokenMLP`` for its ``BatchNorm1d``);
@@ -26,23 +28,30 @@ and ``SpikingTokenMLP`` for its ``BatchNorm1d``);
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
-from torch.nn.modules import module as module_hooks
 
 from spikezoo import _checks
+from spikezoo.layers.batch_norms import (
+    _FUSABLE_BATCH_NORMS,
+    _affine_normalisation,
+    _affine_reproduces_kernel,
+    _forward_calls_the_kernel,
+    _input_kind,
+    _training_batch_norm,
+    batch_norm,
+)
 
 __all__ = ["batch_norm_fire", "set_bn_neuron_fusion"]
 
 
 def _batch_norm(y: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> Tensor:
     """``bn`` over ``y [T, B, C, ...]`` with T folded into the batch (as ``per_step``)."""
-    return bn(y.flatten(0, 1)).unflatten(0, y.shape[:2])
+    return batch_norm(bn, y.flatten(0, 1)).unflatten(0, y.shape[:2])
 
 
 def _normalise(y: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> Tensor:
@@ -137,100 +146,6 @@ def _backward_from_input(
     bn_grads = [g for p, g in ((bn.weight, grad_weight), (bn.bias, grad_bias)) if p is not None]
     grad_y = None if grad_y is None else grad_y.unflatten(0, y.shape[:2])
     return grad_y, None, None, *bn_grads, *neuron_grads
-
-
-#: The BatchNorms that fuse with their neuron: the backward pass recomputes what these compute.
-#: A subclass may compute otherwise (``SyncBatchNorm`` normalises with every process's
-#: statistics) and runs as the plain pair.
-_FUSABLE_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-
-
-def _forward_calls_the_kernel(y: Tensor, bn: nn.Module) -> bool:
-    """Whether the fused forward may call ``bn``'s kernel itself and keep its statistics: on
-    the CPU, where no forward hook, on ``bn`` or global, would run by calling the module."""
-    return (
-        y.device.type == "cpu"
-        and not (bn._forward_hooks or bn._forward_pre_hooks)
-        and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
-    )
-
-
-def _training_batch_norm(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple:
-    """``bn(frames)`` in training mode (``frames [N, C, ...]``), computed as
-    ``nn.BatchNorm``'s ``forward`` computes it (the same checks, running statistics and
-    ``num_batches_tracked`` updates), with what the kernel returns besides: ``(normalised,
-    mean, invstd, reserve, kernel)``, the last four for its backward kernel."""
-    bn._check_input_dim(frames)
-    if frames.numel() == frames.shape[1]:
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {frames.size()}"
-        )
-    if bn.eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {bn.eps}")
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
-    if bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:  # a cumulative average
-            factor = 1.0 / float(bn.num_batches_tracked)
-    return torch.ops.aten._batch_norm_impl_index(
-        frames, bn.weight, bn.bias, *running, True, factor, bn.eps, torch.backends.cudnn.enabled
-    )
-
-
-def _affine_normalisation(
-    frames: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, invstd: Tensor
-) -> Tensor:
-    """``frames [N, C, ...]`` normalised with the batch statistics ``mean`` and ``invstd``
-    (``[C]``) as PyTorch's CPU kernel does it: ``x * alpha + beta`` per channel, with
-    ``alpha = invstd * weight`` and ``beta = bias - mean * alpha``, each sum of a product a
-    multiply-add (``addcmul``) where the kernel's build contracts one."""
-    alpha = invstd if weight is None else invstd * weight
-    beta = torch.addcmul(torch.zeros_like(alpha) if bias is None else bias, mean, alpha, value=-1)
-    per_channel = (-1,) + (1,) * (frames.dim() - 2)
-    return torch.addcmul(beta.view(per_channel), frames, alpha.view(per_channel)).to(frames.dtype)
-
-
-def _input_kind(frames: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple:
-    """What decides which of the CPU kernel's code paths normalises ``frames`` with ``weight``
-    and ``bias`` (its argument to :func:`_affine_reproduces_kernel`)."""
-    weight = weight if weight is not None else bias
-    return (
-        frames.dtype,
-        None if weight is None else weight.dtype,
-        frames.dim(),
-        frames.dim() == 4 and not frames.is_contiguous(),
-        frames.is_contiguous() or frames.is_contiguous(memory_format=torch.channels_last),
-    )
-
-
-@functools.cache
-def _affine_reproduces_kernel(
-    dtype: torch.dtype,
-    param_dtype: torch.dtype | None,
-    dims: int,
-    channels_last: bool,
-    dense: bool,
-) -> bool:
-    """Whether :func:`_affine_normalisation` gives the CPU kernel's training output bit for bit
-    for input of this kind (dtype, parameters' dtype or ``None``, dimensions, layout), tried
-    once per process on a probe: 19 channels and 35 values per channel, so that both the
-    kernel's vector loop and its remainder run (the build, and the CPU's vector width, decide
-    whether a product and a sum are contracted into one multiply-add)."""
-    if not dense or dims not in (2, 3, 4):
-        return False
-    generator = torch.Generator().manual_seed(0)
-    shape = {2: (35, 19), 3: (3, 19, 35), 4: (3, 19, 5, 7)}[dims]
-    frames = (torch.randn(shape, generator=generator) * 3 + 1).to(dtype)
-    if channels_last:
-        frames = frames.contiguous(memory_format=torch.channels_last)
-    weight = bias = None
-    if param_dtype is not None:
-        weight, bias = torch.randn(2, shape[1], generator=generator).to(param_dtype).unbind()
-    expected, mean, invstd, _, _ = torch.ops.aten._batch_norm_impl_index(
-        frames, weight, bias, None, None, True, 0.0, 1e-5, False
-    )
-    return torch.equal(_affine_normalisation(frames, weight, bias, mean, invstd), expected)
 
 
 def batch_norm_fire(

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from spikezoo._checks import divides, positive_int
 from spikezoo.layers.attention import SpikingAttention
+from spikezoo.layers.batch_norms import LayerThenBatchNorm, batch_norm
 from spikezoo.layers.bn_neuron import batch_norm_fire
 from spikezoo.layers.conv_layout import convolve
 from spikezoo.layers.defaults import SDT_NEURON
@@ -85,7 +86,7 @@ class BNAndPad(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, C, H, W]`` -> ``[N, C, H + 2p, W + 2p]``."""
-        out = self.bn(x)
+        out = batch_norm(self.bn, x)
         if self.pad_pixels == 0:
             return out
         bn = self.bn
@@ -130,7 +131,7 @@ class RepConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, C_in, H, W]`` -> ``[N, C_out, H, W]``."""
         x = self.bn_pad(self.conv1x1(x))
-        return self.bn(self.pointwise(self.depthwise(x)))
+        return batch_norm(self.bn, self.pointwise(self.depthwise(x)))
 
 
 class SepConv(LoadsRenamedChildren):
@@ -176,7 +177,7 @@ class SepConv(LoadsRenamedChildren):
         return per_step(self._separable, self.expand.conv_bn_fire(x, self.neuron))
 
     def _separable(self, x: Tensor) -> Tensor:
-        return self.bn(self.pointwise(convolve(self.depthwise, x)))
+        return batch_norm(self.bn, self.pointwise(convolve(self.depthwise, x)))
 
 
 class SpikingConvBlock(nn.Module):
@@ -313,7 +314,7 @@ class LinearSpikingAttention(SpikingAttention):
 
 def _projection(dim: int) -> nn.Sequential:
     """``BN(RepConv(x))``, per frame: the authors' ``nn.Sequential(RepConv, BatchNorm2d)``."""
-    return nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim))
+    return LayerThenBatchNorm(RepConv(dim, dim), nn.BatchNorm2d(dim))
 
 
 def _layer_scale(dim: int, init: float | None) -> nn.Parameter | None:
@@ -359,9 +360,9 @@ class SpikingTokenMLP(nn.Module):
         self.dim = positive_int("dim", dim)
         hidden_dim = 4 * dim if hidden_dim is None else positive_int("hidden_dim", hidden_dim)
         self.fc1_lif = neuron()
-        self.fc1 = nn.Sequential(nn.Conv1d(dim, hidden_dim, 1), nn.BatchNorm1d(hidden_dim))
+        self.fc1 = LayerThenBatchNorm(nn.Conv1d(dim, hidden_dim, 1), nn.BatchNorm1d(hidden_dim))
         self.fc2_lif = neuron()
-        self.fc2 = nn.Sequential(nn.Conv1d(hidden_dim, dim, 1), nn.BatchNorm1d(dim))
+        self.fc2 = LayerThenBatchNorm(nn.Conv1d(hidden_dim, dim, 1), nn.BatchNorm1d(dim))
         self.layer_scale = _layer_scale(dim, layer_scale)
         self.drop_path = DropPath(drop_path)
 

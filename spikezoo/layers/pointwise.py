@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from spikezoo._checks import positive_int
+from spikezoo.layers.batch_norms import LayerThenBatchNorm
 from spikezoo.layers.temporal import NeuronFactory, check_tbchw, per_step
 
 __all__ = ["PointwiseProjection", "SpikingPointwiseBlock"]
@@ -38,10 +39,10 @@ class PointwiseProjection(nn.Module):
         if not hidden_ratio > 0:
             raise ValueError(f"hidden_ratio must be positive, got {hidden_ratio!r}")
         hidden = positive_int("int(in_chans * hidden_ratio)", int(in_chans * hidden_ratio))
-        self.conv1 = nn.Sequential(
+        self.conv1 = LayerThenBatchNorm(
             nn.Conv1d(in_chans, hidden, 1, bias=False), nn.BatchNorm1d(hidden)
         )
-        self.conv2 = nn.Sequential(
+        self.conv2 = LayerThenBatchNorm(
             nn.Conv1d(hidden, out_chans, 1, bias=False), nn.BatchNorm1d(out_chans)
         )
 

@@ -9,8 +9,9 @@ forward pass), :func:`residual_sum` keeps a saved ``s`` as that computation (a
 broadcasting, one dtype; reshapes allowed around it) of two summands that are each
 
 * the output of a training-mode BatchNorm (``F.batch_norm`` with batch statistics and a
-  trainable weight and bias, so that its autograd node leads to both), recomputed from the
-  input and statistics its node saved;
+  trainable weight and bias, so that its autograd node leads to both, or
+  :func:`~spikezoo.layers.batch_norm`), recomputed from the input and statistics its node
+  saved;
 * the normalised output of a fused BatchNorm + neuron pair (``batch_norm_fire(...,
   with_normalised=True)``, SpikingResformer's GWSFFN), recomputed from the pair's input and
   statistics;
@@ -35,12 +36,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from spikezoo.layers.bn_neuron import (
+from spikezoo.layers.batch_norms import (
     _affine_normalisation,
     _affine_reproduces_kernel,
-    _BatchNormFire,
     _input_kind,
+    _TrainingBatchNorm,
 )
+from spikezoo.layers.bn_neuron import _BatchNormFire
 from spikezoo.neurons.saved_spikes import (
     KeptTensor,
     Recomputed,
@@ -132,16 +134,20 @@ def _batch_norm_output(node: torch.autograd.graph.Node, kept: KeptTensor) -> _Su
     return _normalised(frames, weight_node.variable, bias_node.variable, mean, invstd)
 
 
-def _fused_pair_normalised(ctx: torch.autograd.graph.Node, kept: KeptTensor) -> _Summand | None:
-    """The normalised output of a fused BatchNorm + neuron pair (its ``ctx``), if recomputable:
-    where its forward kept the batch statistics."""
+def _function_normalised(
+    ctx: torch.autograd.graph.Node, kept: KeptTensor, frames: Callable[[Tensor], Tensor]
+) -> _Summand | None:
+    """The normalised output of spikezoo's BatchNorm (its ``ctx``, the node of
+    :func:`~spikezoo.layers.batch_norm` or of a fused BatchNorm + neuron pair), if
+    recomputable: where its forward kept the batch statistics. ``frames`` turns the input it
+    saved into BatchNorm's ``[N, C, ...]``."""
     if ctx.statistics is None:
         return None
-    y = _saved_input(ctx, kept, lambda: ctx.saved_tensors[0])
-    if y is None:
+    saved = _saved_input(ctx, kept, lambda: ctx.saved_tensors[0])
+    if saved is None:
         return None
     mean, invstd, _, _ = ctx.statistics
-    return _normalised(y.flatten(0, 1), ctx.bn.weight, ctx.bn.bias, mean, invstd)
+    return _normalised(frames(saved), ctx.bn.weight, ctx.bn.bias, mean, invstd)
 
 
 def _summand(
@@ -157,8 +163,10 @@ def _summand(
         return _Summand(unchanged.unpack, tensor.numel(), tensor.dtype, fresh=False)
     if type(node).__name__ == "NativeBatchNormBackward0" and output_nr == 0:
         return _batch_norm_output(node, kept)
+    if isinstance(node, _TrainingBatchNorm._backward_cls) and output_nr == 0:
+        return _function_normalised(node, kept, lambda frames: frames)
     if isinstance(node, _BatchNormFire._backward_cls) and output_nr == 1:
-        return _fused_pair_normalised(node, kept)
+        return _function_normalised(node, kept, lambda y: y.flatten(0, 1))
     return None
 
 

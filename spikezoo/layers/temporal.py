@@ -15,6 +15,7 @@ from timm.layers import drop_path, register_notrace_function
 from torch import Tensor, nn
 
 from spikezoo._checks import fraction, positive_int
+from spikezoo.layers.batch_norms import batch_norm
 from spikezoo.layers.bn_neuron import batch_norm_fire
 from spikezoo.layers.renamed_children import LoadsRenamedChildren
 
@@ -157,7 +158,7 @@ class ConvBN(LoadsRenamedChildren):
         return batch_norm_fire(per_step(self.conv, x), self.bn, neuron, with_output)
 
     def _conv_bn(self, x: Tensor) -> Tensor:
-        return self.bn(self.conv(x))
+        return batch_norm(self.bn, self.conv(x))
 
 
 class DropPath(nn.Module):

@@ -110,6 +110,7 @@ _WEIGHTED_SUMS = frozenset(
         "MmBackward0",
         "BmmBackward0",
         "NativeBatchNormBackward0",
+        "_TrainingBatchNormBackward",  # spikezoo.layers.batch_norm
         "CudnnBatchNormBackward0",
         "NativeLayerNormBackward0",
         "NativeGroupNormBackward0",

@@ -28,7 +28,7 @@ from spikezoo.layers import (
     SpikingTokenMLP,
     TokenQKAttention,
     batch_norm_fire,
-    bn_neuron,
+    batch_norms,
     set_bn_neuron_fusion,
 )
 from spikezoo.neurons import IntegerNeuron, MultiStepIF, MultiStepLIF, MultiStepPLIF, set_backend
@@ -361,7 +361,7 @@ def test_the_cpu_backward_recomputes_the_models_inputs_as_the_kernels_affine_map
     """For the inputs the models train on (float32, float64, bfloat16 with float32 weights),
     PyTorch's CPU kernel normalises by the affine map that the fused backward recomputes
     instead of rerunning the kernel: found on its probe, and on a large input here."""
-    assert bn_neuron._affine_reproduces_kernel(*kind)
+    assert batch_norms._affine_reproduces_kernel(*kind)
     dtype, param_dtype, dims, channels_last, _ = kind
     shape = (2, 96, 23, 29)[:dims] if dims == 4 else (2, 96, 23 * 29)
     x = (torch.randn(shape, dtype=torch.float64) * 5 - 2).to(dtype)
@@ -371,23 +371,23 @@ def test_the_cpu_backward_recomputes_the_models_inputs_as_the_kernels_affine_map
     expected, mean, invstd, _, _ = torch.ops.aten._batch_norm_impl_index(
         x, weight, bias, None, None, True, 0.0, 1e-5, False
     )
-    assert torch.equal(bn_neuron._affine_normalisation(x, weight, bias, mean, invstd), expected)
+    assert torch.equal(batch_norms._affine_normalisation(x, weight, bias, mean, invstd), expected)
 
 
 @pytest.fixture
 def affine_map_off(monkeypatch):
     """The affine map made wrong, so that no kind of input passes the probe."""
     monkeypatch.setattr(
-        bn_neuron, "_affine_normalisation", lambda frames, *args: torch.zeros_like(frames)
+        batch_norms, "_affine_normalisation", lambda frames, *args: torch.zeros_like(frames)
     )
-    bn_neuron._affine_reproduces_kernel.cache_clear()
+    batch_norms._affine_reproduces_kernel.cache_clear()
     yield
-    bn_neuron._affine_reproduces_kernel.cache_clear()
+    batch_norms._affine_reproduces_kernel.cache_clear()
 
 
 def test_where_the_affine_map_misses_the_kernel_the_backward_reruns_the_kernel(affine_map_off):
     torch.manual_seed(0)
-    assert not bn_neuron._affine_reproduces_kernel(torch.float32, torch.float32, 4, False, True)
+    assert not batch_norms._affine_reproduces_kernel(torch.float32, torch.float32, 4, False, True)
     y = (torch.randn(2, 4, 8, 6, 6) * 3).requires_grad_()
     _assert_the_neuron_back_propagates_from_the_forwards_input(nn.BatchNorm2d(8), y)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from spikezoo.analysis import measure_saved_tensors
-from spikezoo.layers import GWSFFN, batch_norm_fire, bn_neuron
+from spikezoo.layers import GWSFFN, batch_norm, batch_norm_fire, batch_norms
 from spikezoo.neurons import MultiStepLIF, Recomputed, compact_saved_spikes, saved_spikes
 
 
@@ -37,7 +37,8 @@ class _Recording(compact_saved_spikes):
 
 class _Sum(nn.Module):
     """``sin(a + b)`` over ``x [N, 6, 5, 7]``, ``a`` and ``b`` made as ``kinds`` say:
-    ``"bn"`` a training BatchNorm's output, ``"fused"`` a fused pair's normalised output,
+    ``"bn"`` a training BatchNorm's output, ``"spikezoo-bn"`` the same through
+    :func:`~spikezoo.layers.batch_norm`, ``"fused"`` a fused pair's normalised output,
     ``"kept"`` a tensor that ``sin`` saves. ``sin`` keeps the sum (its input)."""
 
     def __init__(self, kinds: tuple[str, str]) -> None:
@@ -56,6 +57,8 @@ class _Sum(nn.Module):
         if kind == "bn":
             self.bn_input = conv(x)
             return bn(self.bn_input), 0
+        if kind == "spikezoo-bn":
+            return batch_norm(bn, conv(x)), 0
         spikes, normalised = batch_norm_fire(conv(x).unflatten(0, (2, -1)), bn, self.neuron, True)
         return normalised.flatten(0, 1), spikes.sum()
 
@@ -89,9 +92,19 @@ def _under_bf16_autocast(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("precision", ["float32", "float64", "bf16-autocast"])
 @pytest.mark.parametrize(
-    "kinds", [("kept", "bn"), ("bn", "kept"), ("bn", "bn"), ("bn", "fused"), ("fused", "kept")]
+    "kinds",
+    [
+        ("kept", "bn"),
+        ("bn", "kept"),
+        ("bn", "bn"),
+        ("bn", "fused"),
+        ("fused", "kept"),
+        ("kept", "spikezoo-bn"),
+        ("spikezoo-bn", "bn"),
+    ],
 )
-def test_a_saved_sum_of_batch_norm_outputs_is_recomputed_bit_for_bit(kinds, precision):
+def test_a_saved_sum_of_batch_norm_outputs_is_recomputed_bit_for_bit(kinds, precision, monkeypatch):
+    monkeypatch.setattr(batch_norms, "MIN_VALUES", 0)  # spikezoo's BatchNorm at this size too
     torch.manual_seed(0)
     dtype = torch.float64 if precision == "float64" else torch.float32
     module = _Sum(kinds).to(dtype).train()
@@ -154,10 +167,10 @@ def test_on_cuda_and_where_the_affine_map_misses_the_kernel_the_sum_is_kept(monk
     assert not isinstance(recording.sum_kept_as(), Recomputed)
 
     monkeypatch.undo()
-    monkeypatch.setattr(bn_neuron, "_affine_normalisation", lambda frames, *args: frames * 0)
+    monkeypatch.setattr(batch_norms, "_affine_normalisation", lambda frames, *args: frames * 0)
     monkeypatch.setattr(
         "spikezoo.layers.residual_sums._affine_reproduces_kernel",
-        functools.cache(bn_neuron._affine_reproduces_kernel.__wrapped__),
+        functools.cache(batch_norms._affine_reproduces_kernel.__wrapped__),
     )
     recording = _Recording()
     _assert_bitwise(_gradients(module, x, recording), plain)

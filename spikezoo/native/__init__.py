@@ -1,0 +1,107 @@
+"""Host kernels written in C: compiled for this machine at first use and loaded with ctypes.
+
+A kernel here exists because PyTorch's own CPU kernel for the same computation is slow in a
+way that its result pins down (an order of additions that one thread must follow), and it
+computes that result bit for bit, faster. Its caller checks it against PyTorch's kernel once
+per process and falls back to PyTorch wherever it cannot be built, loaded or trusted, so the
+library never computes otherwise, only slower.
+
+The shared library is built by the C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for
+the CPU it runs on (``-O3 -march=native``, no floating-point contraction) into
+``<spikezoo cache>/native/`` (``$SPIKEZOO_CACHE``), under a name that hashes the source, the
+compiler, the flags and the CPU; it is written to a temporary file and renamed into place, so
+a failed or concurrent build leaves no half-written library behind. The first build takes
+about a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+__all__ = ["SOURCES", "library"]
+
+_log = logging.getLogger(__name__)
+
+#: The directory that holds the C sources (``<name>.c``), shipped with the package.
+SOURCES = Path(__file__).parent
+
+_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
+
+
+def _compiler() -> str | None:
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def _cpu() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() + platform.processor()
+    flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
+    return platform.machine() + flags
+
+
+def _build(compiler: str, source: Path, target: Path) -> bool:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    try:
+        result = subprocess.run(
+            [compiler, *_FLAGS, str(source), "-o", temporary, "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            _log.warning(
+                "spikezoo: %s could not compile %s, PyTorch's kernel runs instead:\n%s",
+                compiler,
+                source.name,
+                result.stderr.strip(),
+            )
+            return False
+        os.replace(temporary, target)
+        return True
+    except (OSError, subprocess.TimeoutExpired) as error:
+        _log.warning("spikezoo: building %s failed (%s); PyTorch's kernel runs", source, error)
+        return False
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@functools.cache
+def library(name: str) -> ctypes.CDLL | None:
+    """The compiled ``<name>.c`` of :data:`SOURCES`, built on the first call of the process
+    where no build for this source, compiler and CPU is cached; ``None`` where no C compiler is
+    found or the build or the loading fails (a warning says why, except for a missing
+    compiler)."""
+    source = SOURCES / f"{name}.c"
+    compiler = _compiler()
+    if compiler is None:
+        _log.info("spikezoo: no C compiler found; PyTorch's kernel runs instead of %s", name)
+        return None
+    from spikezoo.weights.cache import cache_root
+
+    key = hashlib.sha256(
+        "\0".join([source.read_text(), compiler, *_FLAGS, _cpu()]).encode()
+    ).hexdigest()[:16]
+    target = cache_root() / "native" / f"{name}-{key}.so"
+    if not target.exists() and not _build(compiler, source, target):
+        return None
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as error:
+        _log.warning("spikezoo: could not load %s (%s); PyTorch's kernel runs", target, error)
+        return None

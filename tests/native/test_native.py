@@ -1,0 +1,62 @@
+"""``spikezoo.native.library``: a C source compiled once per source, compiler and CPU into the
+cache, loaded with ctypes; ``None`` (and nothing left behind) where it cannot be built."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+import pytest
+
+from spikezoo import native
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """An empty cache and no library loaded yet in this process."""
+    monkeypatch.setenv("SPIKEZOO_CACHE", str(tmp_path / "cache"))
+    native.library.cache_clear()
+    yield tmp_path / "cache" / "native"
+    native.library.cache_clear()
+
+
+def test_builds_once_into_the_cache_and_loads(fresh):
+    lib = native.library("batch_norm")
+    assert isinstance(lib, ctypes.CDLL)
+    assert hasattr(lib, "batch_norm_statistics_f32")
+    built = list(fresh.iterdir())
+    assert [p.suffix for p in built] == [".so"] and built[0].name.startswith("batch_norm-")
+    assert native.library("batch_norm") is lib  # one load per process
+    native.library.cache_clear()
+    stamp = built[0].stat().st_mtime_ns
+    assert native.library("batch_norm") is not None
+    assert list(fresh.iterdir()) == built and built[0].stat().st_mtime_ns == stamp  # reused
+
+
+def test_without_a_compiler_there_is_no_library(fresh, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-anywhere")
+    assert native.library("batch_norm") is None
+    assert not fresh.exists()
+
+
+def test_a_failed_build_warns_and_leaves_nothing(fresh, tmp_path, monkeypatch, caplog):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "broken.c").write_text("int broken(void) { return undeclared; }\n")
+    monkeypatch.setattr(native, "SOURCES", sources)
+    with caplog.at_level(logging.WARNING, logger="spikezoo.native"):
+        assert native.library("broken") is None
+    assert "could not compile broken.c" in caplog.text and "undeclared" in caplog.text
+    assert list(fresh.iterdir()) == []  # the temporary output is gone
+
+
+def test_another_source_builds_another_library(fresh, tmp_path, monkeypatch):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "answer.c").write_text("int answer(void) { return 42; }\n")
+    monkeypatch.setattr(native, "SOURCES", sources)
+    assert native.library("answer").answer() == 42
+    (sources / "answer.c").write_text("int answer(void) { return 43; }\n")
+    native.library.cache_clear()
+    assert native.library("answer").answer() == 43  # a changed source is a new build
+    assert len(list(fresh.iterdir())) == 2
