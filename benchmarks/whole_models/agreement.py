@@ -58,6 +58,21 @@ def count_spikes(model: nn.Module, call: Callable[[], Tensor]) -> tuple[Tensor, 
     return out, (total[0] if hooks else None)
 
 
+def observe(model: nn.Module, x: Tensor) -> tuple[Tensor, int | None]:
+    """``model``'s eval logits for ``x`` and the spikes it fires (:func:`count_spikes`).
+
+    A compiled model's spikes are counted on the module it wraps (``_orig_mod``, the same
+    weights), and its logits come from a call without hooks: dynamo does not guard hooks added
+    to submodules after compiling (they would not run), and a counting hook present at the
+    first call, which reads values (a graph break in the blocks' loop), would make dynamo skip
+    the model's frames for good, so that every timed call after ran eagerly.
+    """
+    model.eval()
+    counted = getattr(model, "_orig_mod", model)
+    out, spikes = count_spikes(counted, lambda: counted(x))
+    return (out if counted is model else model(x)), spikes
+
+
 def check_agreement(runners: list[Runner], x: Tensor, atol: float) -> dict:
     """float32 eval logits and spike counts of every runner against spikezoo's (the first).
 
@@ -67,10 +82,10 @@ def check_agreement(runners: list[Runner], x: Tensor, atol: float) -> dict:
     """
     results = {}
     with torch.no_grad():
-        ref_out, ref_spikes = count_spikes(runners[0].model, lambda: runners[0].model.eval()(x))
+        ref_out, ref_spikes = observe(runners[0].model, x)
         for runner in runners:
             try:
-                out, spikes = count_spikes(runner.model, lambda r=runner: r.model.eval()(x))
+                out, spikes = observe(runner.model, x)
             except Exception as error:  # e.g. a peer's CUDA kernel that does not build here
                 results[runner.name] = dict(
                     max_abs_logit_diff=None, spikes=None, same_spikes=None, agree=False,

@@ -254,3 +254,23 @@ def test_families_without_a_spikingjelly2_network_skip_that_peer(family, zoo):
     assert skipped["spikingjelly2"].startswith(
         f"no spikingjelly 2.x network of {type(runners[0].model).__name__} is written"
     )
+
+
+def test_a_compiled_model_is_counted_on_the_module_it_wraps_and_first_called_without_hooks(
+    agreement,
+):
+    """The counting hooks read values: on a compiled model's first call they would be a graph
+    break in the blocks' loop, and dynamo would skip the model's frames for every call after."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = eager(tiny("spike_driven_transformer_v3")).eval()
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected, expected_spikes = spike_count(model, images, agreement)
+        torch._dynamo.reset()
+        counters.clear()
+        out, spikes = agreement.observe(torch.compile(model, backend="eager"), images)
+    assert spikes == expected_spikes > 0
+    assert torch.equal(out, expected)
+    assert not counters["graph_break"]  # the compiled call ran without the hooks
