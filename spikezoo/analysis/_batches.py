@@ -19,7 +19,8 @@ class HookSession(ABC):
 
     A subclass sets ``model`` and ``samples`` and defines :meth:`_register_hooks`; entering
     registers those hooks plus one that counts the samples reaching ``model``, leaving removes
-    them all.
+    them all. Entering raises ``TypeError`` for a ``torch.compile``'d model (pass the module it
+    compiled, ``model._orig_mod``).
     """
 
     model: nn.Module
@@ -31,6 +32,15 @@ class HookSession(ABC):
         """Register the subclass's hooks on ``model``; return their handles."""
 
     def __enter__(self: _Session) -> _Session:
+        if isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
+            inner = type(self.model._orig_mod).__name__
+            raise TypeError(
+                f"{type(self).__name__} hooks the layers of a model as it runs, and got a "
+                f"torch.compile'd {inner}: hooks added to a compiled model's layers do not run, "
+                "and a first call with hooks that read values makes torch.compile run the model "
+                "eagerly from then on. Pass model._orig_mod, the module it compiled (for "
+                "spikezoo.deploy.optimize's result, the optimised model with the same outputs)"
+            )
         self._handles = (
             *self._register_hooks(),
             self.model.register_forward_pre_hook(self._count_samples),

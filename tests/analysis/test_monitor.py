@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from spikezoo.analysis import (
     FiringRateMonitor,
+    OpCounter,
     Table,
     attention_maps,
     plot_firing_rates,
@@ -309,3 +310,19 @@ def test_declarations_that_name_no_neuron_or_no_module_are_refused():
             FiringRateMonitor(model)
     finally:
         Misdeclared.head_layout = MappingProxyType({"lif": "channels", "proj": "channels"})
+
+
+@pytest.mark.parametrize("tool", [FiringRateMonitor, OpCounter])
+def test_a_compiled_model_is_refused_before_any_hook_or_call(tool):
+    """Hooks on a compiled model's layers would not run, and a first call with them would make
+    torch.compile run the model eagerly from then on: the tools ask for ``_orig_mod``."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), MultiStepLIF(backend="torch"))
+    compiled = torch.compile(model)
+    with (
+        pytest.raises(TypeError, match=r"torch.compile'd Sequential.*model\._orig_mod"),
+        tool(compiled),
+    ):
+        pass
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    with tool(compiled._orig_mod):  # the module it compiled
+        pass
