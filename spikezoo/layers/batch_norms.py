@@ -78,8 +78,9 @@ def _compute(
 ) -> tuple[Tensor, Tensor]:
     channels = frames.shape[1]
     mean, invstd = torch.empty(2, channels).unbind()
+    batches = frames.shape[0]
     kernel(
-        frames.data_ptr(), frames.shape[0], channels, frames[0, 0].numel(), momentum, eps,
+        frames.data_ptr(), batches, channels, frames.numel() // (batches * channels), momentum, eps,
         mean.data_ptr(), invstd.data_ptr(), _pointer(running_mean), _pointer(running_var),
     )  # fmt: skip
     return mean, invstd
@@ -157,13 +158,10 @@ def _forward_calls_the_kernel(y: Tensor, bn: nn.Module) -> bool:
     )
 
 
-def _training_batch_norm(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple:
-    """``bn(frames)`` in training mode (``frames [N, C, ...]``), computed as
-    ``nn.BatchNorm``'s ``forward`` computes it (the same checks, running statistics and
-    ``num_batches_tracked`` updates), with what the kernel returns besides: ``(normalised,
-    mean, invstd, reserve, kernel)``, the last four for its backward kernel. On the CPU the
-    statistics come from :func:`batch_statistics` and the output from their affine map where
-    both reproduce the kernel, bit for bit."""
+def _begin_training_call(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple:
+    """What ``nn.BatchNorm``'s ``forward`` does before its kernel in training (``frames [N, C,
+    ...]``): the same checks and ``num_batches_tracked`` update; returns the running statistics
+    to update (``None`` each where untracked) and the momentum factor to update them with."""
     bn._check_input_dim(frames)
     if frames.numel() == frames.shape[1]:
         raise ValueError(
@@ -177,17 +175,34 @@ def _training_batch_norm(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) ->
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:  # a cumulative average
             factor = 1.0 / float(bn.num_batches_tracked)
-    statistics = None
-    if _affine_reproduces_kernel(*_input_kind(frames, bn.weight, bn.bias)):
-        statistics = batch_statistics(frames, *running, factor, bn.eps)
-    if statistics is None:
-        return torch.ops.aten._batch_norm_impl_index(
-            frames, bn.weight, bn.bias, *running, True, factor, bn.eps, torch.backends.cudnn.enabled
-        )
-    mean, invstd = statistics
+    return running, factor
+
+
+def _training_batch_norm_by_statistics_kernel(
+    frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d
+) -> tuple:
+    """:func:`_training_batch_norm` where :func:`_statistics_kernel_applies`: the statistics
+    from the C kernel, the output their affine map."""
+    running, factor = _begin_training_call(frames, bn)
+    mean, invstd = _compute(_kernel(), frames, *running, factor, bn.eps)
     normalised = _affine_normalisation(frames, bn.weight, bn.bias, mean, invstd)
     # what the native CPU kernel (backend index 0) returns besides: an empty reserve
     return normalised, mean, invstd, torch.empty(0, dtype=torch.uint8), 0
+
+
+def _training_batch_norm(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple:
+    """``bn(frames)`` in training mode (``frames [N, C, ...]``), computed as
+    ``nn.BatchNorm``'s ``forward`` computes it (the same checks, running statistics and
+    ``num_batches_tracked`` updates), with what the kernel returns besides: ``(normalised,
+    mean, invstd, reserve, kernel)``, the last four for its backward kernel. On the CPU the
+    statistics come from the C kernel and the output from their affine map where both
+    reproduce PyTorch's kernel, bit for bit."""
+    if _statistics_kernel_applies(frames, bn):
+        return _training_batch_norm_by_statistics_kernel(frames, bn)
+    running, factor = _begin_training_call(frames, bn)
+    return torch.ops.aten._batch_norm_impl_index(
+        frames, bn.weight, bn.bias, *running, True, factor, bn.eps, torch.backends.cudnn.enabled
+    )
 
 
 def _affine_normalisation(
@@ -246,8 +261,8 @@ def _affine_reproduces_kernel(
 
 
 class _TrainingBatchNorm(torch.autograd.Function):
-    """``apply(frames, bn, weight, bias) -> bn(frames)`` in training, by
-    :func:`_training_batch_norm`; saves ``frames`` and the weight, and keeps the batch
+    """``apply(frames, bn, weight, bias) -> bn(frames)`` in training, where
+    :func:`_statistics_kernel_applies`; saves ``frames`` and the weight, and keeps the batch
     statistics, as PyTorch's BatchNorm node does."""
 
     @staticmethod
@@ -257,7 +272,7 @@ class _TrainingBatchNorm(torch.autograd.Function):
         ctx.bn, ctx.eps = bn, bn.eps
         ctx.save_for_backward(frames, weight)
         ctx.set_materialize_grads(False)
-        normalised, *ctx.statistics = _training_batch_norm(frames, bn)
+        normalised, *ctx.statistics = _training_batch_norm_by_statistics_kernel(frames, bn)
         return normalised
 
     @staticmethod
