@@ -14,6 +14,19 @@ from torch.utils.hooks import RemovableHandle
 _Session = TypeVar("_Session", bound="HookSession")
 
 
+def refuse_compiled(model: nn.Module, tool: str) -> None:
+    """Raise ``TypeError`` if ``model`` is ``torch.compile``'d: ``tool``, which hooks the layers
+    of a model as it runs, needs the module it compiled (``model._orig_mod``)."""
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        raise TypeError(
+            f"{tool} hooks the layers of a model as it runs, and got a torch.compile'd "
+            f"{type(model._orig_mod).__name__}: hooks added to a compiled model's layers do not "
+            "run, and a first call with hooks that read values makes torch.compile run the "
+            "model eagerly from then on. Pass model._orig_mod, the module it compiled (for "
+            "spikezoo.deploy.optimize's result, the optimised model with the same outputs)"
+        )
+
+
 class HookSession(ABC):
     """Base of the analysis context managers: hooks on ``model`` while open, samples counted.
 
@@ -32,15 +45,7 @@ class HookSession(ABC):
         """Register the subclass's hooks on ``model``; return their handles."""
 
     def __enter__(self: _Session) -> _Session:
-        if isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
-            inner = type(self.model._orig_mod).__name__
-            raise TypeError(
-                f"{type(self).__name__} hooks the layers of a model as it runs, and got a "
-                f"torch.compile'd {inner}: hooks added to a compiled model's layers do not run, "
-                "and a first call with hooks that read values makes torch.compile run the model "
-                "eagerly from then on. Pass model._orig_mod, the module it compiled (for "
-                "spikezoo.deploy.optimize's result, the optimised model with the same outputs)"
-            )
+        refuse_compiled(self.model, type(self).__name__)
         self._handles = (
             *self._register_hooks(),
             self.model.register_forward_pre_hook(self._count_samples),

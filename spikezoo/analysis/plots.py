@@ -13,6 +13,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from spikezoo._optional import optional_dependency
+from spikezoo.analysis._batches import refuse_compiled
 from spikezoo.analysis.monitor import FiringRates
 from spikezoo.layers.attention import SpikingAttention
 
@@ -88,7 +89,10 @@ def attention_maps(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
       that token.
     * Meta-SpikeFormer's linear attention: its attention neuron (mean over the head channels):
       what the attention passes on at that token.
+
+    Raises ``TypeError`` for a ``torch.compile``'d model (pass ``model._orig_mod``).
     """
+    refuse_compiled(model, "attention_maps")
     layers = {
         name: module
         for name, module in model.named_modules()

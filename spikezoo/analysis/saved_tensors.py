@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from spikezoo.analysis._batches import refuse_compiled
 from spikezoo.analysis.report import PerLayerReport, Table
 from spikezoo.layers.batch_norms import _FUSABLE_BATCH_NORMS
 from spikezoo.neurons.saved_spikes import (
@@ -143,10 +144,12 @@ def measure_saved_tensors(
     models are measured with their own compaction switched off, so that ``compact`` alone
     decides.
 
-    Raises ``TypeError`` if ``model`` is not an ``nn.Module`` or an input not a tensor.
+    Raises ``TypeError`` if ``model`` is not an ``nn.Module``, is ``torch.compile``'d (pass
+    ``model._orig_mod``) or an input is not a tensor.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    refuse_compiled(model, "measure_saved_tensors")
     for i, x in enumerate(inputs):
         if not isinstance(x, Tensor):
             raise TypeError(f"inputs[{i}] must be a torch.Tensor, got {type(x).__name__}")

@@ -2,17 +2,19 @@
 
 PyTorch's CPU kernel sums each channel of a contiguous ``[N, C, ...]`` input in index order,
 one channel at a time per thread, into a double: a chain of dependent additions that runs at
-the latency of one add per value. On 2 cores its training-mode forward took 4.9 ms for
+the latency of one add per value. On 2 cores its training-mode forward took 4.5 ms for
 ``[1, 192, 112, 112]`` float32, ten times an evaluation-mode BatchNorm of the same tensor.
 spikezoo's C kernel (``spikezoo/native/batch_norm.c``) sums eight channels side by side, each
-in the same order: the same mean, inverse standard deviation and running statistics, bit for
-bit (:func:`batch_statistics`), in 0.9 ms. The output is then the kernel's own affine map of
-those statistics (:func:`_affine_normalisation`), checked once per kind of input.
+in the same order, and writes their normalised output while they are in cache, on PyTorch's
+threads: the same mean, inverse standard deviation, running statistics and output, bit for bit
+(:func:`batch_statistics`), in 1.0 ms.
 
 :func:`batch_norm` is ``bn(frames)`` for spikezoo's layers: in a CPU training forward it runs
 that way, under an autograd function whose backward is PyTorch's BatchNorm backward kernel
 (same gradients, bit for bit); elsewhere it calls ``bn``. :func:`~spikezoo.layers.batch_norm_fire`
-computes a fused pair's BatchNorm the same way. Before its first use in a process, the C kernel
+computes a fused pair's BatchNorm the same way, and its backward (like
+:mod:`~spikezoo.layers.residual_sums`) recomputes the normalised output from the statistics with
+the same C code (:func:`_affine_normalisation`). Before its first use in a process, the C kernel
 is compared with PyTorch's on a probe, every output bit for bit; where it cannot be built (no C
 compiler), or differs, PyTorch's kernel runs.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -34,89 +36,149 @@ __all__ = ["LayerThenBatchNorm", "batch_norm", "batch_statistics"]
 
 _log = logging.getLogger(__name__)
 
-_POINTER, _SIZE, _REAL = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_POINTER, _SIZE, _REAL, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 
 
 def _pointer(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-#: The fewest values for which the C kernel runs: below, the Python around it (an autograd
-#: function, the affine map's small operations) costs what it saves. A training call, forward
-#: and backward, on 2 cores (2026-12-05): ``[1, 48, 32, 32]`` (49k values) 0.82x PyTorch's
-#: speed, ``[1, 384, 14, 14]`` (75k) 0.94x, ``[1, 96, 32, 32]`` (98k) 1.03x, ``[8, 384, 8, 8]``
-#: (197k) 1.08x, ``[1, 48, 64, 64]`` (197k) 1.29x, ``[1, 192, 56, 56]`` (602k) 1.54x.
-MIN_VALUES = 1 << 17
+#: The fewest values for which a training call takes the C kernel: below, the Python around it
+#: (an autograd function, about 0.1 ms) costs what it saves. A training call, forward and
+#: backward, on 2 cores (2026-12-05): ``[1, 64, 16, 16]`` (16k values) 0.75x PyTorch's speed,
+#: ``[1, 32, 32, 32]`` (33k) 0.93x, ``[1, 48, 32, 32]`` (49k) 1.03-1.09x, ``[4, 256, 8, 8]``
+#: (66k) 1.16x, ``[1, 384, 14, 14]`` (75k) 1.23x, ``[1, 48, 64, 64]`` (197k) 1.70x, ``[1, 192,
+#: 56, 56]`` (602k) 1.80x, ``[1, 192, 112, 112]`` (2.4M) 1.29x.
+MIN_VALUES = 1 << 16
 
 
-def _applies(frames: Tensor, *running: Tensor | None) -> bool:
-    """Whether the C kernel computes what PyTorch's does for ``frames`` (its contiguous float32
-    path; a single value per channel and channels-last input take other code in PyTorch), and
-    ``frames`` is large enough for it to pay (:data:`MIN_VALUES`)."""
+def _laid_out_for_kernel(frames: Tensor, *per_channel: Tensor | None) -> bool:
+    """Whether the C kernel computes what PyTorch's does for ``frames [N, C, ...]`` (its
+    contiguous float32 path; a single value per channel and channels-last input take other code
+    in PyTorch) with the ``[C]`` tensors ``per_channel`` (float32, contiguous, or ``None``)."""
     return (
         frames.device.type == "cpu"
         and frames.dtype == torch.float32
         and frames.dim() >= 3
-        and frames.numel() >= MIN_VALUES
         and frames.shape[1] > 1
         and frames.numel() > frames.shape[0] * frames.shape[1]
         and frames.is_contiguous()
         and all(
-            r is None or (r.dtype == torch.float32 and r.is_contiguous() and r.device.type == "cpu")
-            for r in running
+            t is None or (t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu")
+            for t in per_channel
         )
     )
 
 
+def _applies(frames: Tensor, *per_channel: Tensor | None) -> bool:
+    """:func:`_laid_out_for_kernel`, and ``frames`` large enough for the kernel to pay
+    (:data:`MIN_VALUES`)."""
+    return frames.numel() >= MIN_VALUES and _laid_out_for_kernel(frames, *per_channel)
+
+
+class _Kernels(NamedTuple):
+    """The C functions, and whether a multiply-add is fused where PyTorch's kernel fuses it."""
+
+    training: ctypes._CFuncPtr
+    normalise: ctypes._CFuncPtr
+    contract: bool
+
+
+def _sizes(frames: Tensor) -> tuple[int, int, int]:
+    batches, channels = frames.shape[:2]
+    return batches, channels, frames.numel() // (batches * channels)
+
+
 def _compute(
-    kernel: ctypes._CFuncPtr,
+    kernels: _Kernels,
     frames: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
     running_mean: Tensor | None,
     running_var: Tensor | None,
     momentum: float,
     eps: float,
-) -> tuple[Tensor, Tensor]:
-    channels = frames.shape[1]
-    mean, invstd = torch.empty(2, channels).unbind()
-    batches = frames.shape[0]
-    kernel(
-        frames.data_ptr(), batches, channels, frames.numel() // (batches * channels), momentum, eps,
-        mean.data_ptr(), invstd.data_ptr(), _pointer(running_mean), _pointer(running_var),
+    normalise: bool,
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """``(normalised or None, mean, invstd)`` of ``frames [N, C, ...]`` by the C kernel."""
+    mean, invstd = torch.empty(2, frames.shape[1]).unbind()
+    normalised = torch.empty_like(frames) if normalise else None
+    kernels.training(
+        frames.data_ptr(), *_sizes(frames), momentum, eps, _pointer(weight), _pointer(bias),
+        kernels.contract, mean.data_ptr(), invstd.data_ptr(), _pointer(running_mean),
+        _pointer(running_var), _pointer(normalised), torch.get_num_threads(),
     )  # fmt: skip
-    return mean, invstd
+    return normalised, mean, invstd
+
+
+def _normalise(
+    kernels: _Kernels,
+    frames: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    invstd: Tensor,
+) -> Tensor:
+    normalised = torch.empty_like(frames)
+    kernels.normalise(
+        frames.data_ptr(), *_sizes(frames), _pointer(weight), _pointer(bias), kernels.contract,
+        mean.data_ptr(), invstd.data_ptr(), normalised.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return normalised
+
+
+def _reproduces_pytorch(kernels: _Kernels) -> bool:
+    """Whether ``kernels`` give every output of PyTorch's kernel bit for bit on a probe: 19
+    channels (two blocks of eight and a remainder, on as many threads as PyTorch uses), values
+    spread over six decades, with and without the affine parameters."""
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(3, 19, 35), (2, 19, 5, 7)]:
+        per_channel = (1, -1, *[1] * (len(shape) - 2))
+        frames = torch.randn(shape, generator=generator) * torch.logspace(-3, 3, 19).view(
+            per_channel
+        )
+        running = torch.randn(2, 19, generator=generator).abs_().unbind()
+        for weight, bias in [torch.randn(2, 19, generator=generator).unbind(), (None, None)]:
+            ours = [r.clone() for r in running]
+            theirs = [r.clone() for r in running]
+            *outputs, mean, invstd = _compute(
+                kernels, frames, weight, bias, *ours, 0.3, 1e-5, normalise=True
+            )
+            outputs += [mean, invstd, _normalise(kernels, frames, weight, bias, mean, invstd)]
+            expected, kernel_mean, kernel_invstd, _, _ = torch.ops.aten._batch_norm_impl_index(
+                frames, weight, bias, *theirs, True, 0.3, 1e-5, False
+            )
+            pairs = zip(
+                [*outputs, *ours],
+                [expected, kernel_mean, kernel_invstd, expected, *theirs],
+                strict=True,
+            )
+            if not all(torch.equal(a, b) for a, b in pairs):
+                return False
+    return True
 
 
 @functools.cache
-def _kernel() -> ctypes._CFuncPtr | None:
-    """The C kernel, once it has given PyTorch's outputs bit for bit on a probe; else ``None``."""
+def _kernel() -> _Kernels | None:
+    """The C kernels, once they have given PyTorch's outputs bit for bit on a probe, with a
+    multiply-add fused or not as PyTorch's kernel computes; else ``None``."""
     library = native.library("batch_norm")
     if library is None:
         return None
-    kernel = library.batch_norm_statistics_f32
-    kernel.argtypes = [_POINTER, *[_SIZE] * 3, _REAL, _REAL, *[_POINTER] * 4]
-    kernel.restype = None
-    generator = torch.Generator().manual_seed(0)
-    # 19 channels: two blocks of eight and a remainder; values spread over six decades
-    for shape in [(3, 19, 35), (2, 19, 5, 7)]:
-        frames = torch.randn(shape, generator=generator) * torch.logspace(-3, 3, 19).view(
-            1, -1, *[1] * (len(shape) - 2)
-        )
-        running = torch.randn(2, 19, generator=generator).abs_().unbind()
-        ours = [r.clone() for r in running]
-        theirs = [r.clone() for r in running]
-        mean, invstd = _compute(kernel, frames, *ours, 0.3, 1e-5)
-        _, kernel_mean, kernel_invstd, _, _ = torch.ops.aten._batch_norm_impl_index(
-            frames, None, None, *theirs, True, 0.3, 1e-5, False
-        )
-        pairs = zip([mean, invstd, *ours], [kernel_mean, kernel_invstd, *theirs], strict=True)
-        if not all(torch.equal(a, b) for a, b in pairs):
-            _log.warning(
-                "spikezoo: the C BatchNorm statistics differ from PyTorch %s's; PyTorch's kernel "
-                "runs instead",
-                torch.__version__,
-            )
-            return None
-    return kernel
+    training, normalise = library.batch_norm_training_f32, library.batch_norm_normalise_f32
+    training.argtypes = [_POINTER, *[_SIZE] * 3, _REAL, _REAL, *[_POINTER] * 2, _FLAG]
+    training.argtypes += [*[_POINTER] * 5, _FLAG]
+    normalise.argtypes = [_POINTER, *[_SIZE] * 3, *[_POINTER] * 2, _FLAG, *[_POINTER] * 3, _FLAG]
+    training.restype = normalise.restype = None
+    for contract in (True, False):
+        kernels = _Kernels(training, normalise, contract)
+        if _reproduces_pytorch(kernels):
+            return kernels
+    _log.warning(
+        "spikezoo: the C BatchNorm kernel differs from PyTorch %s's; PyTorch's kernel runs instead",
+        torch.__version__,
+    )
+    return None
 
 
 def batch_statistics(
@@ -136,10 +198,13 @@ def batch_statistics(
     """
     if not _applies(frames, running_mean, running_var):
         return None
-    kernel = _kernel()
-    if kernel is None:
+    kernels = _kernel()
+    if kernels is None:
         return None
-    return _compute(kernel, frames, running_mean, running_var, momentum, eps)
+    _, mean, invstd = _compute(
+        kernels, frames, None, None, running_mean, running_var, momentum, eps, normalise=False
+    )
+    return mean, invstd
 
 
 #: The BatchNorms whose training forward spikezoo computes itself (:func:`batch_norm`, and the
@@ -182,10 +247,11 @@ def _training_batch_norm_by_statistics_kernel(
     frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d
 ) -> tuple:
     """:func:`_training_batch_norm` where :func:`_statistics_kernel_applies`: the statistics
-    from the C kernel, the output their affine map."""
+    and the output from the C kernel."""
     running, factor = _begin_training_call(frames, bn)
-    mean, invstd = _compute(_kernel(), frames, *running, factor, bn.eps)
-    normalised = _affine_normalisation(frames, bn.weight, bn.bias, mean, invstd)
+    normalised, mean, invstd = _compute(
+        _kernel(), frames, bn.weight, bn.bias, *running, factor, bn.eps, normalise=True
+    )
     # what the native CPU kernel (backend index 0) returns besides: an empty reserve
     return normalised, mean, invstd, torch.empty(0, dtype=torch.uint8), 0
 
@@ -194,9 +260,8 @@ def _training_batch_norm(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) ->
     """``bn(frames)`` in training mode (``frames [N, C, ...]``), computed as
     ``nn.BatchNorm``'s ``forward`` computes it (the same checks, running statistics and
     ``num_batches_tracked`` updates), with what the kernel returns besides: ``(normalised,
-    mean, invstd, reserve, kernel)``, the last four for its backward kernel. On the CPU the
-    statistics come from the C kernel and the output from their affine map where both
-    reproduce PyTorch's kernel, bit for bit."""
+    mean, invstd, reserve, kernel)``, the last four for its backward kernel. On the CPU they
+    come from the C kernel where :func:`_statistics_kernel_applies`."""
     if _statistics_kernel_applies(frames, bn):
         return _training_batch_norm_by_statistics_kernel(frames, bn)
     running, factor = _begin_training_call(frames, bn)
@@ -211,7 +276,15 @@ def _affine_normalisation(
     """``frames [N, C, ...]`` normalised with the batch statistics ``mean`` and ``invstd``
     (``[C]``) as PyTorch's CPU kernel does it: ``x * alpha + beta`` per channel, with
     ``alpha = invstd * weight`` and ``beta = bias - mean * alpha``, each sum of a product a
-    multiply-add (``addcmul``) where the kernel's build contracts one."""
+    multiply-add where the kernel's build contracts one. By the C kernel where it applies (and
+    no gradient is asked for), else with ``addcmul``."""
+    differentiable = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (frames, weight, bias, mean, invstd)
+    )
+    if not differentiable and _laid_out_for_kernel(frames, weight, bias, mean, invstd):
+        kernels = _kernel()
+        if kernels is not None:
+            return _normalise(kernels, frames, weight, bias, mean, invstd)
     alpha = invstd if weight is None else invstd * weight
     beta = torch.addcmul(torch.zeros_like(alpha) if bias is None else bias, mean, alpha, value=-1)
     per_channel = (-1,) + (1,) * (frames.dim() - 2)
@@ -290,11 +363,7 @@ class _TrainingBatchNorm(torch.autograd.Function):
 
 def _statistics_kernel_applies(frames: Tensor, bn: nn.Module) -> bool:
     running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
-    return (
-        _applies(frames, *running)
-        and _affine_reproduces_kernel(*_input_kind(frames, bn.weight, bn.bias))
-        and _kernel() is not None
-    )
+    return _applies(frames, *running, bn.weight, bn.bias) and _kernel() is not None
 
 
 def batch_norm(bn: nn.BatchNorm1d | nn.BatchNorm2d, frames: Tensor) -> Tensor:
@@ -304,8 +373,8 @@ def batch_norm(bn: nn.BatchNorm1d | nn.BatchNorm2d, frames: Tensor) -> Tensor:
     In training, on the CPU, for a plain ``nn.BatchNorm1d`` or ``nn.BatchNorm2d`` without forward
     hooks (on it, or global: they see the module call) and an input that :func:`batch_statistics`
     takes (contiguous float32, at least :data:`MIN_VALUES` values), outside ``torch.compile``
-    and torch.fx tracing, the statistics come from spikezoo's C kernel and the output from
-    their affine map; backward is PyTorch's BatchNorm backward kernel, called with them.
+    and torch.fx tracing, the statistics and the output come from spikezoo's C kernel;
+    backward is PyTorch's BatchNorm backward kernel, called with the statistics.
     Everywhere else it is ``bn(frames)``.
     """
     if (

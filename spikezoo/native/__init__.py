@@ -7,7 +7,9 @@ per process and falls back to PyTorch wherever it cannot be built, loaded or tru
 library never computes otherwise, only slower.
 
 The shared library is built by the C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for
-the CPU it runs on (``-O3 -march=native``, no floating-point contraction) into
+the CPU it runs on (``-O3 -march=native``, no floating-point contraction), with OpenMP where
+the compiler has it (else the same source builds without, and its loops run on one thread),
+into
 ``<spikezoo cache>/native/`` (``$SPIKEZOO_CACHE``), under a name that hashes the source, the
 compiler, the flags and the CPU; it is written to a temporary file and renamed into place, so
 a failed or concurrent build leaves no half-written library behind. The first build takes
@@ -35,6 +37,9 @@ _log = logging.getLogger(__name__)
 SOURCES = Path(__file__).parent
 
 _FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
+#: Tried first. The library then needs ``libgomp.so.1``, which resolves to the copy PyTorch has
+#: loaded where PyTorch uses GNU OpenMP (its Linux wheels do): one pool of threads for both.
+_OPENMP = ("-fopenmp",)
 
 
 def _compiler() -> str | None:
@@ -52,30 +57,24 @@ def _cpu() -> str:
     return platform.machine() + flags
 
 
-def _build(compiler: str, source: Path, target: Path) -> bool:
+def _build(compiler: str, flags: tuple[str, ...], source: Path, target: Path) -> str | None:
+    """Compiles ``source`` into ``target``; ``None``, or why it failed (nothing is left)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
         result = subprocess.run(
-            [compiler, *_FLAGS, str(source), "-o", temporary, "-lm"],
+            [compiler, *flags, str(source), "-o", temporary, "-lm"],
             capture_output=True,
             text=True,
             timeout=120,
         )
         if result.returncode != 0:
-            _log.warning(
-                "spikezoo: %s could not compile %s, PyTorch's kernel runs instead:\n%s",
-                compiler,
-                source.name,
-                result.stderr.strip(),
-            )
-            return False
+            return f"{compiler} could not compile {source.name}:\n{result.stderr.strip()}"
         os.replace(temporary, target)
-        return True
+        return None
     except (OSError, subprocess.TimeoutExpired) as error:
-        _log.warning("spikezoo: building %s failed (%s); PyTorch's kernel runs", source, error)
-        return False
+        return f"building {source} failed ({error})"
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -84,9 +83,9 @@ def _build(compiler: str, source: Path, target: Path) -> bool:
 @functools.cache
 def library(name: str) -> ctypes.CDLL | None:
     """The compiled ``<name>.c`` of :data:`SOURCES`, built on the first call of the process
-    where no build for this source, compiler and CPU is cached; ``None`` where no C compiler is
-    found or the build or the loading fails (a warning says why, except for a missing
-    compiler)."""
+    where no build for this source, compiler and CPU is cached, with OpenMP if the compiler
+    builds it so, else without; ``None`` where no C compiler is found or the build or the
+    loading fails (a warning says why, except for a missing compiler)."""
     source = SOURCES / f"{name}.c"
     compiler = _compiler()
     if compiler is None:
@@ -94,11 +93,16 @@ def library(name: str) -> ctypes.CDLL | None:
         return None
     from spikezoo.weights.cache import cache_root
 
-    key = hashlib.sha256(
-        "\0".join([source.read_text(), compiler, *_FLAGS, _cpu()]).encode()
-    ).hexdigest()[:16]
-    target = cache_root() / "native" / f"{name}-{key}.so"
-    if not target.exists() and not _build(compiler, source, target):
+    for flags in (_FLAGS + _OPENMP, _FLAGS):
+        key = hashlib.sha256(
+            "\0".join([source.read_text(), compiler, *flags, _cpu()]).encode()
+        ).hexdigest()[:16]
+        target = cache_root() / "native" / f"{name}-{key}.so"
+        if target.exists() or (failure := _build(compiler, flags, source, target)) is None:
+            break
+        _log.info("spikezoo: %s", failure)
+    else:
+        _log.warning("spikezoo: %s\nPyTorch's kernel runs instead", failure)
         return None
     try:
         return ctypes.CDLL(str(target))

@@ -1,4 +1,4 @@
-/* BatchNorm's training statistics on the CPU, as PyTorch's float32 kernel computes them.
+/* BatchNorm's training forward on the CPU, as PyTorch's float32 kernel computes it.
 
    PyTorch's kernel (aten/src/ATen/native/cpu/batch_norm_kernel.cpp, contiguous input) sums each
    channel of x [batches, channels, size] in index order into a double: the values for the
@@ -6,10 +6,14 @@
    additions, so its loop runs at the latency of a double add. Here LANES channels are summed
    side by side, each in its own accumulator and in the same order: the same bits in a fraction
    of the time. The per-channel finish (inverse standard deviation, running averages) follows
-   aten/src/ATen/native/Normalization.cpp type for type; tests compare every output with the
-   kernel's, bit for bit.
+   aten/src/ATen/native/Normalization.cpp type for type, and the output is the kernel's affine
+   map x * alpha + beta, written while the block of channels is still in cache. Blocks of
+   channels are shared among OpenMP threads (PyTorch's own pool where PyTorch uses libgomp).
+   Tests compare every output with the kernel's, bit for bit.
 
-   Built without floating-point contraction: every product and sum is rounded as written. */
+   Built without floating-point contraction: every product and sum is rounded as written, and
+   a multiply-add is fused only where `contract` asks for it (fmaf), as the build of PyTorch's
+   kernel does or does not; its caller finds out which on a probe. */
 
 #include <math.h>
 #include <stddef.h>
@@ -44,18 +48,38 @@ static void channel_sums(const float *x, int64_t batches, int64_t channels, int6
     }
 }
 
+/* out[i] = x[i] * alpha + beta for one row of `size` values, with beta = bias - mean * alpha
+   and alpha = invstd * weight (weight 1 and bias 0 where they are NULL), as the kernel's
+   batch_norm_cpu_collect_linear_and_constant_terms and its transform compute them. */
+static void normalise_row(const float *x, float *out, int64_t size, int64_t c, const float *weight,
+                          const float *bias, int contract, float mean, float invstd) {
+    const float alpha = weight == NULL ? invstd : invstd * weight[c];
+    const float shift = bias == NULL ? 0.0f : bias[c];
+    if (contract) {
+        const float beta = fmaf(-mean, alpha, shift);
+        for (int64_t i = 0; i < size; i++) out[i] = fmaf(x[i], alpha, beta);
+    } else {
+        const float beta = shift - mean * alpha;
+        for (int64_t i = 0; i < size; i++) out[i] = x[i] * alpha + beta;
+    }
+}
+
 /* x [batches, channels, size], contiguous, size > 1. Writes mean[c] and invstd[c]; updates
-   running_mean[c] and running_var[c] with momentum unless they are NULL. */
-void batch_norm_statistics_f32(const float *x, int64_t batches, int64_t channels, int64_t size,
-                               double momentum, double eps, float *mean, float *invstd,
-                               float *running_mean, float *running_var) {
-    const int64_t count = batches * size;
+   running_mean[c] and running_var[c] with momentum unless they are NULL; writes the normalised
+   output to out [batches, channels, size] unless it is NULL. At most `threads` threads. */
+void batch_norm_training_f32(const float *x, int64_t batches, int64_t channels, int64_t size,
+                             double momentum, double eps, const float *weight, const float *bias,
+                             int contract, float *mean, float *invstd, float *running_mean,
+                             float *running_var, float *out, int threads) {
+    const int64_t count = batches * size, blocks = (channels + LANES - 1) / LANES;
     /* PyTorch casts momentum to float; the unbiased variance is a double (of a float quotient) */
     const float rate = (float)momentum, keep = 1.0f - rate;
-    double acc[LANES];
-    float centre[LANES];
-    for (int64_t c0 = 0; c0 < channels; c0 += LANES) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (blocks > 1)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t c0 = block * LANES;
         const int lanes = channels - c0 < LANES ? (int)(channels - c0) : LANES;
+        double acc[LANES];
+        float centre[LANES];
         channel_sums(x, batches, channels, size, c0, lanes, NULL, acc);
         for (int k = 0; k < lanes; k++) centre[k] = (float)(acc[k] / (double)count);
         channel_sums(x, batches, channels, size, c0, lanes, centre, acc);
@@ -71,5 +95,26 @@ void batch_norm_statistics_f32(const float *x, int64_t batches, int64_t channels
                 running_var[c] = (float)((double)rate * (double)(var_sum / (float)(count - 1)) +
                                          (double)(keep * running_var[c]));
         }
+        if (out != NULL)
+            for (int64_t n = 0; n < batches; n++)
+                for (int k = 0; k < lanes; k++) {
+                    const int64_t row = (n * channels + c0 + k) * size;
+                    normalise_row(x + row, out + row, size, c0 + k, weight, bias, contract,
+                                  mean[c0 + k], invstd[c0 + k]);
+                }
+    }
+}
+
+/* out = the normalised x [batches, channels, size] (contiguous) for the statistics mean[c] and
+   invstd[c], as batch_norm_training_f32 writes it. At most `threads` threads. */
+void batch_norm_normalise_f32(const float *x, int64_t batches, int64_t channels, int64_t size,
+                              const float *weight, const float *bias, int contract,
+                              const float *mean, const float *invstd, float *out, int threads) {
+    const int64_t rows = batches * channels;
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows > 1)
+    for (int64_t row = 0; row < rows; row++) {
+        const int64_t c = row % channels;
+        normalise_row(x + row * size, out + row * size, size, c, weight, bias, contract, mean[c],
+                      invstd[c]);
     }
 }

@@ -15,6 +15,7 @@ from spikezoo.analysis import (
     OpCounter,
     Table,
     attention_maps,
+    measure_saved_tensors,
     plot_firing_rates,
     spiking_neurons,
 )
@@ -326,3 +327,15 @@ def test_a_compiled_model_is_refused_before_any_hook_or_call(tool):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     with tool(compiled._orig_mod):  # the module it compiled
         pass
+
+
+@pytest.mark.parametrize("tool", [attention_maps, measure_saved_tensors])
+def test_the_single_pass_tools_refuse_a_compiled_model_before_calling_it(tool):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), MultiStepLIF(backend="torch"))
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    compiled = torch.compile(model)
+    with pytest.raises(TypeError, match=rf"{tool.__name__} hooks .*model\._orig_mod"):
+        tool(compiled, torch.zeros(2, 1, 3, 5, 5))
+    assert calls == []
+    assert all(not m._forward_hooks for m in model.modules())

@@ -97,21 +97,76 @@ def test_running_statistics_of_another_dtype_are_declined():
     assert batch_statistics(torch.randn(4, 6, 5), *running, 0.1, 1e-5) is None
 
 
-def test_a_kernel_unequal_to_pytorchs_is_not_used(monkeypatch, caplog):
-    compute = module._compute
+def _up_an_ulp(t):
+    return torch.nextafter(t, torch.full_like(t, float("inf")))
 
-    def off_by_an_ulp(*args):
-        mean, invstd = compute(*args)
-        return torch.nextafter(mean, torch.full_like(mean, float("inf"))), invstd
 
-    monkeypatch.setattr(module, "_compute", off_by_an_ulp)
+@pytest.mark.parametrize("output", ["mean", "normalised", "recomputed"])
+def test_a_kernel_unequal_to_pytorchs_is_not_used(output, monkeypatch, caplog):
+    compute, normalise = module._compute, module._normalise
+
+    def compute_off(*args, **kwargs):
+        normalised, mean, invstd = compute(*args, **kwargs)
+        if output == "mean":
+            mean = _up_an_ulp(mean)
+        elif output == "normalised" and normalised is not None:
+            normalised = _up_an_ulp(normalised)
+        return normalised, mean, invstd
+
+    monkeypatch.setattr(module, "_compute", compute_off)
+    if output == "recomputed":
+        monkeypatch.setattr(module, "_normalise", lambda *args: _up_an_ulp(normalise(*args)))
     module._kernel.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="spikezoo.layers.batch_norms"):
             assert batch_statistics(torch.randn(4, 6, 5), None, None, 0.1, 1e-5) is None
-        assert "differ from PyTorch" in caplog.text
+        assert "differs from PyTorch" in caplog.text
     finally:
         module._kernel.cache_clear()
+
+
+def test_the_output_is_the_kernels_on_any_number_of_threads():
+    generator = torch.Generator().manual_seed(11)
+    frames = torch.randn(3, 37, 6, 7, generator=generator) * 4 - 1
+    weight, bias = torch.randn(2, 37, generator=generator).unbind()
+    expected, mean, invstd, _, _ = torch.ops.aten._batch_norm_impl_index(
+        frames, weight, bias, None, None, True, 0.1, 1e-5, False
+    )
+    kernels, threads = module._kernel(), torch.get_num_threads()
+    try:
+        for count in (1, 2, 5):  # 5 blocks of eight channels: one each, or shared
+            torch.set_num_threads(count)
+            normalised, *statistics = module._compute(
+                kernels, frames, weight, bias, None, None, 0.1, 1e-5, normalise=True
+            )
+            recomputed = module._normalise(kernels, frames, weight, bias, mean, invstd)
+            assert torch.equal(normalised, expected) and torch.equal(recomputed, expected)
+            assert torch.equal(statistics[0], mean) and torch.equal(statistics[1], invstd)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_either_contraction_rounds_as_it_says():
+    """The variant the probe did not pick is right too: unfused, ``x * alpha`` and ``+ beta``
+    each rounded (as two PyTorch operations round them); fused, one rounding of the exact
+    ``x * alpha + beta`` (float64 holds the product of two floats exactly)."""
+    generator = torch.Generator().manual_seed(12)
+    frames = torch.randn(2, 9, 40, generator=generator) * 3 + 2
+    weight, bias, mean = torch.randn(3, 9, generator=generator).unbind()
+    invstd = torch.rand(9, generator=generator) + 0.5
+    alpha = (invstd * weight).view(-1, 1)
+    kernels = module._kernel()
+    for contract in (False, True):
+        ours = module._normalise(
+            kernels._replace(contract=contract), frames, weight, bias, mean, invstd
+        )
+        if contract:
+            beta = (bias.double() - mean.double() * alpha.view(-1).double()).float().view(-1, 1)
+            expected = (frames.double() * alpha.double() + beta.double()).float()
+        else:
+            beta = (bias - mean * alpha.view(-1)).view(-1, 1)
+            expected = torch.add(torch.mul(frames, alpha), beta)
+        assert torch.equal(ours, expected), contract
 
 
 def fused_step(bn: nn.BatchNorm2d, y: torch.Tensor, use_kernel: bool, monkeypatch):
@@ -130,7 +185,9 @@ def test_the_fused_pair_computes_what_it_did_with_pytorchs_kernel(monkeypatch):
     assert module._kernel() is not None  # built and probed before the spy goes in
     calls = []
     compute = module._compute
-    monkeypatch.setattr(module, "_compute", lambda *args: calls.append(1) or compute(*args))
+    monkeypatch.setattr(
+        module, "_compute", lambda *args, **kwargs: calls.append(1) or compute(*args, **kwargs)
+    )
     generator = torch.Generator().manual_seed(3)
     y = torch.randn(2, 3, 16, 9, 9, generator=generator) * 2 + 1
     results = []

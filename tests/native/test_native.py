@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import shutil
 
 import pytest
 
@@ -23,7 +24,7 @@ def fresh(tmp_path, monkeypatch):
 def test_builds_once_into_the_cache_and_loads(fresh):
     lib = native.library("batch_norm")
     assert isinstance(lib, ctypes.CDLL)
-    assert hasattr(lib, "batch_norm_statistics_f32")
+    assert hasattr(lib, "batch_norm_training_f32")
     built = list(fresh.iterdir())
     assert [p.suffix for p in built] == [".so"] and built[0].name.startswith("batch_norm-")
     assert native.library("batch_norm") is lib  # one load per process
@@ -60,3 +61,25 @@ def test_another_source_builds_another_library(fresh, tmp_path, monkeypatch):
     native.library.cache_clear()
     assert native.library("answer").answer() == 43  # a changed source is a new build
     assert len(list(fresh.iterdir())) == 2
+
+
+def test_a_compiler_without_openmp_builds_the_serial_code(fresh, tmp_path, monkeypatch, caplog):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "threads.c").write_text(
+        "int threads(void) {\n#ifdef _OPENMP\n return 2;\n#else\n return 1;\n#endif\n}\n"
+    )
+    monkeypatch.setattr(native, "SOURCES", sources)
+    assert native.library("threads").threads() == 2  # OpenMP first
+    compiler = tmp_path / "no-openmp-cc"
+    compiler.write_text(
+        f'#!/bin/sh\nfor a; do [ "$a" = -fopenmp ] && echo "no OpenMP" >&2 && exit 1; done\n'
+        f'exec {shutil.which("gcc") or shutil.which("cc")} "$@"\n'
+    )
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    native.library.cache_clear()
+    with caplog.at_level(logging.INFO, logger="spikezoo.native"):
+        assert native.library("threads").threads() == 1
+    assert "no OpenMP" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
