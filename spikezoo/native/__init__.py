@@ -1,10 +1,11 @@
 """Host kernels written in C: compiled for this machine at first use and loaded with ctypes.
 
 A kernel here exists because PyTorch's own CPU kernel for the same computation is slow in a
-way that its result pins down (an order of additions that one thread must follow), and it
-computes that result bit for bit, faster. Its caller checks it against PyTorch's kernel once
-per process and falls back to PyTorch wherever it cannot be built, loaded or trusted, so the
-library never computes otherwise, only slower.
+way its code, not the hardware, decides (BatchNorm: an order of additions that one thread
+follows, one channel at a time; max-pooling: one scalar window at a time, writing ``int64``
+indices), and it computes that result bit for bit, faster. Its caller checks it against
+PyTorch's kernel once per process and falls back to PyTorch wherever it cannot be built,
+loaded or trusted, so the library never computes otherwise, only slower.
 
 The shared library is built by the C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for
 the CPU it runs on (``-O3 -march=native``, no floating-point contraction), with OpenMP where

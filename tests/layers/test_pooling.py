@@ -5,6 +5,7 @@ gradients as with ``nn.MaxPool2d``, in float64."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -196,3 +197,127 @@ def test_the_max_pool_of_marked_spikes_is_marked_and_of_anything_else_not():
         spikes = MultiStepLIF(backend="torch")(torch.randn(2, 4, 8, 8, requires_grad=True) * 2)
         assert marked_as_spikes(max_pool2d(spikes, 3, 2, 1))
         assert not marked_as_spikes(max_pool2d(spikes * 2, 3, 2, 1))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32)
+
+
+def _awkward_float32(shape, seed: int) -> torch.Tensor:
+    """Ties (spikes and repeated values), NaN, infinities, negative values and a ``-inf``-only
+    window region: every rule of which maximum a window picks."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, shape, generator=gen).float()
+    x.view(-1, *shape[-2:])[0] = x.view(-1, *shape[-2:])[0] > 0  # a plane of spikes
+    flat = x.view(-1)
+    picks = torch.randint(0, flat.numel(), (4 * len(flat) // 50 + 3,), generator=gen)
+    flat[picks[0::3]] = float("nan")
+    flat[picks[1::3]] = float("inf")
+    flat[picks[2::3]] = float("-inf")
+    x.view(-1, *shape[-2:])[-1, :3, :3] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize("window", [*WINDOWS, (4, 3, 1), (3, 5, 0)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 9, 11), (4, 7, 10), (1, 2, 5, 70), (2, 66, 9, 90)], ids=str
+)
+def test_the_c_kernel_pools_as_torch_bit_for_bit(window, shape, monkeypatch):
+    """float32 on the CPU: forward and backward from the C kernel, no PyTorch max-pool kernel;
+    the maxima (NaN included), the offsets saved and the gradients are nn.MaxPool2d's bits."""
+    assert pooling._kernel() is not None  # built and probed
+    ran = []
+    for name in ("_pool_by_kernel", "_unpool_by_kernel"):
+        real = getattr(pooling, name)
+        monkeypatch.setattr(
+            pooling, name, lambda *a, real=real, name=name: ran.append(name) or real(*a)
+        )
+    x = _awkward_float32(shape, seed=3)
+    expected = _grads(nn.MaxPool2d(*window), x)
+    with OpsRecorded() as names:
+        got = _grads(MaxPool2d(*window), x)
+    assert ran == ["_pool_by_kernel", "_unpool_by_kernel"]
+    assert not [n for n in names if "max_pool" in n]
+    assert got[0].isnan().any() and torch.equal(_bits(got[0]), _bits(expected[0]))
+    assert torch.equal(_bits(got[1]), _bits(expected[1]))
+
+
+def test_short_rows_of_many_channels_pool_with_torch_and_go_back_with_the_kernel(monkeypatch):
+    """Below ``_KERNEL_FROM_WIDTH`` output columns and from ``_CHANNELS_LAST_FROM`` channels on,
+    PyTorch's channels-last forward is the faster and runs; backward takes the C kernel."""
+    ran = []
+    real = pooling._unpool_by_kernel
+    monkeypatch.setattr(pooling, "_unpool_by_kernel", lambda *a: ran.append(1) or real(*a))
+    width = 2 * pooling._KERNEL_FROM_WIDTH - 2  # 15 output columns with (3, 2, 1)
+    x = _awkward_float32((2, pooling._CHANNELS_LAST_FROM, 7, width), seed=4)
+    expected = _grads(nn.MaxPool2d(3, 2, 1), x)
+    with PoolingInputs() as pooled_inputs:
+        got = _grads(MaxPool2d(3, 2, 1), x)
+    assert [t.is_contiguous(memory_format=torch.channels_last) for t in pooled_inputs] == [True]
+    assert ran == [1]
+    for value, reference in zip(got, expected, strict=True):
+        assert torch.equal(_bits(value), _bits(reference))
+
+
+def test_a_strided_gradient_goes_back_with_torchs_kernel():
+    x = _awkward_float32((2, 3, 9, 11), seed=5)
+    leaf, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = MaxPool2d(3, 2, 1)(leaf)
+    grad = torch.randn(out.shape[::-1]).permute(3, 2, 1, 0)  # same shape, not contiguous
+    with OpsRecorded() as names:
+        out.backward(grad)
+    assert "aten::max_pool2d_with_indices_backward" in names
+    nn.MaxPool2d(3, 2, 1)(reference).backward(grad)
+    assert torch.equal(_bits(leaf.grad), _bits(reference.grad))
+
+
+@pytest.mark.parametrize("wrong", ["maxima", "offsets", "gradient"])
+def test_a_c_kernel_unequal_to_torchs_is_not_used(wrong, monkeypatch, caplog):
+    pool, unpool = pooling._pool_by_kernel, pooling._unpool_by_kernel
+
+    def pool_off(*args):
+        pooled, offsets = pool(*args)
+        if wrong == "maxima":
+            pooled = torch.nextafter(pooled, torch.full_like(pooled, float("inf")))
+        elif wrong == "offsets":
+            offsets = offsets.flip(-1)
+        return pooled, offsets
+
+    def unpool_off(*args):
+        grad = unpool(*args)
+        return grad * 2 if wrong == "gradient" else grad
+
+    monkeypatch.setattr(pooling, "_pool_by_kernel", pool_off)
+    monkeypatch.setattr(pooling, "_unpool_by_kernel", unpool_off)
+    pooling._kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="spikezoo.layers.pooling"):
+            assert pooling._kernel() is None
+        assert "differs from PyTorch" in caplog.text
+        x = _awkward_float32((2, 3, 9, 11), seed=6)
+        got, expected = _grads(MaxPool2d(3, 2, 1), x), _grads(nn.MaxPool2d(3, 2, 1), x)
+        assert torch.equal(_bits(got[1]), _bits(expected[1]))  # PyTorch's kernels ran
+    finally:
+        pooling._kernel.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "out_width",
+    [pooling._KERNEL_WITHOUT_GRAD_FROM_WIDTH - 1, pooling._KERNEL_WITHOUT_GRAD_FROM_WIDTH],
+)
+def test_without_gradients_wide_rows_pool_with_the_c_kernel(out_width, monkeypatch):
+    assert pooling._kernel() is not None  # built and probed before the spy goes in
+    ran = []
+    real = pooling._pool_by_kernel
+    monkeypatch.setattr(pooling, "_pool_by_kernel", lambda *a, **k: ran.append(k) or real(*a, **k))
+    x = _awkward_float32((2, 3, 7, 2 * out_width), seed=7)
+    with torch.no_grad():
+        got = max_pool2d(x, 3, 2, 1)
+    wide = out_width >= pooling._KERNEL_WITHOUT_GRAD_FROM_WIDTH
+    assert ran == ([{"with_offsets": False}] if wide else [])
+    expected = nn.functional.max_pool2d(x, 3, 2, 1)
+    if wide:  # PyTorch's values, bit for bit
+        assert torch.equal(_bits(got), _bits(expected))
+    else:  # the separable maximum: the same values, NaN where PyTorch's NaN is
+        assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
+        assert torch.equal(got.isnan(), expected.isnan())
