@@ -271,7 +271,10 @@ class _MaxPool2dOffsets(torch.autograd.Function):
     def backward(ctx: Any, grad_pooled: Tensor) -> tuple:
         (offsets,) = ctx.saved_tensors
         kernel, stride, padding = ctx.window
-        kernels = _kernel() if _takes(grad_pooled) and ctx.input_dtype == torch.float32 else None
+        # the C kernel reads the offsets in row-major order (PyTorch's channels-last path, for a
+        # channels-last input, leaves them channels-last)
+        takes = _takes(grad_pooled) and offsets.is_contiguous()
+        kernels = _kernel() if takes and ctx.input_dtype == torch.float32 else None
         if kernels is not None:
             grad_x = _unpool_by_kernel(
                 kernels, grad_pooled, offsets, ctx.input_shape, stride, padding

@@ -259,6 +259,18 @@ def test_short_rows_of_many_channels_pool_with_torch_and_go_back_with_the_kernel
         assert torch.equal(_bits(value), _bits(reference))
 
 
+def test_a_channels_last_input_with_a_contiguous_gradient_goes_back_as_torchs():
+    """A channels-last input pools with PyTorch's kernel, whose offsets follow its layout: a
+    row-major gradient must not be routed by them as if they were row-major too."""
+    x = _awkward_float32((2, 3, 9, 11), seed=8).contiguous(memory_format=torch.channels_last)
+    leaf, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = MaxPool2d(3, 2, 1)(leaf)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))  # row-major
+    out.backward(grad)
+    nn.MaxPool2d(3, 2, 1)(reference).backward(grad)
+    assert torch.equal(_bits(leaf.grad), _bits(reference.grad))
+
+
 def test_a_strided_gradient_goes_back_with_torchs_kernel():
     x = _awkward_float32((2, 3, 9, 11), seed=5)
     leaf, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
