@@ -85,8 +85,10 @@ def _build(compiler: str, flags: tuple[str, ...], source: Path, target: Path) ->
 def library(name: str) -> ctypes.CDLL | None:
     """The compiled ``<name>.c`` of :data:`SOURCES`, built on the first call of the process
     where no build for this source, compiler and CPU is cached, with OpenMP if the compiler
-    builds it so, else without; ``None`` where no C compiler is found or the build or the
-    loading fails (a warning says why, except for a missing compiler)."""
+    builds it so, else without (an OpenMP build that failed where the plain one built is
+    remembered in the cache, as ``<name>-<key>.no-openmp``, and not tried again); ``None``
+    where no C compiler is found or the build or the loading fails (a warning says why, except
+    for a missing compiler)."""
     source = SOURCES / f"{name}.c"
     compiler = _compiler()
     if compiler is None:
@@ -94,17 +96,25 @@ def library(name: str) -> ctypes.CDLL | None:
         return None
     from spikezoo.weights.cache import cache_root
 
+    openmp_refused = None
     for flags in (_FLAGS + _OPENMP, _FLAGS):
         key = hashlib.sha256(
             "\0".join([source.read_text(), compiler, *flags, _cpu()]).encode()
         ).hexdigest()[:16]
         target = cache_root() / "native" / f"{name}-{key}.so"
+        # an OpenMP build that failed where the plain one builds is not tried again
+        if flags != _FLAGS and target.with_suffix(".no-openmp").exists():
+            continue
         if target.exists() or (failure := _build(compiler, flags, source, target)) is None:
             break
         _log.info("spikezoo: %s", failure)
+        if flags != _FLAGS:
+            openmp_refused = target.with_suffix(".no-openmp"), failure
     else:
         _log.warning("spikezoo: %s\nPyTorch's kernel runs instead", failure)
         return None
+    if openmp_refused is not None:
+        openmp_refused[0].write_text(openmp_refused[1])
     try:
         return ctypes.CDLL(str(target))
     except OSError as error:

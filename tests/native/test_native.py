@@ -83,3 +83,9 @@ def test_a_compiler_without_openmp_builds_the_serial_code(fresh, tmp_path, monke
         assert native.library("threads").threads() == 1
     assert "no OpenMP" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    native.library.cache_clear()  # as in a later process: the failed OpenMP build is not retried
+    with caplog.at_level(logging.INFO, logger="spikezoo.native"):
+        assert native.library("threads").threads() == 1
+    assert "no OpenMP" not in caplog.text
+    assert len(list(fresh.glob("threads-*.no-openmp"))) == 1
