@@ -52,10 +52,24 @@ def _pointer(t: Tensor | None) -> int | None:
 MIN_VALUES = 1 << 16
 
 
+def _one_per_channel(t: Tensor, channels: int) -> bool:
+    """Whether ``t`` is a float32 CPU vector of ``channels`` values, one after the other: the
+    kernel reads and writes ``channels`` of them (other sizes are for PyTorch's kernel to
+    refuse, with its message)."""
+    return (
+        t.dtype == torch.float32
+        and t.device.type == "cpu"
+        and t.dim() == 1
+        and t.numel() == channels
+        and t.is_contiguous()
+    )
+
+
 def _laid_out_for_kernel(frames: Tensor, *per_channel: Tensor | None) -> bool:
     """Whether the C kernel computes what PyTorch's does for ``frames [N, C, ...]`` (its
     contiguous float32 path; a single value per channel and channels-last input take other code
-    in PyTorch) with the ``[C]`` tensors ``per_channel`` (float32, contiguous, or ``None``)."""
+    in PyTorch) with the ``[C]`` tensors ``per_channel`` (float32, contiguous, ``C`` values, or
+    ``None``)."""
     return (
         frames.device.type == "cpu"
         and frames.dtype == torch.float32
@@ -63,10 +77,7 @@ def _laid_out_for_kernel(frames: Tensor, *per_channel: Tensor | None) -> bool:
         and frames.shape[1] > 1
         and frames.numel() > frames.shape[0] * frames.shape[1]
         and frames.is_contiguous()
-        and all(
-            t is None or (t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu")
-            for t in per_channel
-        )
+        and all(t is None or _one_per_channel(t, frames.shape[1]) for t in per_channel)
     )
 
 
@@ -194,7 +205,8 @@ def batch_statistics(
 
     ``None``, with nothing changed, where the C kernel does not apply: not a contiguous float32
     CPU tensor with more than one channel and more than one value per channel and sample,
-    fewer than :data:`MIN_VALUES` values, or no C kernel (not built, or unequal to PyTorch's).
+    fewer than :data:`MIN_VALUES` values, running statistics that are not float32 vectors of
+    ``C`` values, or no C kernel (not built, or unequal to PyTorch's).
     """
     if not _applies(frames, running_mean, running_var):
         return None

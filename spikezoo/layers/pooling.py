@@ -256,8 +256,10 @@ class _MaxPool2dOffsets(torch.autograd.Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
     ) -> Tensor:
+        # an invalid window goes to PyTorch's kernel, which says what is wrong with it
+        valid = _separable(x.shape[-2:], kernel, stride, padding)
         out_width = _output_size(x.shape[-2:], kernel, stride, padding)[1]
-        kernels = _kernel() if _takes(x) and _pools_faster(x, out_width) else None
+        kernels = _kernel() if valid and _takes(x) and _pools_faster(x, out_width) else None
         if kernels is not None:
             pooled, offsets = _pool_by_kernel(kernels, x, kernel, stride, padding)
         else:
@@ -274,6 +276,7 @@ class _MaxPool2dOffsets(torch.autograd.Function):
         # the C kernel reads the offsets in row-major order (PyTorch's channels-last path, for a
         # channels-last input, leaves them channels-last)
         takes = _takes(grad_pooled) and offsets.is_contiguous()
+        takes = takes and _separable(ctx.input_shape[-2:], kernel, stride, padding)
         kernels = _kernel() if takes and ctx.input_dtype == torch.float32 else None
         if kernels is not None:
             grad_x = _unpool_by_kernel(

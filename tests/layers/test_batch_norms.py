@@ -97,6 +97,29 @@ def test_running_statistics_of_another_dtype_are_declined():
     assert batch_statistics(torch.randn(4, 6, 5), *running, 0.1, 1e-5) is None
 
 
+@pytest.mark.parametrize("size", [3, 12])
+def test_running_statistics_of_another_size_are_declined_and_left_alone(size):
+    running = torch.zeros(size), torch.ones(size)
+    assert batch_statistics(torch.randn(4, 6, 5), *running, 0.1, 1e-5) is None
+    assert torch.equal(running[0], torch.zeros(size)) and torch.equal(running[1], torch.ones(size))
+
+
+@pytest.mark.parametrize("track", [True, False], ids=["running statistics", "weight only"])
+def test_a_batch_norm_of_another_width_is_refused_by_pytorch_with_nothing_written(track):
+    """The kernel reads and writes one value per channel of the input: a BatchNorm for fewer
+    channels goes to PyTorch's kernel, which names the mismatch, before anything is written."""
+    bn = nn.BatchNorm2d(3, track_running_stats=track).train()
+    plain = nn.BatchNorm2d(3, track_running_stats=track).train()
+    x = torch.randn(4, 6, 5, 5)
+    with pytest.raises(RuntimeError, match="should contain 6 elements not 3"):
+        batch_norm(bn, x)
+    with pytest.raises(RuntimeError, match="should contain 6 elements not 3"):
+        plain(x)
+    # as after PyTorch's own refusal (which counts the batch in num_batches_tracked first)
+    for ours, theirs in zip(bn.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
 def _up_an_ulp(t):
     return torch.nextafter(t, torch.full_like(t, float("inf")))
 

@@ -271,6 +271,25 @@ def test_a_channels_last_input_with_a_contiguous_gradient_goes_back_as_torchs():
     assert torch.equal(_bits(leaf.grad), _bits(reference.grad))
 
 
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [((3, 2, 2), "pad should be at most half"), ((5, 1, 0), "Output size is too small")],
+)
+def test_an_impossible_window_in_training_is_worded_by_torch(window, message):
+    """The C kernel takes valid windows only: PyTorch's kernel says what is wrong with others
+    (the kernel would have pooled nothing, or written outside the input in backward)."""
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match=message):
+        max_pool2d(x, *window)
+
+
+def test_a_window_half_in_the_padding_trains_as_torch():
+    x = _awkward_float32((2, 3, 8, 10), seed=10)
+    expected, got = _grads(nn.MaxPool2d(2, 2, 1), x), _grads(MaxPool2d(2, 2, 1), x)
+    for value, reference in zip(got, expected, strict=True):
+        assert torch.equal(_bits(value), _bits(reference))
+
+
 def test_a_strided_gradient_goes_back_with_torchs_kernel():
     x = _awkward_float32((2, 3, 9, 11), seed=5)
     leaf, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
