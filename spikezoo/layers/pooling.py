@@ -98,8 +98,10 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _offset_dtype(largest: int) -> torch.dtype:
-    """The smallest integer dtype that holds offsets ``0 .. largest``."""
+def _offset_dtype(kernel: tuple[int, int], width: int) -> torch.dtype:
+    """The smallest integer dtype that holds the offsets in a ``kernel`` window of rows
+    ``width`` wide: ``0 .. (kernel_h - 1) * width + kernel_w - 1``."""
+    largest = (kernel[0] - 1) * width + kernel[1] - 1
     return next(d for d in _OFFSET_DTYPES if largest <= torch.iinfo(d).max)
 
 
@@ -125,12 +127,12 @@ def _pool_by_kernel(
     height, width = x.shape[-2:]
     out_size = _output_size((height, width), kernel, stride, padding)
     pooled = x.new_empty((*x.shape[:-2], *out_size))
-    largest = (kernel[0] - 1) * width + kernel[1] - 1
-    offsets = torch.empty(pooled.shape, dtype=_offset_dtype(largest)) if with_offsets else None
+    dtype = _offset_dtype(kernel, width)
+    offsets = torch.empty(pooled.shape, dtype=dtype) if with_offsets else None
     kernels.forward(
         x.data_ptr(), x.numel() // (height * width), height, width, *kernel, *stride, *padding,
         *out_size, pooled.data_ptr(), None if offsets is None else offsets.data_ptr(),
-        _offset_dtype(largest).itemsize, torch.get_num_threads(),
+        dtype.itemsize, torch.get_num_threads(),
     )  # fmt: skip
     return pooled, offsets
 
@@ -160,8 +162,7 @@ def _pool_by_pytorch(
     pooled, indices = torch.ops.aten.max_pool2d_with_indices(source, kernel, stride, padding)
     width = x.shape[-1]
     starts = _window_starts(pooled.shape[-2:], width, stride, padding, x.device)
-    largest = (kernel[0] - 1) * width + kernel[1] - 1
-    offsets = indices.sub_(starts).to(_offset_dtype(largest))
+    offsets = indices.sub_(starts).to(_offset_dtype(kernel, width))
     if source is not x:  # back to the layout of x, as nn.MaxPool2d returns it
         pooled = pooled.contiguous(memory_format=_memory_format(x))
         offsets = offsets.contiguous()
@@ -215,10 +216,10 @@ def _reproduces_pytorch(kernels: _Kernels) -> bool:
                 return False
             grad = torch.randn(pooled.shape, generator=generator)
             grad_x = _unpool_by_kernel(kernels, grad, offsets, plane.shape, stride, padding)
-            expected = _unpool_by_pytorch(
+            expected_grad = _unpool_by_pytorch(
                 grad, offsets, plane.shape, plane.dtype, kernel, stride, padding
             )
-            if not _same_bits(grad_x, expected):
+            if not _same_bits(grad_x, expected_grad):
                 return False
     return True
 
@@ -273,10 +274,10 @@ class _MaxPool2dOffsets(torch.autograd.Function):
     def backward(ctx: Any, grad_pooled: Tensor) -> tuple:
         (offsets,) = ctx.saved_tensors
         kernel, stride, padding = ctx.window
-        # the C kernel reads the offsets in row-major order (PyTorch's channels-last path, for a
-        # channels-last input, leaves them channels-last)
+        # the offsets point inside their windows whichever kernel found them (PyTorch's checked
+        # the window); the C kernel reads them in row-major order (PyTorch's channels-last path,
+        # for a channels-last input, leaves them channels-last)
         takes = _takes(grad_pooled) and offsets.is_contiguous()
-        takes = takes and _separable(ctx.input_shape[-2:], kernel, stride, padding)
         kernels = _kernel() if takes and ctx.input_dtype == torch.float32 else None
         if kernels is not None:
             grad_x = _unpool_by_kernel(

@@ -102,14 +102,15 @@ def library(name: str) -> ctypes.CDLL | None:
             "\0".join([source.read_text(), compiler, *flags, _cpu()]).encode()
         ).hexdigest()[:16]
         target = cache_root() / "native" / f"{name}-{key}.so"
+        refused = target.with_suffix(".no-openmp")
         # an OpenMP build that failed where the plain one builds is not tried again
-        if flags != _FLAGS and target.with_suffix(".no-openmp").exists():
+        if flags != _FLAGS and refused.exists():
             continue
         if target.exists() or (failure := _build(compiler, flags, source, target)) is None:
             break
         _log.info("spikezoo: %s", failure)
         if flags != _FLAGS:
-            openmp_refused = target.with_suffix(".no-openmp"), failure
+            openmp_refused = refused, failure
     else:
         _log.warning("spikezoo: %s\nPyTorch's kernel runs instead", failure)
         return None
