@@ -80,10 +80,12 @@ def backend_for_work(forward_passes: int, device: torch.device | str) -> str:
     """The backend for a job of ``forward_passes`` forward passes of a model on ``device``.
 
     Where ``"auto"`` would compile the neurons' time loops (``"inductor"``: 15-25 s on a
-    2-core CPU the first time, seconds even with PyTorch's compile cache warm), a job of at
+    2-core CPU the first time, seconds even with PyTorch's compile cache warm; on a CPU it
+    does where the C loops of ``"native"`` cannot run, as without a C compiler), a job of at
     most :data:`EAGER_MAX_FORWARD_PASSES` passes runs them eagerly (``"torch"``): the eager
     loops cost it less than the compile. Every other job gets ``"auto"``: more passes, a
-    device where ``"auto"`` picks a backend that torch does not compile (CuPy on CUDA).
+    device where ``"auto"`` picks a backend that compiles nothing per job (``"native"`` on a
+    CPU, CuPy on CUDA).
     ``SPIKEZOO_BACKEND``, when it names a backend, decides for every job: its value is
     returned (``"auto"`` there means what it means unset). Raises ``ValueError`` for a negative
     ``forward_passes``.

@@ -53,10 +53,12 @@ def _counting(calls: list[str], name: str, loop):
 
 
 def test_builtin_backends_and_auto_order():
-    assert backends.BACKENDS == ("auto", "cupy", "inductor", "torch")
-    assert backends.backend_names() == ["auto", "cupy", "inductor", "torch"]
-    assert backends.AUTO_PRIORITY == ["cupy", "inductor", "torch"]
-    assert backends.resolve_backend("auto", torch.ones(2, 3)) == ("inductor", "torch")
+    assert backends.BACKENDS == ("auto", "cupy", "native", "inductor", "torch")
+    assert backends.backend_names() == ["auto", "cupy", "native", "inductor", "torch"]
+    assert backends.AUTO_PRIORITY == ["cupy", "native", "inductor", "torch"]
+    assert backends.resolve_backend("auto", torch.ones(2, 3)) == ("native", "inductor", "torch")
+    float64 = torch.ones(2, 3, dtype=torch.float64)
+    assert backends.resolve_backend("auto", float64) == ("inductor", "torch")
     assert backends.get_backend("torch").forward is eager.forward
 
 
@@ -102,7 +104,7 @@ def test_auto_skips_an_unavailable_backend_and_naming_it_says_why():
     )
     backends.AUTO_PRIORITY.insert(0, "gpu-only")
     x = torch.ones(2, 3)
-    assert backends.resolve_backend("auto", x) == ("inductor", "torch")
+    assert backends.resolve_backend("auto", x) == ("native", "inductor", "torch")
     with pytest.raises(RuntimeError, match=r"backend='gpu-only' cannot run here: needs a GPU"):
         MultiStepLIF(backend="gpu-only")(x)
 

@@ -160,7 +160,8 @@ def test_auto_prefers_working_cupy_for_cuda_tensors_only(use_cupy):
     use_cupy(fake_cupy())
     assert registry.resolve_backend("auto", fake_input()) == ("cupy", "inductor", "torch")
     assert registry.resolve_backend("auto", fake_input(torch.bfloat16))[0] == "cupy"
-    assert registry.resolve_backend("auto", torch.ones(2, 3)) == ("inductor", "torch")
+    cpu = ("native", "inductor", "torch")
+    assert registry.resolve_backend("auto", torch.ones(2, 3)) == cpu
     assert registry.resolve_backend("auto", fake_input(torch.float64)) == ("inductor", "torch")
     message = r"it supports float32, float16, bfloat16 inputs, not float64"
     with pytest.raises(RuntimeError, match=message):
@@ -201,7 +202,7 @@ def test_environment_backend_replaces_auto_but_not_an_explicit_name(monkeypatch)
     assert registry.resolve_backend("auto", x) == ("torch",)
     assert registry.resolve_backend("inductor", x) == ("inductor",)
     monkeypatch.setenv("SPIKEZOO_BACKEND", " ")
-    assert registry.resolve_backend("auto", x) == ("inductor", "torch")
+    assert registry.resolve_backend("auto", x) == ("native", "inductor", "torch")
 
 
 def test_environment_backend_is_used_as_if_named(monkeypatch):
@@ -224,7 +225,7 @@ def test_environment_backend_is_used_as_if_named(monkeypatch):
 
 def test_environment_backend_with_an_unknown_name_is_an_error(monkeypatch):
     monkeypatch.setenv("SPIKEZOO_BACKEND", "triton")
-    pattern = r"environment variable SPIKEZOO_BACKEND='triton' names no backend; expected one of \['auto', 'cupy', 'inductor', 'torch'\]"  # noqa: E501
+    pattern = r"environment variable SPIKEZOO_BACKEND='triton' names no backend; expected one of \['auto', 'cupy', 'native', 'inductor', 'torch'\]"  # noqa: E501
     with pytest.raises(ValueError, match=pattern):
         multistep_lif(torch.ones(2, 3))
 

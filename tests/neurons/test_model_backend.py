@@ -87,7 +87,7 @@ def enter_use_backend(net: nn.Module, backend: str) -> None:
 @pytest.mark.parametrize("switch", [set_backend, enter_use_backend])
 def test_an_unknown_backend_is_refused_by_the_registry_and_changes_nothing(switch):
     net = Net()
-    pattern = r"unknown backend 'numba'; expected one of \['auto', 'cupy', 'inductor', 'torch'\]"
+    pattern = r"unknown backend 'numba'; expected one of \['auto', 'cupy', 'native', 'inductor', 'torch'\]"  # noqa: E501
     with pytest.raises(ValueError, match=pattern):
         switch(net, "numba")
     assert backends_of(net) == ["torch", "auto", "inductor"]
@@ -107,8 +107,12 @@ def test_a_model_without_neurons_is_refused(model, error, message):
         enter_use_backend(model, "torch")
 
 
-def test_a_job_of_a_few_forward_passes_runs_eagerly_on_a_cpu(monkeypatch):
+def test_a_job_of_a_few_forward_passes_runs_eagerly_where_auto_would_compile(monkeypatch):
     monkeypatch.delenv("SPIKEZOO_BACKEND", raising=False)
+    # As on a CPU without a C compiler: "auto" compiles with inductor.
+    monkeypatch.setattr(
+        "spikezoo.neurons.model_backend.resolve_backend", lambda _b, _x: ("inductor", "torch")
+    )
     assert backend_for_work(0, "cpu") == "torch"
     assert backend_for_work(EAGER_MAX_FORWARD_PASSES, "cpu") == "torch"
     assert backend_for_work(EAGER_MAX_FORWARD_PASSES + 1, "cpu") == "auto"  # the compile pays
@@ -119,7 +123,13 @@ def test_spikezoo_backend_decides_every_job(monkeypatch):
     assert backend_for_work(1, "cpu") == "inductor"
     assert backend_for_work(EAGER_MAX_FORWARD_PASSES + 1, "cpu") == "inductor"
     monkeypatch.setenv("SPIKEZOO_BACKEND", "auto")  # the same as unset
-    assert backend_for_work(1, "cpu") == "torch"
+    assert backend_for_work(1, "cpu") == "auto"
+
+
+def test_a_job_of_few_passes_keeps_auto_on_a_cpu_with_the_c_loops(monkeypatch):
+    monkeypatch.delenv("SPIKEZOO_BACKEND", raising=False)
+    # the C loops of "native" compile nothing per job
+    assert backend_for_work(0, "cpu") == backend_for_work(1, "cpu") == "auto"
 
 
 def test_a_negative_number_of_forward_passes_is_refused():

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from spikezoo.neurons.backends import cupy, eager, inductor
+from spikezoo.neurons.backends import cupy, eager, inductor, native
 from spikezoo.neurons.dynamics import NeuronConfig
 
 __all__ = [
@@ -263,6 +263,15 @@ def run_backward_from_input(
 
 register_backend(
     Backend("cupy", cupy.forward, cupy.backward, cupy.unavailable_reason, cupy.backward_from_input)
+)
+register_backend(
+    Backend(
+        "native",
+        native.forward,
+        native.backward,
+        native.unavailable_reason,
+        native.backward_from_input,
+    )
 )
 register_backend(
     Backend(

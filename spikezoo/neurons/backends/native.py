@@ -1,0 +1,248 @@
+"""Backend ``"native"``: the loops in C on the CPU, float32, with nothing to compile per shape.
+
+The kernels (``spikezoo/native/neurons.c``, built once per machine by :mod:`spikezoo.native`,
+about two seconds) run all T steps of a block of neurons while its membranes stay in cache, one
+pass forward and one back, on PyTorch's OpenMP threads. Charged membranes, spikes and final
+membranes are the eager loops' (:mod:`spikezoo.neurons.dynamics`) bit for bit: the same
+operations, rounded as written. The gradients differ from the eager loops' by the rounding of
+one function, the sigmoid surrogate's exponential (a polynomial within about one ulp, which
+vectorises, where PyTorch calls its own vectorised ``exp``); ``atan``'s are the same bits.
+
+In training the forward pass writes the spikes alone and autograd keeps the input ``x``;
+:func:`backward_from_input` recharges each block's membranes into its rows of ``dL/dx`` and
+overwrites them with the gradient on the way back, so a training step moves five ``[T, N]``
+tensors, as the ``"inductor"`` kernels do, and compiles nothing: no first call of seconds,
+and one kernel for every T.
+
+Each configuration is checked once per process against the eager loops on a small probe
+(spikes and membranes bit for bit, gradients to float32 rounding); a build that computes
+otherwise raises, and ``"auto"`` takes the next backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from spikezoo import native
+from spikezoo.neurons import dynamics
+from spikezoo.neurons.dynamics import NeuronConfig
+
+__all__ = ["SURROGATES", "backward", "backward_from_input", "forward", "unavailable_reason"]
+
+#: Surrogate name -> its number in the C source.
+SURROGATES = {"sigmoid": 0, "atan": 1}
+
+#: Fewer values (``T * N``) than this run on one thread: a parallel region costs more.
+_MIN_PARALLEL_VALUES = 1 << 15
+
+
+class _Neuron(ctypes.Structure):
+    """``neuron_t`` of the C source."""
+
+    _fields_ = [
+        *((name, ctypes.c_int32) for name in ("leaky", "decay_input", "soft_reset")),
+        *((name, ctypes.c_int32) for name in ("detach_reset", "surrogate")),
+        *((name, ctypes.c_float) for name in ("v_threshold", "v_reset", "charge_reset")),
+        *((name, ctypes.c_float) for name in ("alpha", "atan_scale", "atan_height", "k")),
+    ]
+
+
+_POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+_NO_LIBRARY = "no C compiler could build spikezoo/native/neurons.c here (see the log)"
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    library = native.library("neurons")
+    if library is None:
+        return None
+    forward_loop, backward_loop = library.neurons_forward_f32, library.neurons_backward_f32
+    forward_loop.argtypes = [ctypes.POINTER(_Neuron), _POINTER, _SIZE, _SIZE, _POINTER, _FLAG]
+    forward_loop.argtypes += [*[_POINTER] * 3, _FLAG]
+    forward_loop.restype = None
+    backward_loop.argtypes = [ctypes.POINTER(_Neuron), _POINTER, _POINTER, _FLAG, _POINTER]
+    backward_loop.argtypes += [_POINTER, _POINTER, _FLAG, _SIZE, _SIZE, *[_POINTER] * 3, _FLAG]
+    backward_loop.restype = ctypes.c_int
+    return library
+
+
+def unavailable_reason(x: Tensor) -> str | None:
+    """Why the C loops cannot run on ``x`` (``None``: they can)."""
+    if x.device.type != "cpu":
+        return f"it runs on CPU tensors only, but the input is on {x.device}"
+    if x.dtype != torch.float32:
+        return f"it runs on float32 input only, but the input is {x.dtype}"
+    if _library() is None:
+        return _NO_LIBRARY
+    return None
+
+
+def _neuron(cfg: NeuronConfig, k: Tensor) -> _Neuron:
+    if cfg.surrogate not in SURROGATES:
+        raise ValueError(
+            f"backend 'native' has loops for the surrogates {sorted(SURROGATES)}, not "
+            f"{cfg.surrogate!r}; use backend='inductor' or 'torch' for a registered surrogate"
+        )
+    # ctypes rounds each Python float to float32 as PyTorch rounds a scalar operand
+    return _Neuron(
+        leaky=cfg.leaky,
+        decay_input=cfg.decay_input,
+        soft_reset=cfg.v_reset is None,
+        detach_reset=cfg.detach_reset,
+        surrogate=SURROGATES[cfg.surrogate],
+        v_threshold=cfg.v_threshold,
+        v_reset=0.0 if cfg.v_reset is None else cfg.v_reset,
+        charge_reset=cfg.charge_reset,
+        alpha=cfg.alpha,
+        atan_scale=math.pi / 2 * cfg.alpha,
+        atan_height=cfg.alpha / 2,
+        k=float(k),
+    )
+
+
+def _probe_input() -> Tensor:
+    """``[5, 1031]``: membranes that land on, just below and just above the threshold, NaN,
+    infinities, and a partial block of neurons."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 1031, generator=generator, dtype=torch.float32) * 2 + 0.5
+    x[:, :8] = torch.tensor([1.0, 0.5, 0.25, float("nan"), float("inf"), -float("inf"), 0.0, -0.0])
+    return x
+
+
+@functools.cache
+def _probe_failure(cfg: NeuronConfig) -> str | None:
+    """``None`` if the C loops compute the eager loops' spikes and membranes bit for bit, and
+    their gradients to float32 rounding, for ``cfg`` on a probe; else what differed."""
+    x, k = _probe_input(), torch.tensor(1 / 3, dtype=torch.float32)
+    v_init = torch.linspace(-1.0, 1.0, x.shape[1], dtype=torch.float32)
+    grad_spikes = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    grad_v = torch.linspace(1.0, -1.0, x.shape[1], dtype=torch.float32)
+    library, neuron = _library(), _neuron(cfg, k)
+    expected = dynamics.forward_sequence(x, v_init, k, cfg, True)
+    got = _forward(library, neuron, x, v_init, True, True)
+    reference = dynamics.backward_sequence(grad_spikes, grad_v, expected[1], v_init, k, cfg, True)
+    try:
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        for charged, saved_x in ((got[1], None), (None, x)):
+            gradients = _backward(library, neuron, cfg, grad_spikes, grad_v, charged, saved_x,
+                                  v_init, k, True, True)  # fmt: skip
+            for a, b in zip(gradients, reference, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, equal_nan=True)
+    except AssertionError as error:
+        return str(error)
+    return None
+
+
+def _pointer(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _float32(t: Tensor) -> Tensor:
+    return t.detach().to(torch.float32).contiguous()
+
+
+def _threads(values: int) -> int:
+    return torch.get_num_threads() if values >= _MIN_PARALLEL_VALUES else 1
+
+
+def _loops(cfg: NeuronConfig, k: Tensor) -> tuple[ctypes.CDLL, _Neuron]:
+    """The library and the C configuration, once this configuration passed the probe."""
+    neuron = _neuron(cfg, k)
+    library = _library()
+    if library is None:
+        raise RuntimeError(f"backend 'native' cannot run here: {_NO_LIBRARY}")
+    if (failure := _probe_failure(cfg)) is not None:
+        raise RuntimeError(
+            f"backend 'native' does not reproduce the eager loops for {cfg} on this machine "
+            f"(its build computes otherwise); use backend='inductor' or 'torch'.\n{failure}"
+        )
+    return library, neuron
+
+
+def _forward(library, neuron, x, v_init, keep_charged, final_needed):
+    steps, neurons = x.shape
+    spikes = torch.empty_like(x)
+    charged = torch.empty_like(x) if keep_charged else None
+    v_final = x.new_empty(neurons) if final_needed else None
+    library.neurons_forward_f32(
+        ctypes.byref(neuron), x.data_ptr(), steps, neurons, v_init.data_ptr(), v_init.dim() > 0,
+        spikes.data_ptr(), _pointer(charged), _pointer(v_final), _threads(x.numel()),
+    )  # fmt: skip
+    return spikes, charged, v_final
+
+
+def forward(
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    keep_charged: bool,
+    final_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`spikezoo.neurons.dynamics.forward_sequence` for ``x [T, N]`` float32 on the CPU;
+    ``v_init`` (``[N]`` or ``[]``) and ``k`` (``[]``) float32."""
+    library, neuron = _loops(cfg, k)
+    return _forward(library, neuron, x.contiguous(), _float32(v_init), keep_charged, final_needed)
+
+
+def _backward(library, neuron, cfg, grad_spikes, grad_v, charged, x, v_init, k, grad_k_needed,
+              grad_v_needed):  # fmt: skip
+    saved = charged if charged is not None else x
+    steps, neurons = saved.shape
+    grad_spikes, grad_v, v_init = (_float32(t) for t in (grad_spikes, grad_v, v_init))
+    grad_x = torch.empty_like(saved)
+    grad_v_init = saved.new_empty(neurons) if grad_v_needed else None
+    grad_k_needed = grad_k_needed and cfg.leaky
+    grad_k_sum = ctypes.c_double(0.0)
+    failed = library.neurons_backward_f32(
+        ctypes.byref(neuron), grad_spikes.data_ptr(), grad_v.data_ptr(), grad_v.dim() > 0,
+        _pointer(charged), _pointer(x), v_init.data_ptr(), v_init.dim() > 0, steps, neurons,
+        grad_x.data_ptr(), _pointer(grad_v_init),
+        ctypes.byref(grad_k_sum) if grad_k_needed else None, _threads(saved.numel()),
+    )  # fmt: skip
+    if failed:
+        raise MemoryError(f"backend 'native': no memory for the dL/dk sums of {neurons} neurons")
+    grad_k = torch.tensor(grad_k_sum.value, dtype=torch.float32)
+    if grad_k_needed:
+        grad_k = dynamics.finish_grad_k(grad_k, _float32(k), cfg)
+    return grad_x, grad_v_init, grad_k
+
+
+def backward(
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    charged: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+    grad_v_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """:func:`spikezoo.neurons.dynamics.backward_sequence` from the kept ``charged [T, N]``."""
+    library, neuron = _loops(cfg, k)
+    return _backward(library, neuron, cfg, grad_spikes, grad_v, charged.contiguous(), None,
+                     v_init, k, grad_k_needed, grad_v_needed)  # fmt: skip
+
+
+def backward_from_input(
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    x: Tensor,
+    v_init: Tensor,
+    k: Tensor,
+    cfg: NeuronConfig,
+    grad_k_needed: bool,
+    grad_v_needed: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """:func:`backward` with the charged membranes recharged from the forward pass's input
+    ``x [T, N]``, block by block, in the rows of ``dL/dx`` they leave to their gradient."""
+    library, neuron = _loops(cfg, k)
+    return _backward(library, neuron, cfg, grad_spikes, grad_v, None, x.contiguous(), v_init,
+                     k, grad_k_needed, grad_v_needed)  # fmt: skip
