@@ -9,10 +9,13 @@ Implementations (``--impls``):
 
 - ``spikezoo-torch``: ``spikezoo.neurons.MultiStepLIF(backend="torch")`` (eager loops in one
   custom autograd function that saves the charged membrane, one ``[N]`` tensor per step);
-- ``spikezoo-inductor``: the same with ``backend="inductor"`` (``"auto"`` picks it too); the
-  loops are compiled by ``torch.compile`` on the first call, which the warm-up absorbs and which
-  is reported on its own; it saves the input ``x`` instead of the membranes and recharges them
-  inside the backward kernel;
+- ``spikezoo-native``: the same with ``backend="native"`` (``"auto"`` picks it on a CPU): the
+  loops in C (``spikezoo/native/neurons.c``), nothing compiled per shape; it saves the input
+  ``x`` instead of the membranes and recharges them in its backward pass;
+- ``spikezoo-inductor``: the same with ``backend="inductor"`` (``"auto"``'s choice on a CPU
+  where the C loops cannot run); the loops are compiled by ``torch.compile`` on the first call,
+  which the warm-up absorbs and which is reported on its own; it saves the input ``x`` too and
+  recharges the membranes inside the backward kernel;
 - ``spikingjelly``: ``neuron.LIFNode(step_mode="m", detach_reset=True,
   surrogate_function=surrogate.Sigmoid())``, its default CPU path, ``reset()`` before each call;
 - ``snntorch``: ``snn.Leaky(beta=0.5, reset_mechanism="zero", spike_grad=sigmoid(slope=4))``
@@ -37,7 +40,8 @@ six such tensors (forward: read ``x``, write the spikes and the charged membrane
 read the gradient and the membranes, write ``dx``); each spikezoo row reports that traffic over
 its median time as a fraction of the add's bandwidth (1.00: at the add's roofline). The
 ``"inductor"`` backend recharges the membranes from ``x`` in its backward kernel and moves five
-tensors (two of them freshly allocated, as against the add's one), so its row can pass 1.00.
+tensors (two of them freshly allocated, as against the add's one), as does ``"native"``, so
+their rows can pass 1.00.
 
 Memory: (a) bytes of the tensors autograd keeps for backward, seen by
 ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, so views and repeats count once);
@@ -82,8 +86,8 @@ TAU = 2.0
 V_THRESHOLD = 1.0
 V_RESET = 0.0
 ALPHA = 4.0
-IMPLS = ("spikezoo-torch", "spikezoo-inductor", "spikingjelly", "snntorch")
-SPIKEZOO = ("spikezoo-torch", "spikezoo-inductor")
+IMPLS = ("spikezoo-torch", "spikezoo-native", "spikezoo-inductor", "spikingjelly", "snntorch")
+SPIKEZOO = ("spikezoo-torch", "spikezoo-native", "spikezoo-inductor")
 PACKAGES = ("spikezoo-vit", "spikingjelly", "snntorch")
 MiB = 2**20
 WARMUP_N = 65536  # neurons in the RSS child's warm-up call (above ATen's parallel grain size)
@@ -436,6 +440,13 @@ def _case_notes(case: dict) -> list[str]:
             f"tensor add `x + g` in the same rounds: {add['median_s'] * 1e3:.2f} ms, "
             f"{add['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; a LIF forward+backward moves at "
             f"least {LIF_TENSORS_MOVED * case['input_bytes'] / 1e6:.0f} MB"
+        )
+    row = case["rows"].get("spikezoo-native", {})
+    if "first_call_s" in row:
+        notes.append(
+            f"spikezoo-native first call {row['first_call_s'] * 1e3:.1f} ms (loads the C library, "
+            f"built once per machine, and checks the configuration on a probe; steady "
+            f"{row['median_s'] * 1e3:.2f} ms)"
         )
     row = case["rows"].get("spikezoo-inductor", {})
     if "first_call_s" in row and not case["dynamo_frames_compiled"]:

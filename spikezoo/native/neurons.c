@@ -161,28 +161,32 @@ void neurons_forward_f32(const neuron_t *n, const float *x, int64_t steps, int64
 #define MULTIPLY_ADD(a, b, c) ((a) * (b) + (c))
 #endif
 
-/* e^x, within about one ulp: infinite above ln(FLT_MAX), 0 below -86 (where e^x is still a
-   normal float, about 4e-38, which the sigmoid adds to 1); NaN stays NaN. */
+/* e^x within about one ulp for x in [-86, 89], infinite where it passes FLT_MAX, NaN for NaN;
+   below -86 it is e^-86 (about 4e-38), which changes nothing where the sigmoid adds it to 1. */
 static inline float exp_f32(float x) {
-    const float clamped = x < -86.0f ? -86.0f : x > 88.72f ? 88.72f : x;
-    /* n = round(x / ln 2), in [-124, 128]: adding 1.5 * 2^23 leaves no bits below the unit */
-    const float n = MULTIPLY_ADD(clamped, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+    /* 1.5 * 2^23 + 126: a sum with it is rounded to a whole number, n + 126, which its low
+       mantissa bits hold */
+    const float shifter = 12583038.0f;
+    x = x < -86.0f ? -86.0f : x > 89.0f ? 89.0f : x;
+    const float shifted = MULTIPLY_ADD(x, 1.44269504088896341f, shifter);
+    const float n = shifted - shifter; /* round(x / ln 2), in [-124, 128] */
     /* ln 2 in two parts; n * 0.693359375f is exact */
-    const float r = MULTIPLY_ADD(n, 2.12194440e-4f, MULTIPLY_ADD(n, -0.693359375f, clamped));
-    float p = 1.9875691500e-4f;
-    p = MULTIPLY_ADD(p, r, 1.3981999507e-3f);
-    p = MULTIPLY_ADD(p, r, 8.3334519073e-3f);
-    p = MULTIPLY_ADD(p, r, 4.1665795894e-2f);
-    p = MULTIPLY_ADD(p, r, 1.6666665459e-1f);
-    p = MULTIPLY_ADD(p, r, 5.0000001201e-1f);
-    p = MULTIPLY_ADD(p, r * r, r + 1.0f);
-    /* 2^n as 2^(n - 1) * 2, each a normal float */
+    const float r = MULTIPLY_ADD(n, 2.12194440e-4f, MULTIPLY_ADD(n, -0.693359375f, x));
+    /* 2 e^r: Cephes' expf polynomial times two (exactly) */
+    float p = 3.9751383000e-4f;
+    p = MULTIPLY_ADD(p, r, 2.7963999014e-3f);
+    p = MULTIPLY_ADD(p, r, 1.6666903815e-2f);
+    p = MULTIPLY_ADD(p, r, 8.3331591788e-2f);
+    p = MULTIPLY_ADD(p, r, 3.3333330918e-1f);
+    p = MULTIPLY_ADD(p, r, 1.0000000240e+0f);
+    p = MULTIPLY_ADD(p, r * r, MULTIPLY_ADD(r, 2.0f, 2.0f));
+    /* times 2^(n - 1), a normal float: its biased exponent n + 126 shifted into place */
     union {
-        int32_t bits;
         float value;
-    } half_scale = {.bits = ((int32_t)n + 126) << 23};
-    const float e = p * half_scale.value * 2.0f;
-    return x > 88.7228394f ? (float)INFINITY : x < -86.0f ? 0.0f : e;
+        int32_t bits;
+    } scale = {.value = shifted};
+    scale.bits <<= 23;
+    return p * scale.value;
 }
 
 /* The surrogate dS/du at u = h - threshold, as spikezoo/neurons/surrogate.py computes it. */
