@@ -38,19 +38,35 @@ COMPILE_NOTE = (
 )
 
 
+def first_backend(model: nn.Module, backend: str) -> str:
+    """The backend that a neuron of ``model`` set to ``backend`` runs first on the model's
+    device and dtype: ``backend`` itself, or for ``"auto"`` the first it resolves to."""
+    import torch
+
+    from spikezoo.neurons.backends import resolve_backend
+
+    if backend != "auto":
+        return backend
+    parameter = next(model.parameters(), None)
+    like = torch.empty(0) if parameter is None else parameter.new_empty(0)
+    return resolve_backend("auto", like)[0]
+
+
 def note_compilation(command: str, model: nn.Module) -> None:
-    """Print :data:`COMPILE_NOTE` on stderr unless every neuron of ``model`` runs eagerly."""
+    """Print :data:`COMPILE_NOTE` on stderr where a neuron of ``model`` runs on ``"inductor"``
+    (``torch.compile``), not where every neuron runs eagerly or on kernels already built."""
     from spikezoo.neurons import MultiStepNeuron
 
     neurons = [m for m in model.modules() if isinstance(m, MultiStepNeuron)]
-    if any(neuron.backend != "torch" for neuron in neurons):
+    if any(first_backend(model, neuron.backend) == "inductor" for neuron in neurons):
         print(f"spikezoo {command}: {COMPILE_NOTE}", file=sys.stderr, flush=True)
 
 
 def choose_backend(
     model: nn.Module, requested: str | None, forward_passes: int, device: torch.device
 ) -> str:
-    """Give every neuron of ``model`` its backend and return the backend's name.
+    """Give every neuron of ``model`` its backend and return the name of the one that runs
+    (for ``"auto"``, what it resolves to first: :func:`first_backend`).
 
     ``requested`` (a command's ``--backend``) wins. Without it the work decides: a command of a
     few forward passes runs its neurons eagerly rather than wait for ``torch.compile``
@@ -69,7 +85,7 @@ def choose_backend(
     # A model without neurons has no backend to set; the command's own check says what is wrong.
     if any(isinstance(module, MultiStepNeuron) for module in model.modules()):
         set_backend(model, backend)
-    return backend
+    return first_backend(model, backend)
 
 
 def spikezoo_names(pretrained: bool = False) -> list[str]:

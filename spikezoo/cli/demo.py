@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     image = ((default_image(channels, height, width) - mean) / std).unsqueeze(0)
 
     note_compilation("demo", model)
-    compiling = "" if backend == "torch" else " (the neurons' kernels compile first)"
+    compiling = " (the neurons' kernels compile first)" if backend == "inductor" else ""
     if not args.pretrained:
         with progress(COMMAND, f"calibrating BatchNorm on the input{compiling}"):
             calibrate_batchnorm(model, image)

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        help="neuron backend for every neuron: auto, torch, inductor (default: torch, eager, "
-        "for up to 20 forward passes, else auto)",
+        help="neuron backend for every neuron: auto, native, torch, inductor, cupy (default: "
+        "auto; torch, eager, for up to 20 forward passes where auto would compile with inductor)",
     )
     parser.add_argument("--device", help="where to run, e.g. cpu, cuda:0 (default: cuda if any)")
     parser.add_argument(
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{image_path}: {error}" if args.image else str(error)) from None
     sample = sample.to(device)
     note_compilation("profile", model)
-    compiling = "" if backend == "torch" else " (the neurons' kernels compile first)"
+    compiling = " (the neurons' kernels compile first)" if backend == "inductor" else ""
     if calibrated:
         with progress(COMMAND, f"calibrating BatchNorm on the image{compiling}"):
             calibrate_batchnorm(model, sample)

@@ -1,10 +1,10 @@
 """Back-propagation through time as one custom autograd function.
 
 The forward loop keeps a single tensor per step, the charged membrane ``h[t]``, or, on a
-backend with a ``backward_from_input`` (``"inductor"``, ``"cupy"``), only the input ``x`` it
-was given; the backward loop walks the steps in reverse and recomputes what it needs from
-that, instead of keeping the autograd graph of the whole loop. Both loops run on a backend of
-:mod:`spikezoo.neurons.backends`.
+backend with a ``backward_from_input`` (``"native"``, ``"inductor"``, ``"cupy"``), only the
+input ``x`` it was given; the backward loop walks the steps in reverse and recomputes what it
+needs from that, instead of keeping the autograd graph of the whole loop. Both loops run on a
+backend of :mod:`spikezoo.neurons.backends`.
 """
 
 from __future__ import annotations

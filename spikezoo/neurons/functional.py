@@ -11,11 +11,14 @@ Back-propagation through time is one custom autograd function
 Its two loops run on a backend of :mod:`spikezoo.neurons.backends`:
 
 - ``"torch"``: plain eager PyTorch, on any device;
+- ``"native"``: the same loops in C on the CPU (float32), built once per machine, nothing
+  compiled per shape;
 - ``"inductor"``: the same loops fused by ``torch.compile`` (C++/OpenMP on the CPU, Triton on
   CUDA), compiled once per configuration and cached by PyTorch on disk;
 - ``"auto"``: the first available backend of
-  :data:`spikezoo.neurons.backends.AUTO_PRIORITY` (``"inductor"``, then ``"torch"``),
-  falling back to the next one without noise where one fails.
+  :data:`spikezoo.neurons.backends.AUTO_PRIORITY` (``"cupy"`` on CUDA, ``"native"`` on a CPU,
+  then ``"inductor"``, then ``"torch"``), falling back to the next one without noise where one
+  fails.
 
 Half-precision inputs (``float16``/``bfloat16``, e.g. under autocast) are integrated in float32;
 spikes come back in the input dtype.

@@ -37,8 +37,8 @@ class MultiStepNeuron(SpikingNeuron):
         surrogate: name of the surrogate gradient (``"sigmoid"``, ``"atan"``, or registered).
         alpha: surrogate sharpness; ``None`` takes the surrogate's default (4 or 2).
         detach_reset: stop the gradient through the reset (the papers' choice).
-        backend: ``"auto"``, ``"torch"``, ``"inductor"`` or another registered backend; see
-            :mod:`spikezoo.neurons.backends`.
+        backend: ``"auto"``, ``"torch"``, ``"native"``, ``"inductor"``, ``"cupy"`` or another
+            registered backend; see :mod:`spikezoo.neurons.backends`.
 
     Arguments that would run but give garbage (``alpha <= 0``, ``v_threshold <= v_reset``, a
     non-finite number, ...) raise ``ValueError`` naming the argument; see

@@ -10,6 +10,7 @@ from spikezoo.cli.common import COMPILE_NOTE, note_compilation
 from spikezoo.cli.demo import default_image
 from spikezoo.models._registry import timm_module_name
 from spikezoo.neurons import set_backend
+from spikezoo.neurons.backends import native
 
 
 def test_version(capsys):
@@ -38,6 +39,7 @@ def test_list_shows_every_family_and_tags(capsys):
     assert "spikingresformer_s.in1k" in tags and all(t.startswith("spikingresformer") for t in tags)
 
 
+@pytest.mark.usefixtures("auto_backend_as_users_have_it")
 def test_demo_runs_on_the_built_in_input(capsys):
     assert main(["demo", "--model", "sdt_2_256_cifar", "--time-steps", "2"]) == 0
     captured = capsys.readouterr()
@@ -46,8 +48,9 @@ def test_demo_runs_on_the_built_in_input(capsys):
     lines = captured.out.splitlines()
     rates = [float(line.split()[-1]) for line in lines if line.startswith("  blocks.")]
     assert len(rates) == 14 and any(r > 0 for r in rates) and all(0 <= r <= 1 for r in rates)
-    # Two forward passes: the neurons run eagerly, with no compile and so no compile note.
-    assert "neurons on the torch backend" in captured.out
+    # Two forward passes: the C loops, or eagerly where they cannot be built; no compile note.
+    expected = "native" if native.unavailable_reason(torch.ones(1)) is None else "torch"
+    assert f"neurons on the {expected} backend" in captured.out
     assert COMPILE_NOTE not in captured.err
 
 
@@ -57,10 +60,16 @@ def test_default_image_is_deterministic_and_in_range():
     assert torch.equal(image, default_image(2, 16, 24))
 
 
-def test_the_compile_note_is_said_unless_every_neuron_runs_eagerly(capsys):
-    model = timm.create_model("sdt_2_256_cifar")
+@pytest.mark.usefixtures("auto_backend_as_users_have_it")
+def test_the_compile_note_is_said_where_a_neuron_compiles_with_inductor(capsys):
+    model = set_backend(timm.create_model("sdt_2_256_cifar"), "inductor")
     note_compilation("profile", model)
     assert capsys.readouterr().err == f"spikezoo profile: {COMPILE_NOTE}\n"
-    set_backend(model, "torch")
-    note_compilation("profile", model)
+    for backend in ("torch", "native"):
+        note_compilation("profile", set_backend(model, backend))
+        assert capsys.readouterr().err == ""
+    # "auto" says it only where it resolves to inductor: float64 (the C loops are float32)
+    note_compilation("profile", set_backend(model, "auto"))
     assert capsys.readouterr().err == ""
+    note_compilation("profile", model.double())
+    assert capsys.readouterr().err == f"spikezoo profile: {COMPILE_NOTE}\n"

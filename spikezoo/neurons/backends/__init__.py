@@ -6,7 +6,8 @@ A backend is a :class:`Backend` record: its ``forward`` and ``backward`` take th
 ``unavailable_reason(x)`` says why it cannot run on the input ``x`` (``None``: it can).
 
 ``backend="auto"`` walks :data:`AUTO_PRIORITY` and takes the first backend available for the
-input: ``"cupy"`` for CUDA tensors where CuPy works, then ``"inductor"``, then ``"torch"``. If
+input: ``"cupy"`` for CUDA tensors where CuPy works, ``"native"`` for float32 CPU tensors where
+a C compiler built its loops, then ``"inductor"``, then ``"torch"``. If
 that backend then fails (for example, ``torch.compile`` finds no C++ compiler), the failure is
 logged at debug level, remembered for that device, dtype and configuration, and the next one
 runs instead. A backend named explicitly is never replaced: its errors propagate.
