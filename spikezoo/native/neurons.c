@@ -31,7 +31,7 @@
 /* The static configuration: NeuronConfig's fields and the decay k. */
 typedef struct {
     int32_t leaky;        /* LIF or PLIF, else IF */
-    int32_t decay_input;  /* leaky form: h = v + (x - (v - rest)) * k, else v - (v - rest) * k + x */
+    int32_t decay_input;  /* h = v + (x - (v - rest)) * k, else v - (v - rest) * k + x */
     int32_t soft_reset;   /* v_reset is None: subtract the threshold */
     int32_t detach_reset; /* no gradient through the reset */
     int32_t surrogate;    /* 0: sigmoid, 1: atan */
@@ -77,17 +77,19 @@ static int64_t span_for(int64_t steps) {
 static int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Steps [0, steps) of the neurons [i0, i0 + count), from the membranes v (updated in place).
-   spikes and charged (either may be NULL) are written at the same offsets as x. */
+   Step t of x starts at x + t * x_step (x_step 0: the same input at every step); spikes and
+   charged (either may be NULL) are [steps, neurons]. */
 static inline __attribute__((always_inline)) void
 charge_tile(charge_kind kind, int soft, const neuron_t *n, const float *restrict x,
-             int64_t steps, int64_t neurons, int64_t i0, int64_t count, float *restrict v,
-             float *restrict spikes, float *restrict charged) {
+            int64_t x_step, int64_t steps, int64_t neurons, int64_t i0, int64_t count,
+            float *restrict v, float *restrict spikes, float *restrict charged) {
     const float threshold = n->v_threshold, v_reset = n->v_reset, rest = n->charge_reset;
     const float k = n->k;
     for (int64_t t = 0; t < steps; t++) {
         const int64_t row = t * neurons + i0;
+        const float *restrict x_row = x + t * x_step + i0;
         for (int64_t i = 0; i < count; i++) {
-            const float h = charge(kind, x[row + i], v[i], rest, k);
+            const float h = charge(kind, x_row[i], v[i], rest, k);
             if (spikes != NULL) spikes[row + i] = h != h ? h : (float)(h >= threshold);
             if (charged != NULL) charged[row + i] = h;
             v[i] = after_spike(soft, h, threshold, v_reset);
@@ -95,25 +97,29 @@ charge_tile(charge_kind kind, int soft, const neuron_t *n, const float *restrict
     }
 }
 
-static void charge_tile_of(const neuron_t *n, const float *x, int64_t steps, int64_t neurons,
-                            int64_t i0, int64_t count, float *v, float *spikes, float *charged) {
-    const charge_kind kind = kind_of(n);
+static void charge_tile_of(const neuron_t *n, const float *x, int64_t x_step, int64_t steps,
+                           int64_t neurons, int64_t i0, int64_t count, float *v, float *spikes,
+                           float *charged) {
     /* one specialised loop per (charge, reset) pair */
+#define CHARGE(kind, soft) \
+    charge_tile(kind, soft, n, x, x_step, steps, neurons, i0, count, v, spikes, charged)
+    const charge_kind kind = kind_of(n);
     if (n->soft_reset) {
         if (kind == INTEGRATE)
-            charge_tile(INTEGRATE, 1, n, x, steps, neurons, i0, count, v, spikes, charged);
+            CHARGE(INTEGRATE, 1);
         else if (kind == LEAK_INPUT)
-            charge_tile(LEAK_INPUT, 1, n, x, steps, neurons, i0, count, v, spikes, charged);
+            CHARGE(LEAK_INPUT, 1);
         else
-            charge_tile(LEAK_MEMBRANE, 1, n, x, steps, neurons, i0, count, v, spikes, charged);
+            CHARGE(LEAK_MEMBRANE, 1);
     } else {
         if (kind == INTEGRATE)
-            charge_tile(INTEGRATE, 0, n, x, steps, neurons, i0, count, v, spikes, charged);
+            CHARGE(INTEGRATE, 0);
         else if (kind == LEAK_INPUT)
-            charge_tile(LEAK_INPUT, 0, n, x, steps, neurons, i0, count, v, spikes, charged);
+            CHARGE(LEAK_INPUT, 0);
         else
-            charge_tile(LEAK_MEMBRANE, 0, n, x, steps, neurons, i0, count, v, spikes, charged);
+            CHARGE(LEAK_MEMBRANE, 0);
     }
+#undef CHARGE
 }
 
 static void load_membranes(float *v, const float *source, int per_neuron, int64_t i0,
@@ -122,32 +128,34 @@ static void load_membranes(float *v, const float *source, int per_neuron, int64_
 }
 
 /* The steps of the neurons [i0, i0 + count) from their membranes v (updated), chunk by chunk,
-   tile by tile; spikes and charged (either may be NULL) are written at the offsets of x. */
-static void charge_span(const neuron_t *n, const float *x, int64_t steps, int64_t neurons,
-                        int64_t i0, int64_t count, float *v, float *spikes, float *charged) {
+   tile by tile, as charge_tile takes them. */
+static void charge_span(const neuron_t *n, const float *x, int64_t x_step, int64_t steps,
+                        int64_t neurons, int64_t i0, int64_t count, float *v, float *spikes,
+                        float *charged) {
     for (int64_t t0 = 0; t0 < steps; t0 += CHUNK) {
         const int64_t offset = t0 * neurons;
         for (int64_t j = 0; j < count; j += TILE)
-            charge_tile_of(n, x + offset, smaller(CHUNK, steps - t0), neurons, i0 + j,
-                            smaller(TILE, count - j), v + j,
-                            spikes == NULL ? NULL : spikes + offset,
-                            charged == NULL ? NULL : charged + offset);
+            charge_tile_of(n, x + t0 * x_step, x_step, smaller(CHUNK, steps - t0), neurons,
+                           i0 + j, smaller(TILE, count - j), v + j,
+                           spikes == NULL ? NULL : spikes + offset,
+                           charged == NULL ? NULL : charged + offset);
     }
 }
 
-/* forward_sequence over x [steps, neurons]: spikes [steps, neurons], the charged membranes
-   (unless charged is NULL) and the final membranes v_final [neurons] (unless NULL), from
-   v_init ([neurons] if v_init_per_neuron, else one value). At most `threads` threads. */
-void neurons_forward_f32(const neuron_t *n, const float *x, int64_t steps, int64_t neurons,
-                         const float *v_init, int v_init_per_neuron, float *spikes,
-                         float *charged, float *v_final, int threads) {
+/* forward_sequence over x [steps, neurons] (step t at x + t * x_step): spikes [steps,
+   neurons], the charged membranes (unless charged is NULL) and the final membranes v_final
+   [neurons] (unless NULL), from v_init ([neurons] if v_init_per_neuron, else one value). At
+   most `threads` threads. */
+void neurons_forward_f32(const neuron_t *n, const float *x, int64_t x_step, int64_t steps,
+                         int64_t neurons, const float *v_init, int v_init_per_neuron,
+                         float *spikes, float *charged, float *v_final, int threads) {
     const int64_t span = span_for(steps), spans = (neurons + span - 1) / span;
 #pragma omp parallel for schedule(static) num_threads(threads_for(spans, threads))
     for (int64_t index = 0; index < spans; index++) {
         const int64_t i0 = index * span, count = smaller(span, neurons - i0);
         float v[SPAN];
         load_membranes(v, v_init, v_init_per_neuron, i0, count);
-        charge_span(n, x, steps, neurons, i0, count, v, spikes, charged);
+        charge_span(n, x, x_step, steps, neurons, i0, count, v, spikes, charged);
         if (v_final != NULL)
             for (int64_t i = 0; i < count; i++) v_final[i0 + i] = v[i];
     }
@@ -229,21 +237,21 @@ static void step_back_of(const neuron_t *n, const float *h, const float *g, floa
                          float *out, float scale, int64_t count) {
     /* one specialised loop per (leak, reset, detach_reset, surrogate) */
 #define SURROGATE(leaky, soft, detach)                                      \
-    if (n->surrogate)                                                       \
+    if (n->surrogate)                                                      \
         step_back(leaky, soft, detach, 1, n, h, g, grad_v, out, scale, count); \
-    else                                                                    \
+    else                                                                   \
         step_back(leaky, soft, detach, 0, n, h, g, grad_v, out, scale, count)
-#define DETACH(leaky, soft)      \
-    if (n->detach_reset) {       \
+#define DETACH(leaky, soft)        \
+    if (n->detach_reset) {         \
         SURROGATE(leaky, soft, 1); \
-    } else {                     \
+    } else {                       \
         SURROGATE(leaky, soft, 0); \
     }
-#define RESET(leaky)      \
-    if (n->soft_reset) {  \
-        DETACH(leaky, 1)  \
-    } else {              \
-        DETACH(leaky, 0)  \
+#define RESET(leaky)     \
+    if (n->soft_reset) { \
+        DETACH(leaky, 1) \
+    } else {             \
+        DETACH(leaky, 0) \
     }
     if (n->leaky) {
         RESET(1)
@@ -255,7 +263,7 @@ static void step_back_of(const neuron_t *n, const float *h, const float *g, floa
 #undef SURROGATE
 }
 
-/* The sum over the block of dL/dh * dh/dk for one step, as backward_steps adds it (dh/dk for
+/* The sum over a tile of dL/dh * dh/dk for one step, as backward_steps adds it (dh/dk for
    decay_input not yet divided by k). v_prev: the membranes before the step (h_prev reset, or
    v_init at the first step). */
 static double decay_gradient(const neuron_t *n, const float *restrict h,
@@ -283,14 +291,15 @@ static double decay_gradient(const neuron_t *n, const float *restrict h,
 /* Back-propagation through time of neurons_forward_f32 over [steps, neurons]: dL/dx into
    grad_x, dL/dv_init into grad_v_init (unless NULL) and the decay's summed term into
    *grad_k (unless NULL; the caller divides it by k under decay_input). The charged membranes
-   are read from `charged`, or recharged from x where charged is NULL. grad_v is dL/dv_final
+   are read from `charged`, or recharged from x (step t at x + t * x_step) where charged is
+   NULL. grad_v is dL/dv_final
    ([neurons] if grad_v_per_neuron, else one value). Returns 0, or 1 where memory for the
-   per-block sums of dL/dk could not be had. At most `threads` threads. */
+   per-span sums of dL/dk could not be had. At most `threads` threads. */
 int neurons_backward_f32(const neuron_t *n, const float *grad_spikes, const float *grad_v,
                          int grad_v_per_neuron, const float *charged, const float *x,
-                         const float *v_init, int v_init_per_neuron, int64_t steps,
-                         int64_t neurons, float *grad_x, float *grad_v_init, double *grad_k,
-                         int threads) {
+                         int64_t x_step, const float *v_init, int v_init_per_neuron,
+                         int64_t steps, int64_t neurons, float *grad_x, float *grad_v_init,
+                         double *grad_k, int threads) {
     const int64_t span = span_for(steps), spans = (neurons + span - 1) / span;
     double *span_sums = NULL;
     if (grad_k != NULL && n->leaky && (span_sums = calloc(spans, sizeof(double))) == NULL)
@@ -305,7 +314,7 @@ int neurons_backward_f32(const neuron_t *n, const float *grad_spikes, const floa
         float gv[SPAN], grad_h[TILE];
         if (charged == NULL) {
             load_membranes(gv, v_init, v_init_per_neuron, i0, count);
-            charge_span(n, x, steps, neurons, i0, count, gv, NULL, grad_x);
+            charge_span(n, x, x_step, steps, neurons, i0, count, gv, NULL, grad_x);
         }
         load_membranes(gv, grad_v, grad_v_per_neuron, i0, count);
         double sum = 0.0;

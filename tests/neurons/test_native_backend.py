@@ -102,6 +102,32 @@ def test_backward_gives_the_eager_loops_gradients(cfg, steps, neurons, saved):
     _assert_same(lean[:1], actual[:1])
 
 
+@pytest.mark.parametrize("layout", ["broadcast over time", "rows apart", "column-strided"])
+def test_an_input_laid_out_otherwise_is_read_in_place_or_copied(layout):
+    """A static image repeated over T (step stride 0) and rows further apart than N are read
+    where they lie; a column stride other than 1 is copied first. Same spikes, same
+    gradients."""
+    cfg, t = CONFIGS[0], _inputs(6, 300, seed=5)
+    base = torch.randn(6, 600, generator=torch.Generator().manual_seed(6)) * 1.5 + 0.4
+    x = {
+        "broadcast over time": base[0, :300].expand(6, 300),
+        "rows apart": base[:, :300],
+        "column-strided": base[:, ::2],
+    }[layout]
+    dense = x.contiguous()
+    read_in_place = native._rows(x)[0].data_ptr() == x.data_ptr()
+    assert read_in_place is (layout != "column-strided")
+    _assert_same(
+        native.forward(x, t["v_init"], t["k"], cfg, True),
+        dynamics.forward_sequence(dense, t["v_init"], t["k"], cfg, True),
+    )
+    args = (t["grad_spikes"], t["grad_v"])
+    _assert_same(
+        native.backward_from_input(*args, x, t["v_init"], t["k"], cfg, True),
+        native.backward_from_input(*args, dense, t["v_init"], t["k"], cfg, True),
+    )
+
+
 def test_the_exponential_of_the_sigmoid_surrogate_is_within_float32_rounding():
     """dS/du of the sigmoid surrogate, over the range where it is not lost to ``1 - sig``,
     within 3e-7 of the exact value (the eager loops: 2e-7), and 0, not NaN, far from it."""

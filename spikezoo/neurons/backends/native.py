@@ -1,18 +1,19 @@
 """Backend ``"native"``: the loops in C on the CPU, float32, with nothing to compile per shape.
 
-The kernels (``spikezoo/native/neurons.c``, built once per machine by :mod:`spikezoo.native`,
-about two seconds) run all T steps of a block of neurons while its membranes stay in cache, one
-pass forward and one back, on PyTorch's OpenMP threads. Charged membranes, spikes and final
-membranes are the eager loops' (:mod:`spikezoo.neurons.dynamics`) bit for bit: the same
-operations, rounded as written. The gradients differ from the eager loops' by the rounding of
-one function, the sigmoid surrogate's exponential (a polynomial within about one ulp, which
-vectorises, where PyTorch calls its own vectorised ``exp``); ``atan``'s are the same bits.
+The kernels (``spikezoo/native/neurons.c``, built once per machine by :mod:`spikezoo.native`
+in about a second) take a span of neurons per thread, on PyTorch's OpenMP threads, and run its
+steps four at a time while its membranes stay in cache: one pass forward and one back.
+Charged membranes, spikes and final membranes are the eager loops'
+(:mod:`spikezoo.neurons.dynamics`) bit for bit: the same operations, rounded as written. The
+gradients differ from the eager loops' by the rounding of one function, the sigmoid
+surrogate's exponential (a polynomial within about one ulp, which vectorises, where PyTorch
+calls its own vectorised ``exp``); ``atan``'s are the same bits.
 
 In training the forward pass writes the spikes alone and autograd keeps the input ``x``;
-:func:`backward_from_input` recharges each block's membranes into its rows of ``dL/dx`` and
+:func:`backward_from_input` recharges each span's membranes into its rows of ``dL/dx`` and
 overwrites them with the gradient on the way back, so a training step moves five ``[T, N]``
 tensors, as the ``"inductor"`` kernels do, and compiles nothing: no first call of seconds,
-and one kernel for every T.
+and one library for every T.
 
 Each configuration is checked once per process against the eager loops on a small probe
 (spikes and membranes bit for bit, gradients to float32 rounding); a build that computes
@@ -63,11 +64,12 @@ def _library() -> ctypes.CDLL | None:
     if library is None:
         return None
     forward_loop, backward_loop = library.neurons_forward_f32, library.neurons_backward_f32
-    forward_loop.argtypes = [ctypes.POINTER(_Neuron), _POINTER, _SIZE, _SIZE, _POINTER, _FLAG]
+    forward_loop.argtypes = [ctypes.POINTER(_Neuron), _POINTER, *[_SIZE] * 3, _POINTER, _FLAG]
     forward_loop.argtypes += [*[_POINTER] * 3, _FLAG]
     forward_loop.restype = None
     backward_loop.argtypes = [ctypes.POINTER(_Neuron), _POINTER, _POINTER, _FLAG, _POINTER]
-    backward_loop.argtypes += [_POINTER, _POINTER, _FLAG, _SIZE, _SIZE, *[_POINTER] * 3, _FLAG]
+    backward_loop.argtypes += [_POINTER, _SIZE, _POINTER, _FLAG, _SIZE, _SIZE, *[_POINTER] * 3]
+    backward_loop.argtypes += [_FLAG]
     backward_loop.restype = ctypes.c_int
     return library
 
@@ -108,7 +110,7 @@ def _neuron(cfg: NeuronConfig, k: Tensor) -> _Neuron:
 
 def _probe_input() -> Tensor:
     """``[5, 1031]``: membranes that land on, just below and just above the threshold, NaN,
-    infinities, and a partial block of neurons."""
+    infinities, five steps (two chunks) and a partial tile of neurons."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(5, 1031, generator=generator, dtype=torch.float32) * 2 + 0.5
     x[:, :8] = torch.tensor([1.0, 0.5, 0.25, float("nan"), float("inf"), -float("inf"), 0.0, -0.0])
@@ -144,6 +146,15 @@ def _pointer(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _rows(x: Tensor) -> tuple[Tensor, int]:
+    """``x [T, N]`` as the C loops read it, with the elements between its steps: unit-stride
+    rows as they are (a static image broadcast to every step has 0 between them, and is not
+    copied T times), anything else as a contiguous copy."""
+    if x.shape[1] > 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    return x, x.stride(0)
+
+
 def _float32(t: Tensor) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
 
@@ -166,13 +177,23 @@ def _loops(cfg: NeuronConfig, k: Tensor) -> tuple[ctypes.CDLL, _Neuron]:
     return library, neuron
 
 
-def _forward(library, neuron, x, v_init, keep_charged, final_needed):
+def _forward(
+    library: ctypes.CDLL,
+    neuron: _Neuron,
+    x: Tensor,
+    v_init: Tensor,
+    keep_charged: bool,
+    final_needed: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The C forward loop on float32 ``x [T, N]`` and ``v_init`` (``[N]`` or ``[]``)."""
+    x, x_step = _rows(x)
     steps, neurons = x.shape
-    spikes = torch.empty_like(x)
-    charged = torch.empty_like(x) if keep_charged else None
+    spikes = x.new_empty(x.shape)
+    charged = x.new_empty(x.shape) if keep_charged else None
     v_final = x.new_empty(neurons) if final_needed else None
     library.neurons_forward_f32(
-        ctypes.byref(neuron), x.data_ptr(), steps, neurons, v_init.data_ptr(), v_init.dim() > 0,
+        ctypes.byref(neuron), x.data_ptr(), x_step, steps, neurons, v_init.data_ptr(),
+        v_init.dim() > 0,
         spikes.data_ptr(), _pointer(charged), _pointer(v_final), _threads(x.numel()),
     )  # fmt: skip
     return spikes, charged, v_final
@@ -189,22 +210,36 @@ def forward(
     """:func:`spikezoo.neurons.dynamics.forward_sequence` for ``x [T, N]`` float32 on the CPU;
     ``v_init`` (``[N]`` or ``[]``) and ``k`` (``[]``) float32."""
     library, neuron = _loops(cfg, k)
-    return _forward(library, neuron, x.contiguous(), _float32(v_init), keep_charged, final_needed)
+    return _forward(library, neuron, x, _float32(v_init), keep_charged, final_needed)
 
 
-def _backward(library, neuron, cfg, grad_spikes, grad_v, charged, x, v_init, k, grad_k_needed,
-              grad_v_needed):  # fmt: skip
+def _backward(
+    library: ctypes.CDLL,
+    neuron: _Neuron,
+    cfg: NeuronConfig,
+    grad_spikes: Tensor,
+    grad_v: Tensor,
+    charged: Tensor | None,
+    x: Tensor | None,
+    v_init: Tensor,
+    k: Tensor,
+    grad_k_needed: bool,
+    grad_v_needed: bool,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The C backward loop from the kept ``charged [T, N]`` (contiguous), or from the input
+    ``x`` where ``charged`` is ``None`` (float32)."""
+    x, x_step = (None, 0) if x is None else _rows(x)
     saved = charged if charged is not None else x
     steps, neurons = saved.shape
     grad_spikes, grad_v, v_init = (_float32(t) for t in (grad_spikes, grad_v, v_init))
-    grad_x = torch.empty_like(saved)
+    grad_x = saved.new_empty(saved.shape)
     grad_v_init = saved.new_empty(neurons) if grad_v_needed else None
     grad_k_needed = grad_k_needed and cfg.leaky
     grad_k_sum = ctypes.c_double(0.0)
     failed = library.neurons_backward_f32(
         ctypes.byref(neuron), grad_spikes.data_ptr(), grad_v.data_ptr(), grad_v.dim() > 0,
-        _pointer(charged), _pointer(x), v_init.data_ptr(), v_init.dim() > 0, steps, neurons,
-        grad_x.data_ptr(), _pointer(grad_v_init),
+        _pointer(charged), _pointer(x), x_step, v_init.data_ptr(), v_init.dim() > 0, steps,
+        neurons, grad_x.data_ptr(), _pointer(grad_v_init),
         ctypes.byref(grad_k_sum) if grad_k_needed else None, _threads(saved.numel()),
     )  # fmt: skip
     if failed:
@@ -244,5 +279,5 @@ def backward_from_input(
     """:func:`backward` with the charged membranes recharged from the forward pass's input
     ``x [T, N]``, block by block, in the rows of ``dL/dx`` they leave to their gradient."""
     library, neuron = _loops(cfg, k)
-    return _backward(library, neuron, cfg, grad_spikes, grad_v, None, x.contiguous(), v_init,
-                     k, grad_k_needed, grad_v_needed)  # fmt: skip
+    return _backward(library, neuron, cfg, grad_spikes, grad_v, None, x, v_init, k,
+                     grad_k_needed, grad_v_needed)  # fmt: skip
