@@ -3,9 +3,11 @@
 A kernel here exists because PyTorch's own CPU kernel for the same computation is slow in a
 way its code, not the hardware, decides (BatchNorm: an order of additions that one thread
 follows, one channel at a time; max-pooling: one scalar window at a time, writing ``int64``
-indices), and it computes that result bit for bit, faster. Its caller checks it against
-PyTorch's kernel once per process and falls back to PyTorch wherever it cannot be built,
-loaded or trusted, so the library never computes otherwise, only slower.
+indices; the neurons: one small kernel per operation and time step, or a compile per
+configuration), and it computes that result bit for bit, faster (the neurons' gradients up to
+their surrogate's exponential, see :mod:`spikezoo.neurons.backends.native`). Its caller checks
+it against PyTorch's computation once per process and falls back to PyTorch wherever it
+cannot be built, loaded or trusted, so the library never computes otherwise, only slower.
 
 The shared library is built by the C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for
 the CPU it runs on (``-O3 -march=native``, no floating-point contraction), with OpenMP where
@@ -14,7 +16,7 @@ into
 ``<spikezoo cache>/native/`` (``$SPIKEZOO_CACHE``), under a name that hashes the source, the
 compiler, the flags and the CPU; it is written to a temporary file and renamed into place, so
 a failed or concurrent build leaves no half-written library behind. The first build takes
-about a second.
+one to three seconds per source.
 """
 
 from __future__ import annotations

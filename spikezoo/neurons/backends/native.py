@@ -1,7 +1,7 @@
 """Backend ``"native"``: the loops in C on the CPU, float32, with nothing to compile per shape.
 
 The kernels (``spikezoo/native/neurons.c``, built once per machine by :mod:`spikezoo.native`
-in about a second) take a span of neurons per thread, on PyTorch's OpenMP threads, and run its
+in a few seconds) take a span of neurons per thread, on PyTorch's OpenMP threads, and run its
 steps four at a time while its membranes stay in cache: one pass forward and one back.
 Charged membranes, spikes and final membranes are the eager loops'
 (:mod:`spikezoo.neurons.dynamics`) bit for bit: the same operations, rounded as written. The
