@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spikezoo.neurons import backends, dynamics, multistep_lif, set_backend
+from spikezoo.neurons import MultiStepLIF, backends, dynamics, multistep_lif, set_backend
 from spikezoo.neurons import surrogate as surrogate_module
 from spikezoo.neurons.backends import native
 from spikezoo.neurons.functional import neuron_config
@@ -186,6 +187,20 @@ def test_an_input_it_cannot_take_is_refused_by_name_and_skipped_by_auto(x, reaso
     ):
         backends.resolve_backend("native", x)
     assert "native" not in backends.resolve_backend("auto", x)
+
+
+@pytest.mark.parametrize("backend", ["native", "auto"])
+def test_under_jit_trace_the_recorded_graph_computes_the_spikes(backend, monkeypatch):
+    """``torch.jit.trace`` records operators; a call into C would leave the spikes out of the
+    graph (it recorded an empty tensor), so a traced neuron runs the eager loops."""
+    monkeypatch.delenv("SPIKEZOO_BACKEND", raising=False)
+    lif = MultiStepLIF(backend=backend)
+    first, second = torch.randn(4, 2, 8) * 2, torch.randn(4, 2, 8) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(lif, first)
+    assert torch.equal(traced(second), lif(second))
+    assert "aten::ge" in str(traced.graph)  # the threshold comparison was recorded
 
 
 @pytest.fixture

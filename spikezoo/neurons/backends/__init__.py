@@ -132,11 +132,13 @@ def resolve_backend(backend: str, x: Tensor) -> tuple[str, ...]:
 
     A named backend gives itself, or raises ``RuntimeError`` with its reason if it cannot run
     on ``x``. ``"auto"`` gives the available backends of :data:`AUTO_PRIORITY`. Inside an outer
-    ``torch.compile`` every neuron runs the eager loops, which that compile traces and fuses.
+    ``torch.compile`` every neuron runs the eager loops, which that compile traces and fuses,
+    and so under ``torch.jit.trace``, which records operators: a kernel called outside PyTorch
+    (the C loops, CuPy's) would leave its output out of the recorded graph.
     ``"auto"`` stands for the value of ``SPIKEZOO_BACKEND`` where that is set.
     """
     validate_backend(backend)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return ("torch",)
     if backend == "auto":
         backend = _environment_backend()
