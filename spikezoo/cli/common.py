@@ -57,8 +57,8 @@ def note_compilation(command: str, model: nn.Module) -> None:
     (``torch.compile``), not where every neuron runs eagerly or on kernels already built."""
     from spikezoo.neurons import MultiStepNeuron
 
-    neurons = [m for m in model.modules() if isinstance(m, MultiStepNeuron)]
-    if any(first_backend(model, neuron.backend) == "inductor" for neuron in neurons):
+    chosen = {m.backend for m in model.modules() if isinstance(m, MultiStepNeuron)}
+    if any(first_backend(model, backend) == "inductor" for backend in chosen):
         print(f"spikezoo {command}: {COMPILE_NOTE}", file=sys.stderr, flush=True)
 
 

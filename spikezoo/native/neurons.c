@@ -103,22 +103,20 @@ static void charge_tile_of(const neuron_t *n, const float *x, int64_t x_step, in
     /* one specialised loop per (charge, reset) pair */
 #define CHARGE(kind, soft) \
     charge_tile(kind, soft, n, x, x_step, steps, neurons, i0, count, v, spikes, charged)
+#define RESET(kind)      \
+    if (n->soft_reset)   \
+        CHARGE(kind, 1); \
+    else                 \
+        CHARGE(kind, 0)
     const charge_kind kind = kind_of(n);
-    if (n->soft_reset) {
-        if (kind == INTEGRATE)
-            CHARGE(INTEGRATE, 1);
-        else if (kind == LEAK_INPUT)
-            CHARGE(LEAK_INPUT, 1);
-        else
-            CHARGE(LEAK_MEMBRANE, 1);
+    if (kind == INTEGRATE) {
+        RESET(INTEGRATE);
+    } else if (kind == LEAK_INPUT) {
+        RESET(LEAK_INPUT);
     } else {
-        if (kind == INTEGRATE)
-            CHARGE(INTEGRATE, 0);
-        else if (kind == LEAK_INPUT)
-            CHARGE(LEAK_INPUT, 0);
-        else
-            CHARGE(LEAK_MEMBRANE, 0);
+        RESET(LEAK_MEMBRANE);
     }
+#undef RESET
 #undef CHARGE
 }
 
@@ -312,7 +310,7 @@ int neurons_backward_f32(const neuron_t *n, const float *grad_spikes, const floa
     for (int64_t index = 0; index < spans; index++) {
         const int64_t i0 = index * span, count = smaller(span, neurons - i0);
         float gv[SPAN], grad_h[TILE];
-        if (charged == NULL) {
+        if (charged == NULL) { /* gv holds the membranes while they are recharged */
             load_membranes(gv, v_init, v_init_per_neuron, i0, count);
             charge_span(n, x, x_step, steps, neurons, i0, count, gv, NULL, grad_x);
         }
