@@ -7,6 +7,9 @@ import torch
 # minutes compiling a kernel per model, shape and dtype. The compiled backends are tested where
 # a test names them; `SPIKEZOO_BACKEND=auto python -m pytest` runs everything as users do.
 os.environ.setdefault("SPIKEZOO_BACKEND", "torch")
+# The commands that tests run in this process leave its allocator as glibc sets it (a command
+# run as users run it keeps freed memory: spikezoo.runtime); tests of that set the variable.
+os.environ["SPIKEZOO_KEEP_FREED_MEMORY"] = "0"
 
 
 @pytest.fixture

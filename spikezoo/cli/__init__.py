@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from typing import NoReturn
 
 import spikezoo
 import spikezoo_cli
+from spikezoo import runtime
 from spikezoo._optional import MissingDependencyError
 from spikezoo.cli.errors import CommandError, UsageError
 from spikezoo_cli import COMMANDS
@@ -62,6 +64,20 @@ def _without_cuda_home_notice() -> Iterator[None]:
         logger.removeFilter(notice_filter)
 
 
+def _keep_freed_memory_unless_told_not_to() -> None:
+    """The command is the application: its process keeps freed memory (see
+    :mod:`spikezoo.runtime`) unless ``SPIKEZOO_KEEP_FREED_MEMORY=0``."""
+    value = os.environ.get(runtime.KEEP_FREED_MEMORY_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise CommandError(
+            f"environment variable {runtime.KEEP_FREED_MEMORY_ENV}={value!r}: expected 1 (keep "
+            "freed memory in this process, the default) or 0 (leave the C library's defaults)",
+            hint="set it to 0 or 1, or unset it",
+        )
+    if value != "0":
+        runtime.keep_freed_memory()
+
+
 def _one_line(text: str, limit: int = 800) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -86,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"spikezoo {args.command}"
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        _keep_freed_memory_unless_told_not_to()
         with _without_cuda_home_notice():
             return module.run(args)
     except CommandError as error:

@@ -15,6 +15,7 @@ from spikezoo.cli.common import (
     resolve_model_name,
 )
 from spikezoo.cli.errors import CommandError
+from spikezoo.runtime import freed_memory_kept
 from spikezoo_cli import progress
 
 if TYPE_CHECKING:
@@ -106,7 +107,13 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{name}: {error}") from None
 
     image_name = f"{image_path}" if args.image else f"{image_path.name} (built-in)"
-    run = dict(model=name, weights=_weights(args), image=image_name, neuron_backend=backend)
+    run = dict(
+        model=name,
+        weights=_weights(args),
+        image=image_name,
+        neuron_backend=backend,
+        freed_memory="kept" if freed_memory_kept() else "default",
+    )
     if args.format == "json":
         print(json.dumps({**run, **profile.to_dict()}))
     elif args.format == "csv":
@@ -114,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_table(run, profile, args.repeats))
     return 0
+
+
+#: How the throughput line words ``run["freed_memory"]``.
+FREED_MEMORY = {
+    "kept": "freed memory kept in the process (spikezoo.runtime)",
+    "default": "freed memory as the C library handles it by default",
+}
 
 
 def _create_model(name: str, args: argparse.Namespace):
@@ -167,7 +181,8 @@ def _si(value: float, unit: str = "") -> str:
 
 
 def _table(run: dict[str, str], profile: ModelProfile, repeats: int) -> str:
-    """The table ``--format table`` prints; ``run`` holds model, weights, image, neuron_backend."""
+    """The table ``--format table`` prints; ``run`` holds model, weights, image, neuron_backend
+    and freed_memory."""
     ops, energy = profile.ops, profile.ops.energy
     weights_line = RANDOM_WEIGHTS_NOTE if run["weights"] == "random" else run["weights"]
     lines = [
@@ -184,7 +199,8 @@ def _table(run: dict[str, str], profile: ModelProfile, repeats: int) -> str:
         f"dense       {_si(ops.dense_macs)} MACs as a non-spiking network over T steps "
         f"({energy.e_mac * ops.dense_macs * 1e-9:.4f} mJ)",
         f"throughput  {profile.throughput:.3g} images/s (batch {profile.input_shape[0]}, "
-        f"{profile.device}, median of {repeats}), neurons on the {run['neuron_backend']} backend",
+        f"{profile.device}, median of {repeats}), neurons on the {run['neuron_backend']} backend, "
+        + FREED_MEMORY[run["freed_memory"]],
         f"mean firing rate {profile.rates.mean_rate:.4f}; per layer (mean over T, batch and "
         "neurons, then per time step):",
         profile.rates.per_layer().to_markdown(".4f"),

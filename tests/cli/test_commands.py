@@ -5,6 +5,7 @@ import timm
 import torch
 
 import spikezoo
+from spikezoo import runtime
 from spikezoo.cli import main
 from spikezoo.cli.common import COMPILE_NOTE, note_compilation
 from spikezoo.cli.demo import default_image
@@ -73,3 +74,27 @@ def test_the_compile_note_is_said_where_a_neuron_compiles_with_inductor(capsys):
     assert capsys.readouterr().err == ""
     note_compilation("profile", model.double())
     assert capsys.readouterr().err == f"spikezoo profile: {COMPILE_NOTE}\n"
+
+
+@pytest.mark.parametrize(("value", "kept"), [(None, True), ("1", True), ("0", False)])
+def test_a_command_keeps_freed_memory_unless_told_not_to(monkeypatch, capsys, value, kept):
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    if value is None:
+        monkeypatch.delenv(runtime.KEEP_FREED_MEMORY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(runtime.KEEP_FREED_MEMORY_ENV, value)
+    assert main(["list", "sdt_8_3*"]) == 0
+    assert capsys.readouterr().out.split() == ["sdt_8_384"]
+    assert calls == ([1] if kept else [])
+
+
+def test_a_wrong_keep_freed_memory_setting_is_named_and_nothing_runs(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setenv(runtime.KEEP_FREED_MEMORY_ENV, "yes")
+    assert main(["list"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and calls == []
+    assert "SPIKEZOO_KEEP_FREED_MEMORY='yes': expected 1" in captured.err
+    assert "or 0" in captured.err and "set it to 0 or 1, or unset it" in captured.err

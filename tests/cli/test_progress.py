@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from spikezoo import runtime
 from spikezoo.neurons.backends import native
 from spikezoo_cli import progress
 
@@ -54,6 +55,7 @@ def run_with_stderr_on_a_terminal(*argv: str) -> tuple[int, str, str]:
     leader, follower = pty.openpty()
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
     environ.pop("SPIKEZOO_BACKEND", None)
+    environ.pop(runtime.KEEP_FREED_MEMORY_ENV, None)  # the command as users run it
     process = subprocess.Popen(
         [sys.executable, "-m", "spikezoo_cli", *argv],
         stdout=subprocess.PIPE,
@@ -94,3 +96,5 @@ def test_profile_says_what_it_does_on_the_terminal_and_keeps_stdout_csv():
     # the C loops, or eagerly where they cannot be built: nothing compiles for a few passes
     expected = "native" if native.unavailable_reason(torch.ones(1)) is None else "torch"
     assert summary["model"] == "sdt_2_256_cifar" and summary["neuron_backend"] == expected
+    # the command's process kept freed memory, where the C library is glibc
+    assert summary["freed_memory"] == ("kept" if runtime._glibc() is not None else "default")
