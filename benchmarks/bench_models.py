@@ -126,6 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--atol", type=float, default=1e-4, help="logit tolerance of the agreement check"
     )
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak memory")
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true",
+        help="glibc keeps freed memory in this process (spikezoo.runtime.keep_freed_memory, as "
+        "the spikezoo command does), for every implementation alike",
+    )  # fmt: skip
     parser.add_argument("--no-roofline", dest="roofline", action="store_false", help="skip part 4")
     parser.add_argument("--top-layers", type=int, default=8, help="layers per roofline table")
     parser.add_argument(

@@ -57,7 +57,6 @@ Run ``python benchmarks/bench_neurons.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -76,6 +75,7 @@ from harness.environment import (  # noqa: E402
     command_line,
     environment,
     finish,
+    freed_memory_policy,
     load_text,
     threads_text,
 )
@@ -578,31 +578,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-#: glibc's mallopt parameters: the size above which a block is mapped on its own (and unmapped
-#: when freed), and the free space at the top of the heap above which it is given back.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def _free_memory_policy(keep: bool) -> str:
-    """With ``keep``, glibc keeps freed memory in this process (as
-    ``MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000`` would); what the
-    report says about it."""
-    if not keep:
-        return "glibc's defaults (a large fresh buffer may be faulted in page by page)"
-    libc = ctypes.CDLL(None)
-    for parameter in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD):
-        if libc.mallopt(parameter, 2**31 - 1) != 1:
-            raise SystemExit("--keep-freed-memory: mallopt refused (is this glibc?)")
-    return "kept by glibc (mallopt: no mmap per buffer, no trimming) in the timing process"
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     env = environment("cpu", args.threads, args.command, PACKAGES)
     settings = dict(
         sizes=args.sizes, repeats=args.repeats, warmup=args.warmup, rss_runs=args.rss_runs,
-        seed=args.seed, impls=args.impls, freed_memory=_free_memory_policy(args.keep_freed_memory),
+        seed=args.seed, impls=args.impls, freed_memory=freed_memory_policy(args.keep_freed_memory),
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench_neurons_inductor_") as cache:
         if args.reuse_compile_cache:

@@ -69,6 +69,19 @@ def command_line(script: str, argv: Sequence[str] | None) -> str:
     return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
+def freed_memory_policy(keep: bool) -> str:
+    """With ``keep``, glibc keeps freed memory in this process from now on
+    (``spikezoo.runtime.keep_freed_memory``, for every implementation the process runs); what
+    a report says about it. Exits with a message where glibc is not there to take it."""
+    if not keep:
+        return "glibc's defaults (a large fresh buffer may be faulted in page by page)"
+    from spikezoo.runtime import keep_freed_memory
+
+    if not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory: mallopt refused or absent (is the C library glibc?)")
+    return "kept by glibc (spikezoo.runtime.keep_freed_memory) in the timing process"
+
+
 def finish(env: dict) -> None:
     """Record the load at the end of the run."""
     env["load_after"] = _load()

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from harness.environment import environment, finish
+from harness.environment import environment, finish, freed_memory_policy
 from harness.memory import METHOD, peak_allocated
 from harness.timing import Timing, compare, interleaved, ratio
 from torch import Tensor
@@ -153,6 +153,7 @@ def measure(args: argparse.Namespace) -> dict:
             compile_models=args.compile_models, bf16_models=args.bf16_models,
             compile_impls=args.compile_impls, atol=args.atol, seed=args.seed,
             memory_method=METHOD[device.type],
+            freed_memory=freed_memory_policy(args.keep_freed_memory),
         ),
         models=[],
     )  # fmt: skip

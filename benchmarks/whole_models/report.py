@@ -113,6 +113,9 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{settings['command']}`",
         "",
+        # reports written before the option existed ran with glibc's defaults
+        f"Freed memory: {settings.get('freed_memory', 'glibc defaults')}.",
+        "",
         "Timing: `torch.utils.benchmark.Timer`; the first call on its own (seconds, includes "
         "compilation), then `blocked_autorange` as warm-up, then the median of "
         f"{settings['repeats']} interleaved rounds, milliseconds per call (min-max). Speedup: "

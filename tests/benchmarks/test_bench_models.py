@@ -145,6 +145,7 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
     assert "| spikingjelly2 | fp32 | eager | train |" in re.sub(" +", " ", text)
     assert "load average" in text and report["environment"]["load_after"] is not None
     assert "outside conv/matmul" in text
+    assert "Freed memory: glibc's defaults (a large fresh buffer" in text
     assert "Time outside convolutions and matmuls, spikezoo (eager): infer fp32 " in text
     assert "(largest outside, self time: `" in text
     assert "![tiny_sdt_roofline](p/tiny_sdt_roofline.png)" in text

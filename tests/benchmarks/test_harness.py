@@ -132,3 +132,17 @@ def test_bench_neurons_says_when_a_size_compiled_nothing(tmp_path):
     assert first["dynamo_frames_compiled"] > 0 and second["dynamo_frames_compiled"] == 0
     notes = bench_neurons._case_notes(second)
     assert any("compiled nothing for this size" in note for note in notes)
+
+
+def test_freed_memory_policy_keeps_it_through_spikezoo_runtime_or_exits(monkeypatch):
+    from harness.environment import freed_memory_policy
+
+    from spikezoo import runtime
+
+    assert freed_memory_policy(False).startswith("glibc's defaults")
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert "spikezoo.runtime.keep_freed_memory" in freed_memory_policy(True) and calls == [1]
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: False)
+    with pytest.raises(SystemExit, match="is the C library glibc"):
+        freed_memory_policy(True)
