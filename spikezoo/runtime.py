@@ -5,9 +5,9 @@ it when the block is freed (the threshold starts at 128 KiB and rises, as such b
 freed, up to 32 MiB), and it gives free memory at the top of its heap back to the kernel past
 its trim threshold. A forward pass or a training step allocates its activations afresh on every
 call, so on a CPU the pages of every large activation are mapped, faulted in and zeroed by the
-kernel again on every call: for ``sdt_8_384`` (224 px, one image, 2 cores) a training step took
-4-10 % and an inference call 3-12 % longer than with the freed memory kept
-(``benchmarks/bench_freed_memory.py``, :doc:`/benchmarks`).
+kernel again on every call. On a 2-core VM, four models' inference calls ran 1.14-1.45x and
+their training steps 1.04-1.11x as fast with the freed memory kept
+(``benchmarks/bench_freed_memory.py``, fresh processes in pairs).
 
 :func:`keep_freed_memory` raises both thresholds as far as glibc takes them, so that freed
 blocks stay in the process and the next call reuses them without a fault. The price: the
