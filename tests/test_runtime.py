@@ -9,25 +9,33 @@ from spikezoo import runtime
 
 # A 64 MiB block is mapped on its own and unmapped when freed (glibc's mmap threshold rises to
 # 32 MiB at most); a 16 MiB block after it is then mapped afresh and faulted in page by page,
-# unless the freed memory stayed in the process.
+# unless the freed memory stayed in the process. The child loads spikezoo/runtime.py alone and
+# allocates through the C library (as torch's CPU allocator does), so it starts in milliseconds.
 FAULTS_AFTER_A_FREE = """
-import resource, sys, torch
-from spikezoo import runtime
+import ctypes, importlib.util, resource, sys
+spec = importlib.util.spec_from_file_location("runtime", sys.argv[2])
+runtime = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runtime)
 if sys.argv[1] == "keep":
     assert runtime.keep_freed_memory() and runtime.freed_memory_kept()
 else:
     assert not runtime.freed_memory_kept()
-big = torch.ones(16 << 20)
-del big
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+def touched(size):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    return block
+libc.free(ctypes.c_void_p(touched(64 << 20)))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-again = torch.ones(4 << 20)
+touched(16 << 20)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 def faults_after_a_free(mode: str) -> int:
     result = subprocess.run(
-        [sys.executable, "-c", FAULTS_AFTER_A_FREE, mode],
+        [sys.executable, "-c", FAULTS_AFTER_A_FREE, mode, runtime.__file__],
         capture_output=True,
         text=True,
         check=True,
