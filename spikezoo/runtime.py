@@ -34,8 +34,9 @@ KEEP_FREED_MEMORY_ENV = "SPIKEZOO_KEEP_FREED_MEMORY"
 
 # mallopt's parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: The values tried, largest first: mallopt takes an int, and glibc before 2.26 refuses an mmap
-#: threshold above half its 64 MiB heap size.
+#: The values tried, largest first: mallopt takes an int, and some glibc versions refuse an
+#: mmap threshold above half their largest heap (64 MiB), the 32 MiB its dynamic threshold
+#: stops at.
 _THRESHOLDS = {_M_MMAP_THRESHOLD: (2**31 - 1, 32 << 20), _M_TRIM_THRESHOLD: (2**31 - 1,)}
 
 _kept = False

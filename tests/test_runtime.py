@@ -75,7 +75,7 @@ def fresh_state(monkeypatch):
     ("largest_mmap", "kept", "calls"),
     [
         (LARGEST, True, [(MMAP, LARGEST), (TRIM, LARGEST)]),
-        # glibc before 2.26 takes an mmap threshold up to 32 MiB
+        # a glibc that takes an mmap threshold up to 32 MiB only
         (32 << 20, True, [(MMAP, LARGEST), (MMAP, 32 << 20), (TRIM, LARGEST)]),
         (1 << 20, False, [(MMAP, LARGEST), (MMAP, 32 << 20)]),
     ],
