@@ -30,7 +30,14 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from bench_memory import build  # noqa: E402
-from harness.environment import command_line, environment, finish, load_text  # noqa: E402
+from harness.environment import (  # noqa: E402
+    command_line,
+    environment,
+    finish,
+    freed_memory_policy,
+    load_text,
+    model_batches,
+)
 from harness.markdown import table, write_generated  # noqa: E402
 from harness.process import PeakMemory, run_in_fresh_process, status_bytes  # noqa: E402
 from harness.timing import time_once  # noqa: E402
@@ -49,7 +56,10 @@ HEADER = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--models", default=DEFAULT_MODELS, help=f"name:batch,... (default {DEFAULT_MODELS})"
+        "--models",
+        type=model_batches,
+        default=DEFAULT_MODELS,
+        help=f"name:batch,... (default {DEFAULT_MODELS})",
     )
     parser.add_argument("--tasks", default=",".join(TASKS), help="infer, train or both")
     parser.add_argument("--rounds", type=int, default=3, help="process pairs per model and task")
@@ -60,12 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the table here (between its markers)")
     args = parser.parse_args(argv)
     args.command = command_line("bench_freed_memory.py", argv)
-    try:
-        args.models = [
-            (name, int(batch)) for name, batch in (m.split(":") for m in args.models.split(","))
-        ]
-    except ValueError as error:
-        parser.error(f"--models: expected name:batch,..., got {args.models!r} ({error})")
     args.tasks = args.tasks.split(",")
     if not set(args.tasks) <= set(TASKS) or not args.tasks:
         parser.error(f"--tasks: expected a comma-separated subset of {TASKS}, got {args.tasks}")
@@ -80,10 +84,7 @@ def timed_calls(
     threads: int,
 ) -> dict:  # fmt: skip
     """In a fresh process: the seconds of ``calls`` calls after ``warmup`` and their faults."""
-    from spikezoo.runtime import keep_freed_memory
-
-    if keep and not keep_freed_memory():
-        raise RuntimeError("keep_freed_memory() was refused: is the C library glibc?")
+    freed_memory_policy(keep)
     import torch
     import torch.nn.functional as F
 

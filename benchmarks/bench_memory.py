@@ -31,7 +31,13 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from harness.environment import command_line, environment, finish, load_text  # noqa: E402
+from harness.environment import (  # noqa: E402
+    command_line,
+    environment,
+    finish,
+    load_text,
+    model_batches,
+)
 from harness.markdown import table, write_generated  # noqa: E402
 from harness.process import PeakMemory, run_in_fresh_process, status_bytes  # noqa: E402
 from harness.timing import time_once  # noqa: E402
@@ -45,7 +51,10 @@ HEADER = ["model", "switch", "peak MiB", "base MiB", "peak - base", "saved MiB",
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--models", default=DEFAULT_MODELS, help=f"name:batch,... (default {DEFAULT_MODELS})"
+        "--models",
+        type=model_batches,
+        default=DEFAULT_MODELS,
+        help=f"name:batch,... (default {DEFAULT_MODELS})",
     )
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per setting")
     parser.add_argument("--steps", type=int, default=3, help="training steps per process")
@@ -64,12 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.command = command_line("bench_memory.py", argv)
-    try:
-        args.models = [
-            (name, int(batch)) for name, batch in (m.split(":") for m in args.models.split(","))
-        ]
-    except ValueError as error:
-        parser.error(f"--models: expected name:batch,..., got {args.models!r} ({error})")
     return args
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import importlib
@@ -62,6 +63,17 @@ def environment(device: str, threads: int, command: str, packages: Sequence[str]
 def threads_text(threads: int) -> str:
     """``"1 torch thread"``, ``"2 torch threads"``."""
     return f"{threads} torch thread{'' if threads == 1 else 's'}"
+
+
+def model_batches(text: str) -> list[tuple[str, int]]:
+    """``"name:batch,..."`` (a ``--models`` option) -> ``[(name, batch), ...]``; an
+    ``argparse.ArgumentTypeError`` naming the expected form for anything else."""
+    try:
+        return [(name, int(batch)) for name, batch in (m.split(":") for m in text.split(","))]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected name:batch,..., got {text!r} ({error})"
+        ) from None
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:

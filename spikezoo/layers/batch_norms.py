@@ -31,16 +31,13 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
 from spikezoo import native
+from spikezoo.native import pointer
 
 __all__ = ["LayerThenBatchNorm", "batch_norm", "batch_statistics"]
 
 _log = logging.getLogger(__name__)
 
 _POINTER, _SIZE, _REAL, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-
-
-def _pointer(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 #: The fewest values for which a training call takes the C kernel: below, the Python around it
@@ -115,9 +112,9 @@ def _compute(
     mean, invstd = torch.empty(2, frames.shape[1]).unbind()
     normalised = torch.empty_like(frames) if normalise else None
     kernels.training(
-        frames.data_ptr(), *_sizes(frames), momentum, eps, _pointer(weight), _pointer(bias),
-        kernels.contract, mean.data_ptr(), invstd.data_ptr(), _pointer(running_mean),
-        _pointer(running_var), _pointer(normalised), torch.get_num_threads(),
+        frames.data_ptr(), *_sizes(frames), momentum, eps, pointer(weight), pointer(bias),
+        kernels.contract, mean.data_ptr(), invstd.data_ptr(), pointer(running_mean),
+        pointer(running_var), pointer(normalised), torch.get_num_threads(),
     )  # fmt: skip
     return normalised, mean, invstd
 
@@ -132,7 +129,7 @@ def _normalise(
 ) -> Tensor:
     normalised = torch.empty_like(frames)
     kernels.normalise(
-        frames.data_ptr(), *_sizes(frames), _pointer(weight), _pointer(bias), kernels.contract,
+        frames.data_ptr(), *_sizes(frames), pointer(weight), pointer(bias), kernels.contract,
         mean.data_ptr(), invstd.data_ptr(), normalised.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return normalised

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from spikezoo import native
+from spikezoo.native import pointer
 from spikezoo.neurons.saved_spikes import mark_spikes, marked_as_spikes
 
 __all__ = ["MaxPool2d", "max_pool2d"]
@@ -131,7 +132,7 @@ def _pool_by_kernel(
     offsets = torch.empty(pooled.shape, dtype=dtype) if with_offsets else None
     kernels.forward(
         x.data_ptr(), x.numel() // (height * width), height, width, *kernel, *stride, *padding,
-        *out_size, pooled.data_ptr(), None if offsets is None else offsets.data_ptr(),
+        *out_size, pooled.data_ptr(), pointer(offsets),
         dtype.itemsize, torch.get_num_threads(),
     )  # fmt: skip
     return pooled, offsets

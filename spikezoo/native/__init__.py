@@ -31,8 +31,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["SOURCES", "library"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["SOURCES", "library", "pointer"]
 
 _log = logging.getLogger(__name__)
 
@@ -123,3 +127,8 @@ def library(name: str) -> ctypes.CDLL | None:
     except OSError as error:
         _log.warning("spikezoo: could not load %s (%s); PyTorch's kernel runs", target, error)
         return None
+
+
+def pointer(t: Tensor | None) -> int | None:
+    """The address of ``t``'s first element for a ctypes argument (``None``: a null pointer)."""
+    return None if t is None else t.data_ptr()

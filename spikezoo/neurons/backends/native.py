@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from spikezoo import native
+from spikezoo.native import pointer
 from spikezoo.neurons import dynamics
 from spikezoo.neurons.dynamics import NeuronConfig
 
@@ -142,10 +143,6 @@ def _probe_failure(cfg: NeuronConfig) -> str | None:
     return None
 
 
-def _pointer(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 def _rows(x: Tensor) -> tuple[Tensor, int]:
     """``x [T, N]`` as the C loops read it, with the elements between its steps: unit-stride
     rows as they are (a static image broadcast to every step has 0 between them, and is not
@@ -194,7 +191,7 @@ def _forward(
     library.neurons_forward_f32(
         ctypes.byref(neuron), x.data_ptr(), x_step, steps, neurons, v_init.data_ptr(),
         v_init.dim() > 0,
-        spikes.data_ptr(), _pointer(charged), _pointer(v_final), _threads(x.numel()),
+        spikes.data_ptr(), pointer(charged), pointer(v_final), _threads(x.numel()),
     )  # fmt: skip
     return spikes, charged, v_final
 
@@ -238,8 +235,8 @@ def _backward(
     grad_k_sum = ctypes.c_double(0.0)
     failed = library.neurons_backward_f32(
         ctypes.byref(neuron), grad_spikes.data_ptr(), grad_v.data_ptr(), grad_v.dim() > 0,
-        _pointer(charged), _pointer(x), x_step, v_init.data_ptr(), v_init.dim() > 0, steps,
-        neurons, grad_x.data_ptr(), _pointer(grad_v_init),
+        pointer(charged), pointer(x), x_step, v_init.data_ptr(), v_init.dim() > 0, steps,
+        neurons, grad_x.data_ptr(), pointer(grad_v_init),
         ctypes.byref(grad_k_sum) if grad_k_needed else None, _threads(saved.numel()),
     )  # fmt: skip
     if failed:
