@@ -12,7 +12,6 @@ its input holds spike counts, and which.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,50 +19,41 @@ from timm.layers import register_notrace_module
 from torch import Tensor
 
 from spikezoo import _checks
+from spikezoo.neurons import integer_fire
 from spikezoo.neurons.base import SpikingNeuron
+from spikezoo.neurons.integer_fire import GRADIENT_WINDOWS, ROUNDINGS
 from spikezoo.neurons.saved_spikes import compacting, mark_integer_spikes
 
 __all__ = ["GRADIENT_WINDOWS", "ROUNDINGS", "IntegerNeuron", "IntegerSpikes", "integer_spike"]
 
-#: Rounding of the clamped input to an integer count, in place, by name:
-#: ``"half_even"`` is ``torch.round`` (E-SpikeFormer's base models), ``"half_up"`` is
-#: ``floor(x + 0.5)`` (its large models). They differ only at ``x = k + 0.5`` for even ``k``.
-ROUNDINGS: dict[str, Callable[[Tensor], Tensor]] = {
-    "half_even": Tensor.round_,
-    "half_up": lambda x: x.add_(0.5).floor_(),
-}
 
-#: Where the straight-through gradient passes, by name: ``"closed"`` on ``0 <= x <= D`` (the
-#: base models' ``Quant``), ``"open"`` on ``0 < x < D`` (the large models' ``multispike``).
-GRADIENT_WINDOWS = ("closed", "open")
-
-
-def _fire(clamped: Tensor, levels: int, norm: float, rounding: str) -> Tensor:
-    """``round(clamped) / norm``, rounded and divided in place. Inside
+def _fire(
+    x: Tensor, levels: int, norm: float, rounding: str, window: str, with_mask: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``(spikes, inside)``: :func:`~spikezoo.neurons.integer_fire.fire` of ``x``. Inside
     :func:`~spikezoo.neurons.compact_saved_spikes` the counts are kept as ``uint8`` and the
     spikes marked, so that what saves them for backward keeps one byte per value."""
-    rounded = ROUNDINGS[rounding](clamped)
-    counts = rounded.to(torch.uint8) if levels <= 255 and compacting() else None
-    spikes = rounded.div_(norm)
+    with_counts = levels <= 255 and compacting()
+    spikes, inside, counts = integer_fire.fire(
+        x, levels, norm, rounding, window, with_mask, with_counts
+    )
     if counts is not None:
         mark_integer_spikes(spikes, counts, norm)
-    return spikes
+    return spikes, inside
 
 
 class _IntegerSpike(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, levels: int, norm: float, rounding: str, closed: bool):
-        clamped = x.clamp(0, levels)
-        # clamp leaves x unchanged exactly where 0 <= x <= levels (NaN compares unequal)
-        inside = clamped == x if closed else (x > 0) & (x < levels)
+    def forward(ctx: Any, x: Tensor, levels: int, norm: float, rounding: str, window: str):
+        spikes, inside = _fire(x, levels, norm, rounding, window, with_mask=True)
         ctx.save_for_backward(inside)
         ctx.norm = norm
-        return _fire(clamped, levels, norm, rounding)
+        return spikes
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (inside,) = ctx.saved_tensors
-        return grad / ctx.norm * inside, None, None, None, None
+        return integer_fire.backward(grad, inside, ctx.norm), None, None, None, None
 
 
 def integer_spike(
@@ -73,11 +63,13 @@ def integer_spike(
 
     The gradient is straight-through (``1 / norm``) inside the window (:data:`GRADIENT_WINDOWS`)
     and 0 outside it. Arguments are not checked here; :class:`IntegerNeuron` checks them.
-    Without a gradient to compute, no window is computed either.
+    Without a gradient to compute, no window is computed either. Contiguous float32 CPU
+    tensors take a C kernel that computes the same bits in one pass
+    (:mod:`spikezoo.neurons.integer_fire`).
     """
     if not (torch.is_grad_enabled() and x.requires_grad):
-        return _fire(x.clamp(0, levels), levels, norm, rounding)
-    return _IntegerSpike.apply(x, levels, norm, rounding, window == "closed")
+        return _fire(x, levels, norm, rounding, window, with_mask=False)[0]
+    return _IntegerSpike.apply(x, levels, norm, rounding, window)
 
 
 @register_notrace_module  # torch.fx keeps the neuron whole: it calls an autograd Function
