@@ -308,6 +308,18 @@ def _source_modules(source: str) -> dict[str, ModuleType]:
     return _loaded[source]
 
 
+def authors_module(source: str) -> ModuleType:
+    """The model module of the authors' ``source`` (a key of :data:`SOURCES`), imported once,
+    in isolation: for a benchmark of one of its layers.
+
+    Raises ``RuntimeError`` naming the setup step if the peers are not installed.
+    """
+    missing = peers_missing(source)
+    if missing:
+        raise RuntimeError(missing)
+    return _source_modules(source)[SOURCES[source].module]
+
+
 def build_authors_model(name: str, device: torch.device) -> tuple[AuthorsModel, str]:
     """The authors' ``name`` with random weights (their init), and the neuron backend it runs
     (``"cupy"``, ``"torch"``, or ``"no spikingjelly neurons"``).

@@ -103,8 +103,10 @@ def forward_sequence(
     """
     v = v_init
     spikes, charged = [], []
-    for t in range(x.shape[0]):
-        h = charge(x[t].to(v.dtype), v, k, cfg)
+    # unbind, not x[t]: under torch.compile, inductor then fuses the layer before (a
+    # BatchNorm's affine map) into the loop's kernel instead of writing its output first
+    for x_t in x.unbind(0):
+        h = charge(x_t.to(v.dtype), v, k, cfg)
         fired = h >= cfg.v_threshold
         # A NaN membrane spikes NaN (h != h only for NaN; unlike isnan, it vectorises in inductor).
         spikes.append(torch.where(h != h, h, fired).to(x.dtype))
@@ -125,8 +127,8 @@ def charged_membranes(
     (so bit for bit the same), as a list, and the final membrane ``v [N]``."""
     v = v_init
     charged = []
-    for t in range(x.shape[0]):
-        h = charge(x[t].to(v.dtype), v, k, cfg)
+    for x_t in x.unbind(0):
+        h = charge(x_t.to(v.dtype), v, k, cfg)
         charged.append(h)
         v = reset(h, h >= cfg.v_threshold, cfg)
     return charged, v

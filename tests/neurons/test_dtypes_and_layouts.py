@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
 
+from spikezoo.layers.temporal import per_step
 from spikezoo.neurons import (
     MultiStepIF,
     MultiStepLIF,
@@ -276,6 +279,42 @@ def test_a_traced_neuron_runs_on_its_input_as_shaped():
     reshaping = {"reshape", "view", "permute", "flatten", "contiguous", "unflatten"}
     called = {str(node.target) for graph in graphs for node in graph.graph.nodes}
     assert called.isdisjoint(reshaping), called & reshaping
+
+
+class _ConvBatchNormNeuron(nn.Module):
+    """``LIF(BN(conv(x)))`` over ``x [T, B, C, H, W]``, as spikezoo's layers run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 32, 1), nn.BatchNorm2d(32)
+        self.neuron = MultiStepLIF(tau=2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neuron(per_step(self.bn, per_step(self.conv, x)))
+
+
+def test_under_compile_the_batch_norm_before_a_neuron_is_computed_in_its_kernel():
+    """The loops take the steps of ``x`` as unbound views: inductor then computes the
+    BatchNorm's affine map inside the neuron's kernel, reading the convolution's output once.
+    Indexed step by step, it wrote the normalised output first, over the convolution's output
+    (an ``in_out_ptr`` buffer), and read it back: a pass more, 4 % of a compiled
+    ``sdt_2_512_cifar`` call."""
+    from torch._inductor.graph import GraphLowering
+
+    net = _ConvBatchNormNeuron().eval()
+    x = randn(4, 2, 8, 6, 6, seed=9)
+    sources = []
+    with (
+        mock.patch.object(GraphLowering, "save_output_code", sources.append),
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch.no_grad(),
+    ):
+        assert torch.compile(net, dynamic=False)(x).shape == (4, 2, 32, 6, 6)
+    kernels = [code for source in sources for code in source.split('extern "C"')[1:]]
+    normalising = [kernel for kernel in kernels if "rsqrt" in kernel]  # BatchNorm's (var+eps)
+    assert len(normalising) == 1, kernels
+    assert "in_out_ptr" not in normalising[0]
+    assert "!=" in normalising[0]  # the neuron's NaN check: the same kernel
 
 
 @pytest.mark.parametrize("kind", ["lif", "plif", "if"])
