@@ -36,7 +36,6 @@ spikingjelly's CPU path, to check the script without a GPU. Run ``--help`` for t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -46,7 +45,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from harness.environment import command_line, environment, finish, load_text  # noqa: E402
-from harness.markdown import table, write_generated  # noqa: E402
+from harness.markdown import save, table  # noqa: E402
 from harness.memory import peak_allocated  # noqa: E402
 from harness.process import ChildFailed, PeakMemory, run_in_fresh_process  # noqa: E402
 from harness.timing import compare, interleaved  # noqa: E402
@@ -231,10 +230,7 @@ def main(argv=None) -> int:
     finish(env)
     text = markdown(report)
     print(text)
-    if args.markdown:
-        write_generated(args.markdown, "bench_cuda", text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    save("bench_cuda", report, text, args.json, args.markdown)
     return 0 if any("error" not in r for r in report["processes"].values()) else 1
 
 

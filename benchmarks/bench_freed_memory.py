@@ -21,7 +21,6 @@ faults per call, and the peak resident memory of the timed calls.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
@@ -38,7 +37,7 @@ from harness.environment import (  # noqa: E402
     load_text,
     model_batches,
 )
-from harness.markdown import table, write_generated  # noqa: E402
+from harness.markdown import save, table  # noqa: E402
 from harness.process import PeakMemory, run_in_fresh_process, status_bytes  # noqa: E402
 from harness.timing import time_once  # noqa: E402
 
@@ -165,10 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print("\n" + text)
     report = dict(environment=env, results=records)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-    if args.markdown:
-        write_generated(args.markdown, "bench_freed_memory", text)
+    save("bench_freed_memory", report, text, args.json, args.markdown)
     return report
 
 

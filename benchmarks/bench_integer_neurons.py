@@ -34,7 +34,6 @@ spikezoo's, with ``torch.equal``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,7 @@ from torch import Tensor, nn
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from harness.environment import command_line, environment, finish, load_text  # noqa: E402
-from harness.markdown import table, write_generated  # noqa: E402
+from harness.markdown import save, table  # noqa: E402
 from harness.timing import error_text, interleaved, paired_ratio, ratio  # noqa: E402
 from peers.authors import authors_module  # noqa: E402
 
@@ -200,10 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         text += "\n\nNot run: " + "; ".join(f"{name}: {why}" for name, why in not_run.items())
     print("\n" + text)
     report = dict(environment=env, results=records)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-    if args.markdown:
-        write_generated(args.markdown, "bench_integer_neurons", text)
+    save("bench_integer_neurons", report, text, args.json, args.markdown)
     return report
 
 

@@ -24,7 +24,6 @@ prints the per-block table of saved tensors.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ from harness.environment import (  # noqa: E402
     load_text,
     model_batches,
 )
-from harness.markdown import table, write_generated  # noqa: E402
+from harness.markdown import save, table  # noqa: E402
 from harness.process import PeakMemory, run_in_fresh_process, status_bytes  # noqa: E402
 from harness.timing import time_once  # noqa: E402
 
@@ -224,10 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         ]
     )
     print(text)
-    if args.markdown:
-        write_generated(args.markdown, "bench_memory", text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    save("bench_memory", report, text, args.json, args.markdown)
     return report
 
 

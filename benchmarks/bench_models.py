@@ -65,7 +65,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from harness.environment import command_line  # noqa: E402
-from harness.markdown import write_generated  # noqa: E402
+from harness.markdown import save  # noqa: E402
 from whole_models.measure import measure  # noqa: E402
 from whole_models.report import markdown, plot  # noqa: E402
 from whole_models.zoo import MODELS, RUNNERS  # noqa: E402
@@ -195,13 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(text, flush=True)
     if args.plots:
         report["plots"] = [str(p.resolve()) for p in plot(report, args.plots)]
-    if args.markdown:
-        if args.plots:  # the figures, linked relative to the markdown file
-            links = [os.path.relpath(p, args.markdown.resolve().parent) for p in report["plots"]]
-            text += "\n" + "\n\n".join(f"![{Path(link).stem}]({link})" for link in links) + "\n"
-        write_generated(args.markdown, "bench_models", text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    if args.markdown and args.plots:  # the figures, linked relative to the markdown file
+        links = [os.path.relpath(p, args.markdown.resolve().parent) for p in report["plots"]]
+        text += "\n" + "\n\n".join(f"![{Path(link).stem}]({link})" for link in links) + "\n"
+    save("bench_models", report, text, args.json, args.markdown)
     return report
 
 

@@ -1,14 +1,16 @@
-"""Markdown output: tables through ``spikezoo.analysis.Table``, generated parts of a page."""
+"""Outputs: Markdown tables through ``spikezoo.analysis.Table``, generated parts of a page, and a
+run's JSON report."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from spikezoo.analysis import Table
 
-__all__ = ["markers", "table", "write_generated"]
+__all__ = ["markers", "save", "table", "write_generated"]
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -32,3 +34,12 @@ def write_generated(path: Path, name: str, text: str) -> None:
             path.write_text(head + block + rest.split(end, 1)[1])
             return
     path.write_text(block + "\n")
+
+
+def save(name: str, report: dict, text: str, json_path: Path | None, page: Path | None) -> None:
+    """Write ``report`` to ``json_path`` and ``text`` between ``benchmarks/<name>.py``'s
+    markers in ``page`` (:func:`write_generated`), each where given (``None``: not written)."""
+    if page:
+        write_generated(page, name, text)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1))

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["SOURCES", "library", "pointer"]
+__all__ = ["MIN_PARALLEL_VALUES", "SOURCES", "library", "pointer", "threads"]
 
 _log = logging.getLogger(__name__)
 
@@ -132,3 +132,16 @@ def library(name: str) -> ctypes.CDLL | None:
 def pointer(t: Tensor | None) -> int | None:
     """The address of ``t``'s first element for a ctypes argument (``None``: a null pointer)."""
     return None if t is None else t.data_ptr()
+
+
+#: An elementwise kernel call over fewer values than this runs on one thread: a parallel
+#: region costs more than it saves.
+MIN_PARALLEL_VALUES = 1 << 15
+
+
+def threads(values: int) -> int:
+    """The threads an elementwise kernel call over ``values`` values takes: as many as PyTorch
+    uses, or one below :data:`MIN_PARALLEL_VALUES`."""
+    import torch  # the build and load above need no torch
+
+    return torch.get_num_threads() if values >= MIN_PARALLEL_VALUES else 1

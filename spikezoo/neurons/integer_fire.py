@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from spikezoo import native
-from spikezoo.native import pointer
+from spikezoo.native import pointer, threads
 
 __all__ = ["GRADIENT_WINDOWS", "ROUNDINGS", "backward", "fire", "fire_by_pytorch"]
 
@@ -48,9 +48,6 @@ ROUNDINGS: dict[str, Callable[[Tensor], Tensor]] = {
 #: Where the straight-through gradient passes, by name: ``"closed"`` on ``0 <= x <= D`` (the
 #: base models' ``Quant``), ``"open"`` on ``0 < x < D`` (the large models' ``multispike``).
 GRADIENT_WINDOWS = ("closed", "open")
-
-#: Fewer values than this run on one thread: a parallel region costs more.
-_MIN_PARALLEL_VALUES = 1 << 15
 
 Fired = tuple[Tensor, Tensor | None, Tensor | None]
 
@@ -77,10 +74,6 @@ class _Kernels(NamedTuple):
     backward: ctypes._CFuncPtr
 
 
-def _threads(values: int) -> int:
-    return torch.get_num_threads() if values >= _MIN_PARALLEL_VALUES else 1
-
-
 def _fire_by_kernel(
     kernels: _Kernels, x: Tensor, levels: int, norm: float, rounding: str, window: str,
     with_mask: bool, with_counts: bool,
@@ -90,7 +83,7 @@ def _fire_by_kernel(
     counts = torch.empty_like(x, dtype=torch.uint8) if with_counts else None
     kernels.fire(
         x.data_ptr(), x.numel(), levels, norm, rounding == "half_up", window == "open",
-        spikes.data_ptr(), pointer(inside), pointer(counts), _threads(x.numel()),
+        spikes.data_ptr(), pointer(inside), pointer(counts), threads(x.numel()),
     )  # fmt: skip
     return spikes, inside, counts
 
@@ -99,7 +92,7 @@ def _backward_by_kernel(kernels: _Kernels, grad: Tensor, inside: Tensor, norm: f
     grad_x = torch.empty_like(grad)
     kernels.backward(
         grad.data_ptr(), inside.data_ptr(), grad.numel(), norm, grad_x.data_ptr(),
-        _threads(grad.numel()),
+        threads(grad.numel()),
     )  # fmt: skip
     return grad_x
 

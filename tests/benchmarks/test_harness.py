@@ -6,6 +6,7 @@ what came back.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,17 @@ def test_write_generated_replaces_only_its_own_part(tmp_path):
     fresh = tmp_path / "fresh.md"
     write_generated(fresh, "bench_x", "text")
     assert fresh.read_text() == f"{begin}\n\ntext\n\n{end}\n"
+
+
+def test_save_writes_the_report_and_the_page_only_where_asked(tmp_path):
+    from harness.markdown import markers, save
+
+    page, report = tmp_path / "page.md", tmp_path / "report.json"
+    save("bench_x", {"a": [1, 2]}, "text", report, page)
+    assert json.loads(report.read_text()) == {"a": [1, 2]}
+    assert page.read_text() == f"{markers('bench_x')[0]}\n\ntext\n\n{markers('bench_x')[1]}\n"
+    save("bench_x", {"a": 3}, "other", None, None)
+    assert json.loads(report.read_text()) == {"a": [1, 2]} and "other" not in page.read_text()
 
 
 def test_bench_neurons_tables_on_a_tiny_input(tmp_path):

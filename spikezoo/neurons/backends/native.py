@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from spikezoo import native
-from spikezoo.native import pointer
+from spikezoo.native import pointer, threads
 from spikezoo.neurons import dynamics
 from spikezoo.neurons.dynamics import NeuronConfig
 
@@ -38,9 +38,6 @@ __all__ = ["SURROGATES", "backward", "backward_from_input", "forward", "unavaila
 
 #: Surrogate name -> its number in the C source.
 SURROGATES = {"sigmoid": 0, "atan": 1}
-
-#: Fewer values (``T * N``) than this run on one thread: a parallel region costs more.
-_MIN_PARALLEL_VALUES = 1 << 15
 
 
 class _Neuron(ctypes.Structure):
@@ -156,10 +153,6 @@ def _float32(t: Tensor) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
-def _threads(values: int) -> int:
-    return torch.get_num_threads() if values >= _MIN_PARALLEL_VALUES else 1
-
-
 def _loops(cfg: NeuronConfig, k: Tensor) -> tuple[ctypes.CDLL, _Neuron]:
     """The library and the C configuration, once this configuration passed the probe."""
     neuron = _neuron(cfg, k)
@@ -191,7 +184,7 @@ def _forward(
     library.neurons_forward_f32(
         ctypes.byref(neuron), x.data_ptr(), x_step, steps, neurons, v_init.data_ptr(),
         v_init.dim() > 0,
-        spikes.data_ptr(), pointer(charged), pointer(v_final), _threads(x.numel()),
+        spikes.data_ptr(), pointer(charged), pointer(v_final), threads(x.numel()),
     )  # fmt: skip
     return spikes, charged, v_final
 
@@ -237,7 +230,7 @@ def _backward(
         ctypes.byref(neuron), grad_spikes.data_ptr(), grad_v.data_ptr(), grad_v.dim() > 0,
         pointer(charged), pointer(x), x_step, v_init.data_ptr(), v_init.dim() > 0, steps,
         neurons, grad_x.data_ptr(), pointer(grad_v_init),
-        ctypes.byref(grad_k_sum) if grad_k_needed else None, _threads(saved.numel()),
+        ctypes.byref(grad_k_sum) if grad_k_needed else None, threads(saved.numel()),
     )  # fmt: skip
     if failed:
         raise MemoryError(f"backend 'native': no memory for the dL/dk sums of {neurons} neurons")
