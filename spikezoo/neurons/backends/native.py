@@ -2,7 +2,8 @@
 
 The kernels (``spikezoo/native/neurons.c``, built once per machine by :mod:`spikezoo.native`
 in a few seconds) take a span of neurons per thread, on PyTorch's OpenMP threads, and run its
-steps four at a time while its membranes stay in cache: one pass forward and one back.
+tiles of 128 neurons through all their steps (16 at a time beyond T = 16), fetching their rows
+two tiles ahead, while the membranes stay in cache: one pass forward and one back.
 Charged membranes, spikes and final membranes are the eager loops'
 (:mod:`spikezoo.neurons.dynamics`) bit for bit: the same operations, rounded as written. The
 gradients differ from the eager loops' by the rounding of one function, the sigmoid
