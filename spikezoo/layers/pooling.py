@@ -11,8 +11,9 @@ On the CPU, for contiguous float32 input, a C kernel (``spikezoo/native/max_pool
 the maxima and offsets and, in backward, the gradient, as PyTorch's NCHW kernels compute them
 (checked once per process on a probe, bit for bit, NaN and ties included): PyTorch's kernel
 walks one scalar window at a time and writes ``int64`` indices, the C kernel updates a whole
-output row per window position, vectorised, and writes the offsets directly. The training
-forward, on spikes (3x3, stride 2, 2 threads): ``[4, 48, 224, 224]`` 25.3 -> 3.0 ms,
+output row per window position, vectorised (strides 1 and 2 compiled as constants, so that
+the strided loads are vector loads), and writes the offsets directly. The training forward,
+on spikes (3x3, stride 2, 2 threads): ``[4, 48, 224, 224]`` 25.3 -> 3.0 ms,
 ``[16, 256, 32, 32]`` 8.8 -> 3.2 ms; backward ``[4, 96, 112, 112]`` 1.8 -> 0.7 ms. On short
 output rows with many channels PyTorch's channels-last forward is faster and runs instead
 (:data:`_KERNEL_FROM_WIDTH`); backward then takes the C kernel all the same. Elsewhere
@@ -30,7 +31,7 @@ ms), and faster than converting to channels-last for PyTorch's vectorised kernel
 are the same (a maximum is exact; NaN propagates alike), except that between a ``-0.0`` and a
 ``0.0`` in one window either may be returned. On rows of at least
 :data:`_KERNEL_WITHOUT_GRAD_FROM_WIDTH` outputs the C kernel, which returns PyTorch's values
-exactly, is faster still and runs instead (without writing offsets).
+exactly, is faster still and runs instead (without finding offsets).
 """
 
 from __future__ import annotations
@@ -71,11 +72,12 @@ _CHANNELS_LAST_FROM = 64
 _KERNEL_FROM_WIDTH = 16
 
 #: The narrowest output rows for which the forward without gradients takes the C kernel instead
-#: of the separable maximum (which computes no position): ``[4, 48, 224, 224]`` (rows of 112)
-#: 7.0 -> 3.0 ms, ``[4, 96, 112, 112]`` (56) 3.1 -> 1.8 ms, but ``[4, 192, 56, 56]`` (28) 1.42
-#: and 1.36 ms, ``[16, 256, 32, 32]`` (16) 2.7 and 3.2 ms (3x3, stride 2, spikes, 2 threads,
-#: the C kernel finding the positions too).
-_KERNEL_WITHOUT_GRAD_FROM_WIDTH = 48
+#: of the separable maximum (which computes no position). Measured on an Intel Xeon (3x3,
+#: spikes, 2 threads, 2026-12-05, the kernel without offsets): stride 2 ``[4, 48, 224, 224]``
+#: (rows of 112) 8.25 -> 2.25 ms, ``[4, 192, 56, 56]`` (28) 2.15 -> 1.10 ms, ``[16, 256, 32,
+#: 32]`` (16) 3.23 -> 2.50 ms, but ``[16, 512, 16, 16]`` (8) 1.75 and 2.10 ms; stride 1
+#: ``[4, 192, 56, 56]`` (56) 2.47 -> 2.05 ms, but ``[8, 384, 14, 14]`` (14) 0.72 and 1.37 ms.
+_KERNEL_WITHOUT_GRAD_FROM_WIDTH = 16
 
 
 def _window_starts(
@@ -198,9 +200,10 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
 
 
 def _reproduces_pytorch(kernels: _Kernels) -> bool:
-    """Whether ``kernels`` give PyTorch's maxima, offsets and gradients bit for bit on a probe:
-    ties (spikes), NaN, infinities and negative values, windows of the models (3x3, stride 2
-    and 1, padding 1) and others, rows of both offset widths, on as many threads as PyTorch."""
+    """Whether ``kernels`` give PyTorch's maxima (with and without offsets), offsets and
+    gradients bit for bit on a probe: ties (spikes), NaN, infinities and negative values,
+    windows of the models (3x3, stride 2 and 1, padding 1) and others, rows of both offset
+    widths, on as many threads as PyTorch."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(-3, 3, (2, 3, 9, 70), generator=generator).float()
     x[0, 0] = (x[0, 0] > 0).float()
@@ -211,9 +214,12 @@ def _reproduces_pytorch(kernels: _Kernels) -> bool:
     for kernel, stride, padding in windows:
         for plane in (x, x[:, :, :, :40].contiguous()):  # int16 and int8 offsets
             pooled, offsets = _pool_by_kernel(kernels, plane, kernel, stride, padding)
+            maxima = _pool_by_kernel(kernels, plane, kernel, stride, padding, False)[0]
             expected, expected_offsets = _pool_by_pytorch(plane, kernel, stride, padding)
             # the backward kernel trusts its offsets: it runs on offsets known to be right
             if not (_same_bits(pooled, expected) and torch.equal(offsets, expected_offsets)):
+                return False
+            if not _same_bits(maxima, expected):
                 return False
             grad = torch.randn(pooled.shape, generator=generator)
             grad_x = _unpool_by_kernel(kernels, grad, offsets, plane.shape, stride, padding)

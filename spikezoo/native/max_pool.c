@@ -23,6 +23,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* The narrowest output rows that take pool_row_with's loop for stride 2 (below). */
+#define WIDE_ROW 32
+
 typedef struct {
     int64_t planes, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
         out_height, out_width;
@@ -43,16 +46,18 @@ static void store_offsets(const int32_t *offset, void *offsets, int bytes, int64
         for (int64_t k = 0; k < count; k++) ((int32_t *)offsets)[at + k] = offset[k];
 }
 
-/* One output row: out[ow] and offset[ow] for every ow of row oh of one plane. Kernel column j
-   meets the plane in outputs first[j] .. last[j]. */
-static void pool_row(const float *restrict plane, const window_t *w, int64_t oh,
-                     const int64_t *first, const int64_t *last, float *restrict out,
-                     int32_t *restrict offset) {
-    const int64_t top = oh * w->stride_h - w->pad_h, s = w->stride_w;
+/* One output row: out[ow] and, where `track`, offset[ow] for every ow of row oh of one plane.
+   Kernel column j meets the plane in outputs first[j] .. last[j]. Inlined with constant `s`
+   and `track` (below), so the loop over the row loads its strided values as vectors. */
+static inline __attribute__((always_inline)) void
+pool_row_with(const float *restrict plane, const window_t *w, int64_t oh, const int64_t *first,
+              const int64_t *last, float *restrict out, int32_t *restrict offset, int64_t s,
+              int track) {
+    const int64_t top = oh * w->stride_h - w->pad_h;
     const int64_t i0 = max64(0, -top), i1 = min64(w->kernel_h, w->height - top);
     for (int64_t ow = 0; ow < w->out_width; ow++) {
         out[ow] = -INFINITY;
-        offset[ow] = (int32_t)(i0 * w->width + max64(0, w->pad_w - ow * s));
+        if (track) offset[ow] = (int32_t)(i0 * w->width + max64(0, w->pad_w - ow * s));
     }
     for (int64_t i = i0; i < i1; i++) {
         const float *restrict row = plane + (top + i) * w->width - w->pad_w;
@@ -62,10 +67,30 @@ static void pool_row(const float *restrict plane, const window_t *w, int64_t oh,
                 const float v = row[ow * s + j];
                 const int take = (v > out[ow]) | (v != v);
                 out[ow] = take ? v : out[ow];
-                offset[ow] = take ? here : offset[ow];
+                if (track) offset[ow] = take ? here : offset[ow];
             }
         }
     }
+}
+
+/* pool_row_with, offsets where `offset` is not NULL, with the stride as a constant where that
+   pays: stride 1 always, stride 2 on rows of at least WIDE_ROW outputs (on shorter rows the
+   vector loop's remainder costs what its vectors save), any other stride at run time. */
+static void pool_row(const float *plane, const window_t *w, int64_t oh, const int64_t *first,
+                     const int64_t *last, float *out, int32_t *offset) {
+#define ROW(s)                                                             \
+    if (offset != NULL)                                                    \
+        pool_row_with(plane, w, oh, first, last, out, offset, s, 1);       \
+    else                                                                   \
+        pool_row_with(plane, w, oh, first, last, out, NULL, s, 0)
+    if (w->stride_w == 1) {
+        ROW(1);
+    } else if (w->stride_w == 2 && w->out_width >= WIDE_ROW) {
+        ROW(2);
+    } else {
+        ROW(w->stride_w);
+    }
+#undef ROW
 }
 
 void max_pool2d_offsets_f32(const float *x, int64_t planes, int64_t height, int64_t width,
@@ -84,7 +109,7 @@ void max_pool2d_offsets_f32(const float *x, int64_t planes, int64_t height, int6
     }
 #pragma omp parallel num_threads(threads) if (rows > 1)
     {
-        int32_t *offset = malloc(sizeof(int32_t) * (size_t)out_width);
+        int32_t *offset = offsets == NULL ? NULL : malloc(sizeof(int32_t) * (size_t)out_width);
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const int64_t p = r / out_height, oh = r % out_height;

@@ -10,6 +10,7 @@ import logging
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikezoo.analysis import measure_saved_tensors
@@ -242,6 +243,19 @@ def test_the_c_kernel_pools_as_torch_bit_for_bit(window, shape, monkeypatch):
     assert torch.equal(_bits(got[1]), _bits(expected[1]))
 
 
+@pytest.mark.parametrize("window", [*WINDOWS, (4, 3, 1), (3, 5, 0)], ids=str)
+def test_the_c_kernel_without_offsets_gives_the_maxima_it_gives_with_them(window):
+    """The kernel's loop without offsets (inference), compiled apart for strides 1 and 2 and
+    for any other, finds PyTorch's maxima, bit for bit."""
+    kernels = pooling._kernel()
+    kernel, stride, padding = (_pair(v) for v in window)
+    x = _awkward_float32((2, 3, 9, 70), seed=5)
+    pooled, offsets = pooling._pool_by_kernel(kernels, x, kernel, stride, padding, False)
+    assert offsets is None
+    expected = nn.functional.max_pool2d(x, kernel, stride, padding)
+    assert expected.isnan().any() and torch.equal(_bits(pooled), _bits(expected))
+
+
 def test_short_rows_of_many_channels_pool_with_torch_and_go_back_with_the_kernel(monkeypatch):
     """Below ``_KERNEL_FROM_WIDTH`` output columns and from ``_CHANNELS_LAST_FROM`` channels on,
     PyTorch's channels-last forward is the faster and runs; backward takes the C kernel."""
@@ -302,15 +316,15 @@ def test_a_strided_gradient_goes_back_with_torchs_kernel():
     assert torch.equal(_bits(leaf.grad), _bits(reference.grad))
 
 
-@pytest.mark.parametrize("wrong", ["maxima", "offsets", "gradient"])
+@pytest.mark.parametrize("wrong", ["maxima", "maxima without offsets", "offsets", "gradient"])
 def test_a_c_kernel_unequal_to_torchs_is_not_used(wrong, monkeypatch, caplog):
     pool, unpool = pooling._pool_by_kernel, pooling._unpool_by_kernel
 
     def pool_off(*args):
         pooled, offsets = pool(*args)
-        if wrong == "maxima":
+        if wrong == "maxima" or (wrong == "maxima without offsets" and offsets is None):
             pooled = torch.nextafter(pooled, torch.full_like(pooled, float("inf")))
-        elif wrong == "offsets":
+        elif wrong == "offsets" and offsets is not None:
             offsets = offsets.flip(-1)
         return pooled, offsets
 
