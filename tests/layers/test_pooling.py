@@ -244,12 +244,14 @@ def test_the_c_kernel_pools_as_torch_bit_for_bit(window, shape, monkeypatch):
 
 
 @pytest.mark.parametrize("window", [*WINDOWS, (4, 3, 1), (3, 5, 0)], ids=str)
-def test_the_c_kernel_without_offsets_gives_the_maxima_it_gives_with_them(window):
-    """The kernel's loop without offsets (inference), compiled apart for strides 1 and 2 and
-    for any other, finds PyTorch's maxima, bit for bit."""
+@pytest.mark.parametrize("width", [70, 30], ids=lambda w: f"width{w}")
+def test_the_c_kernel_without_offsets_gives_torchs_maxima(window, width):
+    """The kernel's loop without offsets (inference), compiled apart for stride 1, for stride
+    2 on wide rows (35 outputs of 70 columns; 15 of 30 take the general loop) and for any
+    other stride, finds PyTorch's maxima, bit for bit."""
     kernels = pooling._kernel()
     kernel, stride, padding = (_pair(v) for v in window)
-    x = _awkward_float32((2, 3, 9, 70), seed=5)
+    x = _awkward_float32((2, 3, 9, width), seed=5)
     pooled, offsets = pooling._pool_by_kernel(kernels, x, kernel, stride, padding, False)
     assert offsets is None
     expected = nn.functional.max_pool2d(x, kernel, stride, padding)
