@@ -21,10 +21,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* 512-bit vectors where the CPU has them (gcc prefers 256 bits on most AVX-512 CPUs): the
-   backward pass's exponential keeps up with memory only at the full width. Each element's
-   arithmetic is the same at any width; only a PLIF's dL/dk sum adds in another order. */
-#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+/* 512-bit vectors where the CPU has them (gcc prefers 256 bits on most AVX-512 CPUs; it takes
+   this pragma from version 8): the backward pass's exponential keeps up with memory only at
+   the full width. Each element's arithmetic is the same at any width; only a PLIF's dL/dk sum
+   adds in another order. */
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
 #pragma GCC target("prefer-vector-width=512")
 #endif
 
