@@ -250,6 +250,7 @@ def test_the_c_kernel_without_offsets_gives_torchs_maxima(window, width):
     2 on wide rows (35 outputs of 70 columns; 15 of 30 take the general loop) and for any
     other stride, finds PyTorch's maxima, bit for bit."""
     kernels = pooling._kernel()
+    assert kernels is not None  # built and probed
     kernel, stride, padding = (_pair(v) for v in window)
     x = _awkward_float32((2, 3, 9, width), seed=5)
     pooled, offsets = pooling._pool_by_kernel(kernels, x, kernel, stride, padding, False)
