@@ -253,13 +253,13 @@ def _begin_training_call(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) ->
 
 
 def _training_batch_norm_by_statistics_kernel(
-    frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d
+    frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d, normalise: bool = True
 ) -> tuple:
     """:func:`_training_batch_norm` where :func:`_statistics_kernel_applies`: the statistics
-    and the output from the C kernel."""
+    and the output from the C kernel (``None`` for the output unless ``normalise``)."""
     running, factor = _begin_training_call(frames, bn)
     normalised, mean, invstd = _compute(
-        _kernel(), frames, bn.weight, bn.bias, *running, factor, bn.eps, normalise=True
+        _kernel(), frames, bn.weight, bn.bias, *running, factor, bn.eps, normalise=normalise
     )
     # what the native CPU kernel (backend index 0) returns besides: an empty reserve
     return normalised, mean, invstd, torch.empty(0, dtype=torch.uint8), 0

@@ -14,7 +14,12 @@
    tile PREFETCH_TILES ahead itself. The backward pass walks the steps in
    reverse; where it recharges the membranes from the input x, it writes them into the span's
    rows of dL/dx first and overwrites each row with its gradient on the way back, so no
-   [T, N] membranes ever reach memory. */
+   [T, N] membranes ever reach memory.
+
+   The input may be read through BatchNorm's per-channel affine map (normalisation_t), so that
+   a BatchNorm and the neuron after it take one pass: the loops then charge with
+   x * alpha + beta, computed as spikezoo/native/batch_norm.c (PyTorch's CPU kernel) computes
+   BatchNorm's output. */
 
 #include <math.h>
 #include <stddef.h>
@@ -66,6 +71,27 @@ typedef struct {
 
 typedef enum { INTEGRATE, LEAK_INPUT, LEAK_MEMBRANE } charge_kind;
 
+/* BatchNorm between the input and the neurons: neuron i of x [T, N] belongs to channel
+   c = i / inner % channels (x is [T, B, channels, inner]) and is charged with
+   x * alpha[c] + beta[c], for alpha = invstd * weight and beta = bias - mean * alpha (weight 1
+   and bias 0 where NULL), each sum of a product a multiply-add where `contract`. */
+typedef struct {
+    const float *weight, *bias, *mean, *invstd;
+    int64_t channels, inner;
+    int32_t contract;
+} normalisation_t;
+
+/* How charge_tile reads x: as it is, or through the tile's alpha and beta, rounded twice or
+   fused. */
+typedef enum { RAW, AFFINE, AFFINE_FUSED } input_kind;
+
+static inline __attribute__((always_inline)) float input(input_kind kind, float x, float alpha,
+                                                         float beta) {
+    if (kind == AFFINE_FUSED) return fmaf(x, alpha, beta);
+    if (kind == AFFINE) return x * alpha + beta;
+    return x;
+}
+
 static inline __attribute__((always_inline)) float charge(charge_kind kind, float x, float v,
                                                           float rest, float k) {
     if (kind == INTEGRATE) return v + x;
@@ -97,10 +123,12 @@ static int64_t span_for(int64_t steps) {
 static int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Steps [0, steps) of the neurons [i0, i0 + count), from the membranes v (updated in place).
-   Step t of x starts at x + t * x_step (x_step 0: the same input at every step); spikes and
-   charged (either may be NULL) are [steps, neurons]. */
+   Step t of x starts at x + t * x_step (x_step 0: the same input at every step), read
+   through alpha and beta ([count], the tile's; unused for RAW); spikes and charged (either
+   may be NULL) are [steps, neurons]. */
 static inline __attribute__((always_inline)) void
-charge_tile(charge_kind kind, int soft, const neuron_t *n, const float *restrict x,
+charge_tile(charge_kind kind, int soft, input_kind reading, const neuron_t *n,
+            const float *restrict x, const float *restrict alpha, const float *restrict beta,
             int64_t x_step, int64_t steps, int64_t neurons, int64_t i0, int64_t count,
             float *restrict v, float *restrict spikes, float *restrict charged) {
     const float threshold = n->v_threshold, v_reset = n->v_reset, rest = n->charge_reset;
@@ -112,7 +140,8 @@ charge_tile(charge_kind kind, int soft, const neuron_t *n, const float *restrict
         if (spikes != NULL) PREFETCH_ROW(spikes + row, 1);
         if (charged != NULL) PREFETCH_ROW(charged + row, 1);
         for (int64_t i = 0; i < count; i++) {
-            const float h = charge(kind, x_row[i], v[i], rest, k);
+            const float in = input(reading, x_row[i], alpha[i], beta[i]);
+            const float h = charge(kind, in, v[i], rest, k);
             if (spikes != NULL) spikes[row + i] = h != h ? h : (float)(h >= threshold);
             if (charged != NULL) charged[row + i] = h;
             v[i] = after_spike(soft, h, threshold, v_reset);
@@ -120,25 +149,36 @@ charge_tile(charge_kind kind, int soft, const neuron_t *n, const float *restrict
     }
 }
 
-static void charge_tile_of(const neuron_t *n, const float *x, int64_t x_step, int64_t steps,
+static void charge_tile_of(const neuron_t *n, input_kind reading, const float *x,
+                           const float *alpha, const float *beta, int64_t x_step, int64_t steps,
                            int64_t neurons, int64_t i0, int64_t count, float *v, float *spikes,
                            float *charged) {
-    /* one specialised loop per (charge, reset) pair */
-#define CHARGE(kind, soft) \
-    charge_tile(kind, soft, n, x, x_step, steps, neurons, i0, count, v, spikes, charged)
-#define RESET(kind)      \
-    if (n->soft_reset)   \
-        CHARGE(kind, 1); \
-    else                 \
-        CHARGE(kind, 0)
-    const charge_kind kind = kind_of(n);
-    if (kind == INTEGRATE) {
-        RESET(INTEGRATE);
-    } else if (kind == LEAK_INPUT) {
-        RESET(LEAK_INPUT);
-    } else {
-        RESET(LEAK_MEMBRANE);
+    /* one specialised loop per (input, charge, reset) */
+#define CHARGE(reading, kind, soft)                                                           \
+    charge_tile(kind, soft, reading, n, x, alpha, beta, x_step, steps, neurons, i0, count, v, \
+                spikes, charged)
+#define RESET(reading, kind)      \
+    if (n->soft_reset)            \
+        CHARGE(reading, kind, 1); \
+    else                          \
+        CHARGE(reading, kind, 0)
+#define KIND(reading)                      \
+    if (kind == INTEGRATE) {               \
+        RESET(reading, INTEGRATE);         \
+    } else if (kind == LEAK_INPUT) {       \
+        RESET(reading, LEAK_INPUT);        \
+    } else {                               \
+        RESET(reading, LEAK_MEMBRANE);     \
     }
+    const charge_kind kind = kind_of(n);
+    if (reading == AFFINE_FUSED) {
+        KIND(AFFINE_FUSED)
+    } else if (reading == AFFINE) {
+        KIND(AFFINE)
+    } else {
+        KIND(RAW)
+    }
+#undef KIND
 #undef RESET
 #undef CHARGE
 }
@@ -148,38 +188,91 @@ static void load_membranes(float *v, const float *source, int per_neuron, int64_
     for (int64_t i = 0; i < count; i++) v[i] = per_neuron ? source[i0 + i] : source[0];
 }
 
-/* The steps of the neurons [i0, i0 + count) from their membranes v (updated), chunk by chunk,
-   tile by tile, as charge_tile takes them. */
-static void charge_span(const neuron_t *n, const float *x, int64_t x_step, int64_t steps,
-                        int64_t neurons, int64_t i0, int64_t count, float *v, float *spikes,
-                        float *charged) {
-    for (int64_t t0 = 0; t0 < steps; t0 += CHUNK) {
-        const int64_t offset = t0 * neurons;
-        for (int64_t j = 0; j < count; j += TILE)
-            charge_tile_of(n, x + t0 * x_step, x_step, smaller(CHUNK, steps - t0), neurons,
-                           i0 + j, smaller(TILE, count - j), v + j,
-                           spikes == NULL ? NULL : spikes + offset,
-                           charged == NULL ? NULL : charged + offset);
+/* A normalisation's alpha and beta per channel (coefficients[c] and coefficients[channels +
+   c]), as batch_norm.c's normalise_row computes them. */
+static void channel_coefficients(const normalisation_t *norm, float *coefficients) {
+    for (int64_t c = 0; c < norm->channels; c++) {
+        const float alpha = norm->weight == NULL ? norm->invstd[c] : norm->invstd[c] * norm->weight[c];
+        const float shift = norm->bias == NULL ? 0.0f : norm->bias[c];
+        coefficients[c] = alpha;
+        coefficients[norm->channels + c] =
+            norm->contract ? fmaf(-norm->mean[c], alpha, shift) : shift - norm->mean[c] * alpha;
     }
 }
 
-/* forward_sequence over x [steps, neurons] (step t at x + t * x_step): spikes [steps,
-   neurons], the charged membranes (unless charged is NULL) and the final membranes v_final
-   [neurons] (unless NULL), from v_init ([neurons] if v_init_per_neuron, else one value). At
-   most `threads` threads. */
-void neurons_forward_f32(const neuron_t *n, const float *x, int64_t x_step, int64_t steps,
-                         int64_t neurons, const float *v_init, int v_init_per_neuron,
-                         float *spikes, float *charged, float *v_final, int threads) {
+/* alpha and beta ([count]) of the neurons [i0, i0 + count) from their channels'. */
+static void tile_coefficients(const normalisation_t *norm, const float *coefficients, int64_t i0,
+                              int64_t count, float *alpha, float *beta) {
+    int64_t c = i0 / norm->inner % norm->channels, position = i0 % norm->inner;
+    for (int64_t i = 0; i < count; i++) {
+        alpha[i] = coefficients[c];
+        beta[i] = coefficients[norm->channels + c];
+        if (++position == norm->inner) {
+            position = 0;
+            c = c + 1 == norm->channels ? 0 : c + 1;
+        }
+    }
+}
+
+/* The steps of the neurons [i0, i0 + count) from their membranes v (updated), chunk by chunk,
+   tile by tile, as charge_tile takes them; x is read through norm (with its coefficients)
+   unless norm is NULL. */
+static void charge_span(const neuron_t *n, const normalisation_t *norm, const float *coefficients,
+                        const float *x, int64_t x_step, int64_t steps, int64_t neurons, int64_t i0,
+                        int64_t count, float *v, float *spikes, float *charged) {
+    const input_kind reading = norm == NULL ? RAW : norm->contract ? AFFINE_FUSED : AFFINE;
+    float alpha[TILE], beta[TILE];
+    for (int64_t t0 = 0; t0 < steps; t0 += CHUNK) {
+        const int64_t offset = t0 * neurons;
+        for (int64_t j = 0; j < count; j += TILE) {
+            const int64_t tile = smaller(TILE, count - j);
+            if (norm != NULL) tile_coefficients(norm, coefficients, i0 + j, tile, alpha, beta);
+            charge_tile_of(n, reading, x + t0 * x_step, alpha, beta, x_step,
+                           smaller(CHUNK, steps - t0), neurons, i0 + j, tile, v + j,
+                           spikes == NULL ? NULL : spikes + offset,
+                           charged == NULL ? NULL : charged + offset);
+        }
+    }
+}
+
+/* norm's coefficients (2 * channels floats, to be freed), or NULL where norm is NULL or no
+   memory could be had (*failed set). */
+static float *coefficients_of(const normalisation_t *norm, int *failed) {
+    *failed = 0;
+    if (norm == NULL) return NULL;
+    float *coefficients = malloc(2 * norm->channels * sizeof(float));
+    if (coefficients == NULL)
+        *failed = 1;
+    else
+        channel_coefficients(norm, coefficients);
+    return coefficients;
+}
+
+/* forward_sequence over x [steps, neurons] (step t at x + t * x_step), read through norm
+   unless it is NULL: spikes [steps, neurons], the charged membranes (unless charged is NULL)
+   and the final membranes v_final [neurons] (unless NULL), from v_init ([neurons] if
+   v_init_per_neuron, else one value). Returns 0, or 1 where memory for norm's coefficients
+   could not be had (nothing written). At most `threads` threads. */
+int neurons_forward_f32(const neuron_t *n, const normalisation_t *norm, const float *x,
+                        int64_t x_step, int64_t steps, int64_t neurons, const float *v_init,
+                        int v_init_per_neuron, float *spikes, float *charged, float *v_final,
+                        int threads) {
     const int64_t span = span_for(steps), spans = (neurons + span - 1) / span;
+    int failed;
+    float *coefficients = coefficients_of(norm, &failed);
+    if (failed) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads_for(spans, threads))
     for (int64_t index = 0; index < spans; index++) {
         const int64_t i0 = index * span, count = smaller(span, neurons - i0);
         float v[SPAN];
         load_membranes(v, v_init, v_init_per_neuron, i0, count);
-        charge_span(n, x, x_step, steps, neurons, i0, count, v, spikes, charged);
+        charge_span(n, norm, coefficients, x, x_step, steps, neurons, i0, count, v, spikes,
+                    charged);
         if (v_final != NULL)
             for (int64_t i = 0; i < count; i++) v_final[i0 + i] = v[i];
     }
+    free(coefficients);
+    return 0;
 }
 
 /* A multiply-add inside the exponential alone: fused where the CPU has the instruction (half
@@ -312,19 +405,27 @@ static double decay_gradient(const neuron_t *n, const float *restrict h,
 /* Back-propagation through time of neurons_forward_f32 over [steps, neurons]: dL/dx into
    grad_x, dL/dv_init into grad_v_init (unless NULL) and the decay's summed term into
    *grad_k (unless NULL; the caller divides it by k under decay_input). The charged membranes
-   are read from `charged`, or recharged from x (step t at x + t * x_step) where charged is
-   NULL. grad_v is dL/dv_final
+   are read from `charged`, or recharged from x (step t at x + t * x_step, read through norm
+   unless it is NULL: grad_x is then dL/d of what the neurons read; norm is NULL where charged
+   is not) where charged is NULL. grad_v is dL/dv_final
    ([neurons] if grad_v_per_neuron, else one value). Returns 0, or 1 where memory for the
-   per-span sums of dL/dk could not be had. At most `threads` threads. */
-int neurons_backward_f32(const neuron_t *n, const float *grad_spikes, const float *grad_v,
-                         int grad_v_per_neuron, const float *charged, const float *x,
-                         int64_t x_step, const float *v_init, int v_init_per_neuron,
-                         int64_t steps, int64_t neurons, float *grad_x, float *grad_v_init,
-                         double *grad_k, int threads) {
+   per-span sums of dL/dk or norm's coefficients could not be had. At most `threads`
+   threads. */
+int neurons_backward_f32(const neuron_t *n, const normalisation_t *norm, const float *grad_spikes,
+                         const float *grad_v, int grad_v_per_neuron, const float *charged,
+                         const float *x, int64_t x_step, const float *v_init,
+                         int v_init_per_neuron, int64_t steps, int64_t neurons, float *grad_x,
+                         float *grad_v_init, double *grad_k, int threads) {
     const int64_t span = span_for(steps), spans = (neurons + span - 1) / span;
     double *span_sums = NULL;
     if (grad_k != NULL && n->leaky && (span_sums = calloc(spans, sizeof(double))) == NULL)
         return 1;
+    int failed;
+    float *coefficients = coefficients_of(norm, &failed);
+    if (failed) {
+        free(span_sums);
+        return 1;
+    }
     /* dL/dx = dL/dh * k under decay_input, else dL/dh (times 1.0f: the same bits) */
     const float input_scale = n->leaky && n->decay_input ? n->k : 1.0f;
     /* the membranes are recharged into dL/dx's rows of the span, which it reads back */
@@ -335,7 +436,8 @@ int neurons_backward_f32(const neuron_t *n, const float *grad_spikes, const floa
         float gv[SPAN], grad_h[TILE];
         if (charged == NULL) { /* gv holds the membranes while they are recharged */
             load_membranes(gv, v_init, v_init_per_neuron, i0, count);
-            charge_span(n, x, x_step, steps, neurons, i0, count, gv, NULL, grad_x);
+            charge_span(n, norm, coefficients, x, x_step, steps, neurons, i0, count, gv, NULL,
+                        grad_x);
         }
         load_membranes(gv, grad_v, grad_v_per_neuron, i0, count);
         double sum = 0.0;
@@ -373,5 +475,6 @@ int neurons_backward_f32(const neuron_t *n, const float *grad_spikes, const floa
         *grad_k = total;
     }
     free(span_sums);
+    free(coefficients);
     return 0;
 }

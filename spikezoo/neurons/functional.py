@@ -33,6 +33,7 @@ from spikezoo import _checks
 from spikezoo.neurons.autograd import MultiStepDynamics
 from spikezoo.neurons.backends import (
     BACKENDS,
+    native,
     resolve_backend,
     run_backward_from_input,
     run_forward,
@@ -50,6 +51,8 @@ __all__ = [
     "multistep_neuron",
     "multistep_plif",
     "neuron_config",
+    "normalised_multistep_neuron",
+    "reads_normalisation",
     "validate_backend",
 ]
 
@@ -244,12 +247,64 @@ def multistep_neuron(
     return spikes, _unflatten(v_final, x[:1], order)[0]
 
 
+def _native_dynamics(
+    x: Tensor, decay: Tensor | float | None, backend: str, settings: dict
+) -> tuple[NeuronConfig, Tensor] | None:
+    """The configuration and decay of :func:`_dynamics` where the neurons can read ``x``
+    through a normalisation (:func:`reads_normalisation`), else ``None``."""
+    if not (isinstance(x, Tensor) and x.dim() >= 3 and x.is_contiguous()):
+        return None
+    cfg, candidates, k = _dynamics(x, decay, backend, **settings)
+    return (cfg, k) if candidates[0] == "native" and native.runs(cfg) else None
+
+
+def reads_normalisation(
+    x: Tensor, *, decay: Tensor | float | None, backend: str, **settings: object
+) -> bool:
+    """Whether the neurons can read ``x [T, B, C, ...]`` through a BatchNorm's per-channel map
+    (:class:`~spikezoo.neurons.backends.native.Normalisation`), in
+    :func:`normalised_multistep_neuron` and :func:`multistep_input_gradient`: where ``x`` is
+    contiguous and the backend that :func:`multistep_neuron` would run first on it is
+    ``"native"``, which passed its probe for this configuration. ``settings`` are
+    :func:`neuron_config`'s keyword arguments other than ``leaky``."""
+    return _native_dynamics(x, decay, backend, settings) is not None
+
+
+def normalised_multistep_neuron(
+    x: Tensor,
+    normalisation: native.Normalisation,
+    *,
+    decay: Tensor | float | None,
+    backend: str,
+    **settings: object,
+) -> Tensor | None:
+    """The spikes of :func:`multistep_neuron` on ``x [T, B, C, ...]`` normalised by
+    ``normalisation`` (membrane at rest at ``t = 0``), in inference, in one pass that never
+    writes the normalised input: the same spikes, bit for bit. ``None`` (nothing run) where
+    not :func:`reads_normalisation`; ``ValueError`` where a gradient is asked for. For
+    :func:`spikezoo.layers.batch_norm_fire`."""
+    if torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad for t in (x, decay)
+    ):
+        raise ValueError("a normalised input is read in inference only (no gradient asked for)")
+    dynamics = _native_dynamics(x, decay, backend, settings)
+    if dynamics is None:
+        return None
+    cfg, k = dynamics
+    rest = torch.full((), cfg.charge_reset, dtype=k.dtype)
+    spikes, _, _ = native.forward(x.view(x.shape[0], -1), rest, k, cfg, False, False,
+                                  normalisation)  # fmt: skip
+    mark_spikes(spikes)
+    return spikes.view(x.shape)
+
+
 def multistep_input_gradient(
     x: Tensor,
     grad_spikes: Tensor,
     *,
     decay: Tensor | float | None,
     backend: str,
+    normalisation: native.Normalisation | None = None,
     **settings: object,
 ) -> tuple[Tensor, Tensor]:
     """The gradients of :func:`multistep_neuron` (membrane at rest at ``t = 0``) for
@@ -262,8 +317,14 @@ def multistep_input_gradient(
     ``x``, in its dtype, and ``dL/dk`` for the decay ``k`` (a ``[]`` tensor in the compute
     dtype; zero unless ``decay`` is a tensor that requires a gradient). The values are those
     that back-propagating through ``multistep_neuron(x, ...)`` gives, bit for bit.
+
+    With ``normalisation``, where :func:`reads_normalisation` (else ``ValueError``), the
+    neurons read ``x`` through it and ``dL/dx`` is the gradient of what they read (the
+    normalised input, which is never written).
     """
     _check_input(x)
+    if normalisation is not None:
+        return _normalised_input_gradient(x, grad_spikes, normalisation, decay, backend, settings)
     cfg, candidates, k = _dynamics(x, decay, backend, **settings)
     order = _memory_order(x)
     rest = torch.full((), cfg.charge_reset, dtype=k.dtype, device=x.device)
@@ -279,6 +340,29 @@ def multistep_input_gradient(
         grad_v_needed=False,
     )
     return _unflatten(grad_x.to(x.dtype), x, order), grad_k
+
+
+def _normalised_input_gradient(
+    x: Tensor,
+    grad_spikes: Tensor,
+    normalisation: native.Normalisation,
+    decay: Tensor | float | None,
+    backend: str,
+    settings: dict,
+) -> tuple[Tensor, Tensor]:
+    """:func:`multistep_input_gradient` with ``normalisation``, by backend ``"native"``."""
+    dynamics = _native_dynamics(x, decay, backend, settings)
+    if dynamics is None:
+        raise ValueError(f"backend {backend!r} does not read a normalised input here")
+    cfg, k = dynamics
+    rows = x.shape[0], -1
+    grad_x, _, grad_k = native.backward_from_input(
+        grad_spikes.reshape(rows), torch.zeros((), dtype=k.dtype), x.detach().reshape(rows),
+        torch.full((), cfg.charge_reset, dtype=k.dtype), k.detach(), cfg,
+        grad_k_needed=isinstance(decay, Tensor) and decay.requires_grad, grad_v_needed=False,
+        normalisation=normalisation,
+    )  # fmt: skip
+    return grad_x.view(x.shape), grad_k
 
 
 def multistep_lif(

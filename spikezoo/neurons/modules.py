@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from spikezoo import _checks
 from spikezoo.neurons import functional as F
+from spikezoo.neurons.backends.native import Normalisation
 from spikezoo.neurons.base import SpikingNeuron
 from spikezoo.neurons.surrogate import get_surrogate
 
@@ -91,15 +92,40 @@ class MultiStepNeuron(SpikingNeuron):
             **self._settings(),
         )
 
-    def input_gradient(self, x: Tensor, grad_spikes: Tensor) -> tuple[Tensor, list[Tensor | None]]:
+    def reads_normalisation(self, x: Tensor) -> bool:
+        """Whether this neuron can read ``x [T, B, C, ...]`` through a BatchNorm's per-channel
+        map in one pass (:func:`~spikezoo.neurons.functional.reads_normalisation`), as
+        :func:`spikezoo.layers.batch_norm_fire` asks it to."""
+        return F.reads_normalisation(
+            x, decay=self.decay(), backend=self.backend, **self._settings()
+        )
+
+    def forward_normalised(self, x: Tensor, normalisation: Normalisation) -> Tensor | None:
+        """``self(bn(x))`` in inference, for the BatchNorm that ``normalisation`` describes,
+        without writing ``bn(x)``; ``None`` (nothing run) unless :meth:`reads_normalisation`
+        (:func:`~spikezoo.neurons.functional.normalised_multistep_neuron`). Forward hooks do
+        not run."""
+        return F.normalised_multistep_neuron(
+            x, normalisation, decay=self.decay(), backend=self.backend, **self._settings()
+        )
+
+    def input_gradient(
+        self, x: Tensor, grad_spikes: Tensor, normalisation: Normalisation | None = None
+    ) -> tuple[Tensor, list[Tensor | None]]:
         """The gradients of ``self(x)`` for ``dL/dspikes = grad_spikes [T, ...]``, without
         running the forward pass (:func:`~spikezoo.neurons.functional.multistep_input_gradient`):
         ``dL/dx`` and, for each of :meth:`parameters`, its gradient (``None`` where it needs
-        none). Forward hooks do not run."""
+        none). With ``normalisation`` (where :meth:`reads_normalisation`), of
+        ``self(bn(x))``, and the first is ``dL/dbn(x)``. Forward hooks do not run."""
         with torch.enable_grad():
             decay = self.decay()
         grad_x, grad_k = F.multistep_input_gradient(
-            x, grad_spikes, decay=decay, backend=self.backend, **self._settings()
+            x,
+            grad_spikes,
+            decay=decay,
+            backend=self.backend,
+            normalisation=normalisation,
+            **self._settings(),
         )
         params = list(self.parameters())
         wanted = [p for p in params if p.requires_grad]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import pytest
 import torch
@@ -29,9 +30,18 @@ from spikezoo.layers import (
     TokenQKAttention,
     batch_norm_fire,
     batch_norms,
+    bn_neuron,
     set_bn_neuron_fusion,
 )
-from spikezoo.neurons import IntegerNeuron, MultiStepIF, MultiStepLIF, MultiStepPLIF, set_backend
+from spikezoo.neurons import (
+    IntegerNeuron,
+    MultiStepIF,
+    MultiStepLIF,
+    MultiStepNeuron,
+    MultiStepPLIF,
+    set_backend,
+)
+from spikezoo.neurons.backends import native
 from tests.models.families import tiny, tiny_family
 
 
@@ -221,19 +231,31 @@ def test_the_backward_starts_from_the_forwards_normalised_input_bit_for_bit(devi
     _assert_the_neuron_back_propagates_from_the_forwards_input(nn.BatchNorm2d(64).to(device), y)
 
 
-def _assert_the_neuron_back_propagates_from_the_forwards_input(bn: nn.Module, y) -> None:
+def _assert_the_neuron_back_propagates_from_the_forwards_input(
+    bn: nn.Module, y, neuron: nn.Module | None = None
+) -> bool:
     """The input that the fused backward hands the neuron is the forward's normalised ``y``,
-    bit for bit."""
-    neuron, seen = LIF(), []
+    bit for bit; or, where the neuron reads ``y`` through BatchNorm's map, its gradient is the
+    one from the forward's normalised ``y``, bit for bit. Returns whether it read the map."""
+    neuron, seen = neuron or LIF(), []
 
-    def input_gradient(x, grad_spikes):
-        seen.append(x)
-        return type(neuron).input_gradient(neuron, x, grad_spikes)
+    def input_gradient(x, grad_spikes, normalisation=None):
+        result = type(neuron).input_gradient(neuron, x, grad_spikes, normalisation)
+        seen.append((x, grad_spikes, normalisation, result[0]))
+        return result
 
     neuron.input_gradient = input_gradient
     spikes, normalised = batch_norm_fire(y, bn.train(), neuron, with_normalised=True)
     spikes.sum().backward()
-    assert len(seen) == 1 and torch.equal(seen[0], normalised)
+    assert len(seen) == 1
+    x, grad_spikes, normalisation, grad = seen[0]
+    if normalisation is None:
+        assert torch.equal(x, normalised)
+    else:
+        assert x is y and y.device.type == "cpu"
+        expected, _ = type(neuron).input_gradient(neuron, normalised.detach(), grad_spikes)
+        assert torch.equal(grad, expected)
+    return normalisation is not None
 
 
 class _Pair(nn.Module):
@@ -527,3 +549,186 @@ def test_integer_neurons_take_the_plain_pair():
     assert not IntegerNeuron(4).fuse_with_batch_norm and LIF().fuse_with_batch_norm
     grad_fn = batch_norm_fire(y, bn, IntegerNeuron(4)).grad_fn
     assert type(grad_fn).__name__ != "_BatchNormFireBackward"
+
+
+# Reading through BatchNorm's map: the C loops (backend "native", float32 on the CPU) read the
+# convolution's output y through BatchNorm's per-channel affine map, and BatchNorm's output is
+# never written. Everything is compared bit for bit with the pair that writes it.
+
+NATIVE_NEURONS = pytest.mark.parametrize(
+    "make_neuron",
+    [
+        functools.partial(MultiStepLIF, backend="native"),
+        functools.partial(MultiStepPLIF, surrogate="atan", backend="native"),
+        functools.partial(MultiStepIF, v_reset=None, backend="native"),
+    ],
+    ids=["lif", "plif", "if_soft"],
+)
+#: ``[T, B, C, H, W]`` for ``BatchNorm2d`` and ``[T, B, C, N]`` for ``BatchNorm1d``; 63
+#: values per channel (a vector loop and a remainder)
+SHAPES = pytest.mark.parametrize("shape", [(4, 2, 24, 7, 9), (4, 2, 24, 63)], ids=["2d", "1d"])
+
+
+def _batch_norm_of(shape: tuple[int, ...], affine: bool = True) -> nn.Module:
+    """A BatchNorm for ``shape`` with random running statistics and parameters (seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    channels = shape[2]
+    bn = (nn.BatchNorm2d if len(shape) == 5 else nn.BatchNorm1d)(channels, affine=affine)
+    bn.running_mean.normal_(generator=generator)
+    bn.running_var.uniform_(0.1, 10.0, generator=generator)
+    if affine:
+        nn.init.normal_(bn.weight, generator=generator)
+        nn.init.normal_(bn.bias, generator=generator)
+    return bn
+
+
+def _input(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 3 + 1
+
+
+@pytest.fixture
+def maps_read(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes read by ``forward_normalised`` (the neuron reading through the map)."""
+    calls, read = [], MultiStepNeuron.forward_normalised
+
+    def counted(neuron, x, normalisation):
+        calls.append(tuple(x.shape))
+        return read(neuron, x, normalisation)
+
+    monkeypatch.setattr(MultiStepNeuron, "forward_normalised", counted)
+    return calls
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@SHAPES
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_the_map_reads_batch_norms_output_bit_for_bit(training, shape, affine):
+    """What a neuron reads through the map (an IF neuron that never fires, one step from rest:
+    its charged membrane) is BatchNorm's output, in training with the batch statistics and in
+    evaluation with the running ones."""
+    assert bn_neuron._map_reproduces_kernel(training)
+    bn, y = _batch_norm_of(shape, affine).train(training), _input(shape)
+    frames = y.flatten(0, 1)
+    with torch.no_grad():
+        if training:
+            expected = copy.deepcopy(bn)(frames)
+            _, mean, invstd, _, _ = batch_norms._training_batch_norm_by_statistics_kernel(
+                frames, bn, normalise=False
+            )
+        else:
+            expected, (mean, invstd) = bn(frames), bn_neuron._running_statistics(bn)
+    normalisation = bn_neuron._normalisation(y, bn, mean, invstd)
+    _, read, _ = native.forward(
+        frames.reshape(1, -1), torch.zeros(()), torch.zeros(()), bn_neuron._NEVER_FIRES, True,
+        False, normalisation,
+    )  # fmt: skip
+    assert torch.equal(read.view(frames.shape), expected)
+
+
+@NATIVE_NEURONS
+@SHAPES
+def test_evaluation_reads_through_the_map_with_the_spikes_of_the_pair(
+    make_neuron, shape, maps_read
+):
+    bn, neuron, y = _batch_norm_of(shape).eval(), make_neuron(), _input(shape)
+    with torch.no_grad():
+        spikes = batch_norm_fire(y, bn, neuron)
+        expected = neuron(bn(y.flatten(0, 1)).unflatten(0, shape[:2]))
+    assert maps_read == [shape]
+    assert torch.equal(spikes, expected)
+
+
+@pytest.mark.parametrize(
+    "case", ["hook on the neuron", "hook on the batch norm", "gradient", "normalised wanted"]
+)
+def test_evaluation_runs_the_pair_where_the_map_would_hide_something(case, maps_read):
+    """A hook sees the normalised input, a gradient flows, a caller gets ``bn(y)``."""
+    shape = (4, 2, 24, 7, 9)
+    bn, neuron, y = _batch_norm_of(shape).eval(), MultiStepLIF(backend="native"), _input(shape)
+    seen = []
+    if case == "hook on the neuron":
+        neuron.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    elif case == "hook on the batch norm":
+        bn.register_forward_hook(lambda module, args, out: seen.append(out))
+    elif case == "gradient":
+        y.requires_grad_()
+    with torch.set_grad_enabled(case == "gradient"):
+        out = batch_norm_fire(y, bn, neuron, with_normalised=case == "normalised wanted")
+        expected = bn(y.flatten(0, 1)).unflatten(0, shape[:2])
+    assert maps_read == []
+    if case == "gradient":
+        assert out.grad_fn is not None
+    if case == "normalised wanted":
+        assert torch.equal(out[1], expected)
+    if seen:
+        assert torch.equal(seen[0].view(shape), expected)
+
+
+@NATIVE_NEURONS
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 2, 24, 31, 15), (4, 2, 24, 359)],  # spikezoo's statistics kernel takes 65,536 values up
+    ids=["2d", "1d"],
+)
+def test_training_reads_through_the_map_with_the_pairs_spikes_statistics_and_gradients(
+    make_neuron, shape, maps_read
+):
+    """Forward: spikes and running statistics of the pair; backward: the recharge reads ``y``
+    through the map too, and every gradient is the pair's, bit for bit."""
+    assert math.prod(shape) >= batch_norms.MIN_VALUES
+    bn, neuron, y = _batch_norm_of(shape).train(), make_neuron(), _input(shape)
+    module = _Fired(bn, neuron)
+    unfused = copy.deepcopy(module)
+    set_bn_neuron_fusion(unfused, False)
+    fused, expected = _train_step(module, y), _train_step(unfused, y)
+    assert maps_read == [shape]
+    for key in ("out", "grad_x"):
+        assert torch.equal(fused[key], expected[key]), key
+    for kind in ("grads", "buffers"):
+        for name, value in fused[kind].items():
+            assert torch.equal(value, expected[kind][name]), name
+
+
+def test_the_fused_backward_recharges_through_the_map():
+    torch.manual_seed(0)
+    y = (torch.randn(4, 8, 64, 12, 12) * 3 + 1).requires_grad_()
+    assert _assert_the_neuron_back_propagates_from_the_forwards_input(
+        nn.BatchNorm2d(64), y, MultiStepLIF(backend="native")
+    )
+
+
+class _Fired(nn.Module):
+    """``batch_norm_fire(y, bn, neuron)`` as a module, with the fusion switch."""
+
+    def __init__(self, bn: nn.Module, neuron: nn.Module) -> None:
+        super().__init__()
+        self.bn, self.neuron, self.fuse_bn_neuron = bn, neuron, True
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.fuse_bn_neuron:
+            return batch_norm_fire(y, self.bn, self.neuron)
+        return self.neuron(self.bn(y.flatten(0, 1)).unflatten(0, y.shape[:2]))
+
+
+def test_a_map_that_misses_batch_norm_leaves_the_pair(monkeypatch, maps_read):
+    """Where the map's probe fails (a build that computes otherwise), nothing reads through it,
+    and the spikes are still the pair's."""
+    monkeypatch.setattr(bn_neuron, "_map_reproduces_kernel", lambda training: False)
+    shape = (4, 2, 24, 7, 9)
+    bn, neuron, y = _batch_norm_of(shape), MultiStepLIF(backend="native"), _input(shape)
+    with torch.no_grad():
+        spikes = batch_norm_fire(y, bn.eval(), neuron)
+        expected = neuron(bn(y.flatten(0, 1)).unflatten(0, shape[:2]))
+    out = _train_step(_Fired(bn.train(), neuron), y)
+    assert maps_read == [] and torch.equal(spikes, expected) and out["grad_x"] is not None
+
+
+def test_the_probe_refuses_a_map_that_rounds_otherwise(monkeypatch):
+    bn_neuron._map_reproduces_kernel.cache_clear()
+    monkeypatch.setattr(bn_neuron, "_running_statistics", lambda bn: (bn.running_mean,
+                        1 / torch.sqrt(bn.running_var + bn.eps) * (1 + 2**-20)))  # fmt: skip
+    try:
+        assert not bn_neuron._map_reproduces_kernel(training=False)
+        assert bn_neuron._map_reproduces_kernel(training=True)
+    finally:
+        bn_neuron._map_reproduces_kernel.cache_clear()

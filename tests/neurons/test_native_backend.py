@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from spikezoo.neurons import MultiStepLIF, backends, dynamics, multistep_lif, set_backend
 from spikezoo.neurons import surrogate as surrogate_module
 from spikezoo.neurons.backends import native
-from spikezoo.neurons.functional import neuron_config
+from spikezoo.neurons.functional import (
+    multistep_input_gradient,
+    neuron_config,
+    normalised_multistep_neuron,
+    reads_normalisation,
+)
 from tests.models import families
 
 #: Every combination the C source specialises: leak and its form, reset, detach, surrogate.
@@ -306,3 +311,61 @@ def test_a_training_step_of_every_family_equals_the_eager_loops(family):
     scale = max(grad.abs().max().item() for grad in expected_grads.values())
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("family", families.FAMILY_NAMES)
+def test_inference_of_every_family_equals_the_eager_loops(family):
+    """The same logits bit for bit: where a neuron reads its BatchNorm's input through the
+    BatchNorm's map (the C loops in evaluation), it reads BatchNorm's output."""
+    model = families.tiny(family).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, expected = (
+            set_backend(copy.deepcopy(model), backend)(images) for backend in ("native", "torch")
+        )
+    assert torch.equal(logits, expected)
+
+
+#: A LIF neuron's dynamics arguments besides its decay.
+SETTINGS = dict(decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate="sigmoid", alpha=None,
+                detach_reset=True)  # fmt: skip
+
+
+def _normalisation(channels: int, inner: int) -> native.Normalisation:
+    mean, invstd = torch.zeros(channels), torch.ones(channels)
+    return native.Normalisation(None, None, mean, invstd, inner, contract=False)
+
+
+def test_reading_a_normalised_input_is_refused_where_it_cannot_run():
+    """A gradient asked for is an error; another backend or a layout the map cannot follow runs
+    nothing (inference: ``None``, for the caller to run the pair) or is an error (a gradient
+    of what the neurons read)."""
+    x, grad = torch.randn(2, 1, 3, 5), torch.randn(2, 1, 3, 5)
+    normalisation = _normalisation(3, 5)
+    with pytest.raises(ValueError, match="in inference only"):
+        normalised_multistep_neuron(
+            x.clone().requires_grad_(), normalisation, decay=0.5, backend="native", **SETTINGS
+        )
+    for backend, y in [("torch", x), ("inductor", x), ("native", x.transpose(2, 3))]:
+        assert not reads_normalisation(y, decay=0.5, backend=backend, **SETTINGS)
+        assert (
+            normalised_multistep_neuron(y, normalisation, decay=0.5, backend=backend, **SETTINGS)
+            is None
+        )
+        with pytest.raises(ValueError, match=f"backend '{backend}' does not read a normalised"):
+            multistep_input_gradient(
+                y, grad, decay=0.5, backend=backend, normalisation=normalisation, **SETTINGS
+            )
+    assert reads_normalisation(x, decay=0.5, backend="native", **SETTINGS)
+
+
+def test_no_memory_for_the_coefficients_is_a_memory_error():
+    class Refusing:
+        @staticmethod
+        def neurons_forward_f32(*args):
+            return 1
+
+    cfg, x = CONFIGS[0], torch.randn(2, 15)
+    with pytest.raises(MemoryError, match="per-channel coefficients"):
+        native._forward(Refusing, native._neuron(cfg, torch.tensor(0.5)), x, torch.zeros(()),
+                        False, False, _normalisation(3, 5))  # fmt: skip

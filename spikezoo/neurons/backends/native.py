@@ -19,6 +19,12 @@ and one library for every T.
 Each configuration is checked once per process against the eager loops on a small probe
 (spikes and membranes bit for bit, gradients to float32 rounding); a build that computes
 otherwise raises, and ``"auto"`` takes the next backend.
+
+The loops can also read their input through a BatchNorm (:class:`Normalisation`: the
+per-channel affine map of BatchNorm's CPU kernel), so that :func:`spikezoo.layers.batch_norm_fire`
+runs a BatchNorm and its neuron as one pass, forward in evaluation and in the backward pass's
+recharge, without writing the normalised tensor (that module checks, on a probe, that the map
+gives BatchNorm's output bit for bit).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -35,7 +42,15 @@ from spikezoo.native import pointer, threads
 from spikezoo.neurons import dynamics
 from spikezoo.neurons.dynamics import NeuronConfig
 
-__all__ = ["SURROGATES", "backward", "backward_from_input", "forward", "unavailable_reason"]
+__all__ = [
+    "SURROGATES",
+    "Normalisation",
+    "backward",
+    "backward_from_input",
+    "forward",
+    "runs",
+    "unavailable_reason",
+]
 
 #: Surrogate name -> its number in the C source.
 SURROGATES = {"sigmoid": 0, "atan": 1}
@@ -54,6 +69,51 @@ class _Neuron(ctypes.Structure):
 
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
+
+class _Normalisation(ctypes.Structure):
+    """``normalisation_t`` of the C source."""
+
+    _fields_ = [
+        *((name, _POINTER) for name in ("weight", "bias", "mean", "invstd")),
+        *((name, ctypes.c_int64) for name in ("channels", "inner")),
+        ("contract", ctypes.c_int32),
+    ]
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """A BatchNorm between ``x [T, B, C, ...]`` (contiguous) and the neurons: each neuron is
+    charged with ``x * alpha + beta`` of its channel, for ``alpha = invstd * weight`` and
+    ``beta = bias - mean * alpha`` (weight 1 and bias 0 where ``None``), each sum of a product a
+    multiply-add where ``contract``: BatchNorm's output as its CPU kernel computes it.
+
+    Attributes:
+        weight, bias: BatchNorm's affine parameters (``[C]`` float32, contiguous) or ``None``.
+        mean, invstd: the statistics it normalises with (``[C]`` float32, contiguous).
+        inner: the values per channel and sample (``H * W``; ``N`` for ``[T, B, C, N]``).
+        contract: whether a product and a sum are one multiply-add, as the kernel's build has
+            them.
+    """
+
+    weight: Tensor | None
+    bias: Tensor | None
+    mean: Tensor
+    invstd: Tensor
+    inner: int
+    contract: bool
+
+    def as_struct(self) -> _Normalisation:
+        """The C struct (it points into the tensors: keep this record alive while it is used)."""
+        return _Normalisation(
+            pointer(self.weight), pointer(self.bias), self.mean.data_ptr(),
+            self.invstd.data_ptr(), self.mean.numel(), self.inner, self.contract,
+        )  # fmt: skip
+
+
+def _struct(normalisation: Normalisation | None) -> ctypes._Pointer | None:
+    return None if normalisation is None else ctypes.byref(normalisation.as_struct())
+
+
 _NO_LIBRARY = "no C compiler could build spikezoo/native/neurons.c here (see the log)"
 
 
@@ -63,13 +123,13 @@ def _library() -> ctypes.CDLL | None:
     if library is None:
         return None
     forward_loop, backward_loop = library.neurons_forward_f32, library.neurons_backward_f32
-    forward_loop.argtypes = [ctypes.POINTER(_Neuron), _POINTER, *[_SIZE] * 3, _POINTER, _FLAG]
+    structs = [ctypes.POINTER(_Neuron), ctypes.POINTER(_Normalisation)]
+    forward_loop.argtypes = [*structs, _POINTER, *[_SIZE] * 3, _POINTER, _FLAG]
     forward_loop.argtypes += [*[_POINTER] * 3, _FLAG]
-    forward_loop.restype = None
-    backward_loop.argtypes = [ctypes.POINTER(_Neuron), _POINTER, _POINTER, _FLAG, _POINTER]
+    backward_loop.argtypes = [*structs, _POINTER, _POINTER, _FLAG, _POINTER]
     backward_loop.argtypes += [_POINTER, _SIZE, _POINTER, _FLAG, _SIZE, _SIZE, *[_POINTER] * 3]
     backward_loop.argtypes += [_FLAG]
-    backward_loop.restype = ctypes.c_int
+    forward_loop.restype = backward_loop.restype = ctypes.c_int
     return library
 
 
@@ -141,6 +201,11 @@ def _probe_failure(cfg: NeuronConfig) -> str | None:
     return None
 
 
+def runs(cfg: NeuronConfig) -> bool:
+    """Whether the C loops are built and passed their probe for ``cfg``."""
+    return cfg.surrogate in SURROGATES and _library() is not None and _probe_failure(cfg) is None
+
+
 def _rows(x: Tensor) -> tuple[Tensor, int]:
     """``x [T, N]`` as the C loops read it, with the elements between its steps: unit-stride
     rows as they are (a static image broadcast to every step has 0 between them, and is not
@@ -175,18 +240,22 @@ def _forward(
     v_init: Tensor,
     keep_charged: bool,
     final_needed: bool,
+    normalisation: Normalisation | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """The C forward loop on float32 ``x [T, N]`` and ``v_init`` (``[N]`` or ``[]``)."""
+    """The C forward loop on float32 ``x [T, N]`` (read through ``normalisation`` unless it is
+    ``None``) and ``v_init`` (``[N]`` or ``[]``)."""
     x, x_step = _rows(x)
     steps, neurons = x.shape
     spikes = x.new_empty(x.shape)
     charged = x.new_empty(x.shape) if keep_charged else None
     v_final = x.new_empty(neurons) if final_needed else None
-    library.neurons_forward_f32(
-        ctypes.byref(neuron), x.data_ptr(), x_step, steps, neurons, v_init.data_ptr(),
-        v_init.dim() > 0,
+    failed = library.neurons_forward_f32(
+        ctypes.byref(neuron), _struct(normalisation), x.data_ptr(), x_step, steps, neurons,
+        v_init.data_ptr(), v_init.dim() > 0,
         spikes.data_ptr(), pointer(charged), pointer(v_final), threads(x.numel()),
     )  # fmt: skip
+    if failed:
+        raise MemoryError("backend 'native': no memory for a BatchNorm's per-channel coefficients")
     return spikes, charged, v_final
 
 
@@ -197,11 +266,13 @@ def forward(
     cfg: NeuronConfig,
     keep_charged: bool,
     final_needed: bool = True,
+    normalisation: Normalisation | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """:func:`spikezoo.neurons.dynamics.forward_sequence` for ``x [T, N]`` float32 on the CPU;
-    ``v_init`` (``[N]`` or ``[]``) and ``k`` (``[]``) float32."""
+    ``v_init`` (``[N]`` or ``[]``) and ``k`` (``[]``) float32; with ``normalisation``, the
+    neurons read ``x`` through it (``x`` is then ``[T, B, C, ...]`` flattened to ``[T, N]``)."""
     library, neuron = _loops(cfg, k)
-    return _forward(library, neuron, x, _float32(v_init), keep_charged, final_needed)
+    return _forward(library, neuron, x, _float32(v_init), keep_charged, final_needed, normalisation)
 
 
 def _backward(
@@ -216,9 +287,11 @@ def _backward(
     k: Tensor,
     grad_k_needed: bool,
     grad_v_needed: bool,
+    normalisation: Normalisation | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """The C backward loop from the kept ``charged [T, N]`` (contiguous), or from the input
-    ``x`` where ``charged`` is ``None`` (float32)."""
+    ``x`` (read through ``normalisation`` unless it is ``None``) where ``charged`` is ``None``
+    (float32)."""
     x, x_step = (None, 0) if x is None else _rows(x)
     saved = charged if charged is not None else x
     steps, neurons = saved.shape
@@ -228,13 +301,17 @@ def _backward(
     grad_k_needed = grad_k_needed and cfg.leaky
     grad_k_sum = ctypes.c_double(0.0)
     failed = library.neurons_backward_f32(
-        ctypes.byref(neuron), grad_spikes.data_ptr(), grad_v.data_ptr(), grad_v.dim() > 0,
+        ctypes.byref(neuron), _struct(normalisation), grad_spikes.data_ptr(), grad_v.data_ptr(),
+        grad_v.dim() > 0,
         pointer(charged), pointer(x), x_step, v_init.data_ptr(), v_init.dim() > 0, steps,
         neurons, grad_x.data_ptr(), pointer(grad_v_init),
         ctypes.byref(grad_k_sum) if grad_k_needed else None, threads(saved.numel()),
     )  # fmt: skip
     if failed:
-        raise MemoryError(f"backend 'native': no memory for the dL/dk sums of {neurons} neurons")
+        raise MemoryError(
+            f"backend 'native': no memory for the dL/dk sums of {neurons} neurons or a "
+            "BatchNorm's per-channel coefficients"
+        )
     grad_k = torch.tensor(grad_k_sum.value, dtype=torch.float32)
     if grad_k_needed:
         grad_k = dynamics.finish_grad_k(grad_k, _float32(k), cfg)
@@ -266,9 +343,12 @@ def backward_from_input(
     cfg: NeuronConfig,
     grad_k_needed: bool,
     grad_v_needed: bool = True,
+    normalisation: Normalisation | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """:func:`backward` with the charged membranes recharged from the forward pass's input
-    ``x [T, N]``, block by block, in the rows of ``dL/dx`` they leave to their gradient."""
+    ``x [T, N]``, block by block, in the rows of ``dL/dx`` they leave to their gradient; with
+    ``normalisation``, the neurons read ``x`` through it, and the gradient is that of what they
+    read (the normalised input)."""
     library, neuron = _loops(cfg, k)
     return _backward(library, neuron, cfg, grad_spikes, grad_v, None, x, v_init, k,
-                     grad_k_needed, grad_v_needed)  # fmt: skip
+                     grad_k_needed, grad_v_needed, normalisation)  # fmt: skip
