@@ -27,7 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 #: How many of the largest operators outside convolutions and matmuls are reported.
-TOP_OUTSIDE = 6
+TOP_OUTSIDE = 8
 
 #: The operators counted as convolution or matrix product.
 CONV_MATMUL = re.compile(r"aten::(\w*conv\w*|mm|bmm|addmm|baddbmm)")

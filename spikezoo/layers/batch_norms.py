@@ -87,8 +87,8 @@ def _applies(frames: Tensor, *per_channel: Tensor | None) -> bool:
 class _Kernels(NamedTuple):
     """The C functions, and whether a multiply-add is fused where PyTorch's kernel fuses it."""
 
-    training: ctypes._CFuncPtr
-    normalise: ctypes._CFuncPtr
+    training: native.Kernel
+    normalise: native.Kernel
     contract: bool
 
 
@@ -173,11 +173,14 @@ def _kernel() -> _Kernels | None:
     library = native.library("batch_norm")
     if library is None:
         return None
-    training, normalise = library.batch_norm_training_f32, library.batch_norm_normalise_f32
-    training.argtypes = [_POINTER, *[_SIZE] * 3, _REAL, _REAL, *[_POINTER] * 2, _FLAG]
-    training.argtypes += [*[_POINTER] * 5, _FLAG]
-    normalise.argtypes = [_POINTER, *[_SIZE] * 3, *[_POINTER] * 2, _FLAG, *[_POINTER] * 3, _FLAG]
-    training.restype = normalise.restype = None
+    training = native.kernel(
+        library, "batch_norm_training_f32",
+        [_POINTER, *[_SIZE] * 3, _REAL, _REAL, *[_POINTER] * 2, _FLAG, *[_POINTER] * 5, _FLAG],
+    )  # fmt: skip
+    normalise = native.kernel(
+        library, "batch_norm_normalise_f32",
+        [_POINTER, *[_SIZE] * 3, *[_POINTER] * 2, _FLAG, *[_POINTER] * 3, _FLAG],
+    )  # fmt: skip
     for contract in (True, False):
         kernels = _Kernels(training, normalise, contract)
         if _reproduces_pytorch(kernels):

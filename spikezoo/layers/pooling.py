@@ -109,8 +109,8 @@ def _offset_dtype(kernel: tuple[int, int], width: int) -> torch.dtype:
 
 
 class _Kernels(NamedTuple):
-    forward: ctypes._CFuncPtr
-    backward: ctypes._CFuncPtr
+    forward: native.Kernel
+    backward: native.Kernel
 
 
 def _output_size(
@@ -239,11 +239,16 @@ def _kernel() -> _Kernels | None:
     if library is None:
         return None
     size, pointer = ctypes.c_int64, ctypes.c_void_p
-    forward, backward = library.max_pool2d_offsets_f32, library.max_pool2d_offsets_backward_f32
-    forward.argtypes = [pointer, *[size] * 11, pointer, pointer, ctypes.c_int, ctypes.c_int]
-    backward.argtypes = [pointer, pointer, ctypes.c_int, *[size] * 9, pointer, ctypes.c_int]
-    forward.restype = backward.restype = None
-    kernels = _Kernels(forward, backward)
+    kernels = _Kernels(
+        native.kernel(
+            library, "max_pool2d_offsets_f32",
+            [pointer, *[size] * 11, pointer, pointer, ctypes.c_int, ctypes.c_int],
+        ),
+        native.kernel(
+            library, "max_pool2d_offsets_backward_f32",
+            [pointer, pointer, ctypes.c_int, *[size] * 9, pointer, ctypes.c_int],
+        ),
+    )  # fmt: skip
     if _reproduces_pytorch(kernels):
         return kernels
     _log.warning(

@@ -93,9 +93,10 @@ class SDSA(SpikingAttention):
         check_tbchw(x, self.dim, "SDSA")
         height = x.shape[-2]
         s = self.shortcut_lif(x)
-        q = self.q_lif(self.q(s))
-        k = self.k_lif(self.k(s))
-        v = self.v_lif(self.v(s))
+        q, k, v = (
+            conv.conv_bn_fire(s, neuron)
+            for conv, neuron in ((self.q, self.q_lif), (self.k, self.k_lif), (self.v, self.v_lif))
+        )
         if self.dvs:
             k, v = dilate(k), dilate(v)
         q, k, v = (

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["MIN_PARALLEL_VALUES", "SOURCES", "library", "pointer", "threads"]
+__all__ = ["MIN_PARALLEL_VALUES", "SOURCES", "Kernel", "kernel", "library", "pointer", "threads"]
 
 _log = logging.getLogger(__name__)
 
@@ -127,6 +127,35 @@ def library(name: str) -> ctypes.CDLL | None:
     except OSError as error:
         _log.warning("spikezoo: could not load %s (%s); PyTorch's kernel runs", target, error)
         return None
+
+
+class Kernel:
+    """A C function of a library here, called as ``kernel(*args)``. Under ``torch.profiler``
+    each call is a range named ``spikezoo::<function>``, so that a trace names the time spent
+    in it (a ctypes call is no operator of PyTorch's, and its time would otherwise count as its
+    Python caller's); without a profiler the call costs one check more."""
+
+    def __init__(self, function: ctypes._CFuncPtr) -> None:
+        import torch
+
+        self.function = function
+        self.label = f"spikezoo::{function.__name__}"
+        self._profiling = torch.autograd._profiler_enabled
+        self._range = torch.profiler.record_function
+
+    def __call__(self, *args: object) -> object:
+        if not self._profiling():
+            return self.function(*args)
+        with self._range(self.label):
+            return self.function(*args)
+
+
+def kernel(library: ctypes.CDLL, name: str, argtypes: list, restype: type | None = None) -> Kernel:
+    """The function ``name`` of ``library`` with its argument and result types, as a
+    :class:`Kernel`."""
+    function = getattr(library, name)
+    function.argtypes, function.restype = argtypes, restype
+    return Kernel(function)
 
 
 def pointer(t: Tensor | None) -> int | None:

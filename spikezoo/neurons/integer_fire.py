@@ -70,8 +70,8 @@ def fire_by_pytorch(
 
 
 class _Kernels(NamedTuple):
-    fire: ctypes._CFuncPtr
-    backward: ctypes._CFuncPtr
+    fire: native.Kernel
+    backward: native.Kernel
 
 
 def _fire_by_kernel(
@@ -149,11 +149,15 @@ def _kernel() -> _Kernels | None:
     if library is None:
         return None
     address, size, real, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    forward, back = library.integer_fire_f32, library.integer_backward_f32
-    forward.argtypes = [address, size, real, real, flag, flag, address, address, address, flag]
-    back.argtypes = [address, address, size, real, address, flag]
-    forward.restype = back.restype = None
-    kernels = _Kernels(forward, back)
+    kernels = _Kernels(
+        native.kernel(
+            library, "integer_fire_f32",
+            [address, size, real, real, flag, flag, address, address, address, flag],
+        ),
+        native.kernel(
+            library, "integer_backward_f32", [address, address, size, real, address, flag]
+        ),
+    )  # fmt: skip
     if _reproduces_pytorch(kernels):
         return kernels
     _log.warning(

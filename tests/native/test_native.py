@@ -89,3 +89,41 @@ def test_a_compiler_without_openmp_builds_the_serial_code(fresh, tmp_path, monke
         assert native.library("threads").threads() == 1
     assert "no OpenMP" not in caplog.text
     assert len(list(fresh.glob("threads-*.no-openmp"))) == 1
+
+
+def test_a_profiler_names_the_time_in_each_kernel():
+    """Every C kernel the layers and neurons call shows in a ``torch.profiler`` trace as
+    ``spikezoo::<function>``, forward and backward; without a profiler the calls run alike."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from spikezoo.layers import batch_norm, max_pool2d
+    from spikezoo.neurons import IntegerNeuron, MultiStepLIF
+
+    bn, lif = torch.nn.BatchNorm2d(16).train(), MultiStepLIF(backend="native")
+    x = torch.randn(4, 16, 64, 64, requires_grad=True)
+    weights = torch.randn(4, 16, 32, 32), torch.randn(1, 4, 16, 64, 64)
+
+    def step():
+        spikes = lif(batch_norm(bn, x).unflatten(0, (2, 2)))
+        pooled = max_pool2d(spikes.flatten(0, 1), 3, 2, 1)
+        integers = IntegerNeuron(4)(x.unsqueeze(0))
+        # contiguous gradients (a sum's is a broadcast view, which PyTorch's kernels take)
+        loss = (pooled * weights[0]).sum() + (integers * weights[1]).sum()
+        loss.backward()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        step()
+    names = {event.name for event in trace.events()}
+    expected = {
+        "spikezoo::batch_norm_training_f32",
+        "spikezoo::neurons_forward_f32",
+        "spikezoo::neurons_backward_f32",
+        "spikezoo::max_pool2d_offsets_f32",
+        "spikezoo::max_pool2d_offsets_backward_f32",
+        "spikezoo::integer_fire_f32",
+        "spikezoo::integer_backward_f32",
+    }
+    assert expected <= names, sorted(expected - names)
+    step()  # no profiler: the same calls

@@ -33,6 +33,7 @@ import ctypes
 import functools
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -118,19 +119,24 @@ _NO_LIBRARY = "no C compiler could build spikezoo/native/neurons.c here (see the
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
+def _library() -> SimpleNamespace | None:
+    """The two loops (``neurons_forward_f32``, ``neurons_backward_f32``), or ``None``."""
     library = native.library("neurons")
     if library is None:
         return None
-    forward_loop, backward_loop = library.neurons_forward_f32, library.neurons_backward_f32
     structs = [ctypes.POINTER(_Neuron), ctypes.POINTER(_Normalisation)]
-    forward_loop.argtypes = [*structs, _POINTER, *[_SIZE] * 3, _POINTER, _FLAG]
-    forward_loop.argtypes += [*[_POINTER] * 3, _FLAG]
-    backward_loop.argtypes = [*structs, _POINTER, _POINTER, _FLAG, _POINTER]
-    backward_loop.argtypes += [_POINTER, _SIZE, _POINTER, _FLAG, _SIZE, _SIZE, *[_POINTER] * 3]
-    backward_loop.argtypes += [_FLAG]
-    forward_loop.restype = backward_loop.restype = ctypes.c_int
-    return library
+    forward_args = [*structs, _POINTER, *[_SIZE] * 3, _POINTER, _FLAG, *[_POINTER] * 3, _FLAG]
+    backward_args = [*structs, _POINTER, _POINTER, _FLAG, _POINTER, _POINTER, _SIZE, _POINTER]
+    backward_args += [_FLAG, _SIZE, _SIZE, *[_POINTER] * 3, _FLAG]
+    return SimpleNamespace(
+        **{
+            name: native.kernel(library, name, args, ctypes.c_int)
+            for name, args in [
+                ("neurons_forward_f32", forward_args),
+                ("neurons_backward_f32", backward_args),
+            ]
+        }
+    )
 
 
 def unavailable_reason(x: Tensor) -> str | None:
@@ -219,7 +225,7 @@ def _float32(t: Tensor) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
-def _loops(cfg: NeuronConfig, k: Tensor) -> tuple[ctypes.CDLL, _Neuron]:
+def _loops(cfg: NeuronConfig, k: Tensor) -> tuple[SimpleNamespace, _Neuron]:
     """The library and the C configuration, once this configuration passed the probe."""
     neuron = _neuron(cfg, k)
     library = _library()
@@ -234,7 +240,7 @@ def _loops(cfg: NeuronConfig, k: Tensor) -> tuple[ctypes.CDLL, _Neuron]:
 
 
 def _forward(
-    library: ctypes.CDLL,
+    library: SimpleNamespace,
     neuron: _Neuron,
     x: Tensor,
     v_init: Tensor,
@@ -276,7 +282,7 @@ def forward(
 
 
 def _backward(
-    library: ctypes.CDLL,
+    library: SimpleNamespace,
     neuron: _Neuron,
     cfg: NeuronConfig,
     grad_spikes: Tensor,
