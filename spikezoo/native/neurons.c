@@ -200,17 +200,19 @@ static void channel_coefficients(const normalisation_t *norm, float *coefficient
     }
 }
 
-/* alpha and beta ([count]) of the neurons [i0, i0 + count) from their channels'. */
+/* alpha and beta ([count]) of the neurons [i0, i0 + count) from their channels', a run of
+   neurons of one channel at a time. */
 static void tile_coefficients(const normalisation_t *norm, const float *coefficients, int64_t i0,
                               int64_t count, float *alpha, float *beta) {
     int64_t c = i0 / norm->inner % norm->channels, position = i0 % norm->inner;
-    for (int64_t i = 0; i < count; i++) {
-        alpha[i] = coefficients[c];
-        beta[i] = coefficients[norm->channels + c];
-        if (++position == norm->inner) {
-            position = 0;
-            c = c + 1 == norm->channels ? 0 : c + 1;
+    for (int64_t i = 0; i < count; position = 0, c = c + 1 == norm->channels ? 0 : c + 1) {
+        const int64_t run = smaller(norm->inner - position, count - i);
+        const float a = coefficients[c], b = coefficients[norm->channels + c];
+        for (int64_t j = i; j < i + run; j++) {
+            alpha[j] = a;
+            beta[j] = b;
         }
+        i += run;
     }
 }
 
