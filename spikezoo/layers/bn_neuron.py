@@ -165,9 +165,14 @@ def _may_read_through(y: Tensor, bn: nn.Module, neuron: nn.Module) -> bool:
 
 def _fire_in_evaluation(y: Tensor, bn: nn.Module, neuron: nn.Module) -> Tensor | None:
     """``neuron(bn(y))`` for ``bn`` in evaluation without a gradient, the neuron reading ``y``
-    through BatchNorm's map, where it can (else ``None``, nothing run)."""
+    through BatchNorm's map, where it can (else ``None``, nothing run). The cheapest and most
+    telling checks first: a neuron without the map (the integer neurons) and a compiled or
+    traced graph (which the C loops would break, or leave out) cost one check each."""
     if (
-        bn.training
+        not callable(getattr(neuron, "forward_normalised", None))
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or bn.training
         or bn.running_mean is None
         or not (y.device.type == "cpu" and y.dtype == torch.float32 and y.is_contiguous())
         or (

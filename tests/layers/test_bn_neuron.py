@@ -732,3 +732,21 @@ def test_the_probe_refuses_a_map_that_rounds_otherwise(monkeypatch):
         assert bn_neuron._map_reproduces_kernel(training=True)
     finally:
         bn_neuron._map_reproduces_kernel.cache_clear()
+
+
+def test_a_compiled_evaluation_traces_the_pair_in_one_graph(maps_read):
+    """Under ``torch.compile`` the pair is what the graph records (the C loops would break it):
+    one graph, no break, and nothing of the map (its ``rsqrt``) traced into it."""
+    shape = (4, 2, 24, 7, 9)
+    module = _Fired(_batch_norm_of(shape).eval(), MultiStepLIF(backend="native")).eval()
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            explanation = torch._dynamo.explain(module)(_input(shape))
+    finally:
+        torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    traced = "".join(str(graph.graph) for graph in explanation.graphs)
+    assert "rsqrt" not in traced and "batch_norm" in traced
+    assert maps_read == []
