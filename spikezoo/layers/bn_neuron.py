@@ -154,8 +154,9 @@ _NEVER_FIRES = neuron_config(
 
 def _may_read_through(y: Tensor, bn: nn.Module, neuron: nn.Module) -> bool:
     """Whether ``neuron`` may read ``y`` through ``bn``'s map in place of ``neuron(bn(y))``: it
-    has the methods, and neither module has hooks to run (whether its backend reads this input
-    so, the neuron says)."""
+    has the methods (checked first: the integer neurons have not), ``y`` is on the CPU, and
+    neither module has hooks to run (whether its backend reads this input so, the neuron
+    says)."""
     return (
         callable(getattr(neuron, "forward_normalised", None))
         and _forward_calls_the_kernel(y, bn)
@@ -169,17 +170,16 @@ def _fire_in_evaluation(y: Tensor, bn: nn.Module, neuron: nn.Module) -> Tensor |
     telling checks first: a neuron without the map (the integer neurons) and a compiled or
     traced graph (which the C loops would break, or leave out) cost one check each."""
     if (
-        not callable(getattr(neuron, "forward_normalised", None))
+        not _may_read_through(y, bn, neuron)
         or torch.compiler.is_compiling()
         or torch.jit.is_tracing()
         or bn.training
         or bn.running_mean is None
-        or not (y.device.type == "cpu" and y.dtype == torch.float32 and y.is_contiguous())
+        or not (y.dtype == torch.float32 and y.is_contiguous())
         or (
             torch.is_grad_enabled()
             and (y.requires_grad or any(p.requires_grad for p in bn.parameters()))
         )
-        or not _may_read_through(y, bn, neuron)
         or not _map_reproduces_kernel(training=False)
     ):
         return None
@@ -333,6 +333,11 @@ def batch_norm_fire(
     neurons) it is the plain pair. Forward hooks on the BatchNorm see its forward pass, once;
     one that replaces its output is not differentiated through (switch the fusion off for
     that).
+
+    Where the neuron can read ``y`` through BatchNorm's map (the C loops; no hooks on either
+    module), ``bn(y)`` is not written unless ``with_normalised``: in evaluation without a
+    gradient, in the fused training forward and in its backward pass (see the module's
+    docstring). The spikes, running statistics and gradients are the same bits.
     """
     fuse = (
         isinstance(y, Tensor)  # not a torch.fx proxy: a traced graph records the plain pair
