@@ -159,6 +159,7 @@ def _may_read_through(y: Tensor, bn: nn.Module, neuron: nn.Module) -> bool:
     says)."""
     return (
         callable(getattr(neuron, "forward_normalised", None))
+        and callable(getattr(neuron, "reads_normalisation", None))
         and _forward_calls_the_kernel(y, bn)
         and not (neuron._forward_hooks or neuron._forward_pre_hooks)
     )
@@ -181,6 +182,7 @@ def _fire_in_evaluation(y: Tensor, bn: nn.Module, neuron: nn.Module) -> Tensor |
             and (y.requires_grad or any(p.requires_grad for p in bn.parameters()))
         )
         or not _map_reproduces_kernel(training=False)
+        or not neuron.reads_normalisation(y)
     ):
         return None
     bn._check_input_dim(y.flatten(0, 1))

@@ -254,8 +254,10 @@ def _native_dynamics(
     through a normalisation (:func:`reads_normalisation`), else ``None``."""
     if not (isinstance(x, Tensor) and x.dim() >= 3 and x.is_contiguous()):
         return None
-    cfg, candidates, k = _dynamics(x, decay, backend, **settings)
-    return (cfg, k) if candidates[0] == "native" and native.runs(cfg) else None
+    if resolve_backend(backend, x)[0] != "native":  # before the checks of the configuration
+        return None
+    cfg, _, k = _dynamics(x, decay, backend, **settings)
+    return (cfg, k) if native.runs(cfg) else None
 
 
 def reads_normalisation(
