@@ -257,6 +257,7 @@ def test_families_without_a_spikingjelly2_network_skip_that_peer(family, zoo):
     )
 
 
+@pytest.mark.slow  # a whole-model trace by dynamo: about 11 s on 2 cores
 def test_a_compiled_model_is_counted_on_the_module_it_wraps_and_first_called_without_hooks(
     agreement,
 ):
