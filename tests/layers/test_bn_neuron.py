@@ -259,17 +259,24 @@ def _assert_the_neuron_back_propagates_from_the_forwards_input(
 
 
 class _Pair(nn.Module):
-    """``batch_norm_fire`` as a module, with the switch that ``set_bn_neuron_fusion`` sets."""
+    """``batch_norm_fire`` as a module, with the switch that ``set_bn_neuron_fusion`` sets: the
+    spikes, concatenated with BatchNorm's output where ``with_normalised``."""
 
-    def __init__(self, bn: nn.Module) -> None:
+    def __init__(
+        self, bn: nn.Module, neuron: nn.Module | None = None, with_normalised: bool = True
+    ) -> None:
         super().__init__()
-        self.bn, self.neuron, self.fuse_bn_neuron = bn, LIF(), True
+        self.bn, self.neuron, self.fuse_bn_neuron = bn, neuron or LIF(), True
+        self.with_normalised = with_normalised
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if self.fuse_bn_neuron:
-            return torch.cat(batch_norm_fire(y, self.bn, self.neuron, with_normalised=True))
-        normalised = self.bn(y.flatten(0, 1)).unflatten(0, y.shape[:2])
-        return torch.cat([self.neuron(normalised), normalised])
+            out = batch_norm_fire(y, self.bn, self.neuron, self.with_normalised)
+        else:
+            normalised = self.bn(y.flatten(0, 1)).unflatten(0, y.shape[:2])
+            spikes = self.neuron(normalised)
+            out = (spikes, normalised) if self.with_normalised else spikes
+        return torch.cat(out) if self.with_normalised else out
 
 
 class _ShiftedBatchNorm(nn.BatchNorm2d):
@@ -678,7 +685,7 @@ def test_training_reads_through_the_map_with_the_pairs_spikes_statistics_and_gra
     through the map too, and every gradient is the pair's, bit for bit."""
     assert math.prod(shape) >= batch_norms.MIN_VALUES
     bn, neuron, y = _batch_norm_of(shape).train(), make_neuron(), _input(shape)
-    module = _Fired(bn, neuron)
+    module = _Pair(bn, neuron, with_normalised=False)
     unfused = copy.deepcopy(module)
     set_bn_neuron_fusion(unfused, False)
     fused, expected = _train_step(module, y), _train_step(unfused, y)
@@ -698,19 +705,6 @@ def test_the_fused_backward_recharges_through_the_map():
     )
 
 
-class _Fired(nn.Module):
-    """``batch_norm_fire(y, bn, neuron)`` as a module, with the fusion switch."""
-
-    def __init__(self, bn: nn.Module, neuron: nn.Module) -> None:
-        super().__init__()
-        self.bn, self.neuron, self.fuse_bn_neuron = bn, neuron, True
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        if self.fuse_bn_neuron:
-            return batch_norm_fire(y, self.bn, self.neuron)
-        return self.neuron(self.bn(y.flatten(0, 1)).unflatten(0, y.shape[:2]))
-
-
 def test_a_map_that_misses_batch_norm_leaves_the_pair(monkeypatch, maps_read):
     """Where the map's probe fails (a build that computes otherwise), nothing reads through it,
     and the spikes are still the pair's."""
@@ -720,7 +714,7 @@ def test_a_map_that_misses_batch_norm_leaves_the_pair(monkeypatch, maps_read):
     with torch.no_grad():
         spikes = batch_norm_fire(y, bn.eval(), neuron)
         expected = neuron(bn(y.flatten(0, 1)).unflatten(0, shape[:2]))
-    out = _train_step(_Fired(bn.train(), neuron), y)
+    out = _train_step(_Pair(bn.train(), neuron, with_normalised=False), y)
     assert maps_read == [] and torch.equal(spikes, expected) and out["grad_x"] is not None
 
 
@@ -739,7 +733,8 @@ def test_a_compiled_evaluation_traces_the_pair_in_one_graph(maps_read):
     """Under ``torch.compile`` the pair is what the graph records (the C loops would break it):
     one graph, no break, and nothing of the map (its ``rsqrt``) traced into it."""
     shape = (4, 2, 24, 7, 9)
-    module = _Fired(_batch_norm_of(shape).eval(), MultiStepLIF(backend="native")).eval()
+    bn, neuron = _batch_norm_of(shape).eval(), MultiStepLIF(backend="native")
+    module = _Pair(bn, neuron, with_normalised=False).eval()
     torch._dynamo.reset()
     try:
         with torch.no_grad():
