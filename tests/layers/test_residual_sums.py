@@ -196,12 +196,15 @@ def test_a_summand_changed_in_place_after_the_forward_pass_raises_autograds_erro
         loss.backward()
 
 
-def test_gwsffn_on_the_default_backend_keeps_its_sums_as_their_computation():
-    """SpikingResformer's feed-forward block with the models' default backend: the inductor
-    neurons keep their input, and the sums ``z + u`` (of two BatchNorm outputs, one of them a
-    fused pair's) and ``x + down(...)`` are recomputed; the gradients are the same."""
+# the inductor neurons compile their loops (seconds): the slow step checks them
+@pytest.mark.parametrize("backend", ["native", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_gwsffn_keeps_its_sums_as_their_computation(backend):
+    """SpikingResformer's feed-forward block on a backend whose neurons keep their input (the C
+    loops, the CPU's default, and inductor's): the sums ``z + u`` (of two BatchNorm outputs,
+    one of them a fused pair's) and ``x + down(...)`` are recomputed; the gradients are the
+    same."""
     torch.manual_seed(0)
-    neuron = functools.partial(MultiStepLIF, backend="inductor")
+    neuron = functools.partial(MultiStepLIF, backend=backend)
     block = GWSFFN(8, ratio=2, group_size=8, neuron=neuron).train()
     x = torch.randn(2, 2, 8, 6, 6) * 2
 
@@ -229,7 +232,7 @@ def test_measure_saved_tensors_counts_the_sums_as_training_keeps_them():
     """Its module hooks leave the BatchNorms alone, so the fused pair keeps its statistics and
     ``z + u`` is recomputed under measurement as in training: it keeps no bytes."""
     torch.manual_seed(0)
-    neuron = functools.partial(MultiStepLIF, backend="inductor")
+    neuron = functools.partial(MultiStepLIF, backend="native")
     block = GWSFFN(8, ratio=2, group_size=8, neuron=neuron).train()
     report = measure_saved_tensors(block, torch.randn(2, 2, 8, 6, 6) * 2, compact=True)
     inner_sum = [t for t in report.tensors if t.module == "down.neuron" and t.shape]

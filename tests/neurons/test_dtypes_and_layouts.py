@@ -341,8 +341,15 @@ def test_neurons_of_other_thresholds_compile_one_after_another():
         assert torch.equal(compiled(x), neuron(x))
 
 
-@pytest.mark.parametrize("backend", ["torch", "inductor"])
-@pytest.mark.parametrize("kind", ["lif", "plif", "if"])
+@pytest.mark.parametrize(
+    "kind,backend",
+    [
+        *((kind, "torch") for kind in ("lif", "plif", "if")),
+        ("lif", "inductor"),
+        # each of these compiles graphs of its own (seconds): the slow step checks them
+        *(pytest.param(kind, "inductor", marks=pytest.mark.slow) for kind in ("plif", "if")),
+    ],
+)
 def test_input_gradient_is_the_backward_of_the_forward_pass(kind, backend):
     """``input_gradient`` (no forward pass, membranes recharged from ``x``) gives autograd's
     gradients of ``neuron(x)`` bit for bit, in the input's layout."""
