@@ -55,9 +55,9 @@ def _one_per_channel(t: Tensor, channels: int) -> bool:
     refuse, with its message)."""
     return (
         t.dtype == torch.float32
-        and t.device.type == "cpu"
+        and t.is_cpu
         and t.dim() == 1
-        and t.numel() == channels
+        and t.shape[0] == channels
         and t.is_contiguous()
     )
 
@@ -67,15 +67,17 @@ def _laid_out_for_kernel(frames: Tensor, *per_channel: Tensor | None) -> bool:
     contiguous float32 path; a single value per channel and channels-last input take other code
     in PyTorch) with the ``[C]`` tensors ``per_channel`` (float32, contiguous, ``C`` values, or
     ``None``)."""
-    return (
-        frames.device.type == "cpu"
+    if not (
+        frames.is_cpu
         and frames.dtype == torch.float32
         and frames.dim() >= 3
         and frames.shape[1] > 1
         and frames.numel() > frames.shape[0] * frames.shape[1]
         and frames.is_contiguous()
-        and all(t is None or _one_per_channel(t, frames.shape[1]) for t in per_channel)
-    )
+    ):
+        return False
+    channels = frames.shape[1]
+    return all(t is None or _one_per_channel(t, channels) for t in per_channel)
 
 
 def _applies(frames: Tensor, *per_channel: Tensor | None) -> bool:
@@ -229,7 +231,7 @@ def _forward_calls_the_kernel(y: Tensor, bn: nn.Module) -> bool:
     """Whether a forward may compute ``bn`` itself, without calling the module: on the CPU,
     where no forward hook, on ``bn`` or global, would run by calling it."""
     return (
-        y.device.type == "cpu"
+        y.is_cpu
         and not (bn._forward_hooks or bn._forward_pre_hooks)
         and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
     )

@@ -131,7 +131,9 @@ class IntegerLinearAttention(SpikingAttention):
         s = self.input_spike(x)
         q, k, v = (
             rearrange(
-                spike(projection(s)), "t b (heads d) h w -> t b heads (h w) d", heads=self.num_heads
+                projection.conv_bn_fire(s, spike),
+                "t b (heads d) h w -> t b heads (h w) d",
+                heads=self.num_heads,
             )
             for projection, spike in (
                 (self.q, self.q_spike),

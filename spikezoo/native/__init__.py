@@ -13,10 +13,10 @@ The shared library is built by the C compiler (``$CC``, else ``cc``, ``gcc`` or 
 the CPU it runs on (``-O3 -march=native``, no floating-point contraction), with OpenMP where
 the compiler has it (else the same source builds without, and its loops run on one thread),
 into
-``<spikezoo cache>/native/`` (``$SPIKEZOO_CACHE``), under a name that hashes the source, the
-compiler, the flags and the CPU; it is written to a temporary file and renamed into place, so
-a failed or concurrent build leaves no half-written library behind. The first build takes
-one to three seconds per source.
+``<spikezoo cache>/native/`` (``$SPIKEZOO_CACHE``), under a name that hashes the source (and
+the headers beside it), the compiler, the flags and the CPU; it is written to a temporary
+file and renamed into place, so a failed or concurrent build leaves no half-written library
+behind. The first build takes one to three seconds per source.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ __all__ = ["MIN_PARALLEL_VALUES", "SOURCES", "Kernel", "kernel", "library", "poi
 
 _log = logging.getLogger(__name__)
 
-#: The directory that holds the C sources (``<name>.c``), shipped with the package.
+#: The directory that holds the C sources (``<name>.c``) and the headers they share (``*.h``),
+#: shipped with the package.
 SOURCES = Path(__file__).parent
 
 _FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
@@ -102,11 +103,12 @@ def library(name: str) -> ctypes.CDLL | None:
         return None
     from spikezoo.weights.cache import cache_root
 
+    # the headers a source may include are part of what it compiles to
+    texts = [path.read_text() for path in [source, *sorted(SOURCES.glob("*.h"))]]
     openmp_refused = None
     for flags in (_FLAGS + _OPENMP, _FLAGS):
-        key = hashlib.sha256(
-            "\0".join([source.read_text(), compiler, *flags, _cpu()]).encode()
-        ).hexdigest()[:16]
+        key = hashlib.sha256("\0".join([*texts, compiler, *flags, _cpu()]).encode()).hexdigest()
+        key = key[:16]
         target = cache_root() / "native" / f"{name}-{key}.so"
         refused = target.with_suffix(".no-openmp")
         # an OpenMP build that failed where the plain one builds is not tried again

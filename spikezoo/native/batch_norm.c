@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "batch_norm_map.h"
+
 #define LANES 8
 
 /* acc[k] = the sum over n and i, in that order, of x[n, c0 + k, i] (k < lanes), or of the
@@ -48,20 +50,16 @@ static void channel_sums(const float *x, int64_t batches, int64_t channels, int6
     }
 }
 
-/* out[i] = x[i] * alpha + beta for one row of `size` values, with beta = bias - mean * alpha
-   and alpha = invstd * weight (weight 1 and bias 0 where they are NULL), as the kernel's
-   batch_norm_cpu_collect_linear_and_constant_terms and its transform compute them. */
+/* out[i] = x[i] * alpha + beta for one row of `size` values, BatchNorm's map of channel c
+   (batch_norm_map.h). */
 static void normalise_row(const float *x, float *out, int64_t size, int64_t c, const float *weight,
                           const float *bias, int contract, float mean, float invstd) {
-    const float alpha = weight == NULL ? invstd : invstd * weight[c];
-    const float shift = bias == NULL ? 0.0f : bias[c];
-    if (contract) {
-        const float beta = fmaf(-mean, alpha, shift);
+    float alpha, beta;
+    batch_norm_coefficients(weight, bias, contract, mean, invstd, c, &alpha, &beta);
+    if (contract)
         for (int64_t i = 0; i < size; i++) out[i] = fmaf(x[i], alpha, beta);
-    } else {
-        const float beta = shift - mean * alpha;
+    else
         for (int64_t i = 0; i < size; i++) out[i] = x[i] * alpha + beta;
-    }
 }
 
 /* x [batches, channels, size], contiguous, size > 1. Writes mean[c] and invstd[c]; updates

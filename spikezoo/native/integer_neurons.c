@@ -17,28 +17,39 @@
    The backward pass is grad / norm * mask, a float32 division and a product with 1.0 or 0.0
    (so -0.0 and NaN come out as PyTorch's).
 
+   In evaluation the input may be read through a BatchNorm's per-channel map (batch_norm_map.h):
+   the loop then fires on x * alpha + beta, as BatchNorm's CPU kernel computes its output,
+   which is never written.
+
    Blocks of BLOCK elements are shared among OpenMP threads (PyTorch's own pool where PyTorch
    uses libgomp); the caller passes 1 thread for a small tensor. */
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include "batch_norm_map.h"
 
 #define BLOCK 16384
 
 typedef void (*fire_loop)(const float *restrict, int64_t, int64_t, float, float,
                           float *restrict, uint8_t *restrict, uint8_t *restrict);
+typedef void (*normalised_loop)(const float *restrict, int64_t, int64_t, float, float, float,
+                                float, float *restrict);
 
-/* Elements [begin, end). The flags are constants in each instance below, so that every instance
-   compiles to one branch-free vector loop. */
-static inline __attribute__((always_inline)) void fire(const float *restrict x, int64_t begin,
-                                                        int64_t end, float levels, float norm,
-                                                        int half_up, int open, int mask,
-                                                        int count, int scale,
-                                                        float *restrict spikes,
-                                                        uint8_t *restrict inside,
-                                                        uint8_t *restrict counts) {
+/* How fire reads x: as it is, or through alpha and beta, rounded twice or fused. */
+typedef enum { RAW, AFFINE, AFFINE_FUSED } input_kind;
+
+/* Elements [begin, end), read as `reading` says. The flags are constants in each instance
+   below, so that every instance compiles to one branch-free vector loop. */
+static inline __attribute__((always_inline)) void
+fire(const float *restrict x, int64_t begin, int64_t end, float levels, float norm,
+     input_kind reading, float alpha, float beta, int half_up, int open, int mask, int count,
+     int scale, float *restrict spikes, uint8_t *restrict inside, uint8_t *restrict counts) {
     for (int64_t i = begin; i < end; i++) {
-        const float v = x[i];
+        const float v = reading == AFFINE_FUSED ? fmaf(x[i], alpha, beta)
+                        : reading == AFFINE     ? x[i] * alpha + beta
+                                                : x[i];
         const float low = v < 0.0f ? 0.0f : v;
         const float clamped = low > levels ? levels : low;
         float rounded = rintf(clamped);
@@ -56,8 +67,8 @@ static inline __attribute__((always_inline)) void fire(const float *restrict x, 
     static void fire_##k(const float *restrict x, int64_t begin, int64_t end, float levels,      \
                          float norm, float *restrict spikes, uint8_t *restrict inside,           \
                          uint8_t *restrict counts) {                                             \
-        fire(x, begin, end, levels, norm, (k) & 1, ((k) >> 1) & 1, ((k) >> 2) & 1,                \
-             ((k) >> 3) & 1, (k) >> 4, spikes, inside, counts);                                  \
+        fire(x, begin, end, levels, norm, RAW, 1.0f, 0.0f, (k) & 1, ((k) >> 1) & 1,              \
+             ((k) >> 2) & 1, ((k) >> 3) & 1, (k) >> 4, spikes, inside, counts);                  \
     }
 FIRE_LOOP(0) FIRE_LOOP(1) FIRE_LOOP(2) FIRE_LOOP(3) FIRE_LOOP(4) FIRE_LOOP(5) FIRE_LOOP(6)
 FIRE_LOOP(7) FIRE_LOOP(8) FIRE_LOOP(9) FIRE_LOOP(10) FIRE_LOOP(11) FIRE_LOOP(12) FIRE_LOOP(13)
@@ -71,6 +82,23 @@ static const fire_loop FIRE_LOOPS[32] = {
     fire_8,  fire_9,  fire_10, fire_11, fire_12, fire_13, fire_14, fire_15,
     fire_16, fire_17, fire_18, fire_19, fire_20, fire_21, fire_22, fire_23,
     fire_24, fire_25, fire_26, fire_27, fire_28, fire_29, fire_30, fire_31};
+
+/* Without mask and counts, x read through alpha and beta: one instance per (rounding, reading,
+   scale), k = half_up | fused << 1 | scale << 2. */
+#define NORMALISED_LOOP(k)                                                                     \
+    static void normalised_##k(const float *restrict x, int64_t begin, int64_t end,             \
+                               float levels, float norm, float alpha, float beta,               \
+                               float *restrict spikes) {                                        \
+        fire(x, begin, end, levels, norm, ((k) >> 1) & 1 ? AFFINE_FUSED : AFFINE, alpha, beta,  \
+             (k) & 1, 0, 0, 0, (k) >> 2, spikes, NULL, NULL);                                   \
+    }
+NORMALISED_LOOP(0) NORMALISED_LOOP(1) NORMALISED_LOOP(2) NORMALISED_LOOP(3) NORMALISED_LOOP(4)
+NORMALISED_LOOP(5) NORMALISED_LOOP(6) NORMALISED_LOOP(7)
+#undef NORMALISED_LOOP
+
+static const normalised_loop NORMALISED_LOOPS[8] = {normalised_0, normalised_1, normalised_2,
+                                                    normalised_3, normalised_4, normalised_5,
+                                                    normalised_6, normalised_7};
 
 /* Whether x / norm == x * (1 / norm) for every float x: norm a power of two whose reciprocal is
    a normal float (then the product rounds nothing away, as the quotient does not). */
@@ -91,6 +119,29 @@ void integer_fire_f32(const float *x, int64_t n, float levels, float norm, int h
     for (int64_t block = 0; block < blocks; block++) {
         const int64_t begin = block * BLOCK, end = begin + BLOCK < n ? begin + BLOCK : n;
         loop(x, begin, end, levels, norm, spikes, inside, counts);
+    }
+}
+
+/* x [n] (contiguous, [T, B, channels, inner]) read through `batch_norm`'s map -> spikes [n];
+   no mask, no counts. */
+void integer_fire_normalised_f32(const float *x, int64_t n, const normalisation_t *batch_norm,
+                                 float levels, float norm, int half_up, float *spikes,
+                                 int threads) {
+    const normalised_loop loop =
+        NORMALISED_LOOPS[(half_up ? 1 : 0) | (batch_norm->contract ? 2 : 0) |
+                         (power_of_two(norm) ? 4 : 0)];
+    const int64_t blocks = (n + BLOCK - 1) / BLOCK, inner = batch_norm->inner;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t end = block * BLOCK + BLOCK < n ? block * BLOCK + BLOCK : n;
+        /* one run of a channel's values at a time, its alpha and beta constants of the loop */
+        for (int64_t begin = block * BLOCK; begin < end;) {
+            const int64_t run = begin - begin % inner + inner, stop = run < end ? run : end;
+            float alpha, beta;
+            channel_coefficients(batch_norm, begin / inner % batch_norm->channels, &alpha, &beta);
+            loop(x, begin, stop, levels, norm, alpha, beta, spikes);
+            begin = stop;
+        }
     }
 }
 

@@ -16,15 +16,17 @@
    rows of dL/dx first and overwrites each row with its gradient on the way back, so no
    [T, N] membranes ever reach memory.
 
-   The input may be read through BatchNorm's per-channel affine map (normalisation_t), so that
-   a BatchNorm and the neuron after it take one pass: the loops then charge with
-   x * alpha + beta, computed as spikezoo/native/batch_norm.c (PyTorch's CPU kernel) computes
-   BatchNorm's output. */
+   The input may be read through BatchNorm's per-channel affine map (normalisation_t of
+   batch_norm_map.h), so that a BatchNorm and the neuron after it take one pass: the loops then
+   charge with x * alpha + beta, computed as PyTorch's CPU kernel computes BatchNorm's
+   output. */
 
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "batch_norm_map.h"
 
 /* 512-bit vectors where the CPU has them (gcc prefers 256 bits on most AVX-512 CPUs; it takes
    this pragma from version 8): the backward pass's exponential keeps up with memory only at
@@ -70,16 +72,6 @@ typedef struct {
 } neuron_t;
 
 typedef enum { INTEGRATE, LEAK_INPUT, LEAK_MEMBRANE } charge_kind;
-
-/* BatchNorm between the input and the neurons: neuron i of x [T, N] belongs to channel
-   c = i / inner % channels (x is [T, B, channels, inner]) and is charged with
-   x * alpha[c] + beta[c], for alpha = invstd * weight and beta = bias - mean * alpha (weight 1
-   and bias 0 where NULL), each sum of a product a multiply-add where `contract`. */
-typedef struct {
-    const float *weight, *bias, *mean, *invstd;
-    int64_t channels, inner;
-    int32_t contract;
-} normalisation_t;
 
 /* How charge_tile reads x: as it is, or through the tile's alpha and beta, rounded twice or
    fused. */
@@ -189,15 +181,10 @@ static void load_membranes(float *v, const float *source, int per_neuron, int64_
 }
 
 /* A normalisation's alpha and beta per channel (coefficients[c] and coefficients[channels +
-   c]), as batch_norm.c's normalise_row computes them. */
-static void channel_coefficients(const normalisation_t *norm, float *coefficients) {
-    for (int64_t c = 0; c < norm->channels; c++) {
-        const float alpha = norm->weight == NULL ? norm->invstd[c] : norm->invstd[c] * norm->weight[c];
-        const float shift = norm->bias == NULL ? 0.0f : norm->bias[c];
-        coefficients[c] = alpha;
-        coefficients[norm->channels + c] =
-            norm->contract ? fmaf(-norm->mean[c], alpha, shift) : shift - norm->mean[c] * alpha;
-    }
+   c]). */
+static void all_coefficients(const normalisation_t *norm, float *coefficients) {
+    for (int64_t c = 0; c < norm->channels; c++)
+        channel_coefficients(norm, c, coefficients + c, coefficients + norm->channels + c);
 }
 
 /* alpha and beta ([count]) of the neurons [i0, i0 + count) from their channels', a run of
@@ -246,7 +233,7 @@ static float *coefficients_of(const normalisation_t *norm, int *failed) {
     if (coefficients == NULL)
         *failed = 1;
     else
-        channel_coefficients(norm, coefficients);
+        all_coefficients(norm, coefficients);
     return coefficients;
 }
 

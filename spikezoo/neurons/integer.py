@@ -20,6 +20,7 @@ from torch import Tensor
 
 from spikezoo import _checks
 from spikezoo.neurons import integer_fire
+from spikezoo.neurons.backends.native import Normalisation
 from spikezoo.neurons.base import SpikingNeuron
 from spikezoo.neurons.integer_fire import GRADIENT_WINDOWS, ROUNDINGS
 from spikezoo.neurons.saved_spikes import compacting, mark_integer_spikes
@@ -119,6 +120,18 @@ class IntegerNeuron(SpikingNeuron):
     def forward(self, x: Tensor) -> Tensor:
         """``x [...]`` -> spikes ``[...]`` with values ``n / norm``, ``n`` in ``0..levels``."""
         return integer_spike(x, self.levels, self.norm, self.rounding, self.gradient_window)
+
+    def reads_normalisation(self, x: Tensor) -> bool:
+        """Whether this neuron can read ``x [T, B, C, ...]`` through a BatchNorm's map in
+        evaluation (:func:`~spikezoo.neurons.integer_fire.reads_normalisation`), as
+        :func:`spikezoo.layers.batch_norm_fire` asks it to."""
+        return integer_fire.reads_normalisation(x)
+
+    def forward_normalised(self, x: Tensor, normalisation: Normalisation) -> Tensor | None:
+        """``self(bn(x))`` in inference for the BatchNorm that ``normalisation`` describes,
+        without writing ``bn(x)``; ``None`` (nothing run) where the kernel cannot
+        (:func:`~spikezoo.neurons.integer_fire.fire_normalised`). Forward hooks do not run."""
+        return integer_fire.fire_normalised(x, normalisation, self.levels, self.norm, self.rounding)
 
     def spike_counts(self, spikes: Tensor) -> Tensor:
         """The integer count ``n`` behind each output value ``n / norm``."""

@@ -24,16 +24,27 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from spikezoo import native
 from spikezoo.native import pointer, threads
+from spikezoo.neurons.backends.native import Normalisation
 
-__all__ = ["GRADIENT_WINDOWS", "ROUNDINGS", "backward", "fire", "fire_by_pytorch"]
+__all__ = [
+    "GRADIENT_WINDOWS",
+    "ROUNDINGS",
+    "backward",
+    "fire",
+    "fire_by_pytorch",
+    "fire_normalised",
+    "reads_normalisation",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -72,6 +83,7 @@ def fire_by_pytorch(
 class _Kernels(NamedTuple):
     fire: native.Kernel
     backward: native.Kernel
+    fire_normalised: native.Kernel
 
 
 def _fire_by_kernel(
@@ -157,6 +169,10 @@ def _kernel() -> _Kernels | None:
         native.kernel(
             library, "integer_backward_f32", [address, address, size, real, address, flag]
         ),
+        native.kernel(
+            library, "integer_fire_normalised_f32",
+            [address, size, address, real, real, flag, address, flag],
+        ),
     )  # fmt: skip
     if _reproduces_pytorch(kernels):
         return kernels
@@ -166,6 +182,60 @@ def _kernel() -> _Kernels | None:
         torch.__version__,
     )
     return None
+
+
+def _fire_normalised_by_kernel(
+    kernels: _Kernels, x: Tensor, normalisation: Normalisation, levels: int, norm: float,
+    rounding: str,
+) -> Tensor:  # fmt: skip
+    spikes = torch.empty_like(x)
+    batch_norm = normalisation.as_struct()
+    kernels.fire_normalised(
+        x.data_ptr(), x.numel(), ctypes.addressof(batch_norm), levels, norm,
+        rounding == "half_up", spikes.data_ptr(), threads(x.numel()),
+    )  # fmt: skip
+    return spikes
+
+
+@functools.cache
+def _map_reproduces_batch_norm(contract: bool) -> bool:
+    """Whether the kernel, reading its input through BatchNorm's map (:class:`Normalisation`
+    with ``contract``), fires on what PyTorch's BatchNorm computes in evaluation (``invstd =
+    rsqrt(running_var + eps)``), bit for bit, on a probe: ``[T, B, C, H, W]`` and
+    ``[T, B, C, N]`` of 19 channels, 35 values each, with and without BatchNorm's affine
+    parameters, for E-SpikeFormer's neurons and for one that shows the map's every bit (2**24
+    levels, norm 1, values mapped into ``[2**23, 2**24)``, where every float is a whole number
+    that rounding keeps)."""
+    kernels = _kernel()
+    if kernels is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    cases = [  # (scale of x, running mean, levels, norm, rounding)
+        (1.0e6, -1.2e7, 2**24, 1.0, "half_even"),
+        (3.0, 0.5, 4, 4.0, "half_even"),
+        (3.0, -1.0, 8, 1.0, "half_up"),
+    ]
+    for shape in [(1, 2, 19, 5, 7), (2, 1, 19, 35)]:
+        for scale, centre, levels, norm, rounding in cases:
+            x = torch.randn(shape, generator=generator) * scale
+            mean = torch.randn(19, generator=generator) + centre
+            var = torch.rand(19, generator=generator) * 0.4 + 0.8
+            for affine in (True, False):
+                weight = torch.rand(19, generator=generator) + 0.5 if affine else None
+                bias = torch.randn(19, generator=generator) if affine else None
+                invstd = torch.rsqrt(var + 1e-5)
+                inner = math.prod(shape[3:])
+                normalisation = Normalisation(weight, bias, mean, invstd, inner, contract)
+                normalised = F.batch_norm(x.flatten(0, 1), mean, var, weight, bias, eps=1e-5)
+                expected = fire_by_pytorch(
+                    normalised.view(shape), levels, norm, rounding, "closed", False, False
+                )[0]
+                spikes = _fire_normalised_by_kernel(
+                    kernels, x, normalisation, levels, norm, rounding
+                )
+                if not _same_bits(spikes, expected):
+                    return False
+    return True
 
 
 def _kernel_for(*tensors: Tensor) -> _Kernels | None:
@@ -198,3 +268,21 @@ def backward(grad: Tensor, inside: Tensor, norm: float) -> Tensor:
     if kernels is None:
         return grad / norm * inside
     return _backward_by_kernel(kernels, grad, inside, norm)
+
+
+def reads_normalisation(x: Tensor) -> bool:
+    """Whether :func:`fire_normalised` can take ``x``: contiguous float32 on the CPU, outside
+    ``torch.compile`` and tracing, with the kernels built."""
+    return x.dtype == torch.float32 and _kernel_for(x) is not None
+
+
+def fire_normalised(
+    x: Tensor, normalisation: Normalisation, levels: int, norm: float, rounding: str
+) -> Tensor | None:
+    """The spikes of ``x [T, B, C, ...]`` read through a BatchNorm's map in evaluation,
+    ``fire(bn(x))[0]`` without the mask, the counts or ``bn(x)`` itself, by the C kernel;
+    ``None`` (nothing run) where the kernel cannot take ``x`` or did not reproduce BatchNorm
+    on its probe (:func:`_map_reproduces_batch_norm`)."""
+    if not reads_normalisation(x) or not _map_reproduces_batch_norm(normalisation.contract):
+        return None
+    return _fire_normalised_by_kernel(_kernel(), x, normalisation, levels, norm, rounding)

@@ -37,7 +37,6 @@ from spikezoo.neurons import (
     IntegerNeuron,
     MultiStepIF,
     MultiStepLIF,
-    MultiStepNeuron,
     MultiStepPLIF,
     set_backend,
 )
@@ -594,19 +593,6 @@ def _input(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 3 + 1
 
 
-@pytest.fixture
-def maps_read(monkeypatch) -> list[tuple[int, ...]]:
-    """The shapes read by ``forward_normalised`` (the neuron reading through the map)."""
-    calls, read = [], MultiStepNeuron.forward_normalised
-
-    def counted(neuron, x, normalisation):
-        calls.append(tuple(x.shape))
-        return read(neuron, x, normalisation)
-
-    monkeypatch.setattr(MultiStepNeuron, "forward_normalised", counted)
-    return calls
-
-
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @SHAPES
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
@@ -633,17 +619,46 @@ def test_the_map_reads_batch_norms_output_bit_for_bit(training, shape, affine):
     assert torch.equal(read.view(frames.shape), expected)
 
 
-@NATIVE_NEURONS
+@pytest.mark.parametrize(
+    "make_neuron",
+    [
+        *NATIVE_NEURONS.args[1],
+        functools.partial(IntegerNeuron, levels=4),
+        functools.partial(IntegerNeuron, 8, 1.0, "half_up", "open"),
+    ],
+    ids=[*NATIVE_NEURONS.kwargs["ids"], "integer_4", "integer_8_half_up"],
+)
 @SHAPES
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 def test_evaluation_reads_through_the_map_with_the_spikes_of_the_pair(
-    make_neuron, shape, maps_read
+    make_neuron, shape, affine, maps_read
 ):
-    bn, neuron, y = _batch_norm_of(shape).eval(), make_neuron(), _input(shape)
+    bn, neuron, y = _batch_norm_of(shape, affine).eval(), make_neuron(), _input(shape)
     with torch.no_grad():
         spikes = batch_norm_fire(y, bn, neuron)
         expected = neuron(bn(y.flatten(0, 1)).unflatten(0, shape[:2]))
     assert maps_read == [shape]
     assert torch.equal(spikes, expected)
+
+
+@pytest.mark.parametrize(
+    "make_neuron",
+    [functools.partial(MultiStepLIF, backend="native"), IntegerNeuron],
+    ids=["lif", "integer"],
+)
+def test_evaluation_reads_through_the_map_from_map_from_values_on(
+    make_neuron, maps_read, monkeypatch
+):
+    """Below :data:`~spikezoo.layers.bn_neuron.MAP_FROM_VALUES` values the pair runs (setting
+    the map up would cost what it saves), from there on the neuron reads through the map."""
+    monkeypatch.setattr(bn_neuron, "MAP_FROM_VALUES", 1000)
+    neuron = make_neuron()
+    for shape in [(4, 2, 24, 5), (4, 2, 24, 7)]:  # 960 and 1,344 values
+        bn, y = _batch_norm_of(shape).eval(), _input(shape)
+        with torch.no_grad():
+            spikes = batch_norm_fire(y, bn, neuron)
+            assert torch.equal(spikes, neuron(bn(y.flatten(0, 1)).unflatten(0, shape[:2])))
+    assert maps_read == [(4, 2, 24, 7)]
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,21 @@ def test_another_source_builds_another_library(fresh, tmp_path, monkeypatch):
     assert len(list(fresh.iterdir())) == 2
 
 
+def test_a_changed_header_is_a_new_build(fresh, tmp_path, monkeypatch):
+    """A header beside the sources enters every library's key: a library built against an old
+    header is not loaded for a new one."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "value.h").write_text("#define VALUE 1\n")
+    (sources / "value.c").write_text('#include "value.h"\nint value(void) { return VALUE; }\n')
+    monkeypatch.setattr(native, "SOURCES", sources)
+    assert native.library("value").value() == 1
+    (sources / "value.h").write_text("#define VALUE 2\n")
+    native.library.cache_clear()
+    assert native.library("value").value() == 2
+    assert len(list(fresh.iterdir())) == 2
+
+
 def test_a_compiler_without_openmp_builds_the_serial_code(fresh, tmp_path, monkeypatch, caplog):
     sources = tmp_path / "sources"
     sources.mkdir()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import spikezoo  # noqa: F401  (registers the models)
+from spikezoo.layers import batch_norms
 from spikezoo.neurons import IntegerNeuron, compact_saved_spikes, integer_fire
+from spikezoo.neurons.backends.native import Normalisation
 from spikezoo.neurons.integer_fire import GRADIENT_WINDOWS, ROUNDINGS
 from spikezoo.neurons.saved_spikes import PackedCounts
 from tests.models.test_e_spikeformer import TINY
@@ -75,6 +79,61 @@ def test_the_kernel_fires_as_pytorch_bit_for_bit(levels, norm, rounding, window,
     got = integer_fire.backward(grad, inside, norm)
     assert torch.equal(_bits(got), _bits(grad / norm * expected[1]))
     assert kernel_calls == {"fire": 2, "backward": 1}
+
+
+def _normalisation_of(channels: int, inner: int, affine: bool, contract: bool) -> tuple:
+    """``(normalisation, running_var, eps)``: a BatchNorm's map in evaluation, random
+    statistics and parameters, ``invstd`` as :func:`spikezoo.layers.batch_norm_fire` forms it."""
+    generator = torch.Generator().manual_seed(2)
+    mean = torch.randn(channels, generator=generator)
+    var = torch.rand(channels, generator=generator) * 4 + 0.1
+    weight = torch.randn(channels, generator=generator) if affine else None
+    bias = torch.randn(channels, generator=generator) if affine else None
+    invstd = torch.rsqrt(var + 1e-5)
+    return Normalisation(weight, bias, mean, invstd, inner, contract), var, 1e-5
+
+
+@pytest.mark.parametrize(("levels", "norm"), NORMS)
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+# 2 x 3 x 7 x 53 x 50 values: blocks of the kernel that begin and end inside a channel's run,
+# on two threads
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (2, 3, 7, 53, 50)], ids=["1d", "2d"])
+def test_reading_through_a_batch_norm_fires_on_its_output_bit_for_bit(
+    levels, norm, rounding, affine, shape
+):
+    contract = batch_norms._kernel().contract
+    normalisation, var, eps = _normalisation_of(shape[2], math.prod(shape[3:]), affine, contract)
+    x = _awkward(shape, seed=5)
+    normalised = F.batch_norm(
+        x.flatten(0, 1), normalisation.mean, var, normalisation.weight, normalisation.bias,
+        eps=eps,
+    ).view(shape)  # fmt: skip
+    spikes = integer_fire.fire_normalised(x, normalisation, levels, norm, rounding)
+    expected = integer_fire.fire_by_pytorch(normalised, levels, norm, rounding, "closed", False,
+                                            False)[0]  # fmt: skip
+    assert torch.equal(_bits(spikes), _bits(expected))
+
+
+def test_the_batch_norm_probe_tells_a_fused_multiply_add_from_two_roundings():
+    """Its probe passes for the rounding of PyTorch's BatchNorm kernel (found by spikezoo's
+    BatchNorm kernel on its own probe) and fails for the other, so a build that rounds
+    otherwise is caught."""
+    contract = batch_norms._kernel().contract
+    assert integer_fire._map_reproduces_batch_norm(contract)
+    assert not integer_fire._map_reproduces_batch_norm(not contract)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda x: x.double(), lambda x: x.transpose(-1, -2)],  # not contiguous
+    ids=["float64", "strided"],
+)
+def test_reading_through_a_batch_norm_refuses_what_the_kernel_does_not_take(make):
+    x = make(_awkward((2, 1, 4, 6, 6), seed=6))
+    normalisation, _, _ = _normalisation_of(4, 36, True, batch_norms._kernel().contract)
+    assert not IntegerNeuron().reads_normalisation(x)
+    assert IntegerNeuron().forward_normalised(x, normalisation) is None
 
 
 @pytest.mark.parametrize(
