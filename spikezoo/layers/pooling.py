@@ -132,11 +132,15 @@ def _pool_by_kernel(
     pooled = x.new_empty((*x.shape[:-2], *out_size))
     dtype = _offset_dtype(kernel, width)
     offsets = torch.empty(pooled.shape, dtype=dtype) if with_offsets else None
-    kernels.forward(
+    failed = kernels.forward(
         x.data_ptr(), x.numel() // (height * width), height, width, *kernel, *stride, *padding,
         *out_size, pooled.data_ptr(), pointer(offsets),
         dtype.itemsize, torch.get_num_threads(),
     )  # fmt: skip
+    if failed:
+        raise MemoryError(
+            f"max-pooling {tuple(x.shape)}: no memory for a row of {out_size[1]} window offsets"
+        )
     return pooled, offsets
 
 
@@ -242,7 +246,7 @@ def _kernel() -> _Kernels | None:
     kernels = _Kernels(
         native.kernel(
             library, "max_pool2d_offsets_f32",
-            [pointer, *[size] * 11, pointer, pointer, ctypes.c_int, ctypes.c_int],
+            [pointer, *[size] * 11, pointer, pointer, ctypes.c_int, ctypes.c_int], ctypes.c_int,
         ),
         native.kernel(
             library, "max_pool2d_offsets_backward_f32",

@@ -93,11 +93,13 @@ static void pool_row(const float *plane, const window_t *w, int64_t oh, const in
 #undef ROW
 }
 
-void max_pool2d_offsets_f32(const float *x, int64_t planes, int64_t height, int64_t width,
-                            int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
-                            int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t out_height,
-                            int64_t out_width, float *out, void *offsets, int offset_bytes,
-                            int threads) {
+/* Returns 0, or 1 where a thread could not have the memory for its row of offsets (its rows
+   are then left unwritten: the caller discards the output). */
+int max_pool2d_offsets_f32(const float *x, int64_t planes, int64_t height, int64_t width,
+                           int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                           int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t out_height,
+                           int64_t out_width, float *out, void *offsets, int offset_bytes,
+                           int threads) {
     const window_t w = {planes, height, width, kernel_h, kernel_w, stride_h, stride_w,
                         pad_h, pad_w, out_height, out_width};
     const int64_t rows = planes * out_height;
@@ -107,17 +109,25 @@ void max_pool2d_offsets_f32(const float *x, int64_t planes, int64_t height, int6
         first[j] = max64(0, floor_div(-shift + stride_w - 1, stride_w));
         last[j] = min64(out_width - 1, floor_div(width - 1 - shift, stride_w));
     }
+    int failed = 0;
 #pragma omp parallel num_threads(threads) if (rows > 1)
     {
         int32_t *offset = offsets == NULL ? NULL : malloc(sizeof(int32_t) * (size_t)out_width);
+        const int without_row = offsets != NULL && offset == NULL;
+        if (without_row) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
+            if (without_row) continue;
             const int64_t p = r / out_height, oh = r % out_height;
             pool_row(x + p * height * width, &w, oh, first, last, out + r * out_width, offset);
             if (offsets != NULL) store_offsets(offset, offsets, offset_bytes, r * out_width, out_width);
         }
         free(offset);
     }
+    return failed;
 }
 
 void max_pool2d_offsets_backward_f32(const float *grad_out, const void *offsets,

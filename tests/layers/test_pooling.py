@@ -369,3 +369,18 @@ def test_without_gradients_wide_rows_pool_with_the_c_kernel(out_width, monkeypat
     else:  # the separable maximum: the same values, NaN where PyTorch's NaN is
         assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
         assert torch.equal(got.isnan(), expected.isnan())
+
+
+def test_a_row_of_offsets_without_memory_is_a_memory_error_and_writes_nothing():
+    """The C kernel reports a thread's failed allocation of its row of offsets (here a row of
+    2**61 outputs: a request no allocator grants), writes none of that thread's rows, and the
+    caller raises instead of returning a half-written output."""
+    kernels = pooling._kernel()
+    x, out = torch.zeros(1, 4, 4), torch.full((1, 1, 4), 7.0)
+    failed = kernels.forward(
+        x.data_ptr(), 1, 4, 4, 3, 3, 2, 2, 1, 1, 1, 2**61, out.data_ptr(), x.data_ptr(), 4, 1
+    )
+    assert failed == 1 and torch.equal(out, torch.full((1, 1, 4), 7.0))
+    fake = pooling._Kernels(lambda *args: 1, kernels.backward)
+    with pytest.raises(MemoryError, match=r"max-pooling \(1, 2, 8, 8\): no memory for a row of 4"):
+        pooling._pool_by_kernel(fake, torch.rand(1, 2, 8, 8), (3, 3), (2, 2), (1, 1))
