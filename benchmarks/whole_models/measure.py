@@ -123,7 +123,9 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, device: torch.device)
             if mode == "eager" and available(device):
                 for name, timing in timings.items():
                     if timing.measurement is not None:
-                        results[name]["profile"] = time_outside_conv_matmul(calls[name])
+                        results[name]["profile"] = time_outside_conv_matmul(
+                            calls[name], results[name]["median_s"]
+                        )
             variants.append(dict(task=task, dtype=dtype, mode=mode, results=results))
             all_timings.append(timings)
     print(compare(all_timings), flush=True)

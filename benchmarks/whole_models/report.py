@@ -37,8 +37,13 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _shares(profile: dict) -> str:
+    """``"<of the profiled call> (<of the timed median>)"``."""
+    return f"{profile['share_outside']:.0%} ({profile['share_outside_timed']:.0%})"
+
+
 def _share(entry: dict) -> str:
-    return f"{entry['profile']['share_outside']:.0%}" if "profile" in entry else "-"
+    return _shares(entry["profile"]) if "profile" in entry else "-"
 
 
 def _spikezoo_shares(model: dict) -> list[str]:
@@ -53,7 +58,7 @@ def _spikezoo_shares(model: dict) -> list[str]:
             f"`{name}` {seconds * 1e3:.1f} ms" for name, seconds in profile.get("top_outside", [])
         )
         largest = f" (largest outside, self time: {top})" if top else ""
-        lines.append(f"{v['task']} {v['dtype']} {profile['share_outside']:.0%}{largest}")
+        lines.append(f"{v['task']} {v['dtype']} {_shares(profile)}{largest}")
     return lines
 
 
@@ -124,7 +129,9 @@ def markdown(report: dict) -> str:
         "ratio = spikezoo / peer. Outside conv/matmul (eager rows, CPU): the share of one "
         "profiled call's wall time spent outside the outermost `aten` convolution and "
         "`mm`/`bmm`/`addmm` operators, their backward included (`torch.profiler`; the "
-        "profiler's cost per operator counts as outside).",
+        "profiler's cost per operator counts as outside: an upper bound), and in brackets "
+        "the share of the unprofiled median time outside the same operators' profiled time "
+        "(the profiler's cost left out).",
         "",
     ]
     for model in report["models"]:

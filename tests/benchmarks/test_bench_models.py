@@ -133,6 +133,7 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
         for entry in (peer, zoo):  # profiled: some time in convolutions, some outside
             assert 0 < entry["profile"]["conv_matmul_s"] < entry["profile"]["wall_s"]
             assert 0 < entry["profile"]["share_outside"] < 1
+            assert 0 <= entry["profile"]["share_outside_timed"] < 1
         assert peer["spikezoo_memory_ratio"] == pytest.approx(
             zoo["peak_bytes"] / peer["peak_bytes"]
         )
@@ -209,12 +210,20 @@ def test_share_outside_counts_convolutions_and_matmuls_once(benchmarks_path):
 
     x = torch.randn(8, 16, 32, 32)
     conv = torch.nn.Conv2d(16, 16, 3, padding=1)
-    elementwise = time_outside_conv_matmul(lambda: (x * 2).relu())
+    elementwise = time_outside_conv_matmul(lambda: (x * 2).relu(), median_s=1.0)
     assert elementwise["conv_matmul_s"] == 0 and elementwise["share_outside"] == 1
-    both = time_outside_conv_matmul(lambda: conv(x).relu().flatten(1) @ torch.ones(16384, 4))
+    assert elementwise["share_outside_timed"] == 1
+    both = time_outside_conv_matmul(
+        lambda: conv(x).relu().flatten(1) @ torch.ones(16384, 4), median_s=1.0
+    )
     # conv2d -> convolution -> ... nest: counted once, so never more than the call itself
     assert 0 < both["conv_matmul_s"] < both["wall_s"]
     assert 0 < both["share_outside"] < 1
+    # against an unprofiled median of 1 s (far longer than the call): the rest of that second
+    assert both["share_outside_timed"] == pytest.approx(1 - both["conv_matmul_s"])
+    # a median shorter than the convolutions' profiled time leaves nothing outside, not less
+    short = time_outside_conv_matmul(lambda: conv(x), median_s=1e-9)
+    assert short["share_outside_timed"] == 0
     # what is outside, by operator: the relu and the flatten, never the conv or what it calls
     names = [name for name, _ in both["top_outside"]]
     assert "aten::relu" in names
