@@ -10,6 +10,7 @@ from spikezoo import runtime
 pytestmark = pytest.mark.usefixtures("benchmarks_path")
 
 
+@pytest.mark.slow  # fresh processes that import torch and build models: about 9 s
 @pytest.mark.skipif(runtime._glibc() is None, reason="mallopt's thresholds are glibc's")
 def test_a_round_runs_both_settings_and_writes_its_table(tmp_path):
     import bench_freed_memory

@@ -24,8 +24,8 @@ EAGER_CASES = [
     for v_reset in (0.0, None)  # hard and soft reset
 ] + [("lif", 0.0, torch.bfloat16), ("plif", None, torch.float32)]
 BACKEND_CASES = [("torch", *case) for case in EAGER_CASES] + [
-    ("inductor", "lif", 0.0, torch.float32),
-    # another configuration compiles its own graphs: the slow step checks it
+    # each configuration compiles graphs of its own (seconds): the slow step checks them
+    pytest.param("inductor", "lif", 0.0, torch.float32, marks=pytest.mark.slow),
     pytest.param("inductor", "plif", None, torch.float64, marks=pytest.mark.slow),
 ]
 
