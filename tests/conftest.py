@@ -3,9 +3,6 @@ import os
 import pytest
 import torch
 
-from spikezoo.layers import bn_neuron
-from spikezoo.neurons import IntegerNeuron, MultiStepNeuron
-
 # Neurons left at backend="auto" run eagerly in the tests, so that the suite does not spend its
 # minutes compiling a kernel per model, shape and dtype. The compiled backends are tested where
 # a test names them; `SPIKEZOO_BACKEND=auto python -m pytest` runs everything as users do.
@@ -30,6 +27,9 @@ def _seed():
 def maps_read(monkeypatch) -> list[tuple[int, ...]]:
     """The shapes that neurons read through a BatchNorm's map (``forward_normalised`` of the
     binary and the integer neurons), at every size: ``MAP_FROM_VALUES`` is set to 0."""
+    from spikezoo.layers import bn_neuron
+    from spikezoo.neurons import IntegerNeuron, MultiStepNeuron
+
     monkeypatch.setattr(bn_neuron, "MAP_FROM_VALUES", 0)
     shapes = []
     for cls in (MultiStepNeuron, IntegerNeuron):

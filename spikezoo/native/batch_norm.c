@@ -57,9 +57,9 @@ static void normalise_row(const float *x, float *out, int64_t size, int64_t c, c
     float alpha, beta;
     batch_norm_coefficients(weight, bias, contract, mean, invstd, c, &alpha, &beta);
     if (contract)
-        for (int64_t i = 0; i < size; i++) out[i] = fmaf(x[i], alpha, beta);
+        for (int64_t i = 0; i < size; i++) out[i] = input(AFFINE_FUSED, x[i], alpha, beta);
     else
-        for (int64_t i = 0; i < size; i++) out[i] = x[i] * alpha + beta;
+        for (int64_t i = 0; i < size; i++) out[i] = input(AFFINE, x[i], alpha, beta);
 }
 
 /* x [batches, channels, size], contiguous, size > 1. Writes mean[c] and invstd[c]; updates

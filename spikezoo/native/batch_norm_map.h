@@ -35,6 +35,17 @@ static inline void batch_norm_coefficients(const float *weight, const float *bia
     *beta = contract ? fmaf(-mean, a, shift) : shift - mean * a;
 }
 
+/* How a kernel reads its input x: as it is, or through BatchNorm's alpha and beta, rounded
+   twice or fused. */
+typedef enum { RAW, AFFINE, AFFINE_FUSED } input_kind;
+
+static inline __attribute__((always_inline)) float input(input_kind kind, float x, float alpha,
+                                                         float beta) {
+    if (kind == AFFINE_FUSED) return fmaf(x, alpha, beta);
+    if (kind == AFFINE) return x * alpha + beta;
+    return x;
+}
+
 /* batch_norm_coefficients of channel c of a normalisation. */
 static inline void channel_coefficients(const normalisation_t *norm, int64_t c, float *alpha,
                                         float *beta) {

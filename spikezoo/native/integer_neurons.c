@@ -37,9 +37,6 @@ typedef void (*fire_loop)(const float *restrict, int64_t, int64_t, float, float,
 typedef void (*normalised_loop)(const float *restrict, int64_t, int64_t, float, float, float,
                                 float, float *restrict);
 
-/* How fire reads x: as it is, or through alpha and beta, rounded twice or fused. */
-typedef enum { RAW, AFFINE, AFFINE_FUSED } input_kind;
-
 /* Elements [begin, end), read as `reading` says. The flags are constants in each instance
    below, so that every instance compiles to one branch-free vector loop. */
 static inline __attribute__((always_inline)) void
@@ -47,9 +44,7 @@ fire(const float *restrict x, int64_t begin, int64_t end, float levels, float no
      input_kind reading, float alpha, float beta, int half_up, int open, int mask, int count,
      int scale, float *restrict spikes, uint8_t *restrict inside, uint8_t *restrict counts) {
     for (int64_t i = begin; i < end; i++) {
-        const float v = reading == AFFINE_FUSED ? fmaf(x[i], alpha, beta)
-                        : reading == AFFINE     ? x[i] * alpha + beta
-                                                : x[i];
+        const float v = input(reading, x[i], alpha, beta);
         const float low = v < 0.0f ? 0.0f : v;
         const float clamped = low > levels ? levels : low;
         float rounded = rintf(clamped);

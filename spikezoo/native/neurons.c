@@ -73,17 +73,6 @@ typedef struct {
 
 typedef enum { INTEGRATE, LEAK_INPUT, LEAK_MEMBRANE } charge_kind;
 
-/* How charge_tile reads x: as it is, or through the tile's alpha and beta, rounded twice or
-   fused. */
-typedef enum { RAW, AFFINE, AFFINE_FUSED } input_kind;
-
-static inline __attribute__((always_inline)) float input(input_kind kind, float x, float alpha,
-                                                         float beta) {
-    if (kind == AFFINE_FUSED) return fmaf(x, alpha, beta);
-    if (kind == AFFINE) return x * alpha + beta;
-    return x;
-}
-
 static inline __attribute__((always_inline)) float charge(charge_kind kind, float x, float v,
                                                           float rest, float k) {
     if (kind == INTEGRATE) return v + x;
