@@ -8,6 +8,9 @@ sees the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +182,39 @@ def cifar10_dvs_split(targets: list[int], fraction: float = CIFAR10_DVS_TRAIN_FR
     return train, test
 
 
+def _thread_safe_ast(version: tuple[int, int, int] = sys.version_info[:3]) -> bool:
+    """Whether concurrent ``ast.parse`` calls are safe on this interpreter.
+
+    Before CPython 3.11.8 and 3.12.2, the AST constructor kept its recursion counter in state
+    shared by all threads, and a thread switch inside it (a garbage collection running a
+    finaliser) raised ``SystemError: AST constructor recursion depth mismatch`` in another
+    thread's parse (python/cpython#106905, fixed by python/cpython#113035). ``numpy.load`` parses
+    every ``.npy`` header with ``ast.literal_eval``. 3.10 counts as unsafe too: the counter's
+    history there was not checked, and the cost of caution is only a slower first conversion.
+    """
+    if version[:2] == (3, 12):
+        return version >= (3, 12, 2)
+    return version >= (3, 11, 8)
+
+
+@contextlib.contextmanager
+def _event_conversion_threads() -> Iterator[None]:
+    """spikingjelly converts event files to frames on a pool of threads, each loading ``.npz``
+    files; on an interpreter where that can fail at random (:func:`_thread_safe_ast`) the pool
+    gets one thread for the conversion, and spikingjelly's setting is restored afterwards."""
+    if _thread_safe_ast():
+        yield
+        return
+    from spikingjelly import configure
+
+    threads = configure.max_threads_number_for_datasets_preprocess
+    configure.max_threads_number_for_datasets_preprocess = 1
+    try:
+        yield
+    finally:
+        configure.max_threads_number_for_datasets_preprocess = threads
+
+
 def _event_datasets(config: DataConfig, root: Path) -> Datasets:
     """Frames ``[T, 2, H, W]`` (``T = data.time_steps``, split by event count) from
     spikingjelly's on-disk ``events_np`` folder of ``.npz`` files (``t``, ``x``, ``y``, ``p``).
@@ -198,13 +234,15 @@ def _event_datasets(config: DataConfig, root: Path) -> Datasets:
         with optional_dependency("the DVS128 Gesture data set"):
             from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
 
-        train = DVS128Gesture(str(root), train=True, **frames)
-        test = DVS128Gesture(str(root), train=False, **frames)
+        with _event_conversion_threads():
+            train = DVS128Gesture(str(root), train=True, **frames)
+            test = DVS128Gesture(str(root), train=False, **frames)
         return _finish(train, test, config, len(train.classes))
     with optional_dependency("the CIFAR10-DVS data set"):
         from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
 
-    everything = CIFAR10DVS(str(root), **frames)
+    with _event_conversion_threads():
+        everything = CIFAR10DVS(str(root), **frames)
     train_idx, test_idx = cifar10_dvs_split(everything.targets)
     identity = {c: c for c in range(len(everything.classes))}
     train = _Selection(everything, train_idx, identity)

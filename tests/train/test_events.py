@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikezoo.train import DatasetError, load_recipe, read_training_checkpoint, train
+from spikezoo.train import DatasetError, data, load_recipe, read_training_checkpoint, train
 from spikezoo.train.data import build_datasets, cifar10_dvs_split
 
 pytest.importorskip("spikingjelly")
@@ -104,3 +104,65 @@ def test_missing_event_folder_is_named(tmp_path):
     config = load_recipe(None, ["data.dataset=dvs128_gesture", f"data.root={tmp_path}"])
     with pytest.raises(DatasetError, match="events_np' does not exist"):
         build_datasets(config.data)
+
+
+@pytest.mark.parametrize(
+    ("version", "safe"),
+    [
+        ((3, 10, 14), False),
+        ((3, 11, 7), False),
+        ((3, 11, 8), True),
+        ((3, 12, 1), False),
+        ((3, 12, 2), True),
+        ((3, 13, 0), True),
+    ],
+)
+def test_interpreters_whose_parallel_ast_parse_can_fail(version, safe):
+    assert data._thread_safe_ast(version) is safe
+
+
+def _cifar10_dvs_root(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    root = tmp_path / "cifar10dvs"
+    for name in ("airplane", "automobile"):
+        for i in range(3):
+            _write_events(root / "events_np" / name, f"cifar10_{name}_{i}", rng)
+    return root
+
+
+@pytest.mark.parametrize("safe", [False, True])
+def test_event_conversion_threads_follow_the_interpreter(tmp_path, monkeypatch, safe):
+    """Where concurrent ``ast.parse`` can fail, spikingjelly's conversion pool gets one thread,
+    and its setting is what it was afterwards."""
+    from spikingjelly import configure
+    from spikingjelly.datasets import base
+
+    monkeypatch.setattr(configure, "max_threads_number_for_datasets_preprocess", 7)
+    monkeypatch.setattr(data, "_thread_safe_ast", lambda: safe)
+    pools = []
+
+    class RecordingPool(base.ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            pools.append(max_workers)
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(base, "ThreadPoolExecutor", RecordingPool)
+    config = load_recipe(
+        None, ["data.dataset=cifar10_dvs", f"data.root={_cifar10_dvs_root(tmp_path)}"]
+    )
+    assert len(build_datasets(config.data).train) == 4
+    assert pools == [7 if safe else 1]
+    assert configure.max_threads_number_for_datasets_preprocess == 7
+
+
+def test_event_conversion_threads_are_restored_when_the_conversion_fails(tmp_path, monkeypatch):
+    from spikingjelly import configure
+
+    monkeypatch.setattr(configure, "max_threads_number_for_datasets_preprocess", 7)
+    monkeypatch.setattr(data, "_thread_safe_ast", lambda: False)
+    root = _cifar10_dvs_root(tmp_path)
+    (root / "events_np" / "airplane" / "cifar10_airplane_0.npz").write_bytes(b"not a zip")
+    config = load_recipe(None, ["data.dataset=cifar10_dvs", f"data.root={root}"])
+    with pytest.raises(ValueError, match="pickled"):
+        build_datasets(config.data)
+    assert configure.max_threads_number_for_datasets_preprocess == 7
