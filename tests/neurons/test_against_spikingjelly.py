@@ -323,22 +323,19 @@ def test_plif_w_gradient_is_finite_when_the_decay_underflows(dtype, w):
 
 
 # The compiled loops: each configuration and dtype is a fresh torch.compile (of a 4-step chunk
-# and a single step, forward and backward), seconds each on a small CPU, so only a handful.
+# and a single step, forward and backward), seconds each on a small CPU, so only a handful, all
+# in the slow step (the first inductor compile in a process alone takes 15-20 s here).
 INDUCTOR_SHAPE = (6, 4, 2, 5)  # T = 6: a 4-step chunk and two single steps
 INDUCTOR_CONFIGS = [
     pytest.param("lif", 0.0, True, "sigmoid", None, True, torch.float32, id="lif-sdt-default-f32"),
-    # the other configurations compile graphs of their own: the slow step checks them
     pytest.param(
-        "plif", None, False, "atan", 3.5, False, torch.float64,
-        id="plif-soft-nodecay-atan-f64", marks=pytest.mark.slow,
+        "plif", None, False, "atan", 3.5, False, torch.float64, id="plif-soft-nodecay-atan-f64"
     ),
-    pytest.param(
-        "if", -0.4, True, "sigmoid", 2.5, False, torch.float32,
-        id="if-hard-nonzero-f32", marks=pytest.mark.slow,
-    ),
-]  # fmt: skip
+    pytest.param("if", -0.4, True, "sigmoid", 2.5, False, torch.float32, id="if-hard-nonzero-f32"),
+]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind,v_reset,decay_input,surrogate,alpha,detach_reset,dtype", INDUCTOR_CONFIGS
 )

@@ -188,12 +188,14 @@ def _saved_storages(backend: str, x: torch.Tensor) -> list[int]:
     return saved
 
 
+@pytest.mark.slow  # inductor compiles the loops (seconds)
 def test_inductor_training_saves_the_input_and_torch_the_membranes():
     x = (torch.randn(4, 64) * 2).requires_grad_()
     assert x.untyped_storage().data_ptr() in _saved_storages("inductor", x)
     assert x.untyped_storage().data_ptr() not in _saved_storages("torch", x)
 
 
+@pytest.mark.slow  # inductor compiles the loops (seconds)
 def test_inductor_kernels_run_on_every_thread_whatever_size_compiled_first():
     """The loops compile for a dynamic number of neurons. Compiled first for a few (a test, a
     tiny layer), inductor would make single-threaded kernels, and its disk cache would keep them
@@ -257,6 +259,7 @@ def test_inductor_backward_equals_the_reference_backward(saved, cfg, steps):
     assert torch.equal(lean[0], actual[0]) and torch.equal(lean[2], actual[2])
 
 
+@pytest.mark.slow  # inductor compiles the loops (seconds)
 @pytest.mark.usefixtures("registry")
 @pytest.mark.parametrize("v_init_grad", [False, True])
 def test_training_asks_for_the_initial_membrane_gradient_only_when_it_is_wanted(v_init_grad):
@@ -268,6 +271,7 @@ def test_training_asks_for_the_initial_membrane_gradient_only_when_it_is_wanted(
     assert (v_init is None) or v_init.grad is not None
 
 
+@pytest.mark.slow  # inductor compiles the loops (seconds)
 @pytest.mark.parametrize("steps", [1, 6], ids=["one chunk", "4+1+1 chunks"])
 def test_inductor_forward_writes_the_final_membrane_only_when_asked(steps):
     """Without the final membrane the last chunk's graph writes no ``[N]`` tensor for it; the
@@ -288,6 +292,7 @@ def test_inductor_forward_writes_the_final_membrane_only_when_asked(steps):
     torch.testing.assert_close(full[2], expected[2], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow  # inductor compiles the loops (seconds)
 @pytest.mark.usefixtures("registry")
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("return_state", [False, True])

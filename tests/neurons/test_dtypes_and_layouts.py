@@ -233,6 +233,7 @@ def _dyadic_input(*shape: int, dtype=torch.float32) -> torch.Tensor:
     return (torch.randint(-12, 13, shape, generator=gen) / 4).to(dtype)
 
 
+@pytest.mark.slow  # inductor compiles a model (seconds)
 def test_torch_compile_of_a_model_matches_eager():
     """The default (inductor) torch.compile of a model with a neuron on its default backend."""
     net = _dyadic_(nn.Sequential(nn.Linear(5, 6), MultiStepLIF()), seed=0)
@@ -293,6 +294,7 @@ class _ConvBatchNormNeuron(nn.Module):
         return self.neuron(per_step(self.bn, per_step(self.conv, x)))
 
 
+@pytest.mark.slow  # inductor compiles a model (seconds)
 def test_under_compile_the_batch_norm_before_a_neuron_is_computed_in_its_kernel():
     """The loops take the steps of ``x`` as unbound views: inductor then computes the
     BatchNorm's affine map inside the neuron's kernel, reading the convolution's output once.
@@ -345,9 +347,8 @@ def test_neurons_of_other_thresholds_compile_one_after_another():
     "kind,backend",
     [
         *((kind, "torch") for kind in ("lif", "plif", "if")),
-        ("lif", "inductor"),
-        # each of these compiles graphs of its own (seconds): the slow step checks them
-        *(pytest.param(kind, "inductor", marks=pytest.mark.slow) for kind in ("plif", "if")),
+        # each compiles graphs of its own (seconds): the slow step checks them
+        *(pytest.param(kind, "inductor", marks=pytest.mark.slow) for kind in ("lif", "plif", "if")),
     ],
 )
 def test_input_gradient_is_the_backward_of_the_forward_pass(kind, backend):
@@ -390,7 +391,10 @@ def test_one_forward_saves_one_membrane_tensor_per_step(kind, dtype, with_v_init
     assert x.grad is not None and x.grad.shape == x.shape
 
 
-@pytest.mark.parametrize("backend", ["torch", "inductor"])
+@pytest.mark.parametrize(
+    "backend",
+    ["torch", pytest.param("inductor", marks=pytest.mark.slow)],  # inductor: seconds
+)
 def test_inference_path_matches_the_training_path(backend):
     """Without autograd the loops keep no membranes for backward, and compute the same thing."""
     x = torch.randn(3, 4, 5) * 2
