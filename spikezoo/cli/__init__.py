@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import spikezoo
 import spikezoo_cli
-from spikezoo import runtime
+from spikezoo import native, runtime
 from spikezoo._optional import MissingDependencyError
 from spikezoo.cli.errors import CommandError, UsageError
 from spikezoo_cli import COMMANDS
@@ -62,6 +62,43 @@ def _without_cuda_home_notice() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(notice_filter)
+
+
+class _Notes(logging.Handler):
+    """Writes :mod:`spikezoo.native`'s build notes (:data:`~spikezoo.native.BUILD_NOTE`) and
+    warnings as one line each on stderr, ``spikezoo demo: note: compiling neurons.c for this
+    CPU, ...``: on a terminal over the progress line, which redraws itself below. Its other
+    notes (no C compiler found: PyTorch's kernels run) stay in the log."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(logging.INFO)
+        self.prog = prog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING and record.msg != native.BUILD_NOTE:
+            return
+        kind = "note" if record.levelno < logging.WARNING else "warning"
+        message = _one_line(record.getMessage()).removeprefix("spikezoo: ")
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+        print(f"{clear}{self.prog}: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _notes_of_native_builds(prog: str) -> Iterator[None]:
+    """While a command runs, spikezoo's C kernels say on stderr when they compile (seconds, on
+    a machine's first run) and why one cannot be used; the logger is as it was afterwards."""
+    logger = logging.getLogger(native.__name__)
+    handler = _Notes(prog)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _keep_freed_memory_unless_told_not_to() -> None:
@@ -103,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         _keep_freed_memory_unless_told_not_to()
-        with _without_cuda_home_notice():
+        with _without_cuda_home_notice(), _notes_of_native_builds(prog):
             return module.run(args)
     except CommandError as error:
         if args.debug:

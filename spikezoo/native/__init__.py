@@ -16,7 +16,8 @@ into
 ``<spikezoo cache>/native/`` (``$SPIKEZOO_CACHE``), under a name that hashes the source (and
 the headers beside it), the compiler, the flags and the CPU; it is written to a temporary
 file and renamed into place, so a failed or concurrent build leaves no half-written library
-behind. The first build takes one to three seconds per source.
+behind. The first build takes about three seconds per source on 2 cores; it is logged
+(``INFO``, :data:`BUILD_NOTE`) before it starts, and the command line shows that on stderr.
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["MIN_PARALLEL_VALUES", "SOURCES", "Kernel", "kernel", "library", "pointer", "threads"]
+__all__ = [
+    "BUILD_NOTE",
+    "MIN_PARALLEL_VALUES",
+    "SOURCES",
+    "Kernel",
+    "kernel",
+    "library",
+    "pointer",
+    "threads",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +58,11 @@ _FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-share
 #: Tried first. The library then needs ``libgomp.so.1``, which resolves to the copy PyTorch has
 #: loaded where PyTorch uses GNU OpenMP (its Linux wheels do): one pool of threads for both.
 _OPENMP = ("-fopenmp",)
+
+
+#: What is logged (``INFO``) before a library is compiled: the first use on a machine waits
+#: seconds for it (about 3 s per library on 2 cores), which the command line says on stderr.
+BUILD_NOTE = "spikezoo: compiling %s for this CPU, once (a few seconds); later runs load it from %s"
 
 
 def _compiler() -> str | None:
@@ -106,6 +121,7 @@ def library(name: str) -> ctypes.CDLL | None:
     # the headers a source may include are part of what it compiles to
     texts = [path.read_text() for path in [source, *sorted(SOURCES.glob("*.h"))]]
     openmp_refused = None
+    announced = False
     for flags in (_FLAGS + _OPENMP, _FLAGS):
         key = hashlib.sha256("\0".join([*texts, compiler, *flags, _cpu()]).encode()).hexdigest()
         key = key[:16]
@@ -114,6 +130,9 @@ def library(name: str) -> ctypes.CDLL | None:
         # an OpenMP build that failed where the plain one builds is not tried again
         if flags != _FLAGS and refused.exists():
             continue
+        if not (target.exists() or announced):
+            _log.info(BUILD_NOTE, source.name, target.parent)
+            announced = True
         if target.exists() or (failure := _build(compiler, flags, source, target)) is None:
             break
         _log.info("spikezoo: %s", failure)

@@ -98,3 +98,62 @@ def test_profile_says_what_it_does_on_the_terminal_and_keeps_stdout_csv():
     assert summary["model"] == "sdt_2_256_cifar" and summary["neuron_backend"] == expected
     # the command's process kept freed memory, where the C library is glibc
     assert summary["freed_memory"] == ("kept" if runtime._glibc() is not None else "default")
+
+
+def test_a_command_says_when_a_c_kernel_compiles_and_only_then(tmp_path, monkeypatch, capsys):
+    """The first run on a machine compiles spikezoo's C kernels (seconds each): the command
+    says so on stderr, once per library; a run that loads them says nothing."""
+    from spikezoo import native as c_kernels
+    from spikezoo.cli import main
+
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "answer.c").write_text("int answer(void) { return 42; }\n")
+    monkeypatch.setattr(c_kernels, "SOURCES", sources)
+    monkeypatch.setenv("SPIKEZOO_CACHE", str(tmp_path / "cache"))
+    answers = []
+
+    def run(args):
+        c_kernels.library.cache_clear()
+        answers.append(c_kernels.library("answer").answer())
+        return 0
+
+    monkeypatch.setattr("spikezoo.cli.listing.run", run)
+    try:
+        assert main(["list"]) == 0
+        first = capsys.readouterr()
+        assert main(["list"]) == 0  # a later process: the build is in the cache
+        later = capsys.readouterr()
+    finally:
+        c_kernels.library.cache_clear()
+    assert answers == [42, 42] and first.out == later.out == ""
+    assert first.err == (
+        "spikezoo list: note: compiling answer.c for this CPU, once (a few seconds); later runs "
+        f"load it from {tmp_path / 'cache' / 'native'}\n"
+    )
+    assert later.err == ""
+
+
+def test_a_command_shows_c_kernel_warnings_and_leaves_the_logger_as_it_was(monkeypatch, capsys):
+    import logging
+
+    from spikezoo.cli import main
+
+    logger = logging.getLogger("spikezoo.native")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+
+    def run(args):
+        logger.info("spikezoo: no C compiler found; PyTorch's kernel runs instead of %s", "x")
+        logger.warning("spikezoo: cc could not compile x.c:\nx.c:1: error\nPyTorch's kernel runs")
+        return 0
+
+    monkeypatch.setattr("spikezoo.cli.listing.run", run)
+    assert main(["list"]) == 0
+    assert capsys.readouterr().err == (
+        "spikezoo list: warning: cc could not compile x.c: x.c:1: error PyTorch's kernel runs\n"
+    )
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["list"]) == 0  # over the progress line, which redraws itself below
+    assert terminal.getvalue().startswith("\r\x1b[Kspikezoo list: warning: cc could not")

@@ -21,8 +21,11 @@ def fresh(tmp_path, monkeypatch):
     native.library.cache_clear()
 
 
-def test_builds_once_into_the_cache_and_loads(fresh):
-    lib = native.library("batch_norm")
+def test_builds_once_into_the_cache_and_loads(fresh, caplog):
+    with caplog.at_level(logging.INFO, logger="spikezoo.native"):
+        lib = native.library("batch_norm")
+    assert [r.getMessage() for r in caplog.records] == [native.BUILD_NOTE % ("batch_norm.c", fresh)]
+    caplog.clear()
     assert isinstance(lib, ctypes.CDLL)
     assert hasattr(lib, "batch_norm_training_f32")
     built = list(fresh.iterdir())
@@ -30,8 +33,10 @@ def test_builds_once_into_the_cache_and_loads(fresh):
     assert native.library("batch_norm") is lib  # one load per process
     native.library.cache_clear()
     stamp = built[0].stat().st_mtime_ns
-    assert native.library("batch_norm") is not None
+    with caplog.at_level(logging.INFO, logger="spikezoo.native"):
+        assert native.library("batch_norm") is not None
     assert list(fresh.iterdir()) == built and built[0].stat().st_mtime_ns == stamp  # reused
+    assert caplog.records == []  # a build that is loaded is not announced
 
 
 def test_without_a_compiler_there_is_no_library(fresh, monkeypatch):
@@ -97,6 +102,8 @@ def test_a_compiler_without_openmp_builds_the_serial_code(fresh, tmp_path, monke
     with caplog.at_level(logging.INFO, logger="spikezoo.native"):
         assert native.library("threads").threads() == 1
     assert "no OpenMP" in caplog.text
+    # announced once, though two builds (with OpenMP, then without) ran
+    assert [r.msg for r in caplog.records].count(native.BUILD_NOTE) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     caplog.clear()
     native.library.cache_clear()  # as in a later process: the failed OpenMP build is not retried
