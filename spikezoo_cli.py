@@ -35,6 +35,7 @@ from typing import NoReturn, TextIO
 __all__ = [
     "COMMANDS",
     "DISTRIBUTION",
+    "ERASE_LINE",
     "build_parser",
     "main",
     "model_names_from_source",
@@ -44,6 +45,9 @@ __all__ = [
 
 #: The distribution that installs the command (its version is ``spikezoo --version``).
 DISTRIBUTION = "spikezoo-vit"
+
+#: Back to the start of the terminal's line and erase it (where :func:`progress` draws).
+ERASE_LINE = "\r\x1b[K"
 
 #: Command name -> (module that implements it, its one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -163,12 +167,12 @@ def progress(command: str, doing: str, stream: TextIO | None = None) -> Iterator
         tick = 0
         while True:
             elapsed = time.monotonic() - start
-            stream.write(f"\r\x1b[K{command}: {doing} {frames[tick % 4]} {elapsed:.0f} s")
+            stream.write(f"{ERASE_LINE}{command}: {doing} {frames[tick % 4]} {elapsed:.0f} s")
             stream.flush()
             tick += 1
             if finished.wait(0.2):
                 break
-        stream.write("\r\x1b[K")
+        stream.write(ERASE_LINE)
         stream.flush()
 
     thread = threading.Thread(target=redraw, name="spikezoo-progress", daemon=True)

@@ -79,7 +79,7 @@ class _Notes(logging.Handler):
             return
         kind = "note" if record.levelno < logging.WARNING else "warning"
         message = _one_line(record.getMessage()).removeprefix("spikezoo: ")
-        clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+        clear = spikezoo_cli.ERASE_LINE if sys.stderr.isatty() else ""
         print(f"{clear}{self.prog}: {kind}: {message}", file=sys.stderr, flush=True)
 
 

@@ -121,7 +121,6 @@ def library(name: str) -> ctypes.CDLL | None:
     # the headers a source may include are part of what it compiles to
     texts = [path.read_text() for path in [source, *sorted(SOURCES.glob("*.h"))]]
     openmp_refused = None
-    announced = False
     for flags in (_FLAGS + _OPENMP, _FLAGS):
         key = hashlib.sha256("\0".join([*texts, compiler, *flags, _cpu()]).encode()).hexdigest()
         key = key[:16]
@@ -130,10 +129,11 @@ def library(name: str) -> ctypes.CDLL | None:
         # an OpenMP build that failed where the plain one builds is not tried again
         if flags != _FLAGS and refused.exists():
             continue
-        if not (target.exists() or announced):
+        if target.exists():
+            break
+        if openmp_refused is None:  # no build tried yet in this call: say that one starts
             _log.info(BUILD_NOTE, source.name, target.parent)
-            announced = True
-        if target.exists() or (failure := _build(compiler, flags, source, target)) is None:
+        if (failure := _build(compiler, flags, source, target)) is None:
             break
         _log.info("spikezoo: %s", failure)
         if flags != _FLAGS:

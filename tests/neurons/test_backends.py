@@ -223,8 +223,7 @@ SOFT_4_1 = (dynamics.NeuronConfig(True, False, 1.0, None, "atan", 2.0, False), 5
 @pytest.mark.parametrize(
     "saved,cfg,steps",
     [
-        # each compiles graphs of its own (seconds): the slow step checks them; the fast suite
-        # compiles one configuration's backward (test_dtypes_and_layouts' input gradient)
+        # each compiles graphs of its own (seconds): the slow step checks them
         pytest.param("input", *SOFT_4_1, marks=pytest.mark.slow),
         pytest.param("input", *LIF_4_1_1, marks=pytest.mark.slow),
         pytest.param("charged", *SOFT_4_1, marks=pytest.mark.slow),
