@@ -19,6 +19,11 @@ TIMING_HEADER = [
 LAYER_HEADER = [
     "layer", "type", "ms", "GFLOP", "MB moved", "GFLOP/s", "GB/s", "bound", "fraction of roof",
 ]  # fmt: skip
+SPLIT_HEADER = [
+    "task", "outside ms (profiled)", "C kernels ms", "PyTorch data operators ms",
+    "their least traffic MB", "their GB/s", "allocations and views ms (calls)",
+    "autograd and other ranges ms (calls)", "between operators ms", "outside ms (unprofiled)",
+]  # fmt: skip
 AGREEMENT_HEADER = ["implementation", "max abs logit diff", "spikes fired", "same spikes", "agrees"]
 
 
@@ -60,6 +65,38 @@ def _spikezoo_shares(model: dict) -> list[str]:
         largest = f" (largest outside, self time: {top})" if top else ""
         lines.append(f"{v['task']} {v['dtype']} {_shares(profile)}{largest}")
     return lines
+
+
+def _split_rows(model: dict, bandwidth_Bps: float | None) -> list[list[str]]:
+    """Per profiled spikezoo row, its time outside convolutions and matmuls by kind
+    (:mod:`whole_models.share`); the data operators' rate also as a fraction of the machine's
+    add bandwidth where it was measured."""
+    rows = []
+    for v in model["variants"]:
+        entry = v["results"].get("spikezoo", {})
+        split = entry.get("profile", {}).get("split")
+        if split is None:
+            continue
+        profile = entry["profile"]
+        rate = split["data_bytes"] / split["data_operators_s"] if split["data_operators_s"] else 0
+        of_roof = f" ({rate / bandwidth_Bps:.2f} of the add)" if bandwidth_Bps else ""
+        unprofiled = max(0.0, entry["median_s"] - profile["conv_matmul_s"])
+        rows.append(
+            [
+                f"{v['task']} {v['dtype']}",
+                f"{(profile['wall_s'] - profile['conv_matmul_s']) * 1e3:.1f}",
+                *(f"{split[k] * 1e3:.1f}" for k in ("kernels_s", "data_operators_s")),
+                f"{split['data_bytes'] / 1e6:.0f}",
+                f"{rate / 1e9:.1f}{of_roof}",
+                *(
+                    f"{split[f'{kind}_s'] * 1e3:.1f} ({split[f'{kind}_calls']})"
+                    for kind in ("metadata_operators", "ranges")
+                ),
+                f"{split['between_s'] * 1e3:.1f}",
+                f"{unprofiled * 1e3:.1f}",
+            ]
+        )
+    return rows
 
 
 def _diff(verdict: dict) -> str:
@@ -131,7 +168,13 @@ def markdown(report: dict) -> str:
         "`mm`/`bmm`/`addmm` operators, their backward included (`torch.profiler`; the "
         "profiler's cost per operator counts as outside: an upper bound), and in brackets "
         "the share of the unprofiled median time outside the same operators' profiled time "
-        "(the profiler's cost left out).",
+        "(the profiler's cost left out). By kind (a table per model): spikezoo's C kernels; "
+        "PyTorch's operators that move data, with the least traffic their input shapes imply "
+        "and its rate; those that only allocate or make views; the self time of other named "
+        "ranges (autograd functions' Python, the autograd engine's nodes, the optimizer); the "
+        "time under no range (Python between operators). They add up to the profiled time "
+        "outside, which includes the profiler's own cost; the unprofiled median minus the "
+        "time inside gives the time outside without it.",
         "",
     ]
     for model in report["models"]:
@@ -145,6 +188,15 @@ def markdown(report: dict) -> str:
                 + ".",
                 "",
             ]  # fmt: skip
+        split = _split_rows(model, (report.get("machine") or {}).get("bandwidth_add_Bps"))
+        if split:
+            lines += [
+                "spikezoo's time outside convolutions and matmuls by kind (one profiled call; "
+                "`benchmarks/whole_models/share.py`):",
+                "",
+                table(SPLIT_HEADER, split),
+                "",
+            ]
         lines += ["Agreement with spikezoo (float32, eval, the benchmark input):", ""]
         agreement = [
             [name, _diff(v), str(v["spikes"]), str(v["same_spikes"]), str(v["agree"])]

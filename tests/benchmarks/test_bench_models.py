@@ -134,6 +134,7 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
             assert 0 < entry["profile"]["conv_matmul_s"] < entry["profile"]["wall_s"]
             assert 0 < entry["profile"]["share_outside"] < 1
             assert 0 <= entry["profile"]["share_outside_timed"] < 1
+            assert entry["profile"]["split"]["data_bytes"] > 0
         assert peer["spikezoo_memory_ratio"] == pytest.approx(
             zoo["peak_bytes"] / peer["peak_bytes"]
         )
@@ -151,6 +152,8 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
     assert "Freed memory: glibc's defaults (a large fresh buffer" in text
     assert "Time outside convolutions and matmuls, spikezoo (eager): infer fp32 " in text
     assert "(largest outside, self time: `" in text
+    assert "spikezoo's time outside convolutions and matmuls by kind" in text
+    assert re.search(r"\| train fp32 +\| [\d.]+ +\| [\d.]+ +\| [\d.]+ +\| \d+ +\| [\d.]+ ", text)
     assert "![tiny_sdt_roofline](p/tiny_sdt_roofline.png)" in text
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "tiny_sdt.png",
@@ -229,6 +232,50 @@ def test_share_outside_counts_convolutions_and_matmuls_once(benchmarks_path):
     assert "aten::relu" in names
     assert not any("conv" in name or name == "aten::mm" for name in names)
     assert all(seconds >= 0 for _, seconds in both["top_outside"])
+
+
+def test_time_outside_is_split_by_kind_and_adds_up(benchmarks_path):
+    from whole_models.share import time_outside_conv_matmul
+
+    x = torch.randn(8, 16, 32, 32)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2
+
+    def call():
+        y = conv(x).relu()  # relu calls clamp_min: one read, one write of 8 * 16 * 32 * 32
+        z = Twice.apply(y.view(8, -1))  # a view; an autograd function, whose mul moves data
+        z.add_(1)  # in place: reads z and 1 (a scalar, no tensor), writes z
+
+    profile = time_outside_conv_matmul(call, median_s=1.0)
+    split = profile["split"]
+    outside = profile["wall_s"] - profile["conv_matmul_s"]
+    kinds = ("kernels", "data_operators", "metadata_operators", "ranges")
+    assert sum(split[f"{k}_s"] for k in kinds) + split["between_s"] == pytest.approx(outside)
+    assert split["kernels_s"] == split["kernels_calls"] == 0
+    assert split["data_operators_calls"] >= 4  # relu, clamp_min, mul, add_
+    assert split["metadata_operators_calls"] >= 1 and split["metadata_operators_s"] > 0
+    assert split["ranges_calls"] >= 1 and split["ranges_s"] > 0  # Twice
+    values = 4 * x.numel()
+    assert split["data_bytes"] == 2 * values + 2 * values + 2 * values
+
+
+def test_spikezoo_kernels_are_their_own_kind(benchmarks_path):
+    from whole_models.share import time_outside_conv_matmul
+
+    from spikezoo.layers import max_pool2d
+
+    spikes = (torch.rand(2, 8, 64, 64) > 0.5).float().requires_grad_()
+    max_pool2d(spikes, 3, 2, 1)  # the first call builds the kernel and probes it
+    split = time_outside_conv_matmul(lambda: max_pool2d(spikes, 3, 2, 1), median_s=1.0)["split"]
+    assert split["kernels_calls"] == 1 and split["kernels_s"] > 0  # spikezoo::max_pool2d_...
 
 
 class MultiSpike(torch.nn.Module):
