@@ -5,8 +5,9 @@ A module may import from its own tier and from the tiers below it, never from a 
 
 - ground: the weights (reading checkpoint files, the cache, downloads, the Hub, the authors'
   files, the pretrained cfg), the host C kernels (built into the cache), the process-wide
-  allocator setting (``runtime``) and the package's constants. They hand state dicts and
-  kernels up and know no model, layer or neuron;
+  allocator setting (``runtime``), the profiler's named ranges (``_profiling``) and the
+  package's constants. They hand state dicts and kernels up and know no model, layer or
+  neuron;
 - neurons, then layers (built from neurons), then models (the families, built from layers;
   their weights come from the ground);
 - applications: analysis, deploy, hub (converting and publishing, which builds models) and
@@ -20,7 +21,16 @@ A module may import from its own tier and from the tiers below it, never from a 
 #: Tier name -> the modules it holds, as paths below ``spikezoo`` (a package holds its
 #: submodules; the longest path that matches decides; ``""`` is the package ``spikezoo``).
 TIERS: dict[str, tuple[str, ...]] = {
-    "ground": ("_checks", "_optional", "_tiers", "_version", "native", "runtime", "weights"),
+    "ground": (
+        "_checks",
+        "_optional",
+        "_profiling",
+        "_tiers",
+        "_version",
+        "native",
+        "runtime",
+        "weights",
+    ),
     "neurons": ("neurons",),
     "layers": ("layers",),
     "models": ("models",),

@@ -20,7 +20,8 @@ LAYER_HEADER = [
     "layer", "type", "ms", "GFLOP", "MB moved", "GFLOP/s", "GB/s", "bound", "fraction of roof",
 ]  # fmt: skip
 SPLIT_HEADER = [
-    "task", "outside ms (profiled)", "C kernels ms", "PyTorch data operators ms",
+    "task", "outside ms (profiled)", "C kernels ms", "spike compaction ms",
+    "PyTorch data operators ms",
     "their least traffic MB", "their GB/s", "allocations and views ms (calls)",
     "autograd and other ranges ms (calls)", "between operators ms", "outside ms (unprofiled)",
 ]  # fmt: skip
@@ -67,6 +68,10 @@ def _spikezoo_shares(model: dict) -> list[str]:
     return lines
 
 
+#: The kinds of time outside given in milliseconds alone, before the data operators' traffic.
+_TIMED_KINDS = ("kernels", "compaction", "data_operators")
+
+
 def _split_rows(model: dict, bandwidth_Bps: float | None) -> list[list[str]]:
     """Per profiled spikezoo row, its time outside convolutions and matmuls by kind
     (:mod:`whole_models.share`); the data operators' rate also as a fraction of the machine's
@@ -85,7 +90,7 @@ def _split_rows(model: dict, bandwidth_Bps: float | None) -> list[list[str]]:
             [
                 f"{v['task']} {v['dtype']}",
                 f"{(profile['wall_s'] - profile['conv_matmul_s']) * 1e3:.1f}",
-                *(f"{split[k] * 1e3:.1f}" for k in ("kernels_s", "data_operators_s")),
+                *(f"{split[f'{k}_s'] * 1e3:.1f}" for k in _TIMED_KINDS),
                 f"{split['data_bytes'] / 1e6:.0f}",
                 f"{rate / 1e9:.1f}{of_roof}",
                 *(
@@ -169,6 +174,7 @@ def markdown(report: dict) -> str:
         "profiler's cost per operator counts as outside: an upper bound), and in brackets "
         "the share of the unprofiled median time outside the same operators' profiled time "
         "(the profiler's cost left out). By kind (a table per model): spikezoo's C kernels; "
+        "spike compaction's packing and unpacking of saved tensors; "
         "PyTorch's operators that move data, with the least traffic their input shapes imply "
         "and its rate; those that only allocate or make views; the self time of other named "
         "ranges (autograd functions' Python, the autograd engine's nodes, the optimizer); the "

@@ -23,6 +23,9 @@ can say which remaining operation dominates (a compiled neuron kernel appears as
 And by kind (``split``), which adds up to the profiled time outside:
 
 - ``kernels_s``: spikezoo's C kernels (ranges named ``spikezoo::*``);
+- ``compaction_s``: spike compaction's own work in its saved-tensor hooks (:data:`COMPACTION`:
+  NumPy's packing and unpacking, and the hooks' Python; the PyTorch operators they call count
+  as operators);
 - ``data_operators_s``: PyTorch operators that read or write values, with ``data_bytes``, the
   least traffic their input shapes imply (every tensor input read once, and one output the
   size of the largest input written, or the first input where the operator works in place;
@@ -59,7 +62,10 @@ TOP_OUTSIDE = 8
 CONV_MATMUL = re.compile(r"aten::(\w*conv\w*|mm|bmm|addmm|baddbmm)")
 
 #: The kinds of time outside convolutions and matrix products, by what the profiler names.
-KINDS = ("kernels", "data_operators", "metadata_operators", "ranges")
+KINDS = ("kernels", "compaction", "data_operators", "metadata_operators", "ranges")
+
+#: The ranges of spike compaction's saved-tensor hooks (``spikezoo.neurons.saved_spikes``).
+COMPACTION = ("spikezoo::pack_saved_tensor", "spikezoo::unpack_saved_tensor")
 
 #: PyTorch operators that allocate, or make a view or an alias, without reading the values.
 METADATA = re.compile(
@@ -142,6 +148,8 @@ def time_outside_conv_matmul(call: Callable[[], object], median_s: float) -> dic
 
 def _kind(name: str) -> str:
     """Which kind of time outside (the module's docstring) an event of this name is."""
+    if name in COMPACTION:
+        return "compaction"
     if name.startswith("spikezoo::"):
         return "kernels"
     if METADATA.fullmatch(name):

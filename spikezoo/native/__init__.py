@@ -34,6 +34,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spikezoo._profiling import ProfiledCall
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -150,25 +152,13 @@ def library(name: str) -> ctypes.CDLL | None:
         return None
 
 
-class Kernel:
-    """A C function of a library here, called as ``kernel(*args)``. Under ``torch.profiler``
-    each call is a range named ``spikezoo::<function>``, so that a trace names the time spent
-    in it (a ctypes call is no operator of PyTorch's, and its time would otherwise count as its
-    Python caller's); without a profiler the call costs one check more."""
+class Kernel(ProfiledCall):
+    """A C function of a library here, called as ``kernel(*args)``: under ``torch.profiler``
+    each call is a range named ``spikezoo::<function>`` (a ctypes call is no operator of
+    PyTorch's, and its time would otherwise count as its Python caller's)."""
 
     def __init__(self, function: ctypes._CFuncPtr) -> None:
-        import torch
-
-        self.function = function
-        self.label = f"spikezoo::{function.__name__}"
-        self._profiling = torch.autograd._profiler_enabled
-        self._range = torch.profiler.record_function
-
-    def __call__(self, *args: object) -> object:
-        if not self._profiling():
-            return self.function(*args)
-        with self._range(self.label):
-            return self.function(*args)
+        super().__init__(f"spikezoo::{function.__name__}", function)
 
 
 def kernel(library: ctypes.CDLL, name: str, argtypes: list, restype: type | None = None) -> Kernel:

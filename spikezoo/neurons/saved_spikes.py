@@ -71,6 +71,7 @@ from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from spikezoo import _checks
+from spikezoo._profiling import ProfiledCall
 
 __all__ = [
     "PackedCounts",
@@ -522,7 +523,10 @@ class compact_saved_spikes(torch.autograd.graph.saved_tensors_hooks):
         # (through reshapes) that is, weakly, with its version: the recipes' kept tensors. The
         # tensor's graph keeps the node, and so its id, alive while the reference is.
         self._kept: dict[tuple[int, int], tuple[weakref.ref, int]] = {}
-        super().__init__(self.pack, self.unpack)
+        super().__init__(
+            ProfiledCall("spikezoo::pack_saved_tensor", self.pack),
+            ProfiledCall("spikezoo::unpack_saved_tensor", self.unpack),
+        )
 
     def __enter__(self) -> compact_saved_spikes:
         # torch.func transforms refuse saved-tensor hooks: there, tensors are saved as they are

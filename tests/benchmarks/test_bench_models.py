@@ -153,7 +153,7 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
     assert "Time outside convolutions and matmuls, spikezoo (eager): infer fp32 " in text
     assert "(largest outside, self time: `" in text
     assert "spikezoo's time outside convolutions and matmuls by kind" in text
-    assert re.search(r"\| train fp32 +\| [\d.]+ +\| [\d.]+ +\| [\d.]+ +\| \d+ +\| [\d.]+ ", text)
+    assert re.search(r"\| train fp32 +(\| [\d.]+ +){4}\| \d+ +\| [\d.]+ ", text)
     assert "![tiny_sdt_roofline](p/tiny_sdt_roofline.png)" in text
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "tiny_sdt.png",
@@ -235,7 +235,7 @@ def test_share_outside_counts_convolutions_and_matmuls_once(benchmarks_path):
 
 
 def test_time_outside_is_split_by_kind_and_adds_up(benchmarks_path):
-    from whole_models.share import time_outside_conv_matmul
+    from whole_models.share import KINDS, time_outside_conv_matmul
 
     x = torch.randn(8, 16, 32, 32)
     conv = torch.nn.Conv2d(16, 16, 3, padding=1)
@@ -257,9 +257,8 @@ def test_time_outside_is_split_by_kind_and_adds_up(benchmarks_path):
     profile = time_outside_conv_matmul(call, median_s=1.0)
     split = profile["split"]
     outside = profile["wall_s"] - profile["conv_matmul_s"]
-    kinds = ("kernels", "data_operators", "metadata_operators", "ranges")
-    assert sum(split[f"{k}_s"] for k in kinds) + split["between_s"] == pytest.approx(outside)
-    assert split["kernels_s"] == split["kernels_calls"] == 0
+    assert sum(split[f"{k}_s"] for k in KINDS) + split["between_s"] == pytest.approx(outside)
+    assert split["kernels_s"] == split["kernels_calls"] == split["compaction_calls"] == 0
     assert split["data_operators_calls"] >= 4  # relu, clamp_min, mul, add_
     assert split["metadata_operators_calls"] >= 1 and split["metadata_operators_s"] > 0
     assert split["ranges_calls"] >= 1 and split["ranges_s"] > 0  # Twice
@@ -267,15 +266,23 @@ def test_time_outside_is_split_by_kind_and_adds_up(benchmarks_path):
     assert split["data_bytes"] == 2 * values + 2 * values + 2 * values
 
 
-def test_spikezoo_kernels_are_their_own_kind(benchmarks_path):
+def test_spikezoo_kernels_and_spike_compaction_are_kinds_of_their_own(benchmarks_path):
     from whole_models.share import time_outside_conv_matmul
 
     from spikezoo.layers import max_pool2d
+    from spikezoo.neurons import compact_saved_spikes
 
     spikes = (torch.rand(2, 8, 64, 64) > 0.5).float().requires_grad_()
     max_pool2d(spikes, 3, 2, 1)  # the first call builds the kernel and probes it
-    split = time_outside_conv_matmul(lambda: max_pool2d(spikes, 3, 2, 1), median_s=1.0)["split"]
-    assert split["kernels_calls"] == 1 and split["kernels_s"] > 0  # spikezoo::max_pool2d_...
+
+    def step():
+        with compact_saved_spikes():  # saves the pool's output, spikes, as bits
+            loss = max_pool2d(spikes, 3, 2, 1).square().sum()
+        loss.backward()
+
+    split = time_outside_conv_matmul(step, median_s=1.0)["split"]
+    assert split["kernels_calls"] == 2 and split["kernels_s"] > 0  # the pool, forward, backward
+    assert split["compaction_calls"] >= 2 and split["compaction_s"] > 0  # packed, unpacked
 
 
 class MultiSpike(torch.nn.Module):

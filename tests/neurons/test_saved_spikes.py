@@ -1,5 +1,7 @@
 """Spikes saved for backward as bits: exact round trips, what is left alone, bad input."""
 
+import collections
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -417,3 +419,21 @@ def test_counts_must_be_bytes_shaped_like_the_spikes():
         mark_integer_spikes(spikes, torch.zeros(2, 3), 4.0)
     with pytest.raises(ValueError, match=r"got torch.uint8 \(3, 2\)"):
         mark_integer_spikes(spikes, torch.zeros(3, 2, dtype=torch.uint8), 4.0)
+
+
+def test_a_profiler_names_the_packing_and_unpacking_of_saved_tensors():
+    from torch.profiler import ProfilerActivity, profile
+
+    x = (torch.randn(4, 64, 32) * 2).requires_grad_()
+    weight = torch.randn(32, 16, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        with compact_saved_spikes():
+            loss = lif_then_linear(x, weight)
+        profiled = torch.autograd.grad(loss, x)[0]
+    counts = collections.Counter(event.name for event in trace.events())
+    # the spikes that the matmul saves, among others: packed in forward, unpacked in backward
+    assert counts["spikezoo::pack_saved_tensor"] >= 1
+    assert counts["spikezoo::unpack_saved_tensor"] >= 1
+    with compact_saved_spikes():  # without a profiler: the same gradient
+        loss = lif_then_linear(x, weight)
+    assert torch.equal(torch.autograd.grad(loss, x)[0], profiled)
