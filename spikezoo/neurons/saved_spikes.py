@@ -17,11 +17,15 @@ spikes. Everything else is saved unchanged. The same tensor saved by several ope
 Which tensors hold only spikes is known or checked. Known: spikezoo's neurons mark their
 outputs (:func:`mark_spikes`), and layers whose output is spikes whenever their inputs are
 (:class:`~spikezoo.layers.SpikingHadamard`, the max-pool of :mod:`spikezoo.layers.pooling`)
-mark theirs. In the CPU's memory every other tensor is checked, with NumPy (a few times faster
-there than torch's kernels): it is packed if its bit patterns are all those of ``+0.0`` or
-``1.0`` (so ``-0.0`` and NaN, which a neuron with a NaN membrane fires, are kept as they are),
-after a probe of values spread over it has rejected most other tensors at once; marked spikes
-are only searched for NaN. Outputs of convolutions, matrix products and normalisations (and
+mark theirs. In the CPU's memory every other tensor is checked: it is packed if its bit
+patterns are all those of ``+0.0`` or ``1.0`` (so ``-0.0`` and NaN, which a neuron with a NaN
+membrane fires, are kept as they are), after a probe of values spread over it has rejected
+most other tensors at once; marked spikes are only searched for NaN. float32 spikes are
+checked and packed in one pass, and expanded in one, by a C kernel
+(``spikezoo/native/spike_bits.c``, checked against NumPy once per process), which also
+refuses a marked tensor holding any value but ``+0.0`` and ``1.0``; other dtypes, and every
+dtype where the kernel cannot be built, go through NumPy (a few times faster there than
+torch's kernels). Outputs of convolutions, matrix products and normalisations (and
 reshapes of them) are not checked: of spikes they give other values (:data:`_WEIGHTED_SUMS`;
 an all-zero one, from a silent layer, is saved as it is). On CUDA
 nothing is read, because reading values on the host makes it wait for the device, once per
@@ -59,18 +63,21 @@ under ``torch.func`` transforms (which refuse saved-tensor hooks) nothing is com
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import logging
 import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from spikezoo import _checks
+from spikezoo import _checks, native
 from spikezoo._profiling import ProfiledCall
 
 __all__ = [
@@ -86,6 +93,8 @@ __all__ = [
     "register_recipe",
     "reshaped_from",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: The integer dtype each float dtype is compared in, bit pattern by bit pattern.
 _BITS_DTYPES = {
@@ -300,7 +309,7 @@ def _pack(x: Tensor, check: bool) -> PackedSpikes | None:
     bits = flat.view(bits_dtype)
     one = _one_bits(x.dtype)
     if _on_host(x):
-        packed = _pack_on_host(bits.numpy(), one, check)
+        packed = _pack_on_host(bits, one, check)
         return None if packed is None else PackedSpikes(packed, x.shape, order, x.dtype)
     ones = bits == one
     poison = None
@@ -324,23 +333,34 @@ def _on_host(x: Tensor) -> bool:
     return x.device.type == "cpu"
 
 
-def _pack_on_host(bits: np.ndarray, one: int, check: bool) -> Tensor | None:
-    """The bit patterns ``bits`` (an integer view of the values) packed 8 to a byte, lowest
-    first, as a ``uint8`` tensor, if each is that of ``+0.0`` or ``1.0`` (``one``); else
-    ``None``.
+def _pack_on_host(bits: Tensor, one: int, check: bool) -> Tensor | None:
+    """The bit patterns ``bits`` (a flat integer view of the values in the CPU's memory)
+    packed 8 to a byte, lowest first, as a ``uint8`` tensor, if each is that of ``+0.0`` or
+    ``1.0`` (``one``); else ``None``.
 
     With ``check``, :data:`_PROBE` values spread over the tensor are looked at first, which
     rejects most other tensors at once, then every value. Without it, ``bits`` are marked
-    spikes (``+0.0``, ``1.0`` or NaN): one maximum finds a NaN, a pass less than the check.
+    spikes (``+0.0``, ``1.0`` or NaN): NumPy takes one maximum to find a NaN, a pass less than
+    the check. float32 values go through the C kernel where it runs
+    (``spikezoo/native/spike_bits.c``), which checks every value in the pass that packs them:
+    the same bytes, or ``None`` for the same tensors of spikes and NaN.
     """
-    if check and not set(bits[_probe_positions(bits.size, _PROBE)].tolist()) <= {0, one}:
+    values = bits.numpy()
+    if check and not set(values[_probe_positions(values.size, _PROBE)].tolist()) <= {0, one}:
         return None
-    ones = bits == one
+    kernels = _bit_kernels() if bits.dtype == torch.int32 else None
+    if kernels is not None:
+        packed = torch.empty((bits.numel() + 7) // 8, dtype=torch.uint8)
+        every_value_a_spike = kernels.pack(
+            bits.data_ptr(), bits.numel(), packed.data_ptr(), native.threads(bits.numel())
+        )
+        return packed if every_value_a_spike else None
+    ones = values == one
     if check:
         # every nonzero bit pattern is that of 1.0: the rest are +0.0
-        if np.count_nonzero(bits) != np.count_nonzero(ones):
+        if np.count_nonzero(values) != np.count_nonzero(ones):
             return None
-    elif bits.view(_UNSIGNED[bits.itemsize]).max() > one:
+    elif values.view(_UNSIGNED[values.itemsize]).max() > one:
         return None
     return torch.from_numpy(np.packbits(ones, bitorder="little"))
 
@@ -362,8 +382,64 @@ def _one_bits(dtype: torch.dtype) -> int:
 
 def _expand_on_host(bits: Tensor, count: int, dtype: torch.dtype) -> Tensor:
     """``uint8 [n]`` on the CPU -> ``dtype [count]``: the first ``count`` bits, each byte's lowest
-    first."""
+    first (float32 by the C kernel where it runs, in one pass)."""
+    kernels = _bit_kernels() if dtype == torch.float32 else None
+    if kernels is not None:
+        spikes = torch.empty(count, dtype=dtype)
+        kernels.expand(bits.data_ptr(), count, spikes.data_ptr(), native.threads(count))
+        return spikes
     return torch.from_numpy(np.unpackbits(bits.numpy(), count=count, bitorder="little")).to(dtype)
+
+
+class _BitKernels(NamedTuple):
+    pack: native.Kernel
+    expand: native.Kernel
+
+
+@functools.cache
+def _bit_kernels() -> _BitKernels | None:
+    """The C kernels that pack and expand float32 spikes, once they have given NumPy's bytes
+    and values on a probe; else ``None`` (no C compiler, or they differ: NumPy runs)."""
+    library = native.library("spike_bits")
+    if library is None:
+        return None
+    pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    kernels = _BitKernels(
+        native.kernel(library, "pack_spikes_f32", [pointer, size, pointer, flag], flag),
+        native.kernel(library, "expand_spikes_f32", [pointer, size, pointer, flag]),
+    )
+    if _bits_reproduce_numpy(kernels):
+        return kernels
+    _log.warning("spikezoo: the C kernel that packs spikes differs from NumPy's; NumPy runs")
+    return None
+
+
+def _bits_reproduce_numpy(kernels: _BitKernels) -> bool:
+    """Whether ``kernels`` pack spikes into NumPy's ``packbits`` bytes and expand them into
+    its ``unpackbits`` values, and refuse a value that is not a spike, on a probe: sizes that
+    are and are not multiples of 8, on one thread and on several."""
+    generator = torch.Generator().manual_seed(0)
+    for count in (1, 13, 3 * (1 << 15) + 5):
+        spikes = (torch.rand(count, generator=generator) < 0.3).float()
+        expected = np.packbits(spikes.numpy() == 1.0, bitorder="little")
+        packed = torch.empty(expected.size, dtype=torch.uint8)
+        for threads in (1, 2):
+            values = spikes.view(torch.int32)
+            if not kernels.pack(values.data_ptr(), count, packed.data_ptr(), threads):
+                return False
+            if not np.array_equal(packed.numpy(), expected):
+                return False
+            expanded = torch.full((count,), -1.0)
+            kernels.expand(packed.data_ptr(), count, expanded.data_ptr(), threads)
+            if not torch.equal(expanded.view(torch.int32), values):
+                return False
+            for other in (0.5, -0.0, float("nan")):
+                changed = spikes.clone()
+                changed[count // 2] = other
+                bits = changed.view(torch.int32)
+                if kernels.pack(bits.data_ptr(), count, packed.data_ptr(), threads):
+                    return False
+    return True
 
 
 def _pack_on_device(ones: Tensor) -> Tensor:

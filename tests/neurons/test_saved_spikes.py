@@ -28,9 +28,20 @@ def spikes(*shape, dtype=torch.float32):
     return (torch.rand(shape) < 0.3).to(dtype)
 
 
+@pytest.fixture(params=["c kernel", "numpy"])
+def host_bits(request, monkeypatch):
+    """Which code packs and expands float32 spikes in the CPU's memory: the C kernel
+    (``spikezoo/native/spike_bits.c``, built and probed) or NumPy."""
+    if request.param == "numpy":
+        monkeypatch.setattr(saved_spikes, "_bit_kernels", lambda: None)
+    else:
+        assert saved_spikes._bit_kernels() is not None
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape", [(4, 2, 8, 5, 5), (3, 7), (1,), (13,), ()])
-def test_round_trip_is_bitwise_and_an_eighth_of_a_byte_per_spike(dtype, shape):
+def test_round_trip_is_bitwise_and_an_eighth_of_a_byte_per_spike(dtype, shape, host_bits):
     x = spikes(*shape, dtype=dtype)
     packed = pack_spikes(x)
     assert isinstance(packed, PackedSpikes)
@@ -55,7 +66,7 @@ def test_dimension_order_survives_the_round_trip():
     ids=["negative zero", "nan", "half", "two", "inf"],
 )
 @pytest.mark.parametrize("probe", [True, False], ids=["with the probe", "full check alone"])
-def test_anything_but_plus_zero_and_one_is_not_packed(values, probe, monkeypatch):
+def test_anything_but_plus_zero_and_one_is_not_packed(values, probe, monkeypatch, host_bits):
     # Past the probe, the whole-tensor check has to catch the values; on CUDA (no probe: see
     # pack_spikes) it has to catch them anywhere.
     if not probe:
@@ -65,9 +76,9 @@ def test_anything_but_plus_zero_and_one_is_not_packed(values, probe, monkeypatch
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("on_host", [True, False], ids=["numpy", "shifts"])
-def test_each_expansion_gives_every_bytes_bits_lowest_first(on_host, dtype):
-    # NumPy's unpackbits in the CPU's memory, elementwise shifts on a device
+@pytest.mark.parametrize("on_host", [True, False], ids=["host", "shifts"])
+def test_each_expansion_gives_every_bytes_bits_lowest_first(on_host, dtype, host_bits):
+    # the C kernel or NumPy's unpackbits in the CPU's memory, elementwise shifts on a device
     every_byte = torch.arange(256, dtype=torch.uint8)
     bits = [(byte >> i) & 1 for byte in range(256) for i in range(8)]
     if on_host:
@@ -85,8 +96,8 @@ def test_each_expansion_gives_every_bytes_bits_lowest_first(on_host, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("on_host", [True, False], ids=["numpy", "torch"])
-def test_both_packings_give_the_same_bytes(on_host, dtype, monkeypatch):
+@pytest.mark.parametrize("on_host", [True, False], ids=["host", "torch"])
+def test_both_packings_give_the_same_bytes(on_host, dtype, monkeypatch, host_bits):
     monkeypatch.setattr(saved_spikes, "_on_host", lambda x: on_host)
     x = spikes(3, 7, 5, dtype=dtype)  # 105 spikes: the last byte is padded with zeros
     ones = [int(v) for v in x.reshape(-1).tolist()] + [0] * 7
@@ -95,6 +106,45 @@ def test_both_packings_give_the_same_bytes(on_host, dtype, monkeypatch):
         packed = saved_spikes._pack(x, check)
         assert packed.bits.tolist() == expected
         assert torch.equal(packed.unpack(), x)
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["checked", "marked"])
+def test_the_c_kernel_packs_as_numpy_on_every_thread(check, monkeypatch):
+    # 300,001 values: blocks of bits for each of the threads, and a last partial byte
+    x = spikes(300_001)
+    bits = x.view(torch.int32)
+    one = saved_spikes._one_bits(torch.float32)
+    by_kernel = saved_spikes._pack_on_host(bits, one, check)
+    monkeypatch.setattr(saved_spikes, "_bit_kernels", lambda: None)
+    by_numpy = saved_spikes._pack_on_host(bits, one, check)
+    assert torch.equal(by_kernel, by_numpy)
+    monkeypatch.undo()
+    assert torch.equal(saved_spikes._expand_on_host(by_kernel, x.numel(), torch.float32), x)
+    # a NaN spike, or any other value, past the probe and far from the start: not packed
+    for other in (float("nan"), -0.0, 0.5):
+        changed = x.clone()
+        changed[-3] = other
+        assert saved_spikes._pack_on_host(changed.view(torch.int32), one, check) is None
+
+
+@pytest.mark.parametrize("failure", ["no compiler", "differs"])
+def test_without_the_c_kernel_numpy_packs(failure, monkeypatch, caplog):
+    if failure == "no compiler":
+        monkeypatch.setattr(saved_spikes.native, "library", lambda name: None)
+    else:
+        monkeypatch.setattr(saved_spikes, "_bits_reproduce_numpy", lambda kernels: False)
+    saved_spikes._bit_kernels.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger=saved_spikes.__name__):
+            assert saved_spikes._bit_kernels() is None
+        warned = "differs from NumPy's; NumPy runs" in caplog.text
+        assert warned == (failure == "differs")  # no compiler: native says so once, at INFO
+        x = spikes(1000)
+        assert torch.equal(pack_spikes(x).unpack(), x)
+    finally:
+        monkeypatch.undo()
+        saved_spikes._bit_kernels.cache_clear()
+    assert saved_spikes._bit_kernels() is not None  # probed again: reproduces NumPy
 
 
 def test_integers_bools_and_strided_views_are_not_packed():
