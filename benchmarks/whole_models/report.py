@@ -168,19 +168,18 @@ def markdown(report: dict) -> str:
         f"{settings['repeats']} interleaved rounds, milliseconds per call (min-max). Speedup: "
         "the peer's median / spikezoo's (above 1: spikezoo is faster). Memory: peak MiB "
         f"allocated during one call above what was live before it ({settings['memory_method']}); "
-        "ratio = spikezoo / peer. Outside conv/matmul (eager rows, CPU): the share of one "
-        "profiled call's wall time spent outside the outermost `aten` convolution and "
-        "`mm`/`bmm`/`addmm` operators, their backward included (`torch.profiler`; the "
-        "profiler's cost per operator counts as outside: an upper bound), and in brackets "
-        "the share of the unprofiled median time outside the same operators' profiled time "
-        "(the profiler's cost left out). By kind (a table per model): spikezoo's C kernels; "
-        "spike compaction's packing and unpacking of saved tensors; "
-        "PyTorch's operators that move data, with the least traffic their input shapes imply "
-        "and its rate; those that only allocate or make views; the self time of other named "
-        "ranges (autograd functions' Python, the autograd engine's nodes, the optimizer); the "
-        "time under no range (Python between operators). They add up to the profiled time "
-        "outside, which includes the profiler's own cost; the unprofiled median minus the "
-        "time inside gives the time outside without it.",
+        "ratio = spikezoo / peer. Outside conv/matmul (eager rows, CPU): the share of a profiled "
+        "call's wall time (the median of three) spent outside the outermost `aten` convolution and"
+        " `mm`/`bmm`/`addmm` operators, their backward included (`torch.profiler`; the profiler's "
+        "cost per operator counts as outside: an upper bound), and in brackets the share of the "
+        "unprofiled median time outside the same operators' profiled time (the profiler's cost "
+        "left out). By kind (a table per model): spikezoo's C kernels; spike compaction's packing "
+        "and unpacking of saved tensors; PyTorch's operators that move data, with the least "
+        "traffic their input shapes imply and its rate; those that only allocate or make views; "
+        "the self time of other named ranges (autograd functions' Python, the autograd engine's "
+        "nodes, the optimizer); the time under no range (Python between operators). They add up to"
+        " the profiled time outside, which includes the profiler's own cost; the unprofiled median"
+        " minus the time inside gives the time outside without it.",
         "",
     ]
     for model in report["models"]:
@@ -197,7 +196,7 @@ def markdown(report: dict) -> str:
         split = _split_rows(model, (report.get("machine") or {}).get("bandwidth_add_Bps"))
         if split:
             lines += [
-                "spikezoo's time outside convolutions and matmuls by kind (one profiled call; "
+                "spikezoo's time outside convolutions and matmuls by kind (the profiled call; "
                 "`benchmarks/whole_models/share.py`):",
                 "",
                 table(SPLIT_HEADER, split),

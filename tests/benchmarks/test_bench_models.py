@@ -281,7 +281,8 @@ def test_spikezoo_kernels_and_spike_compaction_are_kinds_of_their_own(benchmarks
         loss.backward()
 
     split = time_outside_conv_matmul(step, median_s=1.0)["split"]
-    assert split["kernels_calls"] == 2 and split["kernels_s"] > 0  # the pool, forward, backward
+    # the pool's forward and backward, the packing and the expansion of its output
+    assert split["kernels_calls"] == 4 and split["kernels_s"] > 0
     assert split["compaction_calls"] >= 2 and split["compaction_s"] > 0  # packed, unpacked
 
 
