@@ -1,20 +1,19 @@
 """How much of a call's time is spent outside convolutions and matrix products.
 
 Three calls run under ``torch.profiler`` (CPU activity), and the one of median wall time is
-reported. The time inside convolutions and matrix
-products is the summed duration of the outermost ``aten`` operators that compute them:
-``aten::*conv*`` (``conv2d``, ``convolution``, ``convolution_backward``, ...), ``aten::mm``,
-``aten::bmm``, ``aten::addmm``, ``aten::baddbmm``; what they call inside (oneDNN's kernels) is
-not counted twice. The share outside is ``1 - inside / wall``, where ``wall`` is the call's
-time under the profiler: everything else (neurons, BatchNorm, pooling, element-wise and layout
-work, the optimizer step) and the profiler's own cost per operator, which makes the share an
-upper bound. That cost comes with every operator and named range (spikezoo's C kernels are
-ranges; below), most of the outside time of a model of many small operators (E-SpikeFormer at
-128 px); so the share is also given against the call's unprofiled median time from the
-timing rounds (``share_outside_timed``, ``1 - inside / median``), which leaves the profiler's
-cost out (and is a little low where the profiler slows the convolutions themselves). On CUDA
-the operators' CPU time is their launch, not their run: the share is measured on the CPU
-only.
+reported. The time inside convolutions and matrix products is the summed duration of the
+outermost ``aten`` operators that compute them: ``aten::*conv*`` (``conv2d``, ``convolution``,
+``convolution_backward``, ...), ``aten::mm``, ``aten::bmm``, ``aten::addmm``,
+``aten::baddbmm``; what they call inside (oneDNN's kernels) is not counted twice. The share
+outside is ``1 - inside / wall``, where ``wall`` is the call's time under the profiler:
+everything else (neurons, BatchNorm, pooling, element-wise and layout work, the optimizer step)
+and the profiler's own cost per operator, which makes the share an upper bound. That cost comes
+with every operator and named range (spikezoo's C kernels are ranges; below), most of the
+outside time of a model of many small operators (E-SpikeFormer at 128 px); so the share is also
+given against the call's unprofiled median time from the timing rounds
+(``share_outside_timed``, ``1 - inside / median``), which leaves the profiler's cost out (and
+is a little low where the profiler slows the convolutions themselves). On CUDA the operators'
+CPU time is their launch, not their run: the share is measured on the CPU only.
 
 Where the outside time goes: the self time (own time, children excluded) of every operator not
 inside a convolution or matrix product, summed by name; the largest are reported, so a table
@@ -97,13 +96,18 @@ def _counted(event) -> bool:
     return CONV_MATMUL.fullmatch(event.name) is not None
 
 
-def _outermost(event) -> bool:
+def _has_ancestor(event, test: Callable[[object], bool]) -> bool:
+    """Whether an event that encloses ``event`` (its caller, or theirs) passes ``test``."""
     parent = event.cpu_parent
     while parent is not None:
-        if _counted(parent):
-            return False
+        if test(parent):
+            return True
         parent = parent.cpu_parent
-    return True
+    return False
+
+
+def _outermost(event) -> bool:
+    return not _has_ancestor(event, _counted)
 
 
 def _operator_name(name: str) -> str:
@@ -115,9 +119,9 @@ def time_outside_conv_matmul(call: Callable[[], object], median_s: float) -> dic
     """Profile :data:`PROFILED_CALLS` calls of ``call()``; of the one of median wall time: that
     time, the time in convolutions and matrix products, the share outside them (a fraction of
     the profiled wall time, and of ``median_s``, the call's unprofiled median time), the
-    :data:`TOP_OUTSIDE` operators with the most self time
-    outside them (``top_outside``: ``[name, seconds]``, largest first), and that time by kind
-    (``split``, :data:`SPLIT_KEYS`: its seconds add up to the profiled time outside).
+    :data:`TOP_OUTSIDE` operators with the most self time outside them (``top_outside``:
+    ``[name, seconds]``, largest first), and that time by kind (``split``, :data:`SPLIT_KEYS`:
+    its seconds add up to the profiled time outside).
     """
     runs = []
     for _ in range(PROFILED_CALLS):
@@ -170,12 +174,7 @@ def _kind(name: str) -> str:
 def _under_data_operator(event) -> bool:
     """Whether a PyTorch operator that moves data called this one (``relu`` calls
     ``clamp_min``): its traffic is the caller's, counted once."""
-    parent = event.cpu_parent
-    while parent is not None:
-        if _kind(parent.name) == "data_operators":
-            return True
-        parent = parent.cpu_parent
-    return False
+    return _has_ancestor(event, lambda parent: _kind(parent.name) == "data_operators")
 
 
 def _least_bytes(event) -> int:
