@@ -227,14 +227,34 @@ def batch_statistics(
 _FUSABLE_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
+def _backward_hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` would set up a backward hook, its own or a global one
+    (``register_full_backward_hook``): only the module's call does, so a forward that computes
+    the module itself, or inside an autograd function, would leave the hook out."""
+    return bool(
+        module._backward_hooks
+        or module._backward_pre_hooks
+        or module_hooks._global_backward_hooks
+        or module_hooks._global_backward_pre_hooks
+    )
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run a hook, its own or a global one, forward or
+    backward."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module_hooks._global_forward_hooks
+        or module_hooks._global_forward_pre_hooks
+        or _backward_hooked(module)
+    )
+
+
 def _forward_calls_the_kernel(y: Tensor, bn: nn.Module) -> bool:
     """Whether a forward may compute ``bn`` itself, without calling the module: on the CPU,
-    where no forward hook, on ``bn`` or global, would run by calling it."""
-    return (
-        y.is_cpu
-        and not (bn._forward_hooks or bn._forward_pre_hooks)
-        and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
-    )
+    where no hook, on ``bn`` or global, would run by calling it."""
+    return y.is_cpu and not _hooked(bn)
 
 
 def _begin_training_call(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple:

@@ -54,6 +54,7 @@ from spikezoo.layers.batch_norms import (
     _FUSABLE_BATCH_NORMS,
     _affine_normalisation,
     _affine_reproduces_kernel,
+    _backward_hooked,
     _forward_calls_the_kernel,
     _input_kind,
     _kernel,
@@ -341,8 +342,9 @@ def batch_norm_fire(
     normalised input and the neuron's membranes are recomputed in the backward pass.
     Elsewhere (evaluation, ``torch.no_grad``, inside ``torch.compile``, under ``torch.fx``
     tracing, a BatchNorm that is not ``nn.BatchNorm1d`` or ``nn.BatchNorm2d`` itself, e.g.
-    ``SyncBatchNorm``, or a neuron whose ``fuse_with_batch_norm`` is ``False``: the integer
-    neurons) it is the plain pair. Forward hooks on the BatchNorm see its forward pass, once;
+    ``SyncBatchNorm``, a neuron whose ``fuse_with_batch_norm`` is ``False``: the integer
+    neurons, or a backward hook on either module or global, which only the module's own call
+    sets up) it is the plain pair. Forward hooks on the BatchNorm see its forward pass, once;
     one that replaces its output is not differentiated through (switch the fusion off for
     that).
 
@@ -358,6 +360,7 @@ def batch_norm_fire(
         and torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and getattr(neuron, "fuse_with_batch_norm", True)
+        and not (_backward_hooked(bn) or _backward_hooked(neuron))
         and (y.requires_grad or any(p.requires_grad for p in bn.parameters()))
     )
     if fuse:

@@ -294,6 +294,31 @@ def test_batch_norm_calls_the_module_where_it_would_compute_otherwise(case, monk
     assert type(out.grad_fn).__name__ != "_TrainingBatchNormBackward"
 
 
+@pytest.mark.parametrize("where", ["module", "global"])
+def test_a_backward_hook_on_the_batch_norm_runs(where):
+    # a module's backward hook is set up by its call alone: the kernel's path would leave it out
+    bn = nn.BatchNorm2d(6).train()
+    x = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    seen = []
+
+    def hook(module, grad_input, grad_output):
+        seen.append((module, grad_output[0].clone(), grad_input[0].clone()))
+
+    handle = (
+        bn.register_full_backward_hook(hook)
+        if where == "module"
+        else nn.modules.module.register_module_full_backward_hook(hook)
+    )
+    try:
+        out = batch_norm(bn, x)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        out.backward(grad)
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and seen[0][0] is bn
+    assert torch.equal(seen[0][1], grad) and torch.equal(seen[0][2], x.grad)
+
+
 def test_layer_then_batch_norm_is_the_plain_sequential_with_its_keys_and_outputs():
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).train()

@@ -351,6 +351,41 @@ def test_a_batch_norm_with_forward_hooks_is_called_as_a_module_once(where):
     assert y.grad is not None
 
 
+@pytest.mark.parametrize("where", ["batch norm", "neuron", "global"])
+def test_a_backward_hook_runs_with_the_gradients_of_the_unfused_pair(where):
+    # a module's backward hook is set up by its call alone: a fused pair, which computes both
+    # modules inside one autograd function, would leave it out
+    torch.manual_seed(0)
+    bn, neuron = nn.BatchNorm2d(4).double().train(), LIF()
+    y = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
+    grad = torch.randn(y.shape, dtype=torch.float64)
+    unhooked = copy.deepcopy(bn)
+    seen = []
+
+    def hook(module, grad_input, grad_output):
+        seen.append((module, grad_output[0].clone()))
+
+    if where == "global":
+        handle = nn.modules.module.register_module_full_backward_hook(hook)
+    else:
+        handle = (bn if where == "batch norm" else neuron).register_full_backward_hook(hook)
+    try:
+        leaf = y.clone().requires_grad_()
+        spikes = batch_norm_fire(leaf, bn, neuron)
+        assert type(spikes.grad_fn).__name__ != "_BatchNormFireBackward"
+        spikes.backward(grad)
+    finally:
+        handle.remove()
+    expected = {"batch norm": [bn], "neuron": [neuron], "global": [neuron, bn]}[where]
+    assert [module for module, _ in seen] == expected
+    plain = y.clone().requires_grad_()
+    fused = batch_norm_fire(plain, unhooked, LIF())
+    assert type(fused.grad_fn).__name__ == "_BatchNormFireBackward"  # without the hook
+    fused.backward(grad)
+    assert torch.equal(spikes, fused)
+    torch.testing.assert_close(leaf.grad, plain.grad, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("make_bn", "shape", "message"),
     [
