@@ -112,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--batch", type=int, default=None, help="one batch size for every model")
     parser.add_argument(
+        "--img-size", type=int, default=None,
+        help="one input size for every model (default: each model's own; a model with a "
+        "position embedding of fixed size takes its own only): a smaller size leaves what a call "
+        "costs whatever the size of its tensors",
+    )  # fmt: skip
+    parser.add_argument(
         "--repeats", type=int, default=None, help="measured rounds (default 3, CUDA 10; quick 1)"
     )
     parser.add_argument(
@@ -180,6 +186,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeats = 1 if args.quick else 10 if on_cuda else 3
     if args.warmup is None:
         args.warmup = 2 if on_cuda and not args.quick else 0
+    for option, value in (("--batch", args.batch), ("--img-size", args.img_size)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be >= 1, got {value}")
     if args.warmup < 0 or args.repeats < 1:
         parser.error(
             f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}"

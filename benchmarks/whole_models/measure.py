@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -82,6 +83,8 @@ def _variants(spec: ModelSpec, args: argparse.Namespace) -> tuple[list[tuple], d
 def bench_model(spec: ModelSpec, args: argparse.Namespace, device: torch.device) -> dict:
     """Build, check and time every implementation of one model; its part of the report."""
     batch = args.batch or spec.batch["quick" if args.quick else device.type]
+    if args.img_size:
+        spec = dataclasses.replace(spec, img_size=args.img_size)
     print(f"== {spec.name} at {spec.img_size}x{spec.img_size}, batch {batch}", flush=True)
     shared = build_weights(spec, device, batch, args.seed, "authors" in args.impls)
     runners, skipped = build_runners(spec, args.impls, shared)
@@ -153,7 +156,8 @@ def measure(args: argparse.Namespace) -> dict:
             command=args.command, quick=args.quick, repeats=args.repeats, warmup=args.warmup,
             models=args.models, impls=args.impls, dtypes=args.dtypes, modes=args.modes,
             compile_models=args.compile_models, bf16_models=args.bf16_models,
-            compile_impls=args.compile_impls, atol=args.atol, seed=args.seed,
+            compile_impls=args.compile_impls, atol=args.atol, seed=args.seed, batch=args.batch,
+            img_size=args.img_size,
             memory_method=METHOD[device.type],
             freed_memory=freed_memory_policy(args.keep_freed_memory),
         ),

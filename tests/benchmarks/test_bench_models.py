@@ -79,9 +79,10 @@ FAKE_LIMITS = dict(
 )  # fmt: skip
 
 
-def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatch):
-    from harness.markdown import markers
-
+@pytest.fixture
+def tiny_sdt(zoo, monkeypatch):
+    """A tiny SDT at 32x32 registered as the benchmark's model ``tiny_sdt``, on eager neurons,
+    with made-up machine limits (nothing measured twice)."""
     from spikezoo.models import spike_driven_transformer
 
     tiny = zoo.ModelSpec(
@@ -97,6 +98,12 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
         "machine_limits",
         lambda device, quick, threads: dict(FAKE_LIMITS),
     )
+    return tiny
+
+
+def test_command_writes_json_markdown_and_plots(bench, tiny_sdt, tmp_path):
+    from harness.markdown import markers
+
     begin, end = markers("bench_models")
     doc = tmp_path / "doc.md"
     doc.write_text(f"# Title\n\nbefore\n\n{begin}\nold table\n{end}\n\nafter\n")
@@ -167,11 +174,29 @@ def test_command_writes_json_markdown_and_plots(bench, zoo, tmp_path, monkeypatc
     assert again.read_text() == block + "\n"  # the same tables, rendered from the saved report
 
 
-def test_bad_options_name_what_is_allowed(bench):
+def test_bad_options_name_what_is_allowed(bench, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--models", "resnet50"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--impls", "authors"])
+    for option in ("--batch", "--img-size"):
+        with pytest.raises(SystemExit):
+            bench.parse_args([option, "0"])
+        assert f"{option} must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_one_input_size_for_every_model(bench, tiny_sdt, tmp_path):
+    argv = [
+        "--models", "tiny_sdt", "--impls", "spikezoo", "--dtypes", "fp32", "--modes", "eager",
+        "--repeats", "1", "--no-memory", "--no-roofline", "--img-size", "16",
+        "--json", str(tmp_path / "r.json"),
+    ]  # fmt: skip
+    report = bench.main(argv)
+    (model,) = report["models"]
+    assert model["img_size"] == report["settings"]["img_size"] == 16
+    assert tiny_sdt.img_size == 32  # the registered model keeps its own size
+    assert model["agreement"]["spikezoo"]["spikes"] > 0
+    assert "### tiny_sdt (16x16, batch 1)" in bench.markdown(report)
 
 
 class _Shifted(torch.nn.Module):
