@@ -114,8 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--img-size", type=int, default=None,
         help="one input size for every model (default: each model's own; a model with a "
-        "position embedding of fixed size takes its own only): a smaller size leaves what a call "
-        "costs whatever the size of its tensors",
+        "position embedding of fixed size takes its own only); at a small size, what is left "
+        "is the cost per call",
     )  # fmt: skip
     parser.add_argument(
         "--repeats", type=int, default=None, help="measured rounds (default 3, CUDA 10; quick 1)"

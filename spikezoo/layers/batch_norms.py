@@ -239,22 +239,15 @@ def _backward_hooked(module: nn.Module) -> bool:
     )
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run a hook, its own or a global one, forward or
-    backward."""
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module_hooks._global_forward_hooks
-        or module_hooks._global_forward_pre_hooks
-        or _backward_hooked(module)
-    )
-
-
 def _forward_calls_the_kernel(y: Tensor, bn: nn.Module) -> bool:
     """Whether a forward may compute ``bn`` itself, without calling the module: on the CPU,
-    where no hook, on ``bn`` or global, would run by calling it."""
-    return y.is_cpu and not _hooked(bn)
+    where no hook, forward or backward, on ``bn`` or global, would run by calling it."""
+    return (
+        y.is_cpu
+        and not (bn._forward_hooks or bn._forward_pre_hooks)
+        and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
+        and not _backward_hooked(bn)
+    )
 
 
 def _begin_training_call(frames: Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple:
