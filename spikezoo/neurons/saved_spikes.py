@@ -421,10 +421,10 @@ def _bits_reproduce_numpy(kernels: _BitKernels) -> bool:
     generator = torch.Generator().manual_seed(0)
     for count in (1, 13, 3 * (1 << 15) + 5):
         spikes = (torch.rand(count, generator=generator) < 0.3).float()
+        values = spikes.view(torch.int32)
         expected = np.packbits(spikes.numpy() == 1.0, bitorder="little")
         packed = torch.empty(expected.size, dtype=torch.uint8)
         for threads in (1, 2):
-            values = spikes.view(torch.int32)
             if not kernels.pack(values.data_ptr(), count, packed.data_ptr(), threads):
                 return False
             if not np.array_equal(packed.numpy(), expected):
